@@ -1,0 +1,124 @@
+"""The exceptions OpenAnomaly raises, one tree so callers can catch at the level they need.
+
+::
+
+    OpenAnomalyError
+    ├── ConfigError            bad YAML / settings: names file, pipeline and field
+    ├── TSDBError              carries url (and status, query where known)
+    │   ├── QueryError         a read failed (bad PromQL, unreachable server, 5xx after retries)
+    │   └── RemoteWriteError   a write failed (4xx rejected, or 5xx/connection after retries)
+    ├── DataError              the data cannot be scored (no series, all-NaN series, too short)
+    ├── ModelError             a model could not be loaded or returned a broken forecast
+    │   └── UnknownModelSpec   the spec string names no known adapter
+    └── ArtifactError          the artifact store could not read or write a fitted model
+
+Every message names the input at fault; the same values are kept as attributes so
+programs need not parse messages.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArtifactError",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "OpenAnomalyError",
+    "QueryError",
+    "RemoteWriteError",
+    "TSDBError",
+    "UnknownModelSpec",
+]
+
+
+class OpenAnomalyError(Exception):
+    """Base of every error OpenAnomaly raises on purpose (user or environment errors)."""
+
+
+class ConfigError(OpenAnomalyError):
+    """Invalid configuration.
+
+    Attributes:
+        source: file path (or other origin) of the configuration.
+        pipeline: pipeline name, when the error is inside one.
+        field: dotted field path, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        pipeline: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.source = source
+        self.pipeline = pipeline
+        self.field = field
+        where = [
+            part
+            for part in (
+                source,
+                f"pipeline {pipeline!r}" if pipeline else None,
+                f"field {field!r}" if field else None,
+            )
+            if part
+        ]
+        super().__init__(f"{': '.join(where)}: {message}" if where else message)
+
+
+class TSDBError(OpenAnomalyError):
+    """A TSDB request failed. Carries the URL, the HTTP status (if any) and the query."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status: int | None = None,
+        query: str | None = None,
+    ) -> None:
+        self.url = url
+        self.status = status
+        self.query = query
+        super().__init__(message)
+
+
+class QueryError(TSDBError):
+    """Reading from the TSDB failed."""
+
+
+class RemoteWriteError(TSDBError):
+    """Writing to the TSDB through remote write failed."""
+
+
+class DataError(OpenAnomalyError):
+    """The data returned for a pipeline cannot be scored (empty, all-NaN, too short)."""
+
+    def __init__(self, message: str, *, pipeline: str | None = None) -> None:
+        self.pipeline = pipeline
+        super().__init__(f"pipeline {pipeline!r}: {message}" if pipeline else message)
+
+
+class ModelError(OpenAnomalyError):
+    """A model could not be loaded, fitted, or returned an inconsistent forecast."""
+
+    def __init__(self, message: str, *, spec: str | None = None) -> None:
+        self.spec = spec
+        super().__init__(f"model {spec!r}: {message}" if spec else message)
+
+
+class UnknownModelSpec(ModelError):
+    """The model spec names no registered adapter or model."""
+
+    def __init__(self, spec: str, known: list[str]) -> None:
+        self.known = known
+        super().__init__(f"unknown model; known: {', '.join(known)}", spec=spec)
+
+
+class ArtifactError(OpenAnomalyError):
+    """The artifact store failed to read or write. Carries the key."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        self.key = key
+        super().__init__(f"artifact {key!r}: {message}" if key else message)

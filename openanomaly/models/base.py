@@ -1,0 +1,94 @@
+"""The forecaster contract every model adapter implements.
+
+A batch of contexts goes in as one 2-D float array, left-padded with NaN (the same
+convention Chronos uses), so adapters never see per-series Python objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from openanomaly.errors import ModelError
+
+__all__ = ["Forecaster", "QuantileForecast", "check_forecast", "validate_quantile_levels"]
+
+
+@dataclass(frozen=True)
+class QuantileForecast:
+    """Quantile forecasts for a batch of series.
+
+    Attributes:
+        quantiles: float64, shape ``(n_series, horizon, n_levels)``, non-decreasing
+            along the last axis.
+        levels: float64, shape ``(n_levels,)``, strictly increasing in (0, 1).
+        median: float64, shape ``(n_series, horizon)``: the point forecast ``yhat``.
+    """
+
+    quantiles: np.ndarray
+    levels: np.ndarray
+    median: np.ndarray
+
+    def level(self, q: float) -> np.ndarray:
+        """The ``(n_series, horizon)`` forecast at level ``q`` (must be one of ``levels``)."""
+        index = np.flatnonzero(np.isclose(self.levels, q))
+        if index.size == 0:
+            raise ModelError(f"quantile level {q} was not forecast; have {self.levels.tolist()}")
+        return self.quantiles[:, :, index[0]]
+
+
+@runtime_checkable
+class Forecaster(Protocol):
+    """Forecasts ``horizon`` steps after each context.
+
+    Implementations batch internally and must return exactly one row per context.
+    """
+
+    def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
+        """Forecast a batch.
+
+        Args:
+            contexts: float array ``(n_series, context_length)``, oldest first, left-padded
+                with NaN for shorter series; NaN may also appear inside (missing samples).
+            horizon: number of steps to forecast, > 0.
+            quantiles: strictly increasing levels in (0, 1).
+
+        Raises:
+            ModelError: when the model cannot forecast this batch.
+        """
+        ...
+
+
+def validate_quantile_levels(quantiles: Sequence[float]) -> np.ndarray:
+    """The levels as a float64 array, or a ModelError saying what is wrong with them."""
+    levels = np.asarray(quantiles, dtype=np.float64)
+    if levels.ndim != 1 or levels.size == 0:
+        raise ModelError(f"quantile levels must be a non-empty list, got {quantiles!r}")
+    if not np.all((levels > 0) & (levels < 1)):
+        raise ModelError(f"quantile levels must lie in (0, 1), got {levels.tolist()}")
+    if not np.all(np.diff(levels) > 0):
+        raise ModelError(f"quantile levels must be strictly increasing, got {levels.tolist()}")
+    return levels
+
+
+def check_forecast(
+    forecast: QuantileForecast, *, n_series: int, horizon: int, spec: str | None = None
+) -> QuantileForecast:
+    """Check an adapter's output against the contract; raise instead of scoring garbage."""
+    expected = (n_series, horizon, forecast.levels.size)
+    if forecast.quantiles.shape != expected:
+        raise ModelError(
+            f"forecast has shape {forecast.quantiles.shape}, expected {expected} "
+            "(series, horizon, quantiles)",
+            spec=spec,
+        )
+    if forecast.median.shape != (n_series, horizon):
+        raise ModelError(
+            f"median has shape {forecast.median.shape}, expected {(n_series, horizon)}", spec=spec
+        )
+    if np.any(np.diff(forecast.quantiles, axis=-1) < -1e-9):
+        raise ModelError("forecast quantiles are not ordered by level", spec=spec)
+    return forecast

@@ -1,0 +1,15 @@
+"""Shared fixtures: each area's fixtures live in tests/fixtures/<area>.py."""
+
+import os
+
+# Set before Ray is imported anywhere: no telemetry, and no token auth on the
+# throw-away local cluster (on by default since Ray 2.59).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+pytest_plugins = [
+    "tests.fixtures.servers",
+    "tests.fixtures.tiny_models",
+    "tests.fixtures.ray_cluster",
+    "tests.fixtures.s3",
+]
