@@ -1,0 +1,198 @@
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from openanomaly.config import Pipeline
+from openanomaly.detect import (
+    align_to_grid,
+    backtest,
+    chunk_points,
+    default_batch_chunks,
+    detect,
+    output_labels,
+)
+from openanomaly.errors import DataError, ModelError
+from openanomaly.models.base import QuantileForecast
+from openanomaly.models.registry import load_forecaster
+from openanomaly.series import SeriesMatrix
+
+STEP = 60_000
+
+
+class LastValue:
+    """Forecasts the context's last finite value, band ±1; records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[np.ndarray, int, list[float]]] = []
+
+    def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
+        self.calls.append((contexts.copy(), horizon, list(quantiles)))
+        last = np.array([row[np.isfinite(row)][-1] for row in contexts])
+        median = np.repeat(last[:, None], horizon, axis=1)
+        levels = np.asarray(quantiles, dtype=float)
+        offsets = np.where(levels < 0.5, -1.0, np.where(levels > 0.5, 1.0, 0.0))
+        return QuantileForecast(median[:, :, None] + offsets, levels, median)
+
+
+class WrongRows(LastValue):
+    def forecast(self, contexts, horizon, quantiles):
+        result = super().forecast(contexts, horizon, quantiles)
+        return QuantileForecast(result.quantiles[:-1], result.levels, result.median[:-1])
+
+
+def pipeline(**overrides) -> Pipeline:
+    raw = {
+        "name": "p",
+        "query": "m",
+        "step": "1m",
+        "model": {"spec": "mad", "alias": "robust"},
+        "schedule": {"infer_every": "3m", "context": "5m"},
+    }
+    return Pipeline.model_validate(raw | overrides)
+
+
+def matrix(values, labels=None, t0=0) -> SeriesMatrix:
+    values = np.atleast_2d(np.asarray(values, dtype=float))
+    labels = labels or [{"__name__": "m", "i": str(i)} for i in range(len(values))]
+    return SeriesMatrix.from_rows(labels, t0 + STEP * np.arange(values.shape[1]), values)
+
+
+def test_chunks_and_batch_defaults():
+    assert chunk_points(pipeline()) == 3
+    assert chunk_points(pipeline(schedule={"infer_every": "30s", "context": "5m"})) == 1
+    assert default_batch_chunks(pipeline(), 1) > 1000
+    assert default_batch_chunks(pipeline(schedule={"context": "1000d"}), 10_000) == 1
+
+
+def test_rolling_forecast_has_no_look_ahead():
+    series = matrix([np.arange(20.0)])
+    model = LastValue()
+    result = detect(series, pipeline(), model, start_ms=9 * STEP, end_ms=19 * STEP)
+    # window (9, 19] → columns 10..19, chunks [10,11,12] [13,14,15] [16,17,18] [19]
+    assert result.timestamps.tolist() == (STEP * np.arange(10, 20)).tolist()
+    assert result.yhat[0].tolist() == [9, 9, 9, 12, 12, 12, 15, 15, 15, 18]
+    assert result.yhat_lower[0].tolist() == [8, 8, 8, 11, 11, 11, 14, 14, 14, 17]
+    assert result.actual[0].tolist() == list(range(10, 20))
+    # one batched call for all chunks, contexts are the 5 points before each chunk
+    assert len(model.calls) == 1
+    contexts, horizon, quantiles = model.calls[0]
+    assert horizon == 3
+    assert quantiles == [0.05, 0.5, 0.95]
+    assert contexts.tolist() == [
+        [5, 6, 7, 8, 9],
+        [8, 9, 10, 11, 12],
+        [11, 12, 13, 14, 15],
+        [14, 15, 16, 17, 18],
+    ]
+    # actual - yhat = 1, 2, 3 with band ±1 → 1 (edge), 2, 3 band widths of 2: 1.5, 2.0
+    assert result.anomaly_score[0, :3].tolist() == [1.0, 1.5, 2.0]
+    assert result.points_scored == 10 and result.series_scored == 1 and result.skipped == ()
+
+
+def test_short_history_is_left_padded_with_nan():
+    model = LastValue()
+    detect(matrix([np.arange(4.0)]), pipeline(), model, start_ms=1 * STEP, end_ms=3 * STEP)
+    contexts = model.calls[0][0]
+    assert np.isnan(contexts[0, :3]).all()
+    assert contexts[0, 3:].tolist() == [0.0, 1.0]
+
+
+def test_backtest_batches_match_one_detect_call():
+    rng = np.random.default_rng(0)
+    series = matrix(rng.normal(size=(3, 200)).cumsum(axis=1))
+    p = pipeline(schedule={"infer_every": "4m", "context": "30m"})
+    model = load_forecaster("mad")
+    whole = detect(series, p, model, start_ms=40 * STEP, end_ms=199 * STEP)
+    seen: list[tuple[int, int]] = []
+    batched = backtest(
+        series,
+        p,
+        model,
+        start_ms=40 * STEP,
+        end_ms=199 * STEP,
+        batch_chunks=3,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    for name in ("anomaly_score", "yhat", "yhat_lower", "yhat_upper"):
+        np.testing.assert_array_equal(getattr(whole, name), getattr(batched, name))
+    assert seen[-1] == (159, 159)
+    assert len(seen) == -(-159 // 12)
+    assert all(a[0] < b[0] for a, b in itertools.pairwise(seen))
+
+
+def test_nan_actuals_are_not_scored_and_chunks_without_context_are_skipped():
+    values = np.arange(30.0).reshape(2, 15)
+    values[0, 11] = np.nan  # a gap in series 0
+    values[1, :12] = np.nan  # series 1 starts inside the window: first chunk has no context
+    model = LastValue()
+    result = detect(matrix(values), pipeline(), model, start_ms=8 * STEP, end_ms=14 * STEP)
+    assert np.isnan(result.anomaly_score[0, 2]) and np.isnan(result.yhat[0, 2])
+    assert np.isfinite(result.anomaly_score[0, [0, 1, 3, 4, 5]]).all()
+    # series 1: chunk [9,10,11] has no context and no actuals → not forecast, not skipped;
+    # chunk [12,13,14] has context 12? no: context is 7..11, all NaN → skipped
+    assert result.skipped == (1,)
+    assert result.skipped_labels == ({"__name__": "m", "i": "1"},)
+    assert np.isnan(result.anomaly_score[1]).all()
+    assert result.series_scored == 1
+    assert model.calls[0][0].shape == (2, 5)  # only series 0's two chunks were forecast
+
+
+def test_output_matrix_labels_and_rows():
+    values = np.array([np.arange(10.0), np.full(10, np.nan)])
+    values[1, 0] = 1.0  # finite only in the context: no output rows for series 1
+    p = pipeline(output={"anomaly_score": "score", "extra_labels": {"team": "sre"}})
+    labels = [{"__name__": "cpu", "host": "a", "model": "x"}, {"__name__": "cpu", "host": "b"}]
+    out = detect(matrix(values, labels), p, LastValue(), start_ms=6 * STEP, end_ms=9 * STEP).to_series_matrix(
+        p
+    )
+    assert [dict(lab) for lab in out.labels] == [
+        {"host": "a", "model": "robust", "team": "sre", "for": "p", "__name__": name}
+        for name in ("score", "yhat", "yhat_lower", "yhat_upper")
+    ]
+    assert out.timestamps.tolist() == [7 * STEP, 8 * STEP, 9 * STEP]
+    assert out.values[1].tolist() == [6.0, 6.0, 6.0]
+    assert output_labels({"__name__": "x"}, p, metric="yhat")["__name__"] == "yhat"
+
+
+def test_empty_window_gives_empty_output():
+    result = detect(matrix([np.arange(5.0)]), pipeline(), LastValue(), start_ms=4 * STEP, end_ms=4 * STEP)
+    assert result.anomaly_score.shape == (1, 0)
+    assert len(result.to_series_matrix(pipeline())) == 0
+
+
+@pytest.mark.parametrize(
+    ("series", "message"),
+    [
+        (SeriesMatrix.empty(), "returned no series"),
+        (matrix([[np.nan] * 6, [np.nan] * 6]), r"all 2 series .* \(all NaN\)"),
+        (SeriesMatrix.from_rows([{"a": "1"}], [0, STEP, 3 * STEP], [[1.0, 2.0, 3.0]]), "regular grid"),
+        (
+            matrix([[1.0] * 6, [2.0] * 6], [{"__name__": "a"}, {"__name__": "b"}]),
+            "differ only in their metric",
+        ),
+    ],
+)
+def test_data_errors(series, message):
+    with pytest.raises(DataError, match=message) as info:
+        detect(series, pipeline(), LastValue(), start_ms=0, end_ms=5 * STEP)
+    assert info.value.pipeline == "p"
+
+
+def test_broken_forecaster_is_a_model_error():
+    with pytest.raises(ModelError, match="shape"):
+        detect(matrix([np.arange(10.0)] * 1), pipeline(), WrongRows(), start_ms=5 * STEP, end_ms=9 * STEP)
+
+
+def test_backtest_rejects_bad_batch_size():
+    with pytest.raises(ValueError, match="batch_chunks"):
+        backtest(matrix([np.arange(5.0)]), pipeline(), LastValue(), start_ms=0, end_ms=STEP, batch_chunks=0)
+
+
+def test_align_to_grid():
+    raw = SeriesMatrix.from_rows([{"a": "1"}], [1_000, 60_000, 200_000], [[1.0, 2.0, 3.0]])
+    grid = align_to_grid(raw, step_ms=STEP, start_ms=0)
+    assert grid.timestamps.tolist() == [0, 60_000, 120_000, 180_000, 240_000]
+    np.testing.assert_array_equal(grid.values, [[np.nan, 2.0, np.nan, np.nan, 3.0]])
+    # the 1 000 ms sample lands on 60 000, then is overwritten by the exact 60 000 one
