@@ -1,0 +1,294 @@
+"""Where the configuration comes from, and how a running service notices it changed.
+
+``ConfigStore`` is the port the scheduler and the CLI use; ``YamlConfigStore`` reads a
+YAML file (the only store so far; an S3- or API-backed store would implement the same
+two methods). Every problem becomes one :class:`~openanomaly.errors.ConfigError`
+that names the file, the pipeline (by name, else by index) and the field path, so
+``openanomaly validate`` can print it and a reloading scheduler can log it and keep
+the last good config.
+
+File layout::
+
+    settings:
+      tsdb:
+        url: http://localhost:8428
+        bearer_token: ${VM_TOKEN}        # ${VAR} / ${VAR:-default} expand from the environment
+    pipelines:
+      - name: cpu
+        query: rate(node_cpu_seconds_total{mode="user"}[5m])
+        step: 1m
+        model: chronos:amazon/chronos-bolt-small
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import yaml
+from pydantic import ValidationError
+
+from openanomaly.config import Config
+from openanomaly.errors import ConfigError
+
+__all__ = ["ConfigStore", "ConfigValidationError", "YamlConfigStore", "expand_env", "load_config"]
+
+# ${NAME} or ${NAME:-default}; $${ escapes a literal ${.
+_ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigValidationError(ConfigError):
+    """Several problems in one file; ``errors`` holds one :class:`ConfigError` per problem.
+
+    The message lists them all, one per line; ``source``/``pipeline``/``field`` are the
+    first problem's.
+    """
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        Exception.__init__(self, "\n".join(str(error) for error in errors))
+        self.source, self.pipeline, self.field = first.source, first.pipeline, first.field
+
+
+@runtime_checkable
+class ConfigStore(Protocol):
+    """A source of :class:`~openanomaly.config.Config` that can say when it changed."""
+
+    def load(self) -> Config:
+        """The current configuration.
+
+        Raises:
+            ConfigError: it is missing or invalid (nothing partial is returned).
+        """
+        ...
+
+    def changed(self) -> bool:
+        """True when the source differs from what the last successful ``load`` returned."""
+        ...
+
+
+def expand_env(text: str, *, env: Mapping[str, str], where: str = "") -> str:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in ``text`` from ``env``; ``$${`` → ``${``.
+
+    Raises:
+        ConfigError: a referenced variable is unset and has no default.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$${":
+            return "${"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"environment variable {name!r} is not set (write ${{{name}:-default}} for a default)",
+            field=where or None,
+        )
+
+    return _ENV_REF.sub(replace, text)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _mapping_without_duplicates(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {mark.line + 1}, column {mark.column + 1})", mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _loc_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _expand_tree(node: Any, *, env: Mapping[str, str], source: str, loc: tuple[int | str, ...] = ()) -> Any:
+    if isinstance(node, str):
+        try:
+            return expand_env(node, env=env, where=_loc_path(loc))
+        except ConfigError as error:
+            raise ConfigError(str(error).split(": ", 1)[-1], source=source, field=error.field) from None
+    if isinstance(node, dict):
+        return {
+            key: _expand_tree(value, env=env, source=source, loc=(*loc, key)) for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_expand_tree(value, env=env, source=source, loc=(*loc, i)) for i, value in enumerate(node)]
+    return node
+
+
+def _pipeline_name(raw: Any, index: int) -> str | None:
+    pipelines = raw.get("pipelines") if isinstance(raw, dict) else None
+    if isinstance(pipelines, list) and index < len(pipelines) and isinstance(pipelines[index], dict):
+        name = pipelines[index].get("name")
+        return str(name) if name is not None else None
+    return None
+
+
+def _validation_errors(error: ValidationError, raw: Any, source: str) -> list[ConfigError]:
+    problems = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        message = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        pipeline = None
+        if len(loc) >= 2 and loc[0] == "pipelines" and isinstance(loc[1], int):
+            pipeline = _pipeline_name(raw, loc[1])
+        if item["type"] not in ("missing", "extra_forbidden") and "input" in item and len(loc) > 2:
+            value = item["input"]
+            if isinstance(value, str | int | float | bool):
+                message = f"{message} (got {value!r})" if repr(value) not in message else message
+        problems.append(ConfigError(message, source=source, pipeline=pipeline, field=_loc_path(loc) or None))
+    return problems
+
+
+def load_config(text: str, *, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate a YAML configuration.
+
+    Raises:
+        ConfigError: malformed YAML (with line and column), an unset ``${VAR}``, or
+            invalid content (:class:`ConfigValidationError` listing every problem).
+    """
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        context = getattr(error, "context", None)
+        detail = f"{context}, {problem}" if context else problem
+        raise ConfigError(f"malformed YAML: {where}{detail}", source=source) from None
+    if raw is None:
+        raise ConfigError("the file is empty; expected 'settings:' and 'pipelines:'", source=source)
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"expected a mapping with 'settings:' and 'pipelines:' at the top, got {type(raw).__name__}",
+            source=source,
+        )
+    raw = _expand_tree(raw, env=os.environ if env is None else env, source=source)
+    duplicates = _duplicate_names(raw, source)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as error:
+        problems = [
+            problem
+            for problem in _validation_errors(error, raw, source)
+            if not (duplicates and "duplicate pipeline name" in str(problem))
+        ]
+        raise ConfigValidationError(duplicates + problems) from None
+    if duplicates:
+        raise ConfigValidationError(duplicates)
+    return config
+
+
+def _duplicate_names(raw: dict[Any, Any], source: str) -> list[ConfigError]:
+    """One error per repeated pipeline name, naming both positions (pydantic would not)."""
+    pipelines = raw.get("pipelines")
+    if not isinstance(pipelines, list):
+        return []
+    first: dict[str, int] = {}
+    problems = []
+    for index, item in enumerate(pipelines):
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            problems.append(
+                ConfigError(
+                    f"duplicate pipeline name {name!r} (first used by pipelines[{first[name]}])",
+                    source=source,
+                    pipeline=name,
+                    field=f"pipelines[{index}].name",
+                )
+            )
+        else:
+            first[name] = index
+    return problems
+
+
+class YamlConfigStore:
+    """Configuration from one YAML file, re-read when its content changes.
+
+    ``changed()`` is cheap enough to poll every few seconds: it compares the file's
+    mtime and size first and hashes the content only when they moved, so touching
+    the file without editing it does not trigger a reload.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self._env = env
+        self._stat: tuple[int, int] | None = None
+        self._digest: str | None = None
+
+    def __repr__(self) -> str:
+        return f"YamlConfigStore({str(self.path)!r})"
+
+    def _read(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError("file not found", source=str(self.path)) from None
+        except OSError as error:
+            raise ConfigError(f"cannot read: {error.strerror}", source=str(self.path)) from None
+
+    def _stat_key(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def load(self) -> Config:
+        """Read and validate the file; remember its version for :meth:`changed`.
+
+        Raises:
+            ConfigError: missing, unreadable, malformed or invalid file.
+        """
+        stat = self._stat_key()
+        data = self._read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"not UTF-8 text ({error.reason} at byte {error.start})", source=str(self.path)
+            ) from None
+        config = load_config(text, source=str(self.path), env=self._env)
+        self._stat, self._digest = stat, hashlib.sha256(data).hexdigest()
+        return config
+
+    def changed(self) -> bool:
+        """True if the file's content differs from the last successful :meth:`load` (or it vanished)."""
+        if self._digest is None:
+            return True
+        stat = self._stat_key()
+        if stat is None:
+            return True
+        if stat == self._stat:
+            return False
+        try:
+            digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        except OSError:
+            return True
+        if digest == self._digest:
+            self._stat = stat  # touched, not edited
+            return False
+        return True
