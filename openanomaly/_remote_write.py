@@ -1,0 +1,233 @@
+"""Prometheus remote-write 1.0 wire format: protobuf messages and a vectorised encoder.
+
+The messages are those of ``prometheus/prompb`` (``types.proto`` / ``remote.proto``),
+proto3, as fixed by the remote-write 1.0 specification
+(https://prometheus.io/docs/specs/remote_write_spec/)::
+
+    message WriteRequest { repeated TimeSeries timeseries = 1; reserved 2; reserved 3; }
+    message TimeSeries   { repeated Label labels = 1; repeated Sample samples = 2; }
+    message Label        { string name = 1; string value = 2; }
+    message Sample       { double value = 1; int64 timestamp = 2; }
+
+The descriptor is built at import time with ``google.protobuf`` (no generated code, no
+``protoc`` step) in a private descriptor pool, so it cannot clash with another library
+that registers ``prometheus.WriteRequest`` in the default pool.
+
+Why two encoders: building one protobuf ``Sample`` object per sample costs about a
+microsecond in Python, ~15 s for 10,000 series x 1,440 points. ``encode_write_request``
+instead lays out all samples of a batch with numpy (a sample is a fixed pattern of tag
+bytes, 8 little-endian value bytes and a varint timestamp) and uses protobuf only for
+the label sets. Its output is byte-for-byte what ``WriteRequest.SerializeToString()``
+gives for the same data (the tests check this), about 20x faster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import cramjam
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+__all__ = [
+    "Label",
+    "Sample",
+    "TimeSeries",
+    "TimestampGrid",
+    "WriteRequest",
+    "compress",
+    "decode_write_request",
+    "encode_labels",
+    "encode_write_request",
+    "encode_write_request_protobuf",
+]
+
+_F = descriptor_pb2.FieldDescriptorProto
+
+
+def _build_messages() -> dict[str, type]:
+    file = descriptor_pb2.FileDescriptorProto(name="openanomaly/prompb.proto", package="prometheus")
+    file.syntax = "proto3"
+
+    def message(name: str, fields: Sequence[tuple[str, int, int, str | None, bool]]) -> None:
+        proto = file.message_type.add(name=name)
+        for field_name, number, field_type, type_name, repeated in fields:
+            field = proto.field.add(
+                name=field_name,
+                number=number,
+                type=field_type,
+                label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL,
+            )
+            if type_name:
+                field.type_name = type_name
+
+    message("Label", [("name", 1, _F.TYPE_STRING, None, False), ("value", 2, _F.TYPE_STRING, None, False)])
+    message(
+        "Sample", [("value", 1, _F.TYPE_DOUBLE, None, False), ("timestamp", 2, _F.TYPE_INT64, None, False)]
+    )
+    message(
+        "TimeSeries",
+        [
+            ("labels", 1, _F.TYPE_MESSAGE, ".prometheus.Label", True),
+            ("samples", 2, _F.TYPE_MESSAGE, ".prometheus.Sample", True),
+        ],
+    )
+    message("WriteRequest", [("timeseries", 1, _F.TYPE_MESSAGE, ".prometheus.TimeSeries", True)])
+    write_request = file.message_type[-1]
+    write_request.reserved_range.add(start=2, end=4)
+
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"prometheus.{name}"))
+        for name in ("Label", "Sample", "TimeSeries", "WriteRequest")
+    }
+
+
+_MESSAGES = _build_messages()
+Label = _MESSAGES["Label"]
+Sample = _MESSAGES["Sample"]
+TimeSeries = _MESSAGES["TimeSeries"]
+WriteRequest = _MESSAGES["WriteRequest"]
+
+_TAG_TIMESERIES = 0x0A  # WriteRequest.timeseries: field 1, length-delimited
+_TAG_SAMPLES = 0x12  # TimeSeries.samples: field 2, length-delimited
+_TAG_VALUE = 0x09  # Sample.value: field 1, 64-bit
+_TAG_TIMESTAMP = 0x10  # Sample.timestamp: field 2, varint
+_TIMESERIES_TAG_BYTE = bytes([_TAG_TIMESERIES])
+_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+_VARINT_SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)
+_VARINT_POSITIONS = np.arange(10)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_labels(labels: Mapping[str, str]) -> bytes:
+    """The ``TimeSeries.labels`` fields for one label set, ready to prefix its samples.
+
+    Labels are sorted by name (byte order), as the spec requires; ``__name__`` thus comes
+    first unless a label name starts with an upper-case letter. Empty values are dropped:
+    in Prometheus an empty label is the same as no label, and receivers reject them.
+    """
+    pairs = sorted((name, value) for name, value in labels.items() if value != "")
+    return TimeSeries(labels=[Label(name=name, value=value) for name, value in pairs]).SerializeToString()
+
+
+class TimestampGrid:
+    """The timestamps of a shared time grid, varint-encoded once for every batch.
+
+    Series written together share the grid of a ``SeriesMatrix``, so each timestamp's
+    bytes are computed once here and gathered per sample.
+
+    Args:
+        timestamps: int64 milliseconds, shape ``(t,)``.
+    """
+
+    def __init__(self, timestamps: np.ndarray) -> None:
+        unsigned = np.ascontiguousarray(timestamps, dtype=np.int64).view(np.uint64)
+        varint_len = 1 + (unsigned[:, None] >= _VARINT_LIMITS).sum(axis=1, dtype=np.int64)
+        groups = (unsigned[:, None] >> _VARINT_SHIFTS) & np.uint64(0x7F)
+        groups |= np.where((varint_len - 1)[:, None] > _VARINT_POSITIONS, np.uint64(0x80), np.uint64(0))
+        #: shape (t, 11): the timestamp tag byte then the varint, zero-padded
+        self.encoded = np.empty((len(unsigned), 11), dtype=np.uint8)
+        self.encoded[:, 0] = _TAG_TIMESTAMP
+        self.encoded[:, 1:] = groups
+        #: shape (t,): bytes used in ``encoded``; 0 for timestamp 0, which proto3 omits
+        self.length = np.where(unsigned != 0, 1 + varint_len, 0)
+
+
+def encode_write_request(
+    label_blobs: Sequence[bytes],
+    series_index: np.ndarray,
+    columns: np.ndarray,
+    grid: TimestampGrid,
+    values: np.ndarray,
+) -> bytes:
+    """Serialise one ``WriteRequest`` (uncompressed) from flat per-sample arrays.
+
+    Args:
+        label_blobs: ``encode_labels`` output for each series in the request, length k.
+        series_index: int, shape ``(m,)``, non-decreasing, ``0 <= series_index < k``: the
+            series each sample belongs to (samples of one series are contiguous). Every
+            series must own at least one sample.
+        columns: int, shape ``(m,)``: each sample's position in ``grid``, increasing
+            within a series.
+        grid: the encoded time grid.
+        values: float64, shape ``(m,)`` (NaN is encoded as is; callers drop it).
+
+    Returns:
+        The protobuf bytes, identical to ``WriteRequest.SerializeToString()`` for the same
+        series (proto3: a zero value or timestamp is omitted, as protobuf does).
+    """
+    if len(series_index) == 0:
+        return b""
+    value_bits = np.ascontiguousarray(values, dtype="<f8").view(np.uint64)
+    has_value = value_bits != 0
+    time_len = grid.length[columns]
+    body_len = has_value * 9 + time_len  # <= 20, so its own length is one byte
+    time_width = int(time_len.max())
+    uniform = bool(has_value.all()) and bool((time_len == time_width).all())
+
+    # Lay every sample record out at the widest length in this batch; when some records
+    # are shorter (zero value or timestamp, short varint), mask out the bytes protobuf
+    # would not write. Samples of one series stay contiguous either way.
+    records = np.empty((len(series_index), 11 + time_width), dtype=np.uint8)
+    records[:, 0] = _TAG_SAMPLES
+    records[:, 1] = body_len
+    records[:, 2] = _TAG_VALUE
+    records[:, 3:11] = value_bits.view(np.uint8).reshape(-1, 8)
+    records[:, 11:] = grid.encoded[columns, :time_width]
+    if uniform:
+        packed = memoryview(records).cast("B")
+    else:
+        keep = np.empty(records.shape, dtype=bool)
+        keep[:, :2] = True
+        keep[:, 2:11] = has_value[:, None]
+        keep[:, 11:] = np.arange(time_width) < time_len[:, None]
+        packed = memoryview(records[keep])
+
+    per_series = np.bincount(series_index, weights=body_len + 2, minlength=len(label_blobs)).astype(np.int64)
+    parts: list[bytes | memoryview] = []
+    begin = 0
+    for blob, end in zip(label_blobs, np.cumsum(per_series).tolist(), strict=True):
+        parts.append(_TIMESERIES_TAG_BYTE + _varint(len(blob) + end - begin) + blob)
+        parts.append(packed[begin:end])
+        begin = end
+    return b"".join(parts)
+
+
+def encode_write_request_protobuf(
+    labels: Sequence[Mapping[str, str]], timestamps: Sequence[np.ndarray], values: Sequence[np.ndarray]
+) -> bytes:
+    """Reference encoder through protobuf message objects (slow; tests and debugging).
+
+    One entry per series: its label set, its timestamps (int64 ms) and values.
+    """
+    request = WriteRequest()
+    for label_set, series_times, series_values in zip(labels, timestamps, values, strict=True):
+        series = request.timeseries.add()
+        series.ParseFromString(encode_labels(label_set))
+        for timestamp, value in zip(
+            np.asarray(series_times).tolist(), np.asarray(series_values).tolist(), strict=True
+        ):
+            series.samples.add(value=value, timestamp=timestamp)
+    return request.SerializeToString()
+
+
+def compress(payload: bytes) -> bytes:
+    """Snappy *block* format (not the framed format), as remote write requires."""
+    return bytes(cramjam.snappy.compress_raw(payload))
+
+
+def decode_write_request(body: bytes) -> WriteRequest:  # type: ignore[valid-type]
+    """Decompress and parse a remote-write request body (tests, debugging receivers)."""
+    request = WriteRequest()
+    request.ParseFromString(bytes(cramjam.snappy.decompress_raw(body)))
+    return request

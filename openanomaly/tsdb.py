@@ -1,0 +1,396 @@
+"""Read series from and write scores to a Prometheus-compatible TSDB.
+
+``PrometheusClient`` speaks the Prometheus HTTP API (``/api/v1/query_range``,
+``/api/v1/series``) and the Prometheus remote-write 1.0 protocol, so the same client
+works against Prometheus, VictoriaMetrics and anything else that implements them
+(Thanos, Mimir, Cortex receivers...). It returns ``SeriesMatrix`` (numpy), never pandas.
+
+Why the details below:
+
+* **Grid alignment.** ``query_range`` evaluates at ``start + k * step``. VictoriaMetrics
+  silently rounds ``start`` down to a multiple of ``step``, Prometheus does not, so the
+  client aligns ``start`` down itself: both servers then return the same grid.
+* **Chunking.** Servers cap the points per series per request (Prometheus: 11,000;
+  VictoriaMetrics: ``-search.maxPointsPerTimeseries``, 30,000 by default). Long ranges
+  are split into requests of at most ``max_points_per_query`` points and stitched back
+  on the one grid, with no duplicated or missing columns.
+* **Retries.** Connection errors, timeouts and 5xx are usually passing (restart, load),
+  so they are retried with exponential backoff; a 4xx means the request itself is wrong
+  (bad PromQL, rejected samples), so it fails at once with the server's message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator, Mapping
+from importlib.metadata import version
+from types import TracebackType
+from typing import Any
+
+import httpx
+import numpy as np
+
+from openanomaly import _remote_write
+from openanomaly.config import TSDBSettings
+from openanomaly.errors import QueryError, RemoteWriteError, TSDBError
+from openanomaly.series import SeriesMatrix
+
+__all__ = ["PrometheusClient"]
+
+_log = logging.getLogger(__name__)
+
+USER_AGENT = f"openanomaly/{version('openanomaly')}"
+_MAX_BACKOFF_S = 30.0
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_WRITE_HEADERS = {
+    "Content-Encoding": "snappy",
+    "Content-Type": "application/x-protobuf",
+    "X-Prometheus-Remote-Write-Version": "0.1.0",
+}
+
+
+class PrometheusClient:
+    """Prometheus HTTP API client over httpx; works with Prometheus and VictoriaMetrics.
+
+    One client holds one connection pool; reuse it, and close it (or use ``with``).
+
+    Args:
+        settings: where the server is, auth, timeout, retries, chunk and batch sizes.
+        transport: an httpx transport to use instead of the network (tests pass
+            ``httpx.MockTransport`` to check the wire format).
+
+    Example:
+        >>> from openanomaly.config import TSDBSettings
+        >>> with PrometheusClient(TSDBSettings(url="http://localhost:8428")) as tsdb:  # doctest: +SKIP
+        ...     matrix = tsdb.query_range("up", start_ms=0, end_ms=3_600_000, step_ms=60_000)
+        ...     tsdb.remote_write(matrix)
+    """
+
+    def __init__(self, settings: TSDBSettings, *, transport: httpx.BaseTransport | None = None) -> None:
+        self.settings = settings
+        headers = {"User-Agent": USER_AGENT, **settings.headers}
+        if settings.bearer_token:
+            headers["Authorization"] = f"Bearer {settings.bearer_token}"
+        auth = (
+            httpx.BasicAuth(settings.username, settings.password)
+            if settings.username is not None and settings.password is not None
+            else None
+        )
+        self._client = httpx.Client(
+            headers=headers,
+            auth=auth,
+            timeout=settings.timeout.total_seconds(),
+            transport=transport,
+        )
+
+    # -- reading ---------------------------------------------------------------------
+
+    def query_range(self, query: str, *, start_ms: int, end_ms: int, step_ms: int) -> SeriesMatrix:
+        """Evaluate ``query`` on the grid ``start, start + step, ... <= end`` (milliseconds).
+
+        ``start_ms`` is aligned down to a multiple of ``step_ms`` (pass an aligned start to
+        get exactly the grid you asked for), so Prometheus and VictoriaMetrics return the
+        same instants. The range is fetched in chunks of at most
+        ``settings.max_points_per_query`` points.
+
+        Returns:
+            ``SeriesMatrix`` with the full grid as timestamps (shape ``(t,)``), one row per
+            label set the query returned in any chunk, sorted by labels; NaN where the
+            server returned no point. Labels include ``__name__`` when the server kept it.
+
+        Raises:
+            ValueError: ``step_ms <= 0`` or ``end_ms < start_ms``.
+            QueryError: the server rejected the query (4xx: bad PromQL; the server's
+                message is included), or it stayed unreachable or answered 5xx after
+                ``settings.retries`` retries.
+        """
+        start, count = _grid(start_ms=start_ms, end_ms=end_ms, step_ms=step_ms)
+        url = f"{self.settings.url}/api/v1/query_range"
+        rows: dict[tuple[tuple[str, str], ...], int] = {}
+        labels: list[dict[str, str]] = []
+        pieces: list[tuple[int, np.ndarray, np.ndarray]] = []  # (row, columns, values)
+        chunk = self.settings.max_points_per_query
+        for first in range(0, count, chunk):
+            last = min(first + chunk, count) - 1
+            chunk_start, chunk_end = start + first * step_ms, start + last * step_ms
+            form = {
+                "query": query,
+                "start": _seconds(chunk_start),
+                "end": _seconds(chunk_end),
+                "step": _seconds(step_ms),
+            }
+            data = self._read(url, form, query=query)
+            if data.get("resultType") != "matrix":
+                raise QueryError(
+                    f"{url}: expected a matrix result for query {query!r}, got {data.get('resultType')!r}",
+                    url=url,
+                    query=query,
+                )
+            for result in data["result"]:
+                metric = result["metric"]
+                key = tuple(sorted(metric.items()))
+                row = rows.get(key)
+                if row is None:
+                    row = rows[key] = len(labels)
+                    labels.append(dict(metric))
+                columns, values = _points(
+                    result["values"],
+                    start=start,
+                    step_ms=step_ms,
+                    first=first,
+                    last=last,
+                    url=url,
+                    query=query,
+                )
+                pieces.append((row, columns, values))
+
+        order = sorted(range(len(labels)), key=lambda row: sorted(labels[row].items()))
+        position = np.empty(len(labels), dtype=np.int64)
+        position[order] = np.arange(len(labels))
+        values = np.full((len(labels), count), np.nan)
+        for row, columns, series_values in pieces:
+            values[position[row], columns] = series_values
+        timestamps = start + step_ms * np.arange(count, dtype=np.int64)
+        return SeriesMatrix(tuple(labels[row] for row in order), timestamps, values)
+
+    def series(self, match: str, *, start_ms: int, end_ms: int) -> list[dict[str, str]]:
+        """Label sets of the series matching the selector ``match`` in ``[start, end]``.
+
+        Cheaper than a query when only the series list is needed (``/api/v1/series``).
+
+        Raises:
+            QueryError: as for ``query_range``.
+        """
+        if end_ms < start_ms:
+            raise ValueError(f"end_ms ({end_ms}) must not be before start_ms ({start_ms})")
+        url = f"{self.settings.url}/api/v1/series"
+        form = {"match[]": match, "start": _seconds(start_ms), "end": _seconds(end_ms)}
+        return [dict(labels) for labels in self._read(url, form, query=match)]
+
+    def _read(self, url: str, form: dict[str, str], *, query: str) -> Any:
+        """POST a read request (a form body: queries of any length), return ``data``."""
+        response = self._send(QueryError, "POST", url, query=query, data=form)
+        try:
+            body = json.loads(response.content)
+        except ValueError as error:
+            raise QueryError(
+                f"{url} returned a body that is not JSON for query {query!r}: {response.text[:200]!r}",
+                url=url,
+                status=response.status_code,
+                query=query,
+            ) from error
+        if body.get("status") != "success":
+            raise QueryError(
+                f"{url} answered status {body.get('status')!r} for query {query!r}: {body.get('error')}",
+                url=url,
+                status=response.status_code,
+                query=query,
+            )
+        return body["data"]
+
+    # -- writing ---------------------------------------------------------------------
+
+    def remote_write(self, series: SeriesMatrix) -> int:
+        """Write every non-NaN cell of ``series`` through Prometheus remote write 1.0.
+
+        Requests hold at most ``settings.write_batch_samples`` samples; a series longer
+        than that is split over several requests. Batches are sent one after another,
+        so a failure leaves the earlier batches written (writing the same samples again
+        is harmless: same series, same timestamps).
+
+        Returns:
+            The number of samples written (NaN cells are skipped).
+
+        Raises:
+            RemoteWriteError: a label set has no ``__name__`` or an invalid label name
+                (before anything is sent); the server rejected a batch (4xx, not retried:
+                the message has status and the server's reason, e.g. out-of-order
+                samples); or it stayed unreachable or answered 5xx after retries.
+        """
+        url = self.settings.remote_write_url
+        present = ~np.isnan(series.values)
+        counts = present.sum(axis=1)
+        for row in np.flatnonzero(counts).tolist():
+            _check_labels(series.labels[row], url=url)
+        grid = _remote_write.TimestampGrid(series.timestamps)
+        blobs: dict[int, bytes] = {}
+
+        def blob(row: int) -> bytes:
+            if row not in blobs:
+                blobs[row] = _remote_write.encode_labels(series.labels[row])
+            return blobs[row]
+
+        written = 0
+        for first_row, end_row, lo, hi in _batches(counts, self.settings.write_batch_samples):
+            if lo is None:  # whole rows
+                local_rows, columns = np.nonzero(present[first_row:end_row])
+                used = np.flatnonzero(counts[first_row:end_row])
+                series_index = np.searchsorted(used, local_rows)
+                rows = (used + first_row).tolist()
+                values = series.values[first_row + local_rows, columns]
+            else:  # a part of one long row
+                columns = np.flatnonzero(present[first_row])[lo:hi]
+                series_index = np.zeros(len(columns), dtype=np.int64)
+                rows = [first_row]
+                values = series.values[first_row, columns]
+            payload = _remote_write.encode_write_request(
+                [blob(row) for row in rows], series_index, columns, grid, values
+            )
+            self._send(
+                RemoteWriteError, "POST", url, content=_remote_write.compress(payload), headers=_WRITE_HEADERS
+            )
+            written += len(values)
+        return written
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _send(
+        self, error: type[TSDBError], method: str, url: str, *, query: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Send with retries on connection errors, timeouts and 5xx; raise ``error`` otherwise."""
+        attempts = self.settings.retries + 1
+        tries = f"{attempts} attempt" + ("s" if attempts > 1 else "")
+        backoff = self.settings.backoff.total_seconds()
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._client.request(method, url, **kwargs)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                if attempt == attempts:
+                    raise error(
+                        f"could not connect to {url} after {tries} ({problem})"
+                        + (f"; query: {query!r}" if query else ""),
+                        url=url,
+                        query=query,
+                    ) from exc
+            else:
+                if response.is_success:
+                    return response
+                message = _server_message(response)
+                if response.status_code < 500:
+                    verb = "rejected the query" if error is QueryError else "rejected the write"
+                    raise error(
+                        f"{url} {verb} with HTTP {response.status_code}: {message}"
+                        + (f"; query: {query!r}" if query else ""),
+                        url=url,
+                        status=response.status_code,
+                        query=query,
+                    )
+                problem = f"HTTP {response.status_code}: {message}"
+                if attempt == attempts:
+                    raise error(
+                        f"{url} failed after {tries}, last with {problem}"
+                        + (f"; query: {query!r}" if query else ""),
+                        url=url,
+                        status=response.status_code,
+                        query=query,
+                    )
+            delay = min(backoff * 2 ** (attempt - 1), _MAX_BACKOFF_S)
+            _log.warning(
+                "%s %s failed (%s); retry %d/%d in %.2fs", method, url, problem, attempt, attempts - 1, delay
+            )
+            time.sleep(delay)
+        raise AssertionError("unreachable")  # the loop always returns or raises
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def __enter__(self) -> PrometheusClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _grid(*, start_ms: int, end_ms: int, step_ms: int) -> tuple[int, int]:
+    """The aligned grid start and its number of points."""
+    if step_ms <= 0:
+        raise ValueError(f"step_ms must be positive, got {step_ms}")
+    if end_ms < start_ms:
+        raise ValueError(f"end_ms ({end_ms}) must not be before start_ms ({start_ms})")
+    start = start_ms - start_ms % step_ms
+    return start, (end_ms - start) // step_ms + 1
+
+
+def _seconds(ms: int) -> str:
+    """Milliseconds as the exact decimal seconds string both servers parse."""
+    sign, ms = ("-", -ms) if ms < 0 else ("", ms)
+    return f"{sign}{ms // 1000}.{ms % 1000:03d}"
+
+
+def _points(
+    pairs: list[list[Any]], *, start: int, step_ms: int, first: int, last: int, url: str, query: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grid columns and float values of one series' ``[[seconds, "value"], ...]``."""
+    if not pairs:
+        return np.empty(0, dtype=np.int64), np.empty(0)
+    seconds, texts = zip(*pairs, strict=True)
+    offset = np.rint(np.array(seconds, dtype=np.float64) * 1000).astype(np.int64) - start
+    columns = offset // step_ms
+    if np.any(offset % step_ms) or columns[0] < first or columns[-1] > last:
+        bad = (start + offset)[(offset % step_ms != 0) | (columns < first) | (columns > last)][0]
+        raise QueryError(
+            f"{url} returned a point at {bad} ms, off the requested grid "
+            f"(start {start + first * step_ms} ms, step {step_ms} ms) for query {query!r}",
+            url=url,
+            query=query,
+        )
+    return columns, np.fromiter(map(float, texts), dtype=np.float64, count=len(texts))
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The server's own reason: the ``error`` field of a Prometheus JSON error, else the text."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("error"):
+        kind = str(body.get("errorType") or "")
+        # Prometheus names the error class (bad_data); VictoriaMetrics repeats the status.
+        return (
+            f"{kind}: {body['error']}" if kind and kind != str(response.status_code) else str(body["error"])
+        )
+    text = response.text.strip()
+    return text[:1000] if text else response.reason_phrase
+
+
+def _check_labels(labels: Mapping[str, str], *, url: str) -> None:
+    if not labels.get("__name__"):
+        raise RemoteWriteError(f"cannot write series {dict(labels)}: it has no __name__ label", url=url)
+    for name in labels:
+        if not _LABEL_NAME.fullmatch(name):
+            raise RemoteWriteError(
+                f"cannot write series {dict(labels)}: {name!r} is not a valid label name", url=url
+            )
+
+
+def _batches(counts: np.ndarray, limit: int) -> Iterator[tuple[int, int, int | None, int | None]]:
+    """Split rows into requests of at most ``limit`` samples.
+
+    Yields ``(first_row, end_row, None, None)`` for a run of whole rows, or
+    ``(row, row + 1, lo, hi)`` for samples ``lo:hi`` of one row longer than ``limit``.
+    """
+    first, total = 0, 0
+    for row, count in enumerate(counts.tolist()):
+        if count > limit:
+            if total:
+                yield first, row, None, None
+            for lo in range(0, count, limit):
+                yield row, row + 1, lo, min(lo + limit, count)
+            first, total = row + 1, 0
+            continue
+        if total + count > limit:
+            yield first, row, None, None
+            first, total = row, 0
+        total += count
+    if total:
+        yield first, len(counts), None, None

@@ -1,0 +1,399 @@
+"""Wire-format tests of the TSDB client through ``httpx.MockTransport`` (no servers).
+
+Behaviour against real servers is in ``test_tsdb_integration.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import parse_qs
+
+import cramjam
+import httpx
+import numpy as np
+import pytest
+
+from openanomaly import _remote_write
+from openanomaly.config import TSDBSettings
+from openanomaly.errors import QueryError, RemoteWriteError
+from openanomaly.series import SeriesMatrix
+from openanomaly.tsdb import PrometheusClient
+
+URL = "http://tsdb.test:8428"
+STEP = 60_000
+T0 = 1_700_000_040_000  # a multiple of STEP
+
+
+def make_client(handler: Callable[[httpx.Request], httpx.Response], **settings: object) -> PrometheusClient:
+    options = {"url": URL, "retries": 2, "backoff": 0.001, **settings}
+    return PrometheusClient(TSDBSettings(**options), transport=httpx.MockTransport(handler))
+
+
+def decoded(request: httpx.Request) -> list[tuple[dict[str, str], list[tuple[int, float]]]]:
+    """(labels in wire order, [(timestamp, value)]) per series of a remote-write request."""
+    message = _remote_write.decode_write_request(request.content)
+    return [
+        (
+            {label.name: label.value for label in series.labels},
+            [(sample.timestamp, sample.value) for sample in series.samples],
+        )
+        for series in message.timeseries
+    ]
+
+
+def form(request: httpx.Request) -> dict[str, str]:
+    return {key: values[0] for key, values in parse_qs(request.content.decode()).items()}
+
+
+def matrix_response(series: list[tuple[dict[str, str], list[tuple[int, float]]]]) -> httpx.Response:
+    result = [
+        {"metric": labels, "values": [[ms / 1000, repr(float(value))] for ms, value in points]}
+        for labels, points in series
+    ]
+    return httpx.Response(200, json={"status": "success", "data": {"resultType": "matrix", "result": result}})
+
+
+# -- the encoder ---------------------------------------------------------------------------
+
+
+def test_fast_encoder_is_byte_identical_to_protobuf() -> None:
+    rng = np.random.default_rng(7)
+    n, t = 12, 40
+    timestamps = np.concatenate([[-5_000, 0, 1, 127, 128, 16_383, 16_384], T0 + STEP * np.arange(t - 7)])
+    values = rng.normal(size=(n, t)) * 10.0 ** rng.integers(-5, 12, size=(n, 1))
+    values[:, 3] = 0.0  # proto3 omits a zero value...
+    values[2, :] = np.inf
+    values[values > 8] = np.nan
+    labels = [{"__name__": "m", "job": f"j{i}", "Upper": "x", "empty": "", "utf8": "é✓"} for i in range(n)]
+
+    present = ~np.isnan(values)
+    rows, columns = np.nonzero(present)
+    fast = _remote_write.encode_write_request(
+        [_remote_write.encode_labels(label_set) for label_set in labels],
+        rows,
+        columns,
+        _remote_write.TimestampGrid(timestamps.astype(np.int64)),
+        values[rows, columns],
+    )
+    reference = _remote_write.encode_write_request_protobuf(
+        labels, [timestamps[row] for row in present], [values[i][present[i]] for i in range(n)]
+    )
+    assert fast == reference
+
+    message = _remote_write.WriteRequest()
+    message.ParseFromString(fast)
+    assert [label.name for label in message.timeseries[0].labels] == ["Upper", "__name__", "job", "utf8"]
+    assert message.timeseries[0].samples[0].timestamp == -5_000
+
+
+def test_remote_write_wire_format() -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(204)
+
+    matrix = SeriesMatrix.from_rows(
+        [{"job": "api", "__name__": "yhat", "instance": "a:1"}, {"__name__": "yhat", "job": "db"}],
+        [T0, T0 + STEP, T0 + 2 * STEP],
+        [[1.5, np.nan, -2.25], [np.nan, np.nan, 1e300]],
+    )
+    with make_client(handler) as client:
+        assert client.remote_write(matrix) == 3
+
+    (request,) = requests
+    assert request.method == "POST"
+    assert str(request.url) == f"{URL}/api/v1/write"
+    assert request.headers["Content-Encoding"] == "snappy"
+    assert request.headers["Content-Type"] == "application/x-protobuf"
+    assert request.headers["X-Prometheus-Remote-Write-Version"] == "0.1.0"
+    assert request.headers["User-Agent"].startswith("openanomaly/")
+    # snappy *block* format: decompress_raw must accept it (the framed format would not)
+    cramjam.snappy.decompress_raw(request.content)
+    series = decoded(request)
+    assert [list(labels) for labels, _ in series] == [["__name__", "instance", "job"], ["__name__", "job"]]
+    assert series == [
+        ({"__name__": "yhat", "instance": "a:1", "job": "api"}, [(T0, 1.5), (T0 + 2 * STEP, -2.25)]),
+        ({"__name__": "yhat", "job": "db"}, [(T0 + 2 * STEP, 1e300)]),
+    ]
+
+
+def test_remote_write_batches_without_losing_or_repeating_samples() -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(204)
+
+    t = 20
+    values = np.arange(5 * t, dtype=float).reshape(5, t)
+    values[1, :] = np.nan  # skipped entirely
+    values[2, 5:] = np.nan  # 5 samples
+    labels = [{"__name__": "m", "row": str(i)} for i in range(5)]
+    matrix = SeriesMatrix.from_rows(labels, T0 + STEP * np.arange(t), values)
+    with make_client(handler, write_batch_samples=7) as client:
+        written = client.remote_write(matrix)
+
+    assert written == int(np.sum(~np.isnan(values)))
+    batches = [decoded(request) for request in requests]
+    assert all(sum(len(points) for _, points in batch) <= 7 for batch in batches)
+    received: dict[str, list[tuple[int, float]]] = {}
+    for batch in batches:
+        for labels_seen, points in batch:
+            received.setdefault(labels_seen["row"], []).extend(points)
+    expected = {
+        str(i): [(T0 + STEP * j, values[i, j]) for j in range(t) if not np.isnan(values[i, j])]
+        for i in range(5)
+        if not np.all(np.isnan(values[i]))
+    }
+    assert received == expected
+
+
+def test_remote_write_of_nothing_sends_nothing() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("no request expected")
+
+    matrix = SeriesMatrix.from_rows([{"__name__": "m"}], [T0, T0 + STEP], [[np.nan, np.nan]])
+    with make_client(handler) as client:
+        assert client.remote_write(matrix) == 0
+        assert client.remote_write(SeriesMatrix.empty()) == 0
+
+
+def test_remote_write_retries_5xx_then_succeeds() -> None:
+    statuses = iter([503, 502, 204])
+    bodies: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        return httpx.Response(next(statuses), text="busy")
+
+    matrix = SeriesMatrix.from_rows([{"__name__": "m"}], [T0], [[1.0]])
+    with make_client(handler, retries=2) as client:
+        assert client.remote_write(matrix) == 1
+    assert len(bodies) == 3 and len(set(bodies)) == 1
+
+
+def test_remote_write_never_retries_4xx() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(400, text="out of order sample\n")
+
+    matrix = SeriesMatrix.from_rows([{"__name__": "m"}], [T0], [[1.0]])
+    with make_client(handler, retries=5) as client, pytest.raises(RemoteWriteError) as caught:
+        client.remote_write(matrix)
+    assert len(calls) == 1
+    assert caught.value.status == 400
+    assert caught.value.url == f"{URL}/api/v1/write"
+    assert "HTTP 400" in str(caught.value) and "out of order sample" in str(caught.value)
+
+
+def test_remote_write_gives_up_after_retries() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(500, text="too old sample")
+
+    matrix = SeriesMatrix.from_rows([{"__name__": "m"}], [T0], [[1.0]])
+    with make_client(handler, retries=2) as client, pytest.raises(RemoteWriteError) as caught:
+        client.remote_write(matrix)
+    assert len(calls) == 3
+    assert caught.value.status == 500
+    assert "after 3 attempts" in str(caught.value) and "too old sample" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("labels", "problem"),
+    [({"job": "x"}, "no __name__"), ({"__name__": "m", "bad-name": "x"}, "'bad-name' is not a valid label")],
+)
+def test_remote_write_refuses_invalid_labels_before_sending(labels: dict[str, str], problem: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing may be sent")
+
+    matrix = SeriesMatrix.from_rows([{"__name__": "ok"}, labels], [T0], [[1.0], [2.0]])
+    with make_client(handler) as client, pytest.raises(RemoteWriteError, match=problem):
+        client.remote_write(matrix)
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def grid_server(
+    series: dict[str, Callable[[int], float | None]], requests: list[dict[str, str]]
+) -> Callable[[httpx.Request], httpx.Response]:
+    """A query_range handler evaluating ``series`` (name -> value at ms, None = no point)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v1/query_range"
+        query = form(request)
+        requests.append(query)
+        start, end = round(float(query["start"]) * 1000), round(float(query["end"]) * 1000)
+        step = round(float(query["step"]) * 1000)
+        result = []
+        for name, value_at in series.items():
+            points = [(ms, value_at(ms)) for ms in range(start, end + 1, step)]
+            points = [(ms, value) for ms, value in points if value is not None]
+            if points:
+                result.append(({"__name__": "m", "name": name}, points))
+        return matrix_response(result)
+
+    return handler
+
+
+def test_query_range_splits_long_ranges_and_stitches_one_grid() -> None:
+    requests: list[dict[str, str]] = []
+    handler = grid_server(
+        {
+            "b": lambda ms: float((ms - T0) // STEP),
+            "a": lambda ms: 7.0 if (ms - T0) // STEP in (2, 9) else None,  # only in chunks 1 and 3
+        },
+        requests,
+    )
+    with make_client(handler, max_points_per_query=4) as client:
+        matrix = client.query_range("m", start_ms=T0, end_ms=T0 + 9 * STEP, step_ms=STEP)
+
+    assert [(q["start"], q["end"], q["step"]) for q in requests] == [
+        (f"{(T0 + a * STEP) / 1000:.3f}", f"{(T0 + b * STEP) / 1000:.3f}", "60.000")
+        for a, b in [(0, 3), (4, 7), (8, 9)]
+    ]
+    assert all(q["query"] == "m" for q in requests)
+    np.testing.assert_array_equal(matrix.timestamps, T0 + STEP * np.arange(10))
+    assert matrix.labels == ({"__name__": "m", "name": "a"}, {"__name__": "m", "name": "b"})
+    expected_a = np.full(10, np.nan)
+    expected_a[[2, 9]] = 7.0
+    np.testing.assert_array_equal(matrix.values[0], expected_a)
+    np.testing.assert_array_equal(matrix.values[1], np.arange(10.0))
+
+
+def test_query_range_aligns_start_down_to_the_step() -> None:
+    requests: list[dict[str, str]] = []
+    with make_client(grid_server({"x": lambda ms: 1.0}, requests)) as client:
+        matrix = client.query_range("m", start_ms=T0 + 25_000, end_ms=T0 + 2 * STEP + 59_999, step_ms=STEP)
+    assert requests[0]["start"] == f"{T0 / 1000:.3f}"
+    np.testing.assert_array_equal(matrix.timestamps, [T0, T0 + STEP, T0 + 2 * STEP])
+
+
+def test_query_range_with_no_series_is_an_empty_matrix_on_the_grid() -> None:
+    with make_client(lambda request: matrix_response([])) as client:
+        matrix = client.query_range("nothing", start_ms=T0, end_ms=T0 + STEP, step_ms=STEP)
+    assert len(matrix) == 0 and matrix.values.shape == (0, 2)
+
+
+def test_query_range_parses_special_values() -> None:
+    body = {
+        "status": "success",
+        "data": {
+            "resultType": "matrix",
+            "result": [{"metric": {}, "values": [[T0 / 1000, "NaN"], [(T0 + STEP) / 1000, "+Inf"]]}],
+        },
+    }
+    with make_client(lambda request: httpx.Response(200, json=body)) as client:
+        matrix = client.query_range("m", start_ms=T0, end_ms=T0 + STEP, step_ms=STEP)
+    assert np.isnan(matrix.values[0, 0]) and matrix.values[0, 1] == np.inf
+
+
+def test_query_range_refuses_points_off_the_grid() -> None:
+    response = matrix_response([({"__name__": "m"}, [(T0 + 1_000, 1.0)])])
+    with (
+        make_client(lambda request: response) as client,
+        pytest.raises(QueryError, match="off the requested grid"),
+    ):
+        client.query_range("m", start_ms=T0, end_ms=T0 + STEP, step_ms=STEP)
+
+
+def test_query_range_4xx_fails_at_once_with_the_server_message() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        error = {
+            "status": "error",
+            "errorType": "bad_data",
+            "error": "1:5: parse error: unclosed left parenthesis",
+        }
+        return httpx.Response(400, json=error)
+
+    with make_client(handler, retries=5) as client, pytest.raises(QueryError) as caught:
+        client.query_range("sum(", start_ms=T0, end_ms=T0, step_ms=STEP)
+    assert len(calls) == 1
+    error = caught.value
+    assert (error.status, error.query, error.url) == (400, "sum(", f"{URL}/api/v1/query_range")
+    assert "unclosed left parenthesis" in str(error) and "'sum('" in str(error) and URL in str(error)
+
+
+def test_query_range_retries_5xx_then_succeeds() -> None:
+    responses = iter(
+        [httpx.Response(503, text="starting"), matrix_response([({"__name__": "m"}, [(T0, 2.0)])])]
+    )
+    with make_client(lambda request: next(responses)) as client:
+        matrix = client.query_range("m", start_ms=T0, end_ms=T0, step_ms=STEP)
+    assert matrix.values.tolist() == [[2.0]]
+
+
+def test_unreachable_server_raises_after_the_retries() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    with make_client(handler, retries=3) as client, pytest.raises(QueryError) as caught:
+        client.query_range("up", start_ms=T0, end_ms=T0, step_ms=STEP)
+    assert len(calls) == 4
+    assert f"could not connect to {URL}/api/v1/query_range after 4 attempts" in str(caught.value)
+    assert caught.value.status is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"bearer_token": "s3cret"}, {"authorization": "Bearer s3cret"}),
+        ({"username": "u", "password": "p"}, {"authorization": "Basic dTpw"}),
+        ({"headers": {"X-Scope-OrgID": "team-a"}}, {"x-scope-orgid": "team-a"}),
+    ],
+)
+def test_auth_and_extra_headers_on_reads_and_writes(
+    settings: dict[str, object], expected: dict[str, str]
+) -> None:
+    seen: list[httpx.Headers] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers)
+        if request.url.path == "/api/v1/write":
+            return httpx.Response(204)
+        return matrix_response([])
+
+    with make_client(handler, **settings) as client:
+        client.query_range("up", start_ms=T0, end_ms=T0, step_ms=STEP)
+        client.remote_write(SeriesMatrix.from_rows([{"__name__": "m"}], [T0], [[1.0]]))
+    for headers in seen:
+        assert {key: headers.get(key) for key in expected} == expected
+
+
+def test_series_lists_label_sets() -> None:
+    requests: list[dict[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v1/series"
+        requests.append(form(request))
+        return httpx.Response(200, json={"status": "success", "data": [{"__name__": "up", "job": "a"}]})
+
+    with make_client(handler) as client:
+        assert client.series('up{job="a"}', start_ms=T0, end_ms=T0 + STEP) == [{"__name__": "up", "job": "a"}]
+    assert requests == [
+        {"match[]": 'up{job="a"}', "start": f"{T0 / 1000:.3f}", "end": f"{(T0 + STEP) / 1000:.3f}"}
+    ]
+
+
+def test_non_json_body_is_a_query_error() -> None:
+    client = make_client(lambda request: httpx.Response(200, text="<html>proxy</html>"))
+    with client, pytest.raises(QueryError, match="not JSON"):
+        client.query_range("up", start_ms=T0, end_ms=T0, step_ms=STEP)
+
+
+@pytest.mark.parametrize(("start", "end", "step"), [(T0, T0, 0), (T0, T0 - 1, STEP)])
+def test_query_range_rejects_bad_arguments(start: int, end: int, step: int) -> None:
+    with make_client(lambda request: matrix_response([])) as client, pytest.raises(ValueError):
+        client.query_range("up", start_ms=start, end_ms=end, step_ms=step)
