@@ -1,0 +1,514 @@
+"""The ``openanomaly`` command: validate | run --once | backtest | example.
+
+User errors (bad YAML, unknown model, unreachable TSDB, no data) print one line per
+problem to stderr and exit with status 2; anything else is a bug and keeps its
+traceback. ``-v`` turns on INFO logging, ``-vv`` DEBUG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from openanomaly.config import Config, Pipeline, parse_duration
+from openanomaly.configstore import YamlConfigStore
+from openanomaly.errors import ConfigError, OpenAnomalyError
+
+if TYPE_CHECKING:
+    from openanomaly.detect import Detection, RunResult
+    from openanomaly.models.base import Forecaster
+
+__all__ = ["EXAMPLES_DIR", "main", "parse_time"]
+
+log = logging.getLogger("openanomaly")
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+"""Bundled example pipelines and data (present in a source checkout)."""
+
+EXIT_USER_ERROR = 2
+_RELATIVE = re.compile(r"^now(?:\s*-\s*(\S+))?$")
+
+
+class UsageError(OpenAnomalyError):
+    """A command-line argument is wrong (bad date, unknown pipeline, bad --out suffix)."""
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> int:
+    """Milliseconds since the epoch from ISO 8601, unix seconds, ``now`` or ``now-<duration>``.
+
+    Naive ISO timestamps are taken as UTC.
+
+    Raises:
+        UsageError: quoting the text.
+    """
+    value = text.strip()
+    match = _RELATIVE.match(value)
+    if match:
+        base = now or datetime.now(UTC)
+        offset = parse_duration(match.group(1)) if match.group(1) else None
+        try:
+            moment = base - offset if offset else base
+        except (ValueError, OverflowError) as error:
+            raise UsageError(f"invalid time {text!r}: {error}") from None
+        return int(moment.timestamp() * 1000)
+    try:
+        return round(float(value) * 1000)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(
+            f"invalid time {text!r}: use ISO 8601 (2024-05-01T12:00:00Z), unix seconds, or now-<duration>"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _labels_text(labels: Mapping[str, str]) -> str:
+    name = labels.get("__name__", "")
+    rest = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()) if key != "__name__")
+    return f"{name}{{{rest}}}"
+
+
+# --------------------------------------------------------------------------- episodes
+
+
+@dataclass
+class Episode:
+    """A run of consecutive anomalous points (score > 1) of one series."""
+
+    series: str
+    start_ms: int
+    end_ms: int
+    points: int
+    max_score: float
+    peak_ms: int
+    peak_value: float
+
+
+class EpisodeCollector:
+    """Collects anomaly episodes batch by batch, merging runs that cross a batch edge."""
+
+    def __init__(self, *, step_ms: int) -> None:
+        self.step_ms = step_ms
+        self.episodes: list[Episode] = []
+        self._open: dict[str, Episode] = {}
+
+    def add(self, detection: Detection) -> None:
+        with np.errstate(invalid="ignore"):
+            flags = detection.anomaly_score > 1
+        ts = detection.timestamps
+        for row in np.flatnonzero(flags.any(axis=1)):
+            series = _labels_text(detection.labels[row])
+            hits = np.flatnonzero(flags[row])
+            breaks = np.flatnonzero(np.diff(hits) > 1)
+            for run in np.split(hits, breaks + 1):
+                scores = detection.anomaly_score[row, run]
+                peak = int(run[np.argmax(scores)])
+                episode = Episode(
+                    series,
+                    int(ts[run[0]]),
+                    int(ts[run[-1]]),
+                    len(run),
+                    float(scores.max()),
+                    int(ts[peak]),
+                    float(detection.actual[row, peak]),
+                )
+                previous = self._open.get(series)
+                if previous is not None and previous.end_ms + self.step_ms == episode.start_ms:
+                    previous.end_ms, previous.points = episode.end_ms, previous.points + episode.points
+                    if episode.max_score > previous.max_score:
+                        previous.max_score, previous.peak_ms = episode.max_score, episode.peak_ms
+                        previous.peak_value = episode.peak_value
+                    continue
+                self.episodes.append(episode)
+                self._open[series] = episode
+
+    def top(self, count: int) -> list[Episode]:
+        return sorted(self.episodes, key=lambda e: e.max_score, reverse=True)[:count]
+
+
+def _print_episodes(episodes: Sequence[Episode], *, total: int, stream: Any = None) -> None:
+    stream = stream or sys.stdout
+    if not episodes:
+        print("no anomalies (no point scored above 1)", file=stream)
+        return
+    print(f"top {len(episodes)} of {total} anomaly episodes (by peak score):", file=stream)
+    header = f"  {'start (UTC)':<20} {'end (UTC)':<20} {'points':>6} {'peak':>8} {'value':>12}  series"
+    print(header, file=stream)
+    for e in episodes:
+        print(
+            f"  {_iso(e.start_ms):<20} {_iso(e.end_ms):<20} {e.points:>6} {e.max_score:>8.2f} "
+            f"{e.peak_value:>12.6g}  {e.series}",
+            file=stream,
+        )
+
+
+# --------------------------------------------------------------------------- tables for --out
+
+
+class FrameCollector:
+    """Long-format rows (one per scored point) for ``--out``: CSV or Parquet."""
+
+    COLUMNS = (
+        "timestamp",
+        "pipeline",
+        "series",
+        "value",
+        "anomaly_score",
+        "yhat",
+        "yhat_lower",
+        "yhat_upper",
+    )
+
+    def __init__(self, pipeline: str) -> None:
+        self.pipeline = pipeline
+        self.parts: list[dict[str, np.ndarray]] = []
+
+    def add(self, detection: Detection) -> int:
+        rows, cols = np.nonzero(np.isfinite(detection.anomaly_score))
+        if rows.size:
+            names = np.array([_labels_text(labels) for labels in detection.labels], dtype=object)
+            self.parts.append(
+                {
+                    "timestamp": detection.timestamps[cols],
+                    "series": names[rows],
+                    "value": detection.actual[rows, cols],
+                    "anomaly_score": detection.anomaly_score[rows, cols],
+                    "yhat": detection.yhat[rows, cols],
+                    "yhat_lower": detection.yhat_lower[rows, cols],
+                    "yhat_upper": detection.yhat_upper[rows, cols],
+                }
+            )
+        return 0
+
+
+def _check_out(path: Path) -> None:
+    if path.suffix.lower() not in (".csv", ".parquet"):
+        raise UsageError(f"--out {str(path)!r}: the file name must end in .csv or .parquet")
+    if not path.parent.exists():
+        raise UsageError(f"--out {str(path)!r}: directory {str(path.parent)!r} does not exist")
+
+
+def _write_out(path: Path, collectors: Sequence[FrameCollector]) -> int:
+    import pandas as pd
+
+    frames = [
+        pd.DataFrame({"pipeline": collector.pipeline, **part})
+        for collector in collectors
+        for part in collector.parts
+    ]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FrameCollector.COLUMNS)
+    frame = frame.reindex(columns=FrameCollector.COLUMNS)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"].astype("int64"), unit="ms", utc=True)
+    if path.suffix.lower() == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+    return len(frame)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _load_config(path: str) -> Config:
+    return YamlConfigStore(path).load()
+
+
+def _select(config: Config, name: str | None, source: str) -> list[Pipeline]:
+    if name is None:
+        if not config.pipelines:
+            raise ConfigError("no pipelines defined", source=source)
+        return list(config.pipelines)
+    try:
+        return [config.pipeline(name)]
+    except KeyError:
+        known = ", ".join(p.name for p in config.pipelines) or "none"
+        raise UsageError(f"{source}: no pipeline named {name!r} (defined: {known})") from None
+
+
+def _forecaster(pipeline: Pipeline) -> Forecaster:
+    from openanomaly.models.registry import load_forecaster
+
+    return load_forecaster(pipeline.model.spec, **pipeline.model.params)
+
+
+@contextmanager
+def _progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=description, unit="pt", disable=None, leave=False, file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _print_result(result: RunResult) -> None:
+    print(
+        f"{result.pipeline}: ({_iso(result.start_ms)}, {_iso(result.end_ms)}] "
+        f"{result.series_scored}/{result.series_in} series scored, {result.points_scored} points, "
+        f"{result.anomalies} anomalous, {result.samples_written} samples written"
+    )
+    for labels in result.skipped:
+        print(f"  skipped (no context before some points): {_labels_text(labels)}", file=sys.stderr)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = _load_config(args.file)
+    names = ", ".join(p.name for p in config.pipelines) or "no pipelines"
+    print(f"{args.file}: OK ({len(config.pipelines)} pipelines: {names})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from openanomaly.detect import chunk_points, run_window
+
+    if not args.once:
+        raise UsageError("run needs --once (one pass now); the continuous scheduler runs under Ray Serve")
+    config = _load_config(args.config)
+    pipelines = _select(config, args.pipeline, args.config)
+    now_ms = parse_time(args.now) if args.now else int(datetime.now(UTC).timestamp() * 1000)
+    forecasters = {p.name: _forecaster(p) for p in pipelines}  # fail on models before any write
+    from openanomaly.tsdb import PrometheusClient
+
+    with PrometheusClient(config.settings.tsdb) as client:
+        for pipeline in pipelines:
+            span = chunk_points(pipeline) * pipeline.step_ms
+            end_ms = now_ms // pipeline.step_ms * pipeline.step_ms
+            result = run_window(
+                client, pipeline, forecasters[pipeline.name], start_ms=end_ms - span, end_ms=end_ms
+            )
+            _print_result(result)
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from openanomaly.detect import backtest_tsdb
+
+    config = _load_config(args.config)
+    pipelines = _select(config, args.pipeline, args.config)
+    start_ms, end_ms = parse_time(args.start), parse_time(args.end)
+    if end_ms <= start_ms:
+        raise UsageError(f"--end {args.end!r} is not after --start {args.start!r}")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_out(out)
+    forecasters = {p.name: _forecaster(p) for p in pipelines}
+    from openanomaly.tsdb import PrometheusClient
+
+    collectors: list[FrameCollector] = []
+    episodes_total: list[Episode] = []
+    with PrometheusClient(config.settings.tsdb) as client:
+        for pipeline in pipelines:
+            step = pipeline.step_ms
+            lo, hi = start_ms // step * step, end_ms // step * step
+            episodes = EpisodeCollector(step_ms=step)
+            frame = FrameCollector(pipeline.name) if out is not None else None
+            if frame is not None:
+                collectors.append(frame)
+            writer = _tsdb_writer(client, pipeline) if out is None else None
+
+            def sink(detection: Detection, frame=frame, writer=writer, episodes=episodes) -> int:
+                episodes.add(detection)
+                return frame.add(detection) if frame is not None else writer(detection)
+
+            with _progress_bar(pipeline.name) as progress:
+                result = backtest_tsdb(
+                    client,
+                    pipeline,
+                    forecasters[pipeline.name],
+                    start_ms=lo,
+                    end_ms=hi,
+                    batch_chunks=args.batch_chunks,
+                    progress=progress,
+                    sink=sink,
+                )
+            _print_result(result)
+            episodes_total.extend(episodes.episodes)
+    if out is not None:
+        rows = _write_out(out, collectors)
+        print(f"wrote {rows} scored points to {out}")
+    _print_episodes(
+        sorted(episodes_total, key=lambda e: e.max_score, reverse=True)[: args.top], total=len(episodes_total)
+    )
+    return 0
+
+
+def _tsdb_writer(client: Any, pipeline: Pipeline) -> Callable[[Detection], int]:
+    def write(detection: Detection) -> int:
+        output = detection.to_series_matrix(pipeline)
+        return client.remote_write(output) if len(output) else 0
+
+    return write
+
+
+def _read_csv_series(path: Path, *, step_ms: int, name: str) -> Any:
+    """A ``timestamp,value`` CSV (NAB layout) as a one-series SeriesMatrix on the step grid."""
+    import pandas as pd
+
+    from openanomaly.detect import align_to_grid
+    from openanomaly.series import SeriesMatrix
+
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read {str(path)!r}: {error}") from None
+    if list(frame.columns[:2]) != ["timestamp", "value"]:
+        raise UsageError(f"{str(path)!r}: expected columns 'timestamp,value', got {list(frame.columns)}")
+    try:
+        stamps = pd.to_datetime(frame["timestamp"], utc=True).dt.as_unit("ms").astype("int64").to_numpy()
+        values = pd.to_numeric(frame["value"]).to_numpy(np.float64)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"{str(path)!r}: {error}") from None
+    order = np.argsort(stamps, kind="stable")
+    stamps, values = stamps[order], values[order]
+    keep = np.r_[np.diff(stamps) > 0, True]  # the last of duplicate timestamps wins
+    raw = SeriesMatrix(({"__name__": name, "source": path.name},), stamps[keep], values[keep][None, :])
+    return align_to_grid(raw, step_ms=step_ms)
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    from openanomaly.detect import backtest
+
+    config_path = EXAMPLES_DIR / "example.yaml"
+    if not config_path.exists():
+        raise UsageError(f"the bundled example is missing: {config_path} (run from a source checkout)")
+    pipeline = YamlConfigStore(config_path, env={}).load().pipelines[0]
+    if args.model is not None:
+        try:
+            pipeline = Pipeline.model_validate(pipeline.model_dump() | {"model": args.model})
+        except ValidationError as error:
+            problem = error.errors()[0]["msg"].removeprefix("Value error, ")
+            raise UsageError(f"--model {args.model!r}: {problem}") from None
+    data = EXAMPLES_DIR / "data" / "ec2_request_latency_system_failure.csv"
+    series = _read_csv_series(data, step_ms=pipeline.step_ms, name="ec2_request_latency")
+    start_ms = int(series.timestamps[0]) + pipeline.context_points * pipeline.step_ms
+    end_ms = int(series.timestamps[-1])
+    forecaster = _forecaster(pipeline)
+    print(f"backtesting {data.name} ({series.values.shape[1]} points) with model {pipeline.model.label}")
+    with _progress_bar("example") as progress:
+        detection = backtest(
+            series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms, progress=progress
+        )
+    frame = FrameCollector(pipeline.name)
+    frame.add(detection)
+    out = Path(args.out)
+    _check_out(out)
+    rows = _write_out(out, [frame])
+    episodes = EpisodeCollector(step_ms=pipeline.step_ms)
+    episodes.add(detection)
+    print(
+        f"scored {detection.points_scored} points, {_count_above_one(detection)} above 1; "
+        f"wrote {rows} rows to {out}"
+    )
+    _print_episodes(episodes.top(args.top), total=len(episodes.episodes))
+    labels_path = EXAMPLES_DIR / "data" / "labels.json"
+    if labels_path.exists():
+        windows = json.loads(labels_path.read_text()).get(data.name, [])
+        _print_label_check(windows, episodes.episodes)
+    return 0
+
+
+def _count_above_one(detection: Detection) -> int:
+    with np.errstate(invalid="ignore"):
+        return int(np.count_nonzero(detection.anomaly_score > 1))
+
+
+def _print_label_check(windows: Sequence[Sequence[str]], episodes: Sequence[Episode]) -> None:
+    """Which labelled anomaly windows (NAB) an episode falls into."""
+    print("labelled anomaly windows (NAB):")
+    for begin, end in windows:
+        lo, hi = parse_time(begin), parse_time(end)
+        inside = [e for e in episodes if e.start_ms <= hi and e.end_ms >= lo]
+        peak = max((e.max_score for e in inside), default=math.nan)
+        verdict = f"detected, peak score {peak:.2f}" if inside else "missed"
+        print(f"  {_iso(lo)} .. {_iso(hi)}: {verdict}")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
+    parser = argparse.ArgumentParser(
+        prog="openanomaly",
+        description="Anomaly detection for Prometheus / VictoriaMetrics metrics.",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", parents=[common], help="check a pipelines YAML file")
+    validate.add_argument("file")
+    validate.set_defaults(handler=cmd_validate)
+
+    run = commands.add_parser("run", parents=[common], help="score the latest window and write to the TSDB")
+    run.add_argument("-c", "--config", required=True, help="pipelines YAML file")
+    run.add_argument("--once", action="store_true", help="one pass over the latest complete window")
+    run.add_argument("--pipeline", help="only this pipeline")
+    run.add_argument("--now", help=argparse.SUPPRESS)
+    run.set_defaults(handler=cmd_run)
+
+    back = commands.add_parser("backtest", parents=[common], help="score a past range, in batches")
+    back.add_argument("-c", "--config", required=True, help="pipelines YAML file")
+    back.add_argument("--start", required=True, help="ISO 8601, unix seconds or now-<duration>")
+    back.add_argument("--end", default="now", help="ISO 8601, unix seconds or now-<duration> (default now)")
+    back.add_argument("--pipeline", help="only this pipeline")
+    back.add_argument("--out", help="write results to this .csv/.parquet instead of the TSDB")
+    back.add_argument("--batch-chunks", type=int, default=None, help="chunks per forecast batch")
+    back.add_argument("--top", type=int, default=10, help="anomaly episodes to list")
+    back.set_defaults(handler=cmd_backtest)
+
+    example = commands.add_parser(
+        "example", parents=[common], help="backtest the bundled example series (no TSDB needed)"
+    )
+    example.add_argument("--out", default="openanomaly-example.csv", help=".csv or .parquet results")
+    example.add_argument("--model", help="model spec instead of the example's (e.g. statsforecast:AutoETS)")
+    example.add_argument("--top", type=int, default=5, help="anomaly episodes to list")
+    example.set_defaults(handler=cmd_example)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 user error)."""
+    args = _parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        return args.handler(args)
+    except OpenAnomalyError as error:
+        for line in str(error).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

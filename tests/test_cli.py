@@ -1,0 +1,115 @@
+"""The CLI without a TSDB: validate, the bundled example, argument errors."""
+
+import textwrap
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+
+from openanomaly.cli import UsageError, main, parse_time
+
+VALID = """\
+settings: {tsdb: {url: "http://127.0.0.1:1"}}
+pipelines:
+  - {name: cpu, query: up, model: mad}
+"""
+
+
+def test_parse_time_forms():
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    expected = int(now.timestamp() * 1000)
+    assert parse_time("2024-05-01T12:00:00Z") == expected
+    assert parse_time("2024-05-01T14:00:00+02:00") == expected
+    assert parse_time("2024-05-01 12:00:00") == expected  # naive = UTC
+    assert parse_time(str(expected // 1000)) == expected
+    assert parse_time("1714564800.5") == expected + 500
+    assert parse_time("now", now=now) == expected
+    assert parse_time("now-1h30m", now=now) == expected - 5_400_000
+    with pytest.raises(UsageError, match="invalid time 'yesterday'"):
+        parse_time("yesterday")
+
+
+def test_validate_ok(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text(VALID)
+    assert main(["validate", str(path)]) == 0
+    assert "OK (1 pipelines: cpu)" in capsys.readouterr().out
+
+
+def test_validate_lists_every_error_without_traceback(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            settings: {tsdb: {url: "http://127.0.0.1:1"}}
+            pipelines:
+              - {name: cpu, query: up, model: "chronoz:x", step: 5 minutes}
+            """
+        )
+    )
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith(f"error: {path}: pipeline 'cpu': field 'pipelines[0].") for line in lines)
+    assert "unknown model" in err and "invalid duration '5 minutes'" in err
+    assert "Traceback" not in err
+
+
+def test_validate_malformed_yaml(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text("pipelines: [\n  {name: a\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: malformed YAML: line ")
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "-c", "{cfg}"], "run needs --once"),
+        (["run", "-c", "{cfg}", "--once", "--pipeline", "nope"], "no pipeline named 'nope' (defined: cpu)"),
+        (["backtest", "-c", "{cfg}", "--start", "now-1h", "--end", "now-2h"], "is not after --start"),
+        (["backtest", "-c", "{cfg}", "--start", "now-1h", "--out", "x.json"], "must end in .csv or .parquet"),
+        (["backtest", "-c", "{cfg}", "--start", "soon"], "invalid time 'soon'"),
+        (["validate", "{dir}/missing.yaml"], "missing.yaml: file not found"),
+        (["example", "--model", "prophet"], "--model 'prophet': model 'prophet': unknown model"),
+    ],
+)
+def test_usage_errors_are_one_line(tmp_path, capsys, argv, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(VALID)
+    argv = [a.format(cfg=path, dir=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_example_runs_without_tsdb(tmp_path, capsys):
+    out = tmp_path / "example.csv"
+    assert main(["example", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "top 5 of" in text
+    assert text.count("detected, peak score") == 3  # all three labelled NAB windows
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == [
+        "timestamp",
+        "pipeline",
+        "series",
+        "value",
+        "anomaly_score",
+        "yhat",
+        "yhat_lower",
+        "yhat_upper",
+    ]
+    assert len(frame) > 3000
+    assert (frame["yhat_lower"] <= frame["yhat_upper"]).all()
+
+
+def test_example_parquet_and_other_model(tmp_path, capsys):
+    out = tmp_path / "example.parquet"
+    assert main(["example", "--out", str(out), "--model", "zscore"]) == 0
+    assert "with model zscore" in capsys.readouterr().out
+    assert len(pd.read_parquet(out)) > 3000
