@@ -26,12 +26,13 @@ from pydantic import ValidationError
 from openanomaly.config import Config, Pipeline, parse_duration
 from openanomaly.configstore import YamlConfigStore
 from openanomaly.errors import ConfigError, OpenAnomalyError
+from openanomaly.series import SeriesMatrix
 
 if TYPE_CHECKING:
     from openanomaly.detect import Detection, RunResult
     from openanomaly.models.base import Forecaster
 
-__all__ = ["EXAMPLES_DIR", "main", "parse_time"]
+__all__ = ["EXAMPLES_DIR", "main", "parse_time", "read_csv_series"]
 
 log = logging.getLogger("openanomaly")
 
@@ -286,29 +287,34 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from openanomaly.detect import chunk_points, run_window
+    from openanomaly.detect import chunk_points, detect_window, summarize, write_detection
 
     if not args.once:
         raise UsageError("run needs --once (one pass now); the continuous scheduler runs under Ray Serve")
     config = _load_config(args.config)
     pipelines = _select(config, args.pipeline, args.config)
     now_ms = parse_time(args.now) if args.now else int(datetime.now(UTC).timestamp() * 1000)
-    forecasters = {p.name: _forecaster(p) for p in pipelines}  # fail on models before any write
+    forecasters = {p.name: _forecaster(p) for p in pipelines}
     from openanomaly.tsdb import PrometheusClient
 
     with PrometheusClient(config.settings.tsdb) as client:
+        # Score every pipeline before writing any, so a bad one leaves nothing half written.
+        windows = []
         for pipeline in pipelines:
-            span = chunk_points(pipeline) * pipeline.step_ms
             end_ms = now_ms // pipeline.step_ms * pipeline.step_ms
-            result = run_window(
-                client, pipeline, forecasters[pipeline.name], start_ms=end_ms - span, end_ms=end_ms
+            start_ms = end_ms - chunk_points(pipeline) * pipeline.step_ms
+            detection = detect_window(
+                client, pipeline, forecasters[pipeline.name], start_ms=start_ms, end_ms=end_ms
             )
-            _print_result(result)
+            windows.append((pipeline, detection, start_ms, end_ms))
+        for pipeline, detection, start_ms, end_ms in windows:
+            written = write_detection(client, pipeline, detection)
+            _print_result(summarize(pipeline, detection, start_ms=start_ms, end_ms=end_ms, written=written))
     return 0
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from openanomaly.detect import backtest_tsdb
+    from openanomaly.detect import Tally, iter_backtest, write_detection
 
     config = _load_config(args.config)
     pipelines = _select(config, args.pipeline, args.config)
@@ -318,61 +324,78 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_out(out)
+    if args.batch_chunks is not None and args.batch_chunks <= 0:
+        raise UsageError(f"--batch-chunks must be positive, got {args.batch_chunks}")
     forecasters = {p.name: _forecaster(p) for p in pipelines}
     from openanomaly.tsdb import PrometheusClient
 
-    collectors: list[FrameCollector] = []
-    episodes_total: list[Episode] = []
-    with PrometheusClient(config.settings.tsdb) as client:
-        for pipeline in pipelines:
-            step = pipeline.step_ms
-            lo, hi = start_ms // step * step, end_ms // step * step
-            episodes = EpisodeCollector(step_ms=step)
-            frame = FrameCollector(pipeline.name) if out is not None else None
-            if frame is not None:
-                collectors.append(frame)
-            writer = _tsdb_writer(client, pipeline) if out is None else None
+    collectors = [FrameCollector(p.name) for p in pipelines]
+    episodes = [EpisodeCollector(step_ms=p.step_ms) for p in pipelines]
+    tallies = [Tally() for _ in pipelines]
+    ranges = [(start_ms // p.step_ms * p.step_ms, end_ms // p.step_ms * p.step_ms) for p in pipelines]
+    with PrometheusClient(config.settings.tsdb) as client, _progress_bar("backtest") as progress:
+        done: dict[str, tuple[int, int]] = {}
 
-            def sink(detection: Detection, frame=frame, writer=writer, episodes=episodes) -> int:
-                episodes.add(detection)
-                return frame.add(detection) if frame is not None else writer(detection)
+        def reporter(name: str) -> Callable[[int, int], None]:
+            def report(points: int, total: int) -> None:
+                done[name] = (points, total)
+                progress(sum(d for d, _ in done.values()), sum(t for _, t in done.values()))
 
-            with _progress_bar(pipeline.name) as progress:
-                result = backtest_tsdb(
-                    client,
-                    pipeline,
-                    forecasters[pipeline.name],
-                    start_ms=lo,
-                    end_ms=hi,
-                    batch_chunks=args.batch_chunks,
-                    progress=progress,
-                    sink=sink,
-                )
-            _print_result(result)
-            episodes_total.extend(episodes.episodes)
+            return report
+
+        batches = [
+            iter_backtest(
+                client,
+                pipeline,
+                forecasters[pipeline.name],
+                start_ms=lo,
+                end_ms=hi,
+                batch_chunks=args.batch_chunks,
+                progress=reporter(pipeline.name),
+            )
+            for pipeline, (lo, hi) in zip(pipelines, ranges, strict=True)
+        ]
+        # The first scored batch of every pipeline before any write: bad queries, no data
+        # or a broken model fail the whole command with nothing written.
+        firsts = [next(iterator) for iterator in batches]
+        for index, pipeline in enumerate(pipelines):
+            pending = [firsts[index]]
+            for detection in _chain(pending, batches[index]):
+                episodes[index].add(detection)
+                if out is not None:
+                    collectors[index].add(detection)
+                    written = 0
+                else:
+                    written = write_detection(client, pipeline, detection)
+                tallies[index].add(detection, written)
+    for pipeline, tally, (lo, hi) in zip(pipelines, tallies, ranges, strict=True):
+        _print_result(tally.result(pipeline, lo, hi))
     if out is not None:
         rows = _write_out(out, collectors)
         print(f"wrote {rows} scored points to {out}")
-    _print_episodes(
-        sorted(episodes_total, key=lambda e: e.max_score, reverse=True)[: args.top], total=len(episodes_total)
-    )
+    every = [episode for collector in episodes for episode in collector.episodes]
+    _print_episodes(sorted(every, key=lambda e: e.max_score, reverse=True)[: args.top], total=len(every))
     return 0
 
 
-def _tsdb_writer(client: Any, pipeline: Pipeline) -> Callable[[Detection], int]:
-    def write(detection: Detection) -> int:
-        output = detection.to_series_matrix(pipeline)
-        return client.remote_write(output) if len(output) else 0
-
-    return write
+def _chain(first: list[Detection], rest: Iterator[Detection]) -> Iterator[Detection]:
+    yield from first
+    yield from rest
 
 
-def _read_csv_series(path: Path, *, step_ms: int, name: str) -> Any:
-    """A ``timestamp,value`` CSV (NAB layout) as a one-series SeriesMatrix on the step grid."""
+def read_csv_series(path: Path, *, step_ms: int, name: str) -> SeriesMatrix:
+    """A ``timestamp,value`` CSV (the NAB layout) as a one-series SeriesMatrix on the step grid.
+
+    Rows are sorted, duplicate timestamps keep the last row, and missing grid points
+    are NaN, so the result can go straight into :func:`openanomaly.detect.backtest`.
+    Naive timestamps are UTC. The series gets ``__name__=name`` and ``source=<file name>``.
+
+    Raises:
+        UsageError: unreadable file, wrong columns, unparsable timestamps or values.
+    """
     import pandas as pd
 
     from openanomaly.detect import align_to_grid
-    from openanomaly.series import SeriesMatrix
 
     try:
         frame = pd.read_csv(path)
@@ -406,7 +429,7 @@ def cmd_example(args: argparse.Namespace) -> int:
             problem = error.errors()[0]["msg"].removeprefix("Value error, ")
             raise UsageError(f"--model {args.model!r}: {problem}") from None
     data = EXAMPLES_DIR / "data" / "ec2_request_latency_system_failure.csv"
-    series = _read_csv_series(data, step_ms=pipeline.step_ms, name="ec2_request_latency")
+    series = read_csv_series(data, step_ms=pipeline.step_ms, name="ec2_request_latency")
     start_ms = int(series.timestamps[0]) + pipeline.context_points * pipeline.step_ms
     end_ms = int(series.timestamps[-1])
     forecaster = _forecaster(pipeline)

@@ -28,7 +28,7 @@ Rolling semantics (the same for one scheduled window and for a year-long backtes
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,14 +45,20 @@ __all__ = [
     "Progress",
     "RunResult",
     "TSDBClient",
+    "Tally",
     "align_to_grid",
     "backtest",
     "backtest_tsdb",
     "chunk_points",
     "default_batch_chunks",
     "detect",
+    "detect_window",
+    "fetch_window",
+    "iter_backtest",
     "output_labels",
     "run_window",
+    "summarize",
+    "write_detection",
 ]
 
 log = logging.getLogger(__name__)
@@ -383,8 +389,8 @@ def _run(
 # ----------------------------------------------------------------------------- I/O wrappers
 
 
-class _Tally:
-    """Running counts over a run's batches (labels as frozensets; no arrays kept)."""
+class Tally:
+    """Running counts over a run's batches, for its :class:`RunResult` (keeps no arrays)."""
 
     def __init__(self) -> None:
         self.series: set[frozenset[tuple[str, str]]] = set()
@@ -420,18 +426,46 @@ class _Tally:
         )
 
 
-def _fetch(client: TSDBClient, pipeline: Pipeline, *, start_ms: int, end_ms: int) -> SeriesMatrix:
-    """The query over ``(start_ms - context, end_ms]`` on the pipeline's step grid."""
+def fetch_window(client: TSDBClient, pipeline: Pipeline, *, start_ms: int, end_ms: int) -> SeriesMatrix:
+    """The pipeline's query over ``(start_ms - context, end_ms]`` on its step grid.
+
+    Raises:
+        QueryError: the TSDB failed.
+    """
     fetch_start = start_ms - (pipeline.context_points - 1) * pipeline.step_ms
     return client.query_range(pipeline.query, start_ms=fetch_start, end_ms=end_ms, step_ms=pipeline.step_ms)
 
 
-def _writer(client: TSDBClient, pipeline: Pipeline) -> Callable[[Detection], int]:
-    def write(detection: Detection) -> int:
-        output = detection.to_series_matrix(pipeline)
-        return client.remote_write(output) if len(output) else 0
+def write_detection(client: TSDBClient, pipeline: Pipeline, detection: Detection) -> int:
+    """Remote-write the four output metrics of ``detection``; returns samples written.
 
-    return write
+    Raises:
+        RemoteWriteError: the TSDB rejected the write or stayed unreachable.
+    """
+    output = detection.to_series_matrix(pipeline)
+    return client.remote_write(output) if len(output) else 0
+
+
+def detect_window(
+    client: TSDBClient, pipeline: Pipeline, forecaster: Forecaster, *, start_ms: int, end_ms: int
+) -> Detection:
+    """Fetch and score ``(start_ms, end_ms]`` without writing (see :func:`run_window`).
+
+    Raises:
+        QueryError: the TSDB failed.
+        DataError, ModelError: as :func:`detect`.
+    """
+    series = fetch_window(client, pipeline, start_ms=start_ms, end_ms=end_ms)
+    return detect(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms)
+
+
+def summarize(
+    pipeline: Pipeline, detection: Detection, *, start_ms: int, end_ms: int, written: int
+) -> RunResult:
+    """The :class:`RunResult` of one window's detection."""
+    tally = Tally()
+    tally.add(detection, written)
+    return tally.result(pipeline, start_ms, end_ms)
 
 
 def run_window(
@@ -439,17 +473,17 @@ def run_window(
 ) -> RunResult:
     """One scheduled pass: fetch ``(start - context, end]``, detect ``(start, end]``, write.
 
-    Nothing is written unless the whole window was fetched and scored.
+    Nothing is written unless the whole window was fetched and scored. To check several
+    pipelines before writing any, call :func:`detect_window` for each, then
+    :func:`write_detection`.
 
     Raises:
         QueryError, RemoteWriteError: the TSDB failed.
         DataError, ModelError: as :func:`detect`.
     """
-    series = _fetch(client, pipeline, start_ms=start_ms, end_ms=end_ms)
-    detection = detect(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms)
-    tally = _Tally()
-    tally.add(detection, _writer(client, pipeline)(detection))
-    result = tally.result(pipeline, start_ms, end_ms)
+    detection = detect_window(client, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms)
+    written = write_detection(client, pipeline, detection)
+    result = summarize(pipeline, detection, start_ms=start_ms, end_ms=end_ms, written=written)
     log.info(
         "pipeline %r (%d, %d]: %d/%d series scored, %d points, %d anomalies, %d samples written",
         pipeline.name,
@@ -464,6 +498,64 @@ def run_window(
     return result
 
 
+def iter_backtest(
+    client: TSDBClient,
+    pipeline: Pipeline,
+    forecaster: Forecaster,
+    *,
+    start_ms: int,
+    end_ms: int,
+    batch_chunks: int | None = None,
+    progress: Progress | None = None,
+) -> Iterator[Detection]:
+    """Backtest ``(start_ms, end_ms]`` against the TSDB, yielding one scored batch at a time.
+
+    Each batch fetches only its own range plus context and is scored completely before
+    it is yielded, so memory stays bounded and the caller never writes half a batch.
+    A batch whose query returns no series or only NaN yields nothing; if that holds for
+    every batch, :class:`DataError` is raised at the end (so nothing was written).
+    Pull the first item of several pipelines' iterators before writing anything to
+    check them all first.
+
+    Args:
+        batch_chunks: chunks per batch; default :func:`default_batch_chunks` (for the
+            series count seen so far), at most 1000.
+        progress: called after each batch with ``(points_done, points_total)``.
+
+    Raises:
+        QueryError, DataError, ModelError; ValueError for a non-positive ``batch_chunks``.
+    """
+    step = pipeline.step_ms
+    if end_ms <= start_ms:
+        raise DataError(f"backtest range is empty: end {end_ms} <= start {start_ms}", pipeline=pipeline.name)
+    if batch_chunks is not None and batch_chunks <= 0:
+        raise ValueError(f"batch_chunks must be positive, got {batch_chunks}")
+    total_points = -(-(end_ms - start_ms) // step)
+    no_data: DataError | None = None
+    n_series = 0
+    batch_start = start_ms
+    while batch_start < end_ms:
+        chunks = batch_chunks or min(1000, default_batch_chunks(pipeline, max(n_series, 1)))
+        batch_end = min(end_ms, batch_start + chunks * chunk_points(pipeline) * step)
+        series = fetch_window(client, pipeline, start_ms=batch_start, end_ms=batch_end)
+        detection = None
+        if len(series) == 0 or not np.isfinite(series.values).any():
+            try:
+                _check_input(series, pipeline)
+            except DataError as error:
+                no_data = no_data or error
+        else:
+            n_series = max(n_series, len(series))
+            detection = detect(series, pipeline, forecaster, start_ms=batch_start, end_ms=batch_end)
+        batch_start = batch_end
+        if progress is not None:
+            progress(min(total_points, -(-(batch_start - start_ms) // step)), total_points)
+        if detection is not None:
+            yield detection
+    if n_series == 0:
+        raise no_data or DataError("no data in the backtest range", pipeline=pipeline.name)
+
+
 def backtest_tsdb(
     client: TSDBClient,
     pipeline: Pipeline,
@@ -475,51 +567,25 @@ def backtest_tsdb(
     progress: Progress | None = None,
     sink: Callable[[Detection], int] | None = None,
 ) -> RunResult:
-    """Backtest ``(start_ms, end_ms]`` against the TSDB, one bounded batch at a time.
-
-    Each batch fetches only its own range plus context, is scored completely, and only
-    then handed to ``sink`` (default: remote write to ``client``), so memory stays
-    bounded and a batch is never half written. A batch whose query returns no series
-    or only NaN is skipped; if that holds for every batch the range has no data and
-    :class:`DataError` is raised, with nothing written.
+    """Backtest ``(start_ms, end_ms]`` against the TSDB and write each batch (see :func:`iter_backtest`).
 
     Args:
-        batch_chunks: chunks per batch; default :func:`default_batch_chunks` (for the
-            series count seen so far), at most 1000.
-        progress: called after each batch with ``(points_done, points_total)``.
-        sink: receives each batch's :class:`Detection` and returns the samples it wrote
-            (e.g. to collect results for ``--out`` instead of writing to the TSDB).
+        sink: receives each batch's :class:`Detection` and returns the samples it wrote;
+            default :func:`write_detection` to ``client`` (pass a collector for ``--out``).
 
     Raises:
         QueryError, RemoteWriteError, DataError, ModelError.
     """
-    step = pipeline.step_ms
-    if end_ms <= start_ms:
-        raise DataError(f"backtest range is empty: end {end_ms} <= start {start_ms}", pipeline=pipeline.name)
-    if batch_chunks is not None and batch_chunks <= 0:
-        raise ValueError(f"batch_chunks must be positive, got {batch_chunks}")
-    total_points = -(-(end_ms - start_ms) // step)
-    sink = sink or _writer(client, pipeline)
-    tally = _Tally()
-    no_data: DataError | None = None
-    n_series = 1
-    batch_start = start_ms
-    while batch_start < end_ms:
-        chunks = batch_chunks or min(1000, default_batch_chunks(pipeline, n_series))
-        batch_end = min(end_ms, batch_start + chunks * chunk_points(pipeline) * step)
-        series = _fetch(client, pipeline, start_ms=batch_start, end_ms=batch_end)
-        if len(series) == 0 or not np.isfinite(series.values).any():
-            try:
-                _check_input(series, pipeline)
-            except DataError as error:
-                no_data = no_data or error
-        else:
-            n_series = max(n_series, len(series))
-            detection = detect(series, pipeline, forecaster, start_ms=batch_start, end_ms=batch_end)
-            tally.add(detection, sink(detection))
-        batch_start = batch_end
-        if progress is not None:
-            progress(min(total_points, -(-(batch_start - start_ms) // step)), total_points)
-    if not tally.series:
-        raise no_data or DataError("no data in the backtest range", pipeline=pipeline.name)
+    tally = Tally()
+    for detection in iter_backtest(
+        client,
+        pipeline,
+        forecaster,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        batch_chunks=batch_chunks,
+        progress=progress,
+    ):
+        written = sink(detection) if sink is not None else write_detection(client, pipeline, detection)
+        tally.add(detection, written)
     return tally.result(pipeline, start_ms, end_ms)

@@ -1,0 +1,302 @@
+"""End to end on real servers: series in the TSDB → ``openanomaly backtest`` → scores read by PromQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from openanomaly.cli import main, parse_time, read_csv_series
+from openanomaly.config import Pipeline
+from openanomaly.detect import backtest, fetch_window
+from openanomaly.models.registry import load_forecaster
+from openanomaly.series import SeriesMatrix
+from openanomaly.tsdb import PrometheusClient
+from tests.fixtures.servers import TSDBServer, unique_metric
+
+pytestmark = pytest.mark.integration
+
+NAB = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "nab"
+if not NAB.exists():  # a checkout elsewhere: the shared folder next to it, or OPENANOMALY_NAB
+    NAB = Path("/work/shared/benchmarks/nab")
+MINUTE = 60_000
+
+
+def _now_ms(step_ms: int) -> int:
+    return int(time.time() * 1000) // step_ms * step_ms
+
+
+def _config(tmp_path: Path, server_url: str, *pipelines: dict, name: str = "pipelines.yaml", **tsdb) -> Path:
+    path = tmp_path / name
+    settings = {"tsdb": {"url": server_url, "retries": 1, "backoff": "50ms", "timeout": "10s", **tsdb}}
+    path.write_text(yaml.safe_dump({"settings": settings, "pipelines": list(pipelines)}, sort_keys=False))
+    return path
+
+
+def _write(server: TSDBServer, series: SeriesMatrix) -> None:
+    with PrometheusClient(server.settings) as client:
+        client.remote_write(series)
+    server.flush()
+
+
+def _read(server: TSDBServer, query: str, *, start_ms: int, end_ms: int, step_ms: int) -> SeriesMatrix:
+    server.flush()
+    with PrometheusClient(server.settings) as client:
+        return client.query_range(query, start_ms=start_ms, end_ms=end_ms, step_ms=step_ms)
+
+
+def _synthetic(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Level 100 + N(0, 1) noise, a +15 spike and a 30-point +10 level shift.
+
+    Returns the values and the mask of anomalous points."""
+    values = 100 + rng.normal(0, 1, n)
+    anomalous = np.zeros(n, dtype=bool)
+    spike, shift = n - 900, n - 500
+    values[spike] += 15
+    anomalous[spike] = True
+    values[shift : shift + 30] += 10
+    anomalous[shift : shift + 30] = True
+    return values, anomalous
+
+
+@pytest.mark.parametrize("server_name", ["victoria_metrics", "prometheus"])
+def test_backtest_finds_injected_spike_and_level_shift(server_name, request, tmp_path, capsys):
+    server: TSDBServer = request.getfixturevalue(server_name)
+    metric = unique_metric("e2e_synth")
+    end = _now_ms(10 * MINUTE) - 10 * MINUTE
+    start = end - 1440 * MINUTE  # one day scored, after two hours of context
+    stamps = np.arange(start - 120 * MINUTE + MINUTE, end + 1, MINUTE, dtype=np.int64)
+    values, anomalous = _synthetic(np.random.default_rng(7), len(stamps))
+    labels = [{"__name__": metric, "instance": "web-1", "job": "api"}]
+    _write(server, SeriesMatrix.from_rows(labels, stamps, [values]))
+
+    pipeline = {
+        "name": f"{metric}-p",
+        "query": f'{metric}{{job="api"}}',
+        "step": "1m",
+        "model": {"spec": "mad", "alias": "mad-robust"},
+        "schedule": {"infer_every": "10m", "context": "2h"},
+        "scoring": {"quantiles": [0.0005, 0.9995]},
+        "output": {"extra_labels": {"env": "test"}},
+    }
+    once = pipeline | {"name": f"{metric}-once"}
+    config = _config(tmp_path, server.url, pipeline, once)
+    argv = ["backtest", "-c", str(config), "--start", str(start // 1000), "--end", str(end // 1000)]
+    assert main([*argv, "--pipeline", pipeline["name"], "--batch-chunks", "50"]) == 0
+    printed = capsys.readouterr().out
+    assert "1/1 series scored, 1440 points" in printed
+
+    scores = _read(
+        server,
+        f'anomaly_score{{for="{pipeline["name"]}"}}',
+        start_ms=start + MINUTE,
+        end_ms=end,
+        step_ms=MINUTE,
+    )
+    assert len(scores) == 1
+    assert dict(scores.labels[0]) == {
+        "__name__": "anomaly_score",
+        "instance": "web-1",
+        "job": "api",
+        "env": "test",
+        "for": pipeline["name"],
+        "model": "mad-robust",
+    }
+    score = scores.values[0]
+    assert np.isfinite(score).all()
+    truth = anomalous[-1440:]
+    assert (score[truth] > 1).all(), score[truth]
+    assert np.mean(score[~truth] > 1) < 0.02
+
+    outputs = _read(
+        server, f'{{for="{pipeline["name"]}"}}', start_ms=start + MINUTE, end_ms=end, step_ms=MINUTE
+    )
+    assert sorted(lab["__name__"] for lab in outputs.labels) == [
+        "anomaly_score",
+        "yhat",
+        "yhat_lower",
+        "yhat_upper",
+    ]
+    by_name = {lab["__name__"]: row for lab, row in zip(outputs.labels, outputs.values, strict=True)}
+    assert (by_name["yhat_lower"] <= by_name["yhat"]).all() and (
+        by_name["yhat"] <= by_name["yhat_upper"]
+    ).all()
+
+    # The TSDB backtest equals the in-memory one over the same input ...
+    spec = Pipeline.model_validate(pipeline)
+    with PrometheusClient(server.settings) as client:
+        series = fetch_window(client, spec, start_ms=start, end_ms=end)
+    expected = backtest(series, spec, load_forecaster("mad"), start_ms=start, end_ms=end)
+    np.testing.assert_allclose(score, expected.anomaly_score[0], rtol=1e-12)
+
+    # ... and a scheduled `run --once` writes exactly what the backtest wrote for its window.
+    assert (
+        main(["run", "-c", str(config), "--once", "--pipeline", once["name"], "--now", str(end // 1000)]) == 0
+    )
+    assert "1/1 series scored, 10 points" in capsys.readouterr().out
+    live = _read(
+        server,
+        f'anomaly_score{{for="{once["name"]}"}}',
+        start_ms=end - 9 * MINUTE,
+        end_ms=end,
+        step_ms=MINUTE,
+    )
+    np.testing.assert_allclose(live.values[0], score[-10:], rtol=1e-12)
+
+
+def test_backtest_on_labelled_nab_series(victoria_metrics, tmp_path, capsys):
+    name = "realKnownCause/machine_temperature_system_failure.csv"
+    windows = json.loads((NAB / "labels" / "combined_windows.json").read_text())[name]
+    step = 5 * MINUTE
+    metric = unique_metric("e2e_nab")
+    series = read_csv_series(NAB / name, step_ms=step, name=metric)
+    shift = _now_ms(step) - step - int(series.timestamps[-1])  # end near now: no retention limits
+    stamps = series.timestamps + shift
+    _write(victoria_metrics, SeriesMatrix(({"__name__": metric},), stamps, series.values))
+
+    pipeline = {
+        "name": f"{metric}-p",
+        "query": metric,
+        "step": "5m",
+        "model": "mad",
+        "schedule": {"infer_every": "5m", "context": "1d"},
+        "scoring": {"quantiles": [0.005, 0.995]},
+    }
+    config = _config(tmp_path, victoria_metrics.url, pipeline)
+    start, end = int(stamps[0]), int(stamps[-1])
+    assert (
+        main(["backtest", "-c", str(config), "--start", str(start // 1000), "--end", str(end // 1000)]) == 0
+    )
+    assert "top 10 of" in capsys.readouterr().out
+
+    scores = _read(
+        victoria_metrics,
+        f'anomaly_score{{for="{pipeline["name"]}"}}',
+        start_ms=start,
+        end_ms=end,
+        step_ms=step,
+    )
+    assert len(scores) == 1
+    score, ts = scores.values[0], scores.timestamps
+    assert np.isfinite(score).sum() > 0.95 * np.isfinite(series.values).sum()
+    for begin, finish in windows:
+        inside = (ts >= parse_time(begin) + shift) & (ts <= parse_time(finish) + shift)
+        assert inside.sum() > 100
+        assert np.nanmax(score[inside]) > 1, (begin, finish)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def _assert_nothing_written(
+    server: TSDBServer, pipeline_names: list[str], *, start_ms: int, end_ms: int
+) -> None:
+    for name in pipeline_names:
+        found = _read(server, f'{{for="{name}"}}', start_ms=start_ms, end_ms=end_ms, step_ms=MINUTE)
+        assert len(found) == 0, (name, found.labels)
+
+
+def _fail(argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert captured.err.startswith("error: ")
+    return captured.err
+
+
+@pytest.fixture
+def loaded_metric(victoria_metrics):
+    """A one-hour 1m series in VM; yields (metric, start_ms, end_ms)."""
+    metric = unique_metric("e2e_bad")
+    end = _now_ms(MINUTE)
+    stamps = np.arange(end - 120 * MINUTE, end + 1, MINUTE, dtype=np.int64)
+    _write(victoria_metrics, SeriesMatrix.from_rows([{"__name__": metric}], stamps, [np.ones(len(stamps))]))
+    return metric, end - 60 * MINUTE, end
+
+
+def _pipe(name: str, query: str, model: str = "mad") -> dict:
+    return {"name": name, "query": query, "model": model, "schedule": {"context": "30m"}}
+
+
+def test_malformed_yaml_and_unknown_model(victoria_metrics, loaded_metric, tmp_path, capsys):
+    metric, start, end = loaded_metric
+    bad_yaml = tmp_path / "broken.yaml"
+    bad_yaml.write_text(f"settings: {{tsdb: {{url: {victoria_metrics.url}}}\npipelines: [\n")
+    err = _fail(["backtest", "-c", str(bad_yaml), "--start", str(start // 1000)], capsys)
+    assert f"{bad_yaml}: malformed YAML: line" in err
+
+    config = _config(
+        tmp_path,
+        victoria_metrics.url,
+        _pipe(f"{metric}-ok", metric),
+        _pipe(f"{metric}-x", metric, "chronoz:bolt"),
+    )
+    err = _fail(["backtest", "-c", str(config), "--start", str(start // 1000)], capsys)
+    assert (
+        f"pipeline '{metric}-x': field 'pipelines[1].model.spec': model 'chronoz:bolt': unknown model" in err
+    )
+    _assert_nothing_written(victoria_metrics, [f"{metric}-ok", f"{metric}-x"], start_ms=start, end_ms=end)
+
+
+def test_query_with_no_series_fails_before_any_write(victoria_metrics, loaded_metric, tmp_path, capsys):
+    metric, start, end = loaded_metric
+    good, empty = _pipe(f"{metric}-ok", metric), _pipe(f"{metric}-none", f"{metric}_missing")
+    config = _config(tmp_path, victoria_metrics.url, good, empty)
+    argv = ["-c", str(config), "--start", str(start // 1000), "--end", str(end // 1000)]
+    err = _fail(["backtest", *argv], capsys)
+    assert f"pipeline '{metric}-none': query '{metric}_missing' returned no series" in err
+    err = _fail(["run", "--once", "-c", str(config), "--now", str(end // 1000)], capsys)
+    assert "returned no series" in err
+    _assert_nothing_written(victoria_metrics, [good["name"], empty["name"]], start_ms=start, end_ms=end)
+
+
+def test_all_nan_series(prometheus, tmp_path, capsys):
+    # Prometheus returns NaN samples as such (VictoriaMetrics drops them: "no series").
+    metric = unique_metric("e2e_nan")
+    end = _now_ms(MINUTE)
+    stamps = np.arange(end - 90 * MINUTE, end + 1, MINUTE, dtype=np.int64)
+    _write(
+        prometheus,
+        SeriesMatrix.from_rows([{"__name__": metric}], stamps, [np.arange(len(stamps), dtype=float)]),
+    )
+    pipeline = _pipe(f"{metric}-p", f"({metric} - {metric}) / 0")
+    config = _config(tmp_path, prometheus.url, pipeline)
+    err = _fail(
+        [
+            "backtest",
+            "-c",
+            str(config),
+            "--start",
+            str((end - 60 * MINUTE) // 1000),
+            "--end",
+            str(end // 1000),
+        ],
+        capsys,
+    )
+    assert "have no finite value (all NaN)" in err
+    _assert_nothing_written(prometheus, [pipeline["name"]], start_ms=end - 60 * MINUTE, end_ms=end)
+
+
+def test_unreachable_tsdb_in_a_real_process(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = _config(tmp_path, f"http://127.0.0.1:{port}", _pipe("p", "up"), retries=0, timeout="2s")
+    done = subprocess.run(
+        [sys.executable, "-m", "openanomaly.cli", "backtest", "-c", str(config), "--start", "now-1h"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
