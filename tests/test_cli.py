@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from openanomaly.cli import UsageError, main, parse_time
+from openanomaly.cli import EXAMPLES_DIR, UsageError, main, parse_time
 
 VALID = """\
 settings: {tsdb: {url: "http://127.0.0.1:1"}}
@@ -113,3 +113,11 @@ def test_example_parquet_and_other_model(tmp_path, capsys):
     assert main(["example", "--out", str(out), "--model", "zscore"]) == 0
     assert "with model zscore" in capsys.readouterr().out
     assert len(pd.read_parquet(out)) > 3000
+
+
+def test_bundled_pipelines_file_validates(capsys, monkeypatch):
+    monkeypatch.delenv("TSDB_URL", raising=False)
+    monkeypatch.delenv("TSDB_TOKEN", raising=False)
+    assert main(["validate", str(EXAMPLES_DIR / "pipelines.yaml")]) == 0
+    assert main(["validate", str(EXAMPLES_DIR / "example.yaml")]) == 0
+    assert capsys.readouterr().out.count(": OK (") == 2
