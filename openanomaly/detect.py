@@ -69,6 +69,9 @@ Progress = Callable[[int, int], None]
 # Upper bound on the cells of one batch's context array (series x chunks x context
 # points); 8M float64 cells = 64 MB. Bounds memory of long backtests over many series.
 _CONTEXT_CELL_BUDGET = 8_000_000
+# Chunks in the first backtest fetch (series count unknown yet) and at most in any fetch.
+_FIRST_FETCH_CHUNKS = 64
+_MAX_FETCH_CHUNKS = 1000
 
 
 class TSDBClient(Protocol):
@@ -518,8 +521,9 @@ def iter_backtest(
     check them all first.
 
     Args:
-        batch_chunks: chunks per batch; default :func:`default_batch_chunks` (for the
-            series count seen so far), at most 1000.
+        batch_chunks: chunks per fetch and per forecast call; default: 64 for the first
+            fetch, then :func:`default_batch_chunks` for the series count seen so far
+            (at most 1000), and forecast calls within a fetch bounded the same way.
         progress: called after each batch with ``(points_done, points_total)``.
 
     Raises:
@@ -535,7 +539,13 @@ def iter_backtest(
     n_series = 0
     batch_start = start_ms
     while batch_start < end_ms:
-        chunks = batch_chunks or min(1000, default_batch_chunks(pipeline, max(n_series, 1)))
+        # The series count is unknown until the first fetch: start small, then size the
+        # fetches so that one holds about as many cells as one forecast batch.
+        chunks = batch_chunks or (
+            min(_FIRST_FETCH_CHUNKS, default_batch_chunks(pipeline, 1))
+            if n_series == 0
+            else min(_MAX_FETCH_CHUNKS, default_batch_chunks(pipeline, n_series))
+        )
         batch_end = min(end_ms, batch_start + chunks * chunk_points(pipeline) * step)
         series = fetch_window(client, pipeline, start_ms=batch_start, end_ms=batch_end)
         detection = None
@@ -546,7 +556,14 @@ def iter_backtest(
                 no_data = no_data or error
         else:
             n_series = max(n_series, len(series))
-            detection = detect(series, pipeline, forecaster, start_ms=batch_start, end_ms=batch_end)
+            detection = backtest(
+                series,
+                pipeline,
+                forecaster,
+                start_ms=batch_start,
+                end_ms=batch_end,
+                batch_chunks=batch_chunks or default_batch_chunks(pipeline, len(series)),
+            )
         batch_start = batch_end
         if progress is not None:
             progress(min(total_points, -(-(batch_start - start_ms) // step)), total_points)
