@@ -17,12 +17,14 @@ Why two encoders: building one protobuf ``Sample`` object per sample costs about
 microsecond in Python, ~15 s for 10,000 series x 1,440 points. ``encode_write_request``
 instead lays out all samples of a batch with numpy (a sample is a fixed pattern of tag
 bytes, 8 little-endian value bytes and a varint timestamp) and uses protobuf only for
-the label sets. Its output is byte-for-byte what ``WriteRequest.SerializeToString()``
-gives for the same data (the tests check this), about 20x faster.
+the label sets. Its output decodes to the same message as the protobuf encoder's and is
+byte-for-byte the same when no value or timestamp is exactly zero (the tests check
+both); it is 10-20x faster.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import cramjam
@@ -124,7 +126,7 @@ class TimestampGrid:
     """The timestamps of a shared time grid, varint-encoded once for every batch.
 
     Series written together share the grid of a ``SeriesMatrix``, so each timestamp's
-    bytes are computed once here and gathered per sample.
+    bytes (tag + varint) are computed once here and gathered per sample.
 
     Args:
         timestamps: int64 milliseconds, shape ``(t,)``.
@@ -139,8 +141,20 @@ class TimestampGrid:
         self.encoded = np.empty((len(unsigned), 11), dtype=np.uint8)
         self.encoded[:, 0] = _TAG_TIMESTAMP
         self.encoded[:, 1:] = groups
-        #: shape (t,): bytes used in ``encoded``; 0 for timestamp 0, which proto3 omits
-        self.length = np.where(unsigned != 0, 1 + varint_len, 0)
+        #: shape (t,): bytes used in each row of ``encoded``
+        self.length = 1 + varint_len
+        #: the common width when every timestamp encodes to the same number of bytes
+        #: (any grid between 1971 and 2109), else None
+        self.width: int | None = None
+        #: the encoded bytes cut into little-endian unsigned ints of 8/4/2/1 bytes, one
+        #: (offset, column of shape (t,)) per piece: gathering and storing whole ints is
+        #: much faster in numpy than copying byte columns
+        self.pieces: list[tuple[int, np.ndarray]] = []
+        if len(unsigned) and np.all(self.length == self.length[0]):
+            self.width = int(self.length[0])
+            for offset, size in _pieces(self.width):
+                column = np.ascontiguousarray(self.encoded[:, offset : offset + size]).view(f"<u{size}")
+                self.pieces.append((offset, column.ravel()))
 
 
 def encode_write_request(
@@ -163,37 +177,44 @@ def encode_write_request(
         values: float64, shape ``(m,)`` (NaN is encoded as is; callers drop it).
 
     Returns:
-        The protobuf bytes, identical to ``WriteRequest.SerializeToString()`` for the same
-        series (proto3: a zero value or timestamp is omitted, as protobuf does).
+        The protobuf bytes. They are what ``WriteRequest.SerializeToString()`` gives for
+        the same series, except that a zero value or timestamp is written out where
+        proto3 would omit it; both decode to the same message. Writing every field keeps
+        all sample records the same size, which is what makes the layout a numpy copy.
     """
     if len(series_index) == 0:
         return b""
-    value_bits = np.ascontiguousarray(values, dtype="<f8").view(np.uint64)
-    has_value = value_bits != 0
-    time_len = grid.length[columns]
-    body_len = has_value * 9 + time_len  # <= 20, so its own length is one byte
-    time_width = int(time_len.max())
-    uniform = bool(has_value.all()) and bool((time_len == time_width).all())
-
-    # Lay every sample record out at the widest length in this batch; when some records
-    # are shorter (zero value or timestamp, short varint), mask out the bytes protobuf
-    # would not write. Samples of one series stay contiguous either way.
-    records = np.empty((len(series_index), 11 + time_width), dtype=np.uint8)
-    records[:, 0] = _TAG_SAMPLES
-    records[:, 1] = body_len
-    records[:, 2] = _TAG_VALUE
-    records[:, 3:11] = value_bits.view(np.uint8).reshape(-1, 8)
-    records[:, 11:] = grid.encoded[columns, :time_width]
-    if uniform:
-        packed = memoryview(records).cast("B")
+    values = np.ascontiguousarray(values, dtype="<f8")
+    if grid.width is not None:
+        # Every sample record has the same bytes but for value and timestamp: one
+        # structured array, filled field by field.
+        records = np.empty(len(values), dtype=_record_dtype(grid.width))
+        records["samples_tag"] = _TAG_SAMPLES
+        records["length"] = 9 + grid.width
+        records["value_tag"] = _TAG_VALUE
+        records["value"] = values
+        for offset, column in grid.pieces:
+            records[f"time{offset}"] = column[columns]
+        packed = memoryview(records.view(np.uint8))
+        per_series = np.bincount(series_index, minlength=len(label_blobs)) * records.dtype.itemsize
     else:
-        keep = np.empty(records.shape, dtype=bool)
-        keep[:, :2] = True
-        keep[:, 2:11] = has_value[:, None]
-        keep[:, 11:] = np.arange(time_width) < time_len[:, None]
-        packed = memoryview(records[keep])
+        # Timestamps of different varint lengths: lay records out at the widest and
+        # mask out the unused varint bytes.
+        time_len = grid.length[columns]
+        width = int(time_len.max())
+        table = np.empty((len(values), 11 + width), dtype=np.uint8)
+        table[:, 0] = _TAG_SAMPLES
+        table[:, 1] = 9 + time_len
+        table[:, 2] = _TAG_VALUE
+        table[:, 3:11] = values.view(np.uint8).reshape(-1, 8)
+        table[:, 11:] = grid.encoded[columns, :width]
+        keep = np.ones(table.shape, dtype=bool)
+        keep[:, 11:] = np.arange(width) < time_len[:, None]
+        packed = memoryview(table[keep])
+        per_series = np.bincount(series_index, weights=11 + time_len, minlength=len(label_blobs)).astype(
+            np.int64
+        )
 
-    per_series = np.bincount(series_index, weights=body_len + 2, minlength=len(label_blobs)).astype(np.int64)
     parts: list[bytes | memoryview] = []
     begin = 0
     for blob, end in zip(label_blobs, np.cumsum(per_series).tolist(), strict=True):
@@ -201,6 +222,24 @@ def encode_write_request(
         parts.append(packed[begin:end])
         begin = end
     return b"".join(parts)
+
+
+def _pieces(width: int) -> list[tuple[int, int]]:
+    """``width`` bytes as (offset, size) pieces of 8, 4, 2 and 1 bytes."""
+    pieces, offset = [], 0
+    for size in (8, 4, 2, 1):
+        while width - offset >= size:
+            pieces.append((offset, size))
+            offset += size
+    return pieces
+
+
+@functools.cache
+def _record_dtype(width: int) -> np.dtype:
+    """One sample record, packed: samples tag, length, value tag, value, timestamp pieces."""
+    fields = [("samples_tag", "u1"), ("length", "u1"), ("value_tag", "u1"), ("value", "<f8")]
+    fields += [(f"time{offset}", f"<u{size}") for offset, size in _pieces(width)]
+    return np.dtype(fields)
 
 
 def encode_write_request_protobuf(

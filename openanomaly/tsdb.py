@@ -227,9 +227,9 @@ class PrometheusClient:
         for first_row, end_row, lo, hi in _batches(counts, self.settings.write_batch_samples):
             if lo is None:  # whole rows
                 local_rows, columns = np.nonzero(present[first_row:end_row])
-                used = np.flatnonzero(counts[first_row:end_row])
-                series_index = np.searchsorted(used, local_rows)
-                rows = (used + first_row).tolist()
+                has_samples = counts[first_row:end_row] > 0
+                series_index = (np.cumsum(has_samples) - 1)[local_rows]  # dense over rows with samples
+                rows = (np.flatnonzero(has_samples) + first_row).tolist()
                 values = series.values[first_row + local_rows, columns]
             else:  # a part of one long row
                 columns = np.flatnonzero(present[first_row])[lo:hi]

@@ -56,16 +56,10 @@ def matrix_response(series: list[tuple[dict[str, str], list[tuple[int, float]]]]
 # -- the encoder ---------------------------------------------------------------------------
 
 
-def test_fast_encoder_is_byte_identical_to_protobuf() -> None:
-    rng = np.random.default_rng(7)
-    n, t = 12, 40
-    timestamps = np.concatenate([[-5_000, 0, 1, 127, 128, 16_383, 16_384], T0 + STEP * np.arange(t - 7)])
-    values = rng.normal(size=(n, t)) * 10.0 ** rng.integers(-5, 12, size=(n, 1))
-    values[:, 3] = 0.0  # proto3 omits a zero value...
-    values[2, :] = np.inf
-    values[values > 8] = np.nan
-    labels = [{"__name__": "m", "job": f"j{i}", "Upper": "x", "empty": "", "utf8": "é✓"} for i in range(n)]
-
+def encode_both(
+    labels: list[dict[str, str]], timestamps: np.ndarray, values: np.ndarray
+) -> tuple[bytes, bytes]:
+    """(fast encoder, protobuf objects) encodings of the non-NaN cells."""
     present = ~np.isnan(values)
     rows, columns = np.nonzero(present)
     fast = _remote_write.encode_write_request(
@@ -76,14 +70,51 @@ def test_fast_encoder_is_byte_identical_to_protobuf() -> None:
         values[rows, columns],
     )
     reference = _remote_write.encode_write_request_protobuf(
-        labels, [timestamps[row] for row in present], [values[i][present[i]] for i in range(n)]
+        labels, [timestamps[row] for row in present], [values[i][present[i]] for i in range(len(labels))]
     )
+    return fast, reference
+
+
+@pytest.mark.parametrize(
+    "timestamps",
+    [
+        T0 + STEP * np.arange(40),  # every varint 6 bytes: the structured-array path
+        np.concatenate([[-5_000, 1, 127, 128, 16_383, 16_384], T0 + STEP * np.arange(34)]),  # mixed widths
+    ],
+    ids=["uniform-grid", "mixed-varint-widths"],
+)
+def test_fast_encoder_is_byte_identical_to_protobuf(timestamps: np.ndarray) -> None:
+    rng = np.random.default_rng(7)
+    n = 12
+    values = rng.normal(size=(n, 40)) * 10.0 ** rng.integers(-5, 12, size=(n, 1))
+    values[2, :] = np.inf
+    values[3, :5] = -np.inf
+    values[values > 8] = np.nan
+    labels = [{"__name__": "m", "job": f"j{i}", "Upper": "x", "empty": "", "utf8": "é✓"} for i in range(n)]
+
+    fast, reference = encode_both(labels, timestamps, values)
     assert fast == reference
 
     message = _remote_write.WriteRequest()
     message.ParseFromString(fast)
     assert [label.name for label in message.timeseries[0].labels] == ["Upper", "__name__", "job", "utf8"]
-    assert message.timeseries[0].samples[0].timestamp == -5_000
+    assert message.timeseries[0].samples[0].timestamp == timestamps[0]
+
+
+def test_fast_encoder_writes_zeros_explicitly_and_decodes_the_same() -> None:
+    timestamps = np.array([0, 1, T0, T0 + STEP])
+    values = np.array([[0.0, -0.0, 1.5, 0.0], [np.nan, 0.0, np.nan, 2.0]])
+    labels = [{"__name__": "m", "k": "a"}, {"__name__": "m", "k": "b"}]
+    fast, reference = encode_both(labels, timestamps, values)
+    assert len(fast) > len(reference)  # proto3 omits zero fields; the fast encoder keeps them
+    decoded_fast, decoded_reference = _remote_write.WriteRequest(), _remote_write.WriteRequest()
+    decoded_fast.ParseFromString(fast)
+    decoded_reference.ParseFromString(reference)
+    assert decoded_fast == decoded_reference
+    assert [(s.timestamp, s.value) for s in decoded_fast.timeseries[1].samples] == [
+        (1, 0.0),
+        (T0 + STEP, 2.0),
+    ]
 
 
 def test_remote_write_wire_format() -> None:
