@@ -72,9 +72,12 @@ def test_backtest_finds_injected_spike_and_level_shift(server_name, request, tmp
     end = _now_ms(10 * MINUTE) - 10 * MINUTE
     start = end - 1440 * MINUTE  # one day scored, after two hours of context
     stamps = np.arange(start - 120 * MINUTE + MINUTE, end + 1, MINUTE, dtype=np.int64)
-    values, anomalous = _synthetic(np.random.default_rng(7), len(stamps))
-    labels = [{"__name__": metric, "instance": "web-1", "job": "api"}]
-    _write(server, SeriesMatrix.from_rows(labels, stamps, [values]))
+    rng = np.random.default_rng(7)
+    values, anomalous = _synthetic(rng, len(stamps))
+    quiet = [50 + rng.normal(0, 2, len(stamps)), 10 + rng.normal(0, 0.1, len(stamps))]  # no anomalies
+    labels = [{"__name__": metric, "instance": f"web-{i}", "job": "api"} for i in (1, 2, 3)]
+    labels.append({"__name__": metric, "instance": "db-1", "job": "db"})  # not selected by the query
+    _write(server, SeriesMatrix.from_rows(labels, stamps, [values, *quiet, values + 1]))
 
     pipeline = {
         "name": f"{metric}-p",
@@ -90,7 +93,7 @@ def test_backtest_finds_injected_spike_and_level_shift(server_name, request, tmp
     argv = ["backtest", "-c", str(config), "--start", str(start // 1000), "--end", str(end // 1000)]
     assert main([*argv, "--pipeline", pipeline["name"], "--batch-chunks", "50"]) == 0
     printed = capsys.readouterr().out
-    assert "1/1 series scored, 1440 points" in printed
+    assert "3/3 series scored, 4320 points" in printed
 
     scores = _read(
         server,
@@ -99,7 +102,7 @@ def test_backtest_finds_injected_spike_and_level_shift(server_name, request, tmp
         end_ms=end,
         step_ms=MINUTE,
     )
-    assert len(scores) == 1
+    assert [lab["instance"] for lab in scores.labels] == ["web-1", "web-2", "web-3"]  # sorted by labels
     assert dict(scores.labels[0]) == {
         "__name__": "anomaly_score",
         "instance": "web-1",
@@ -108,38 +111,38 @@ def test_backtest_finds_injected_spike_and_level_shift(server_name, request, tmp
         "for": pipeline["name"],
         "model": "mad-robust",
     }
+    assert np.isfinite(scores.values).all()
     score = scores.values[0]
-    assert np.isfinite(score).all()
     truth = anomalous[-1440:]
     assert (score[truth] > 1).all(), score[truth]
-    assert np.mean(score[~truth] > 1) < 0.02
+    normal = np.concatenate([score[~truth], scores.values[1], scores.values[2]])
+    assert np.mean(normal > 1) < 0.02
 
     outputs = _read(
         server, f'{{for="{pipeline["name"]}"}}', start_ms=start + MINUTE, end_ms=end, step_ms=MINUTE
     )
-    assert sorted(lab["__name__"] for lab in outputs.labels) == [
-        "anomaly_score",
-        "yhat",
-        "yhat_lower",
-        "yhat_upper",
-    ]
-    by_name = {lab["__name__"]: row for lab, row in zip(outputs.labels, outputs.values, strict=True)}
-    assert (by_name["yhat_lower"] <= by_name["yhat"]).all() and (
-        by_name["yhat"] <= by_name["yhat_upper"]
-    ).all()
+    names = sorted(lab["__name__"] for lab in outputs.labels)
+    assert names == sorted(["anomaly_score", "yhat", "yhat_lower", "yhat_upper"] * 3)
+    rows = {
+        (lab["__name__"], lab["instance"]): row
+        for lab, row in zip(outputs.labels, outputs.values, strict=True)
+    }
+    for instance in ("web-1", "web-2", "web-3"):
+        lower, yhat, upper = (rows[(name, instance)] for name in ("yhat_lower", "yhat", "yhat_upper"))
+        assert (lower <= yhat).all() and (yhat <= upper).all()
 
     # The TSDB backtest equals the in-memory one over the same input ...
     spec = Pipeline.model_validate(pipeline)
     with PrometheusClient(server.settings) as client:
         series = fetch_window(client, spec, start_ms=start, end_ms=end)
     expected = backtest(series, spec, load_forecaster("mad"), start_ms=start, end_ms=end)
-    np.testing.assert_allclose(score, expected.anomaly_score[0], rtol=1e-12)
+    np.testing.assert_allclose(scores.values, expected.anomaly_score, rtol=1e-12)
 
     # ... and a scheduled `run --once` writes exactly what the backtest wrote for its window.
     assert (
         main(["run", "-c", str(config), "--once", "--pipeline", once["name"], "--now", str(end // 1000)]) == 0
     )
-    assert "1/1 series scored, 10 points" in capsys.readouterr().out
+    assert "3/3 series scored, 30 points" in capsys.readouterr().out
     live = _read(
         server,
         f'anomaly_score{{for="{once["name"]}"}}',
@@ -147,7 +150,7 @@ def test_backtest_finds_injected_spike_and_level_shift(server_name, request, tmp
         end_ms=end,
         step_ms=MINUTE,
     )
-    np.testing.assert_allclose(live.values[0], score[-10:], rtol=1e-12)
+    np.testing.assert_allclose(live.values, scores.values[:, -10:], rtol=1e-12)
 
 
 def test_backtest_on_labelled_nab_series(victoria_metrics, tmp_path, capsys):
