@@ -477,12 +477,14 @@ def _print_label_check(windows: Sequence[Sequence[str]], episodes: Sequence[Epis
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
     parser = argparse.ArgumentParser(
-        prog="openanomaly",
-        description="Anomaly detection for Prometheus / VictoriaMetrics metrics.",
-        parents=[common],
+        prog="openanomaly", description="Anomaly detection for Prometheus / VictoriaMetrics metrics."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
+    # -v is accepted after the command too; SUPPRESS keeps the subparser from resetting it to 0.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="-v info, -vv debug logging"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -494,7 +496,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, help="pipelines YAML file")
     run.add_argument("--once", action="store_true", help="one pass over the latest complete window")
     run.add_argument("--pipeline", help="only this pipeline")
-    run.add_argument("--now", help=argparse.SUPPRESS)
+    run.add_argument("--now", help="score the window ending at this time instead (re-run a missed window)")
     run.set_defaults(handler=cmd_run)
 
     back = commands.add_parser("backtest", parents=[common], help="score a past range, in batches")

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from openanomaly.cli import EXAMPLES_DIR, UsageError, main, parse_time
+from openanomaly.cli import EXAMPLES_DIR, UsageError, _parser, main, parse_time
 
 VALID = """\
 settings: {tsdb: {url: "http://127.0.0.1:1"}}
@@ -121,3 +121,11 @@ def test_bundled_pipelines_file_validates(capsys, monkeypatch):
     assert main(["validate", str(EXAMPLES_DIR / "pipelines.yaml")]) == 0
     assert main(["validate", str(EXAMPLES_DIR / "example.yaml")]) == 0
     assert capsys.readouterr().out.count(": OK (") == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [(["validate"], 0), (["-v", "validate"], 1), (["validate", "-v"], 1), (["-vv", "validate"], 2)],
+)
+def test_verbose_flag_before_or_after_command(argv, level):
+    assert _parser().parse_args([*argv, "p.yaml"]).verbose == level
