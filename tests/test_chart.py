@@ -177,17 +177,16 @@ def test_serve_config_import_paths_exist_in_package(
 def test_default_serve_applications_mirror_serve_config_yaml(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
-    """The chart's default applications are the repository's serve_config.yaml ones."""
-
-    def apps(config: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
-        return {a["name"]: (a["import_path"], a.get("route_prefix", "/")) for a in config["applications"]}
-
+    """The chart deploys what ``serve run serve_config.yaml`` deploys (listening on 0.0.0.0)."""
     serve_config = ROOT / "serve_config.yaml"
     if not serve_config.exists():
         pytest.skip("no serve_config.yaml at the repository root yet: nothing to mirror")
     repo = yaml.safe_load(serve_config.read_text())
     chart = yaml.safe_load(_one(rendered["defaults"], "RayService")["spec"]["serveConfigV2"])
-    assert apps(chart) == apps(repo)
+    assert chart["applications"] == repo["applications"]
+    assert chart["http_options"]["host"] == "0.0.0.0"
+    assert chart["http_options"]["port"] == repo["http_options"]["port"]
+    assert chart.get("proxy_location") == repo.get("proxy_location")
 
 
 @pytest.mark.parametrize("case", ["defaults", "inline-pipelines"])
