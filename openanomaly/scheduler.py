@@ -1,0 +1,602 @@
+"""The scheduler: one named, detached Ray actor that owns every pipeline's schedule.
+
+Every ``tick`` (a background loop, or a test calling ``tick(now_ms=...)``) it
+
+1. reloads the pipeline YAML if it changed (a bad edit keeps the last good config and
+   shows the error in the status; pipelines added or removed take effect at once);
+2. for each pipeline that is not already running, computes the windows that are due
+   and hands them to a worker thread, which runs (if due) a fit job, then one scoring
+   job per window, in order, persisting progress after each window.
+
+Windows sit on a fixed grid: ``((k - 1) * infer_every, k * infer_every]``. A pipeline
+that falls behind (a TSDB outage, a restart) catches up window by window on the same
+grid, so a retried window produces exactly what it would have on time, and writes the
+same samples again at worst (idempotent), never different ones.
+
+Progress (the end of the last *completed* window, and the last fit time) is persisted
+in the ArtifactStore under ``_scheduler/<pipeline>.json``, written after the window's
+samples are written. Why there: it is the one durable store every node already
+reaches (S3 in cluster mode), and it outlives the actor, the node and the whole Ray
+cluster (the GCS does not survive a cluster restart without external Redis). On start
+the scheduler reads it back and continues with the next window: no gap, no duplicate.
+With ``artifacts.kind: none`` progress lives in the actor only (a warning says so) and a
+restart starts again from the current window.
+
+Isolation: each pipeline runs in its own thread, and one pipeline's failure (bad
+query, model error, TSDB outage) only marks that pipeline's status; the window is
+retried on the next tick, the others go on. Never two runs of one pipeline at once.
+
+Public helpers for the HTTP API (``GET /v1/pipelines``, ``POST /v1/pipelines/{name}/run``,
+``GET /metrics``): :func:`scheduler_status`, :func:`trigger_run`, :func:`scheduler_metrics`
+look the actor up by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from openanomaly.artifacts import ArtifactStore, MemoryStore, load_json, open_store, save_json
+from openanomaly.config import Config, Pipeline, Settings
+from openanomaly.configstore import ConfigStore, YamlConfigStore
+from openanomaly.errors import ConfigError, OpenAnomalyError
+
+__all__ = [
+    "DEFAULT_NAME",
+    "DEFAULT_NAMESPACE",
+    "PipelineProgress",
+    "PipelineStatus",
+    "Scheduler",
+    "SchedulerActor",
+    "due_windows",
+    "fit_due",
+    "get_scheduler",
+    "metrics_text",
+    "scheduler_metrics",
+    "scheduler_status",
+    "start_scheduler",
+    "trigger_run",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "openanomaly-scheduler"
+DEFAULT_NAMESPACE = "openanomaly"
+_STATE_PREFIX = "_scheduler"
+
+RunWindow = Callable[..., Any]  # (settings, pipeline, *, start_ms, end_ms, fit_time_ms) -> JobResult
+RunFit = Callable[..., Any]  # (settings, pipeline, *, fit_time_ms) -> FitResult
+
+
+def _ms(duration: Any) -> int:
+    return round(duration.total_seconds() * 1000)
+
+
+def due_windows(
+    *, last_end_ms: int | None, now_ms: int, every_ms: int, delay_ms: int = 0, max_windows: int = 60
+) -> list[tuple[int, int]]:
+    """The windows ``(start, end]`` to score now, oldest first, at most ``max_windows``.
+
+    Windows end on multiples of ``every_ms`` and end at or before ``now - delay``. A
+    pipeline never run before starts with the latest complete window. After a gap the
+    missed windows come back in order (the rest on later ticks when over ``max_windows``).
+    If ``last_end_ms`` is off the grid (``infer_every`` was changed), the first window
+    runs from it to the next grid point, so nothing is skipped or scored twice.
+
+    Example:
+        >>> due_windows(last_end_ms=120_000, now_ms=250_000, every_ms=60_000)
+        [(120000, 180000), (180000, 240000)]
+    """
+    if every_ms <= 0:
+        raise ValueError(f"every_ms must be positive, got {every_ms}")
+    horizon = (now_ms - delay_ms) // every_ms * every_ms
+    if last_end_ms is None:
+        return [(horizon - every_ms, horizon)]
+    windows = []
+    start = last_end_ms
+    while len(windows) < max_windows:
+        end = start // every_ms * every_ms + every_ms
+        if end > horizon:
+            break
+        windows.append((start, end))
+        start = end
+    return windows
+
+
+def fit_due(*, last_fit_ms: int | None, window_start_ms: int, fit_every_ms: int) -> bool:
+    """True when the model must be (re)fitted before scoring a window starting at ``window_start_ms``."""
+    return last_fit_ms is None or window_start_ms - last_fit_ms >= fit_every_ms
+
+
+@dataclass
+class PipelineProgress:
+    """The persisted part: where the pipeline is on its window grid."""
+
+    last_end_ms: int | None = None
+    last_fit_ms: int | None = None
+
+
+@dataclass
+class PipelineStatus:
+    """What ``GET /v1/pipelines`` shows for one pipeline (JSON-ready via ``asdict``)."""
+
+    name: str
+    model: str = ""
+    running: bool = False
+    last_end_ms: int | None = None
+    last_fit_ms: int | None = None
+    last_run_started: float | None = None  # unix seconds
+    last_run_finished: float | None = None
+    last_run_duration_s: float | None = None
+    last_run_ok: bool | None = None
+    lag_s: float | None = None
+    series_scored: int = 0  # in the last window
+    samples_written: int = 0  # in the last window
+    windows_total: int = 0
+    fits_total: int = 0
+    errors_total: int = 0
+    last_error: str | None = None
+    disabled_reason: str | None = None
+
+
+@dataclass
+class _Entry:
+    pipeline: Pipeline
+    progress: PipelineProgress
+    status: PipelineStatus
+    future: Future[Any] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Scheduler:
+    """Owns the schedules. Plain Python (testable without Ray); :data:`SchedulerActor` wraps it.
+
+    Args:
+        config: where pipelines and settings come from (a path to YAML or a ConfigStore).
+        now: the clock, returning unix **milliseconds**; injected so tests drive time.
+        store: where progress is persisted; default: the configured ArtifactStore.
+        run_window / run_fit: the jobs (default :func:`openanomaly.jobs.run_job` /
+            :func:`openanomaly.jobs.fit_job`); injectable for tests and other runtimes.
+        delay: milliseconds to wait after a window ends before scoring it (ingestion lag).
+        max_catchup: windows one pipeline runs per tick when it is behind.
+        tick_s: seconds between ticks of the background loop (``autostart=True``).
+        threads: pipelines run at the same time.
+
+    Raises:
+        ConfigError: the first load of the configuration failed.
+    """
+
+    def __init__(
+        self,
+        config: str | ConfigStore,
+        *,
+        now: Callable[[], int] | None = None,
+        store: ArtifactStore | None = None,
+        run_window: RunWindow | None = None,
+        run_fit: RunFit | None = None,
+        job_options: Any | None = None,
+        delay: int = 0,
+        max_catchup: int = 60,
+        tick_s: float = 5.0,
+        threads: int = 4,
+        autostart: bool = False,
+    ) -> None:
+        self._source: ConfigStore = YamlConfigStore(config) if isinstance(config, str) else config
+        self._now = now or (lambda: int(time.time() * 1000))
+        self._job_options = job_options
+        self._run_window = run_window or self._default_run_window
+        self._run_fit = run_fit or self._default_run_fit
+        self.delay_ms = delay
+        self.max_catchup = max_catchup
+        self.tick_s = tick_s
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pipeline")
+        self._lock = threading.RLock()
+        self._entries: dict[str, _Entry] = {}
+        self._config_error: str | None = None
+        self.config: Config = self._source.load()
+        self._store = store if store is not None else self._open_store(self.config.settings)
+        self._apply(self.config)
+        self._stop = threading.Event()
+        self._loop: threading.Thread | None = None
+        if autostart:
+            self.start()
+
+    # -- jobs -----------------------------------------------------------------------
+
+    def _default_run_window(
+        self, settings: Settings, pipeline: Pipeline, *, start_ms: int, end_ms: int, fit_time_ms: int | None
+    ) -> Any:
+        from openanomaly.jobs import run_job
+
+        return run_job(
+            settings,
+            pipeline,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            fit_time_ms=fit_time_ms,
+            options=self._job_options,
+        )
+
+    def _default_run_fit(self, settings: Settings, pipeline: Pipeline, *, fit_time_ms: int) -> Any:
+        from openanomaly.jobs import fit_job
+
+        return fit_job(settings, pipeline, fit_time_ms=fit_time_ms, options=self._job_options)
+
+    # -- configuration -------------------------------------------------------------
+
+    @staticmethod
+    def _open_store(settings: Settings) -> ArtifactStore:
+        if settings.artifacts.kind == "none":
+            log.warning(
+                "artifacts.kind is 'none': scheduler progress is kept in memory only; "
+                "after a restart pipelines start again from the current window"
+            )
+            return MemoryStore()
+        return open_store(settings.artifacts)
+
+    def _load_progress(self, name: str) -> PipelineProgress:
+        data = load_json(self._store, f"{_STATE_PREFIX}/{name}.json") or {}
+        return PipelineProgress(last_end_ms=data.get("last_end_ms"), last_fit_ms=data.get("last_fit_ms"))
+
+    def _save_progress(self, name: str, progress: PipelineProgress) -> None:
+        save_json(self._store, f"{_STATE_PREFIX}/{name}.json", asdict(progress))
+
+    def _apply(self, config: Config) -> None:
+        from openanomaly.models.fitted import check_fittable
+
+        with self._lock:
+            names = {pipeline.name for pipeline in config.pipelines}
+            for name in list(self._entries):
+                if name not in names and not self._running(self._entries[name]):
+                    del self._entries[name]
+            for pipeline in config.pipelines:
+                entry = self._entries.get(pipeline.name)
+                if entry is None:
+                    progress = self._load_progress(pipeline.name)
+                    status = PipelineStatus(
+                        name=pipeline.name, last_end_ms=progress.last_end_ms, last_fit_ms=progress.last_fit_ms
+                    )
+                    entry = self._entries[pipeline.name] = _Entry(pipeline, progress, status)
+                entry.pipeline = pipeline
+                entry.status.model = pipeline.model.label
+                entry.status.disabled_reason = None
+                try:
+                    check_fittable(pipeline)
+                except ConfigError as error:
+                    entry.status.disabled_reason = str(error)
+
+    def reload(self) -> bool:
+        """Re-read the configuration if it changed; True when a new one was applied."""
+        try:
+            if not self._source.changed():
+                return False
+            config = self._source.load()
+        except ConfigError as error:
+            self._config_error = str(error)
+            log.error("configuration reload failed, keeping the last good one: %s", error)
+            return False
+        self._config_error = None
+        if config.settings.artifacts != self.config.settings.artifacts:
+            self._store = self._open_store(config.settings)
+        self.config = config
+        self._apply(config)
+        log.info("configuration reloaded: %d pipelines", len(config.pipelines))
+        return True
+
+    # -- running -------------------------------------------------------------------
+
+    @staticmethod
+    def _running(entry: _Entry) -> bool:
+        return entry.future is not None and not entry.future.done()
+
+    def _run(self, entry: _Entry, windows: list[tuple[int, int]]) -> None:
+        """Worker thread: fit if due, then each window in order, persisting after each."""
+        if not entry.lock.acquire(blocking=False):
+            return
+        try:
+            pipeline, settings = entry.pipeline, self.config.settings
+            status, progress = entry.status, entry.progress
+            status.running = True
+            status.last_run_started = time.time()
+            began = time.perf_counter()
+            ok = True
+            try:
+                for start, end in windows:
+                    fit_every = pipeline.schedule.fit_every
+                    if fit_every is not None and fit_due(
+                        last_fit_ms=progress.last_fit_ms, window_start_ms=start, fit_every_ms=_ms(fit_every)
+                    ):
+                        self._run_fit(settings, pipeline, fit_time_ms=start)
+                        progress.last_fit_ms = start
+                        status.fits_total += 1
+                        self._save_progress(pipeline.name, progress)
+                    result = self._run_window(
+                        settings,
+                        pipeline,
+                        start_ms=start,
+                        end_ms=end,
+                        fit_time_ms=progress.last_fit_ms if fit_every is not None else None,
+                    )
+                    progress.last_end_ms = end
+                    self._save_progress(pipeline.name, progress)
+                    status.series_scored = int(getattr(result, "series_scored", 0))
+                    status.samples_written = int(getattr(result, "samples_written", 0))
+                    status.windows_total += 1
+                    status.last_error = None
+            except Exception as error:  # one pipeline's failure must not stop the others
+                ok = False
+                status.errors_total += 1
+                status.last_error = f"{type(error).__name__}: {error}"
+                if not isinstance(error, OpenAnomalyError):
+                    log.exception("pipeline %r failed", pipeline.name)
+                else:
+                    log.error("pipeline %r failed (window retried next tick): %s", pipeline.name, error)
+            finally:
+                status.last_end_ms, status.last_fit_ms = progress.last_end_ms, progress.last_fit_ms
+                status.last_run_ok = ok
+                status.last_run_finished = time.time()
+                status.last_run_duration_s = time.perf_counter() - began
+                status.running = False
+        finally:
+            entry.lock.release()
+
+    def _due(self, entry: _Entry, now_ms: int) -> list[tuple[int, int]]:
+        return due_windows(
+            last_end_ms=entry.progress.last_end_ms,
+            now_ms=now_ms,
+            every_ms=_ms(entry.pipeline.schedule.infer_every),
+            delay_ms=self.delay_ms,
+            max_windows=self.max_catchup,
+        )
+
+    def tick(self, now_ms: int | None = None, *, wait: bool = False) -> dict[str, list[tuple[int, int]]]:
+        """One scheduling pass at ``now_ms`` (default: the clock). Returns the windows launched.
+
+        Args:
+            wait: block until the launched runs finish (tests, one-shot CLI runs).
+        """
+        now_ms = self._now() if now_ms is None else now_ms
+        self.reload()
+        launched: dict[str, list[tuple[int, int]]] = {}
+        futures = []
+        with self._lock:
+            for name, entry in self._entries.items():
+                if entry.status.disabled_reason or self._running(entry):
+                    continue
+                windows = self._due(entry, now_ms)
+                if windows:
+                    entry.future = self._pool.submit(self._run, entry, windows)
+                    futures.append(entry.future)
+                    launched[name] = windows
+        if wait:
+            for future in futures:
+                future.result()
+        return launched
+
+    def trigger(self, name: str, now_ms: int | None = None, *, wait: bool = False) -> dict[str, Any]:
+        """Run one pipeline's due windows now (``POST /v1/pipelines/{name}/run``).
+
+        Returns ``{"pipeline", "status": started|already_running|up_to_date, "windows"}``.
+
+        Raises:
+            KeyError: no pipeline of that name.
+        """
+        now_ms = self._now() if now_ms is None else now_ms
+        self.reload()
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                raise KeyError(name)
+            if entry.status.disabled_reason:
+                raise ConfigError(entry.status.disabled_reason, pipeline=name)
+            if self._running(entry):
+                return {"pipeline": name, "status": "already_running", "windows": []}
+            windows = self._due(entry, now_ms)
+            if not windows:
+                return {"pipeline": name, "status": "up_to_date", "windows": []}
+            entry.future = self._pool.submit(self._run, entry, windows)
+            future = entry.future
+        if wait:
+            future.result()
+        return {"pipeline": name, "status": "started", "windows": [list(w) for w in windows]}
+
+    def wait_idle(self, timeout_s: float = 300.0) -> bool:
+        """Block until no pipeline is running; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                busy = [e.future for e in self._entries.values() if self._running(e)]
+            if not busy:
+                return True
+            for future in busy:
+                with contextlib.suppress(Exception):
+                    future.result(timeout=max(0.0, deadline - time.monotonic()))
+        return False
+
+    # -- background loop -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Tick every ``tick_s`` seconds in a background thread until :meth:`stop`."""
+        if self._loop is not None and self._loop.is_alive():
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(self.tick_s):
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("scheduler tick failed")
+
+        self._loop = threading.Thread(target=loop, name="scheduler-loop", daemon=True)
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- status ----------------------------------------------------------------------
+
+    def status(self, now_ms: int | None = None) -> dict[str, Any]:
+        """Every pipeline's status (``GET /v1/pipelines``), plus the config error if any."""
+        now_ms = self._now() if now_ms is None else now_ms
+        pipelines = []
+        with self._lock:
+            for entry in self._entries.values():
+                status = entry.status
+                end = entry.progress.last_end_ms
+                status.lag_s = (now_ms - end) / 1000 if end is not None else None
+                status.running = self._running(entry) or status.running
+                pipelines.append(asdict(status))
+        return {"pipelines": pipelines, "config_error": self._config_error}
+
+    def metrics(self, now_ms: int | None = None) -> str:
+        """Prometheus text exposition of the scheduler's self-metrics."""
+        return metrics_text(self.status(now_ms)["pipelines"])
+
+    def ping(self) -> bool:
+        return True
+
+
+def metrics_text(pipelines: Iterable[dict[str, Any]]) -> str:
+    """Status records as Prometheus text format (``GET /metrics``)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    records = list(pipelines)
+
+    class _Collector:
+        def collect(self) -> Iterable[Any]:
+            gauges = {
+                "lag_seconds": ("Seconds from the end of the last completed window to now", "lag_s"),
+                "last_run_timestamp_seconds": ("Unix time the last run finished", "last_run_finished"),
+                "last_run_duration_seconds": ("Duration of the last run", "last_run_duration_s"),
+                "series_scored": ("Series scored in the last window", "series_scored"),
+                "samples_written": ("Samples written in the last window", "samples_written"),
+                "running": ("1 while a run is in progress", "running"),
+                "last_window_end_timestamp_seconds": ("End of the last completed window", "last_end_ms"),
+            }
+            for suffix, (doc, key) in gauges.items():
+                family = GaugeMetricFamily(f"openanomaly_pipeline_{suffix}", doc, labels=["pipeline"])
+                for record in records:
+                    value = record.get(key)
+                    if value is None:
+                        continue
+                    if key == "last_end_ms":
+                        value = value / 1000
+                    family.add_metric([record["name"]], float(value))
+                yield family
+            counters = {
+                "windows": ("Windows scored since the scheduler started", "windows_total"),
+                "fits": ("Model fits since the scheduler started", "fits_total"),
+                "errors": ("Failed runs since the scheduler started", "errors_total"),
+            }
+            for suffix, (doc, key) in counters.items():
+                family = CounterMetricFamily(f"openanomaly_pipeline_{suffix}", doc, labels=["pipeline"])
+                for record in records:
+                    family.add_metric([record["name"]], float(record.get(key) or 0))
+                yield family
+
+    registry = CollectorRegistry()
+    registry.register(_Collector())
+    return generate_latest(registry).decode()
+
+
+# ----------------------------------------------------------------------------- Ray actor
+
+
+@functools.cache
+def _actor_class() -> Any:
+    import ray
+
+    return ray.remote(Scheduler)
+
+
+class _LazyActor:
+    """``SchedulerActor`` without importing Ray at module import (``import openanomaly`` stays light)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_actor_class(), name)
+
+
+SchedulerActor: Any = _LazyActor()
+
+
+def start_scheduler(
+    config_path: str,
+    *,
+    name: str = DEFAULT_NAME,
+    namespace: str = DEFAULT_NAMESPACE,
+    autostart: bool = True,
+    num_cpus: float = 0.1,
+    runtime_env: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Start (or find) the named, detached scheduler actor; returns its handle.
+
+    ``max_restarts=-1``: if the actor's process dies, Ray restarts it and ``__init__``
+    reloads the persisted progress, so the schedule resumes where it left off.
+    ``max_concurrency`` lets status and trigger calls through while runs are in flight.
+
+    Args:
+        runtime_env: e.g. ``{"env_vars": {"AWS_ACCESS_KEY_ID": ...}}`` for the S3 store;
+            the jobs the actor launches inherit it.
+        kwargs: :class:`Scheduler` options (``now``, ``delay``, ``tick_s``, ``job_options``...).
+    """
+    import ray
+
+    options: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "max_task_retries": 0,
+        "max_concurrency": 16,
+        "num_cpus": num_cpus,
+    }
+    if runtime_env:
+        options["runtime_env"] = runtime_env
+    handle = _actor_class().options(**options).remote(config_path, autostart=autostart, **kwargs)
+    ray.get(handle.ping.remote())
+    return handle
+
+
+def get_scheduler(*, name: str = DEFAULT_NAME, namespace: str = DEFAULT_NAMESPACE) -> Any:
+    """The running scheduler actor.
+
+    Raises:
+        ValueError: none is running under that name (Ray's error).
+    """
+    import ray
+
+    return ray.get_actor(name, namespace=namespace)
+
+
+def scheduler_status(*, name: str = DEFAULT_NAME, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
+    """For ``GET /v1/pipelines``: ``{"pipelines": [status...], "config_error": str | None}``."""
+    import ray
+
+    return ray.get(get_scheduler(name=name, namespace=namespace).status.remote())
+
+
+def trigger_run(
+    pipeline: str, *, name: str = DEFAULT_NAME, namespace: str = DEFAULT_NAMESPACE
+) -> dict[str, Any]:
+    """For ``POST /v1/pipelines/{name}/run``; KeyError (→ 404) for an unknown pipeline."""
+    import ray
+
+    return ray.get(get_scheduler(name=name, namespace=namespace).trigger.remote(pipeline))
+
+
+def scheduler_metrics(*, name: str = DEFAULT_NAME, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """Prometheus text of the scheduler's self-metrics, for ``GET /metrics``."""
+    import ray
+
+    return ray.get(get_scheduler(name=name, namespace=namespace).metrics.remote())

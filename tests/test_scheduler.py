@@ -1,0 +1,208 @@
+"""Scheduler state machine without Ray: windows, resume, fit cadence, isolation, reload, metrics.
+
+The jobs are injected as plain functions that record what they were asked to do, so
+the tests drive time through ``tick(now_ms=...)`` and never sleep.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from openanomaly.artifacts import MemoryStore
+from openanomaly.errors import QueryError
+from openanomaly.scheduler import Scheduler, due_windows, fit_due
+
+MIN = 60_000
+T0 = 1_700_000_000_000 // (60 * MIN) * (60 * MIN)  # an hour boundary
+
+
+def _yaml(path: Path, pipelines: str) -> str:
+    path.write_text(
+        "settings:\n  tsdb:\n    url: http://127.0.0.1:1\n  artifacts:\n    kind: none\n"
+        f"pipelines:\n{pipelines}"
+    )
+    return str(path)
+
+
+PIPE = """  - name: {name}
+    query: '{query}'
+    model: mad
+    schedule:
+      infer_every: 10m
+      context: 30m
+"""
+
+
+class Recorder:
+    """Records every window/fit; fails for pipelines named in ``fail``."""
+
+    def __init__(self) -> None:
+        self.windows: list[tuple[str, int, int, int | None]] = []
+        self.fits: list[tuple[str, int]] = []
+        self.fail: set[str] = set()
+        self.lock = threading.Lock()
+
+    def run_window(self, settings, pipeline, *, start_ms, end_ms, fit_time_ms):
+        if pipeline.name in self.fail:
+            raise QueryError("down", url="http://127.0.0.1:1")
+        with self.lock:
+            self.windows.append((pipeline.name, start_ms, end_ms, fit_time_ms))
+        return type("R", (), {"series_scored": 3, "samples_written": 12})()
+
+    def run_fit(self, settings, pipeline, *, fit_time_ms):
+        with self.lock:
+            self.fits.append((pipeline.name, fit_time_ms))
+
+
+def _scheduler(config: str, recorder: Recorder, store=None) -> Scheduler:
+    return Scheduler(
+        config,
+        store=store if store is not None else MemoryStore(),
+        run_window=recorder.run_window,
+        run_fit=recorder.run_fit,
+        now=lambda: T0,
+    )
+
+
+def test_due_windows_grid_first_run_catch_up_and_limit() -> None:
+    every = 10 * MIN
+    first = due_windows(last_end_ms=None, now_ms=T0 + 25 * MIN, every_ms=every)
+    assert first == [(T0 + 10 * MIN, T0 + 20 * MIN)]
+    assert due_windows(last_end_ms=T0, now_ms=T0 + 25 * MIN, every_ms=every) == [
+        (T0, T0 + 10 * MIN),
+        (T0 + 10 * MIN, T0 + 20 * MIN),
+    ]
+    assert due_windows(last_end_ms=T0, now_ms=T0 + 9 * MIN, every_ms=every) == []
+    assert len(due_windows(last_end_ms=T0, now_ms=T0 + 1000 * MIN, every_ms=every, max_windows=5)) == 5
+    # ingestion delay holds the window back
+    assert due_windows(last_end_ms=T0, now_ms=T0 + 10 * MIN, every_ms=every, delay_ms=30_000) == []
+    # off-grid progress (infer_every changed): first window closes the gap to the grid
+    assert due_windows(last_end_ms=T0 + 5 * MIN, now_ms=T0 + 20 * MIN, every_ms=every) == [
+        (T0 + 5 * MIN, T0 + 10 * MIN),
+        (T0 + 10 * MIN, T0 + 20 * MIN),
+    ]
+    with pytest.raises(ValueError, match="every_ms"):
+        due_windows(last_end_ms=None, now_ms=0, every_ms=0)
+
+
+def test_fit_due() -> None:
+    assert fit_due(last_fit_ms=None, window_start_ms=T0, fit_every_ms=MIN)
+    assert not fit_due(last_fit_ms=T0, window_start_ms=T0 + 30_000, fit_every_ms=MIN)
+    assert fit_due(last_fit_ms=T0, window_start_ms=T0 + MIN, fit_every_ms=MIN)
+
+
+def test_resume_after_restart_has_no_gap_and_no_duplicate(tmp_path) -> None:
+    config = _yaml(tmp_path / "p.yaml", PIPE.format(name="cpu", query="cpu"))
+    store, recorder = MemoryStore(), Recorder()
+    first = _scheduler(config, recorder, store)
+    first.tick(T0 + 10 * MIN, wait=True)
+    first.tick(T0 + 20 * MIN, wait=True)
+    # "restart": a new scheduler over the same persisted store, 3 windows later
+    second = _scheduler(config, recorder, store)
+    second.tick(T0 + 50 * MIN, wait=True)
+    ends = [end for _, _, end, _ in recorder.windows]
+    starts = [start for _, start, _, _ in recorder.windows]
+    assert starts[1:] == ends[:-1], "windows must be contiguous"
+    assert ends == [T0 + k * 10 * MIN for k in range(1, 6)]
+    assert len(set(ends)) == len(ends)
+
+
+def test_failing_pipeline_retries_its_window_and_does_not_block_others(tmp_path) -> None:
+    config = _yaml(
+        tmp_path / "p.yaml", PIPE.format(name="good", query="a") + PIPE.format(name="bad", query="b")
+    )
+    recorder = Recorder()
+    recorder.fail.add("bad")
+    scheduler = _scheduler(config, recorder)
+    scheduler.tick(T0 + 10 * MIN, wait=True)
+    scheduler.tick(T0 + 20 * MIN, wait=True)
+    status = {p["name"]: p for p in scheduler.status(T0 + 20 * MIN)["pipelines"]}
+    assert status["good"]["windows_total"] == 2 and status["good"]["last_run_ok"]
+    assert status["bad"]["errors_total"] == 2 and "QueryError" in status["bad"]["last_error"]
+    assert status["bad"]["last_end_ms"] is None
+    recorder.fail.clear()  # outage over: the missed windows are filled in order
+    scheduler.tick(T0 + 20 * MIN, wait=True)
+    bad = [(s, e) for name, s, e, _ in recorder.windows if name == "bad"]
+    assert bad == [(T0 + 10 * MIN, T0 + 20 * MIN)]
+    assert scheduler.status(T0 + 20 * MIN)["pipelines"][1]["lag_s"] == 0
+
+
+def test_never_two_runs_of_one_pipeline(tmp_path) -> None:
+    config = _yaml(tmp_path / "p.yaml", PIPE.format(name="slow", query="a"))
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow(settings, pipeline, *, start_ms, end_ms, fit_time_ms):
+        calls.append(end_ms)
+        release.wait(10)
+
+    scheduler = Scheduler(config, store=MemoryStore(), run_window=slow, now=lambda: T0)
+    assert scheduler.tick(T0 + 10 * MIN) == {"slow": [(T0, T0 + 10 * MIN)]}
+    assert scheduler.tick(T0 + 20 * MIN) == {}
+    assert scheduler.trigger("slow", T0 + 20 * MIN)["status"] == "already_running"
+    assert scheduler.status()["pipelines"][0]["running"]
+    release.set()
+    assert scheduler.wait_idle(10)
+    assert scheduler.trigger("slow", T0 + 20 * MIN, wait=True)["status"] == "started"
+    assert calls == [T0 + 10 * MIN, T0 + 20 * MIN]
+    assert scheduler.trigger("slow", T0 + 20 * MIN)["status"] == "up_to_date"
+    with pytest.raises(KeyError):
+        scheduler.trigger("nope")
+
+
+def test_fit_cadence(tmp_path) -> None:
+    pipe = PIPE.format(name="ets", query="a").replace("model: mad", "model: statsforecast:AutoETS")
+    pipe += "      fit_every: 30m\n      fit_window: 2h\n"
+    recorder = Recorder()
+    scheduler = _scheduler(_yaml(tmp_path / "p.yaml", pipe), recorder)
+    scheduler.tick(T0 + 10 * MIN, wait=True)
+    scheduler.tick(T0 + 40 * MIN, wait=True)
+    assert recorder.fits == [("ets", T0), ("ets", T0 + 30 * MIN)]
+    # each window uses the latest fit at or before its start
+    assert [(start, fit) for _, start, _, fit in recorder.windows] == [
+        (T0, T0),
+        (T0 + 10 * MIN, T0),
+        (T0 + 20 * MIN, T0),
+        (T0 + 30 * MIN, T0 + 30 * MIN),
+    ]
+
+
+def test_config_reload_adds_pipelines_and_keeps_last_good(tmp_path) -> None:
+    path = tmp_path / "p.yaml"
+    config = _yaml(path, PIPE.format(name="one", query="a"))
+    recorder = Recorder()
+    scheduler = _scheduler(config, recorder)
+    scheduler.tick(T0 + 10 * MIN, wait=True)
+    _yaml(path, PIPE.format(name="one", query="a") + PIPE.format(name="two", query="b"))
+    scheduler.tick(T0 + 20 * MIN, wait=True)
+    assert {name for name, *_ in recorder.windows} == {"one", "two"}
+    path.write_text("pipelines: [oops")
+    scheduler.tick(T0 + 30 * MIN, wait=True)
+    status = scheduler.status()
+    assert status["config_error"] and str(path) in status["config_error"]
+    assert len(status["pipelines"]) == 2
+
+
+def test_unfittable_pipeline_is_disabled_with_reason(tmp_path) -> None:
+    pipe = PIPE.format(name="naive", query="a").replace("model: mad", "model: statsforecast:SeasonalNaive")
+    pipe += "      fit_every: 30m\n      fit_window: 2h\n"
+    recorder = Recorder()
+    scheduler = _scheduler(_yaml(tmp_path / "p.yaml", pipe + PIPE.format(name="ok", query="b")), recorder)
+    scheduler.tick(T0 + 10 * MIN, wait=True)
+    status = {p["name"]: p for p in scheduler.status()["pipelines"]}
+    assert "no fitted form" in status["naive"]["disabled_reason"]
+    assert [name for name, *_ in recorder.windows] == ["ok"]
+
+
+def test_metrics_text(tmp_path) -> None:
+    recorder = Recorder()
+    scheduler = _scheduler(_yaml(tmp_path / "p.yaml", PIPE.format(name="cpu", query="a")), recorder)
+    scheduler.tick(T0 + 10 * MIN, wait=True)
+    text = scheduler.metrics(T0 + 15 * MIN)
+    assert 'openanomaly_pipeline_lag_seconds{pipeline="cpu"} 300.0' in text
+    assert 'openanomaly_pipeline_windows_total{pipeline="cpu"} 1.0' in text
+    assert 'openanomaly_pipeline_series_scored{pipeline="cpu"} 3.0' in text
+    assert "# TYPE openanomaly_pipeline_errors_total counter" in text
