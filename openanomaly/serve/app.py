@@ -1,0 +1,448 @@
+"""The HTTP API: a FastAPI ingress deployment in front of one forecaster deployment per model.
+
+``serve run serve_config.yaml`` imports ``build_app`` (a Serve application builder)
+with the ``args`` of the config: the models to deploy and the request limits. Each
+model becomes its own ``ForecasterDeployment`` named ``Forecaster-<name>`` (so
+``deployments:`` entries in the config can size and place it), and the ingress holds a
+handle per model and picks one by the request's ``model`` field.
+
+The ingress stays a thin shim: it validates requests, forwards contexts to the
+batched deployment, and for ``/v1/detect`` runs ``openanomaly.detect.detect`` (the same
+rolling, no-look-ahead code the scheduled pipelines run) with the deployment handle as
+its forecaster.
+
+No ``from __future__ import annotations`` here: FastAPI reads the endpoint
+annotations at run time, and Serve's class-based views need them as real types.
+
+Endpoints: ``POST /v1/forecast``, ``POST /v1/detect``, ``GET /v1/models``,
+``GET /healthz``, ``GET /metrics``, OpenAPI at ``/docs``.
+"""
+
+import asyncio
+import hmac
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from openanomaly.config import Pipeline
+from openanomaly.detect import detect
+from openanomaly.errors import ConfigError, DataError, ModelError
+from openanomaly.models.base import QuantileForecast
+from openanomaly.series import SeriesMatrix
+from openanomaly.serve.forecaster import ForecasterConfig, ForecasterDeployment, ForecastItem
+from openanomaly.serve.metrics import CONTENT_TYPE, ServeMetrics
+from openanomaly.serve.schemas import (
+    DetectRequest,
+    DetectResponse,
+    DetectSeries,
+    ForecastRequest,
+    ForecastResponse,
+    ForecastSeries,
+    Limits,
+    ModelInfo,
+    ModelsResponse,
+    RequestError,
+    SeriesIn,
+    check_limits,
+    values_array,
+)
+
+__all__ = ["TOKEN_ENV", "AppSettings", "HandleForecaster", "Ingress", "build", "build_app", "fastapi_app"]
+
+TOKEN_ENV = "OPENANOMALY_API_TOKEN"
+"""When set in the ingress replica's environment, requests need ``Authorization: Bearer <value>``."""
+
+# Grid spacing used for series sent without timestamps: any value works, it only
+# converts point counts (context_length, infer_every) into durations for Pipeline.
+_DEFAULT_STEP_MS = 60_000
+
+
+class AppSettings(BaseModel):
+    """The ``args`` of the application in serve_config.yaml.
+
+    Example::
+
+        args:
+          default_model: ets
+          models:
+            ets: {spec: "statsforecast:AutoETS", max_batch_size: 64}
+            bolt: {spec: "chronos:amazon/chronos-bolt-small", params: {batch_size: 256}}
+          limits: {max_series: 1000, max_points: 10000}
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: dict[str, ForecasterConfig] = Field(min_length=1, description="Model name → its user_config")
+    default_model: str | None = Field(
+        default=None, description="Used when a request names none; default: the first model"
+    )
+    limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, models: dict[str, ForecasterConfig]) -> dict[str, ForecasterConfig]:
+        for name in models:
+            if not re.fullmatch(r"[a-zA-Z0-9_.-]+", name):
+                raise ValueError(f"model name {name!r} may only contain letters, digits, '_', '.', '-'")
+        return models
+
+    @model_validator(mode="after")
+    def _default_known(self) -> "AppSettings":
+        if self.default_model is not None and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of {sorted(self.models)}")
+        return self
+
+    @property
+    def default(self) -> str:
+        return self.default_model or next(iter(self.models))
+
+
+class HandleForecaster:
+    """A synchronous ``Forecaster`` that forwards to a forecaster deployment.
+
+    Lets the pure ``detect`` loop run unchanged in a worker thread of the ingress while
+    its single ``forecast`` call still goes through the deployment's batching. Must not
+    be called on the event loop thread (``DeploymentResponse.result`` blocks).
+    """
+
+    def __init__(self, handle: DeploymentHandle, *, timeout_s: float | None = None) -> None:
+        self._handle = handle
+        self._timeout_s = timeout_s
+
+    def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
+        item = ForecastItem(np.asarray(contexts, dtype=np.float64), int(horizon), tuple(quantiles))
+        return self._handle.forecast.remote(item).result(timeout_s=self._timeout_s)
+
+
+fastapi_app = FastAPI(
+    title="OpenAnomaly",
+    summary="Forecast and anomaly-score time series with batched models on Ray Serve.",
+    version="0.1.0",
+)
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _json_floats(values: np.ndarray) -> list[Any]:
+    """Float array → nested lists with NaN as None (JSON has no NaN)."""
+    array = np.asarray(values, dtype=np.float64)
+    return np.where(np.isfinite(array), array, None).tolist()
+
+
+def _error(status: int, message: str, *, field: str | None = None, detail: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"message": message}
+    if field is not None:
+        body["field"] = field
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(status_code=status, content=body)
+
+
+def _message(error: dict[str, Any]) -> str:
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def _loc(loc: Sequence[Any]) -> str:
+    """``("body", "series", 0, "values")`` → ``series[0].values``."""
+    out = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    errors = error.errors()
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+    field = _loc(first.get("loc", ()))
+    detail = [{"field": _loc(e.get("loc", ())), "message": _message(e)} for e in errors]
+    return _error(422, f"{field}: {_message(first)}", field=field, detail=detail)
+
+
+@fastapi_app.exception_handler(RequestError)
+async def _request_error(_: Request, error: RequestError) -> JSONResponse:
+    return _error(error.status, str(error), field=error.field)
+
+
+@fastapi_app.exception_handler(DataError)
+async def _data_error(_: Request, error: DataError) -> JSONResponse:
+    return _error(422, str(error), field="series")
+
+
+@fastapi_app.exception_handler(ModelError)
+async def _model_error(_: Request, error: ModelError) -> JSONResponse:
+    return _error(500, f"model failed: {error}")
+
+
+async def _authorize(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Bearer-token check; a no-op when no token is configured."""
+    token: str | None = request.app.state.token
+    if token is None:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if credentials is None or not hmac.compare_digest(given.encode(), token.encode()):
+        raise _Unauthorized()
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+@fastapi_app.exception_handler(_Unauthorized)
+async def _unauthorized(_: Request, __: _Unauthorized) -> JSONResponse:
+    response = _error(401, f"missing or wrong bearer token (see {TOKEN_ENV})", field="Authorization")
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+@fastapi_app.middleware("http")
+async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    start = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    endpoint = getattr(route, "path", "other")
+    metrics: ServeMetrics | None = getattr(request.app.state, "metrics", None)
+    if metrics is not None and endpoint != "/metrics":
+        model = getattr(request.state, "model", "")
+        metrics.requests.labels(endpoint, model, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+    return response
+
+
+def _forecast_timestamps(series: SeriesIn, step_ms: int | None, horizon: int) -> list[int] | None:
+    ts = series.timestamps_ms
+    if not ts:
+        return None
+    if step_ms is None:
+        if len(ts) < 2:
+            return None
+        step_ms = int(np.median(np.diff(ts)))
+    return [ts[-1] + step_ms * (k + 1) for k in range(horizon)]
+
+
+def _grid(request: DetectRequest) -> tuple[SeriesMatrix, int]:
+    """The request's series on one time grid, and the grid step in ms.
+
+    Without timestamps every series is right-aligned on a synthetic grid (the last
+    values line up). With timestamps, every series must carry them; they are aligned on
+    the step inferred from the first series (``detect.align_to_grid`` semantics).
+    """
+    from openanomaly.detect import align_to_grid
+
+    series = request.series
+    labels = tuple({"series": str(i)} for i in range(len(series)))
+    with_ts = [s.timestamps_ms is not None for s in series]
+    if not any(with_ts):
+        values = values_array(series)
+        timestamps = np.arange(values.shape[1], dtype=np.int64) * _DEFAULT_STEP_MS
+        return SeriesMatrix(labels, timestamps, values), _DEFAULT_STEP_MS
+    if not all(with_ts):
+        index = with_ts.index(False)
+        raise RequestError(
+            "give timestamps_ms for every series or for none", field=f"series[{index}].timestamps_ms"
+        )
+    first = series[0].timestamps_ms or []
+    if len(first) < 2:
+        raise RequestError("need at least 2 timestamps to infer the step", field="series[0].timestamps_ms")
+    step = int(np.min(np.diff(first)))
+    start = min(s.timestamps_ms[0] for s in series)  # type: ignore[index]
+    end = max(s.timestamps_ms[-1] for s in series)  # type: ignore[index]
+    rows = []
+    for s in series:
+        values = [[np.nan if v is None else v for v in s.values]]
+        one = SeriesMatrix.from_rows([{}], s.timestamps_ms or [], values)
+        rows.append(align_to_grid(one, step_ms=step, start_ms=start, end_ms=end).values[0])
+    grid = np.arange(start, end + 1, step, dtype=np.int64)
+    return SeriesMatrix(labels, grid, np.vstack(rows)), step
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(fastapi_app)
+class Ingress:
+    """Experimental. The FastAPI app as a Serve deployment; one handle per model deployment."""
+
+    def __init__(self, forecasters: dict[str, DeploymentHandle], settings: dict[str, Any]) -> None:
+        self.settings = AppSettings.model_validate(settings)
+        self.forecasters = forecasters
+        self.metrics = ServeMetrics()
+        token = os.environ.get(TOKEN_ENV) or None
+        fastapi_app.state.token = token
+        fastapi_app.state.metrics = self.metrics
+
+    def _handle(self, name: str | None, request: Request) -> tuple[str, DeploymentHandle]:
+        model = name or self.settings.default
+        if model not in self.forecasters:
+            known = sorted(self.forecasters)
+            raise RequestError(f"unknown model {model!r}; deployed: {known}", field="model")
+        request.state.model = model
+        return model, self.forecasters[model]
+
+    @fastapi_app.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        """Liveness: the ingress answers (model replicas have their own health checks)."""
+        return {"status": "ok", "models": sorted(self.forecasters)}
+
+    @fastapi_app.get("/v1/models", response_model=ModelsResponse, dependencies=[Depends(_authorize)])
+    async def models(self) -> ModelsResponse:
+        """The deployed models, their specs and batching settings."""
+        names = list(self.forecasters)
+        infos = await asyncio.gather(*(self.forecasters[n].info.remote() for n in names))
+        return ModelsResponse(
+            models=[
+                ModelInfo(
+                    name=name,
+                    spec=info["spec"],
+                    device=info["device"],
+                    max_batch_size=info["max_batch_size"],
+                    batch_wait_timeout_s=info["batch_wait_timeout_s"],
+                    default=name == self.settings.default,
+                )
+                for name, info in zip(names, infos, strict=True)
+            ]
+        )
+
+    @fastapi_app.post("/v1/forecast", response_model=ForecastResponse, dependencies=[Depends(_authorize)])
+    async def forecast(self, body: ForecastRequest, request: Request) -> ForecastResponse:
+        """Forecast ``horizon`` steps of every series: median plus the requested quantiles.
+
+        The series of one request go to the model as one block; concurrent requests are
+        batched together by the model deployment.
+        """
+        check_limits(body, self.settings.limits)
+        name, handle = self._handle(body.model, request)
+        contexts = values_array(body.series)
+        item = ForecastItem(contexts, body.horizon, tuple(body.quantiles))
+        result: QuantileForecast = await handle.forecast.remote(item)
+        spec = self.settings.models[name].spec
+        self.metrics.series.labels("/v1/forecast", name).inc(len(body.series))
+        return ForecastResponse(
+            model=name,
+            spec=spec,
+            quantile_levels=result.levels.tolist(),
+            series=[
+                ForecastSeries(
+                    id=s.id if s.id is not None else str(i),
+                    median=_json_floats(result.median[i]),
+                    quantiles=_json_floats(result.quantiles[i].T),
+                    timestamps_ms=_forecast_timestamps(s, body.step_ms, body.horizon),
+                )
+                for i, s in enumerate(body.series)
+            ],
+        )
+
+    @fastapi_app.post("/v1/detect", response_model=DetectResponse, dependencies=[Depends(_authorize)])
+    async def detect(self, body: DetectRequest, request: Request) -> DetectResponse:
+        """Score the last ``score_last`` points of every series, each against a forecast
+        made from the ``context_length`` points before it (rolling, no look-ahead).
+
+        Runs ``openanomaly.detect.detect``: all (series, chunk) contexts of the request
+        go to the model as one block.
+        """
+        check_limits(body, self.settings.limits)
+        name, handle = self._handle(body.model, request)
+        matrix, step = _grid(body)
+        spec = self.settings.models[name].spec
+        try:
+            pipeline = Pipeline(
+                name="api",
+                query="api",
+                step=timedelta(milliseconds=step),
+                model={"spec": spec, "alias": name},
+                schedule={
+                    "infer_every": timedelta(milliseconds=step * body.infer_every),
+                    "context": timedelta(milliseconds=step * body.context_length),
+                },
+                scoring=body.scoring,
+            )
+        except ValidationError as error:  # pragma: no cover - fields are validated above
+            raise ConfigError(str(error), source="request") from error
+        t = matrix.timestamps
+        start_ms = int(t[-body.score_last - 1]) if body.score_last < len(t) else int(t[0]) - step
+        result = await asyncio.to_thread(
+            detect, matrix, pipeline, HandleForecaster(handle), start_ms=start_ms, end_ms=int(t[-1])
+        )
+        self.metrics.series.labels("/v1/detect", name).inc(len(body.series))
+        self.metrics.points_scored.labels(name).inc(result.points_scored)
+        with np.errstate(invalid="ignore"):
+            flagged = result.anomaly_score > 1
+        self.metrics.anomalies.labels(name).inc(int(flagged.sum()))
+        has_ts = body.series[0].timestamps_ms is not None
+        return DetectResponse(
+            model=name,
+            spec=spec,
+            series=[
+                DetectSeries(
+                    id=s.id if s.id is not None else str(i),
+                    anomaly_score=_json_floats(result.anomaly_score[i]),
+                    yhat=_json_floats(result.yhat[i]),
+                    yhat_lower=_json_floats(result.yhat_lower[i]),
+                    yhat_upper=_json_floats(result.yhat_upper[i]),
+                    timestamps_ms=result.timestamps.tolist() if has_ts else None,
+                    anomalies=np.flatnonzero(flagged[i]).tolist(),
+                )
+                for i, s in enumerate(body.series)
+            ],
+        )
+
+    @fastapi_app.get("/metrics", response_class=Response)
+    async def prometheus(self) -> Response:
+        """Prometheus text: requests, latencies, series and points scored, batch sizes."""
+        names = list(self.forecasters)
+        stats = await asyncio.gather(*(self.forecasters[n].stats.remote() for n in names))
+        self.metrics.batches.update(dict(zip(names, stats, strict=True)))
+        return Response(content=self.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def build(
+    settings: AppSettings,
+    *,
+    ingress_options: dict[str, Any] | None = None,
+    forecaster_options: dict[str, Any] | None = None,
+) -> serve.Application:
+    """Bind the app: one ``Forecaster-<name>`` deployment per model plus the ingress.
+
+    ``max_ongoing_requests`` of each forecaster defaults to twice its
+    ``max_batch_size``, so one batch can fill while the previous one runs.
+
+    Args:
+        ingress_options: extra ``.options()`` for the ingress (tests: ``num_cpus``,
+            ``runtime_env``); serve_config.yaml ``deployments:`` entries override too.
+        forecaster_options: extra ``.options()`` for every forecaster deployment.
+    """
+    handles = {}
+    for name, config in settings.models.items():
+        options: dict[str, Any] = {
+            "name": f"Forecaster-{name}",
+            "user_config": config.model_dump(mode="json"),
+            "max_ongoing_requests": max(16, 2 * config.max_batch_size),
+        }
+        options.update(forecaster_options or {})
+        handles[name] = ForecasterDeployment.options(**options).bind()
+    ingress = Ingress.options(**ingress_options) if ingress_options else Ingress
+    return ingress.bind(handles, settings.model_dump(mode="json"))
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Serve application builder: ``import_path: openanomaly.serve.app:build_app``.
+
+    Raises:
+        ConfigError: ``args`` do not validate; the message names the field.
+    """
+    try:
+        settings = AppSettings.model_validate(args)
+    except ValidationError as error:
+        raise ConfigError(str(error), source="serve_config.yaml applications[].args") from error
+    return build(settings)
