@@ -189,6 +189,10 @@ class PrometheusClient:
                 status=response.status_code,
                 query=query,
             )
+        for warning in body.get("warnings") or ():
+            _log.warning("%s warns for query %r: %s", url, query, warning)
+        if body.get("isPartial"):  # VictoriaMetrics cluster: some storage nodes did not answer
+            _log.warning("%s returned a partial result for query %r", url, query)
         return body["data"]
 
     # -- writing ---------------------------------------------------------------------
