@@ -23,10 +23,11 @@ ADAPTERS: dict[str, str] = {
     "statsforecast": "openanomaly.models.stats:StatsForecaster.from_spec",
     "zscore": "openanomaly.models.baselines:ZScoreForecaster.from_spec",
     "mad": "openanomaly.models.baselines:MadForecaster.from_spec",
+    "default": "openanomaly.models.default:DefaultForecaster.from_spec",
 }
 
 # Adapters whose spec has no ":name" part.
-_BARE = {"zscore", "mad"}
+_BARE = {"zscore", "mad", "default"}
 
 STATSFORECAST_MODELS = ("AutoETS", "AutoARIMA", "MSTL", "SeasonalNaive")
 

@@ -1,0 +1,304 @@
+"""Detection quality on a NAB-format folder, through the production backtest.
+
+Usage::
+
+    uv run python benchmarks/accuracy.py --data /work/shared/benchmarks/nab \\
+        --labels /work/shared/benchmarks/nab/labels/combined_windows.json \\
+        [--models default,zscore,mad,...] [--out benchmarks/results/accuracy.json]
+
+For each model and each labelled file it builds the same ``Pipeline`` a user would
+write (model spec + params, ``step``, ``infer_every``, ``context``, band quantiles) and
+runs :func:`openanomaly.detect.backtest`: rolling, chunk by chunk, each chunk forecast
+only from the points before it, scored by :mod:`openanomaly.scoring`. The resulting
+``anomaly_score`` series is then scored with the NAB method (three profiles), pooled
+event-wise F1 and VUS-PR (:mod:`openanomaly.evaluation`).
+
+NAB files are laid on a regular grid (row ``i`` at ``t0 + i * step``, ``step`` = the
+file's median sampling interval): the detector sees the rows in order, as NAB's own
+detectors do. Some NAB files have duplicate or out-of-order timestamps, which a
+Prometheus grid cannot hold.
+
+Headline numbers use NAB's own threshold rule (per profile, the one threshold that
+maximises the score summed over all files); ``*_at_1`` keys give the same scores at
+OpenAnomaly's production threshold (alert when ``anomaly_score > 1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from openanomaly.config import ModelConfig, Pipeline, Schedule, ScoringConfig
+from openanomaly.detect import backtest
+from openanomaly.evaluation import (
+    PRODUCTION_THRESHOLD,
+    PROFILES,
+    NabFile,
+    best_event_f1,
+    event_f1,
+    load_nab_corpus,
+    optimise_threshold,
+    probationary_length,
+    score_at_threshold,
+    vus_pr,
+)
+from openanomaly.models.registry import load_forecaster
+from openanomaly.series import SeriesMatrix
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "accuracy.json"
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """How one benchmark model is configured (the same fields as a pipeline YAML).
+
+    ``params`` may depend on the file's step (e.g. a daily ``season_length``), so it is
+    a function of the step.
+    """
+
+    spec: str
+    infer_every: int = 1  # points per forecast chunk
+    context: int = 2016  # points of context
+    quantiles: tuple[float, float] = (0.05, 0.95)
+    params: Callable[[timedelta], dict[str, Any]] = field(default=lambda step: {})
+    note: str = ""
+
+
+def _daily(step: timedelta) -> int:
+    return max(2, round(DAY / step))
+
+
+MODELS: dict[str, ModelRun] = {
+    "default": ModelRun("default", note="production default detector"),
+    "zscore": ModelRun("zscore", context=288, note="mean +- k std of the last 288 points"),
+    "mad": ModelRun("mad", context=288, note="median +- k MAD of the last 288 points"),
+    "seasonal_naive": ModelRun(
+        "statsforecast:SeasonalNaive",
+        infer_every=12,
+        context=2016,
+        params=lambda step: {"season_length": _daily(step)},
+        note="daily season, 12-point chunks",
+    ),
+    "autoets": ModelRun(
+        "statsforecast:AutoETS",
+        infer_every=48,
+        context=576,
+        note="bounded context, 48-point chunks",
+    ),
+    "mstl": ModelRun(
+        "statsforecast:MSTL",
+        infer_every=48,
+        context=2016,
+        params=lambda step: {"season_length": _daily(step)},
+        note="daily season, 48-point chunks",
+    ),
+    "chronos_tiny": ModelRun(
+        "chronos:<tiny>",
+        infer_every=64,
+        context=512,
+        note="tiny RANDOM Chronos: plumbing only, not a real model",
+    ),
+}
+
+
+def _tiny_chronos_dir() -> str:
+    """Build the tiny random Chronos model (no weights download) and return its folder."""
+    from openanomaly.models.tiny import build_tiny_chronos
+
+    folder = tempfile.mkdtemp(prefix="oa-tiny-chronos-")
+    built = build_tiny_chronos(folder)
+    return str(built or folder)
+
+
+def _pipeline(name: str, run: ModelRun, step: timedelta, spec: str) -> Pipeline:
+    return Pipeline(
+        name=f"nab-{name}",
+        query="nab",
+        step=step,
+        model=ModelConfig(spec=spec, params=run.params(step)),
+        schedule=Schedule(infer_every=step * run.infer_every, context=step * run.context),
+        scoring=ScoringConfig(quantiles=run.quantiles),
+    )
+
+
+def _file_step(item: NabFile) -> timedelta:
+    diffs = np.diff(item.timestamps)
+    seconds = float(np.median(diffs[diffs > 0])) / 1000 if diffs.size else 300.0
+    return timedelta(seconds=max(1.0, round(seconds)))
+
+
+def score_file(item: NabFile, name: str, run: ModelRun, spec: str, cache: dict[str, Any]) -> np.ndarray:
+    """Backtest one file with the production path; returns ``anomaly_score`` ``(n,)``."""
+    step = _file_step(item)
+    pipeline = _pipeline(name, run, step, spec)
+    key = json.dumps(pipeline.model.params, sort_keys=True)
+    if key not in cache:
+        cache[key] = load_forecaster(spec, **pipeline.model.params)
+    step_ms = pipeline.step_ms
+    t0 = 1_000_000_000_000
+    grid = t0 + step_ms * np.arange(item.values.size, dtype=np.int64)
+    series = SeriesMatrix(({"file": item.path},), grid, item.values[None, :].astype(np.float64))
+    detection = backtest(series, pipeline, cache[key], start_ms=int(grid[0]), end_ms=int(grid[-1]))
+    scores = np.full(item.values.size, np.nan)
+    scores[1:] = detection.anomaly_score[0]
+    return scores
+
+
+def evaluate(corpus: list[NabFile], scores: list[np.ndarray]) -> dict[str, Any]:
+    """All metrics for one model over ``corpus`` (and per category)."""
+    windows = [f.windows for f in corpus]
+    starts = [probationary_length(f.values.size) for f in corpus]
+    overall: dict[str, Any] = {}
+    thresholds: dict[str, float] = {}
+    per_category: dict[str, dict[str, Any]] = {}
+    categories = sorted({f.category for f in corpus})
+    for key, profile in PROFILES.items():
+        best = optimise_threshold(scores, windows, profile)
+        at_one = score_at_threshold(scores, windows, PRODUCTION_THRESHOLD, profile)
+        thresholds[key] = best.threshold
+        overall[f"nab_{key}"] = best.normalised
+        overall[f"nab_{key}_at_1"] = at_one.normalised
+        if key == "standard":
+            overall["windows_detected"] = best.windows_detected
+            overall["fp_rows"] = best.false_positive_rows
+            overall["windows_detected_at_1"] = at_one.windows_detected
+            overall["fp_rows_at_1"] = at_one.false_positive_rows
+        for category in categories:
+            members = [i for i, f in enumerate(corpus) if f.category == category]
+            n_windows = sum(corpus[i].windows.shape[0] for i in members)
+            for suffix, result in (("", best), ("_at_1", at_one)):
+                raw = sum(result.per_file[i] for i in members)
+                null = sum(result.null_per_file[i] for i in members)
+                perfect = n_windows * profile.tp_weight
+                per_category.setdefault(category, {})[f"nab_{key}{suffix}"] = (
+                    100 * (raw - null) / (perfect - null)
+                )
+    events = event_f1(scores, windows, PRODUCTION_THRESHOLD, starts=starts)
+    best_t, best_events = best_event_f1(scores, windows, starts=starts)
+    overall.update(
+        f1=events.f1,
+        precision=events.precision,
+        recall=events.recall,
+        f1_best=best_events.f1,
+        f1_best_threshold=best_t,
+    )
+    vus = []
+    for f, s, first in zip(corpus, scores, starts, strict=True):
+        labels = np.zeros(f.values.size, dtype=bool)
+        for a, b in f.windows:
+            labels[a : b + 1] = True
+        vus.append(vus_pr(labels[first:], s[first:]) if labels[first:].any() else math.nan)
+    overall["vus_pr"] = float(np.nanmean(vus))
+    for category in categories:
+        members = [i for i, f in enumerate(corpus) if f.category == category]
+        sub_scores = [scores[i] for i in members]
+        sub_windows = [windows[i] for i in members]
+        sub_starts = [starts[i] for i in members]
+        cat_events = event_f1(sub_scores, sub_windows, PRODUCTION_THRESHOLD, starts=sub_starts)
+        per_category[category].update(
+            f1=cat_events.f1, vus_pr=float(np.nanmean([vus[i] for i in members])), files=len(members)
+        )
+    overall["thresholds"] = thresholds
+    return {"overall": overall, "per_category": per_category}
+
+
+def run_model(name: str, corpus: list[NabFile]) -> dict[str, Any]:
+    run = MODELS[name]
+    spec = run.spec.replace("<tiny>", _tiny_chronos_dir()) if "<tiny>" in run.spec else run.spec
+    cache: dict[str, Any] = {}
+    started = time.perf_counter()
+    scores = []
+    for item in corpus:
+        t = time.perf_counter()
+        scores.append(score_file(item, name, run, spec, cache))
+        print(f"  {name:<15} {item.path:<60} {time.perf_counter() - t:7.1f}s", file=sys.stderr)
+    runtime = time.perf_counter() - started
+    result = evaluate(corpus, scores)
+    result["runtime_s"] = runtime
+    result["config"] = {
+        "spec": run.spec,
+        "infer_every_points": run.infer_every,
+        "context_points": run.context,
+        "quantiles": list(run.quantiles),
+        "note": run.note,
+    }
+    return result
+
+
+def _table(results: dict[str, Any]) -> str:
+    head = (
+        f"{'model':<15} {'NAB std':>8} {'lowFP':>7} {'lowFN':>7} {'std@1':>7} "
+        f"{'F1@1':>6} {'F1best':>6} {'VUS-PR':>6} {'time':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"{name:<15} ERROR: {r['error']}")
+            continue
+        o = r["overall"]
+        lines.append(
+            f"{name:<15} {o['nab_standard']:8.1f} {o['nab_reward_low_fp']:7.1f} "
+            f"{o['nab_reward_low_fn']:7.1f} "
+            f"{o['nab_standard_at_1']:7.1f} {o['f1']:6.3f} {o['f1_best']:6.3f} {o['vus_pr']:6.3f} "
+            f"{r['runtime_s']:6.0f}s"
+        )
+        for category, c in r["per_category"].items():
+            lines.append(
+                f"  {category:<13} {c['nab_standard']:8.1f} {c['nab_reward_low_fp']:7.1f} "
+                f"{c['nab_reward_low_fn']:7.1f} {c['nab_standard_at_1']:7.1f} {c['f1']:6.3f} "
+                f"{'':>6} {c['vus_pr']:6.3f}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="NAB-format data folder")
+    parser.add_argument("--labels", required=True, help="NAB combined_windows.json (keys relative to --data)")
+    parser.add_argument("--models", default="default", help=f"comma list of {', '.join(MODELS)}")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results file")
+    args = parser.parse_args(argv)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
+    corpus = load_nab_corpus(args.data, args.labels)
+    print(f"{len(corpus)} files, {sum(f.values.size for f in corpus)} rows", file=sys.stderr)
+    results: dict[str, Any] = {}
+    failed = False
+    for name in names:
+        try:
+            results[name] = run_model(name, corpus)
+        except Exception as error:  # a missing optional model must not hide the others' results
+            failed = True
+            results[name] = {"error": f"{type(error).__name__}: {error}"}
+            print(f"model {name} failed: {results[name]['error']}", file=sys.stderr)
+    print(_table(results))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "data": str(args.data),
+        "labels": str(args.labels),
+        "files": len(corpus),
+        "rows": int(sum(f.values.size for f in corpus)),
+        "models": results,
+    }
+    out.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""The accuracy harness and the ``default`` detector through detect's backtest, on a short NAB slice."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from openanomaly.errors import ModelError
+from openanomaly.models.default import DefaultForecaster, detect_period
+from openanomaly.models.registry import load_forecaster
+
+NAB = Path("/work/shared/benchmarks/nab")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("accuracy", ROOT / "benchmarks" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["accuracy"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_detect_period_finds_a_daily_cycle_and_none_in_a_random_walk() -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(2000)
+    seasonal = np.sin(2 * np.pi * t / 96) + 0.1 * rng.standard_normal(2000)
+    walk = np.cumsum(rng.standard_normal(2000))
+    assert detect_period(np.stack([seasonal, walk])).tolist() == [96, 0]
+
+
+def test_default_forecaster_band_is_calibrated_and_ordered() -> None:
+    rng = np.random.default_rng(1)
+    contexts = 10 + rng.standard_normal((50, 600))
+    forecast = load_forecaster("default", cooldown=0).forecast(contexts, 1, [0.05, 0.5, 0.95])
+    assert forecast.quantiles.shape == (50, 1, 3)
+    assert np.all(np.diff(forecast.quantiles, axis=-1) >= 0)
+    assert np.median(forecast.median) == pytest.approx(10, abs=0.2)
+    nxt = 10 + rng.standard_normal(50)
+    outside = (nxt > forecast.quantiles[:, 0, 2]) | (nxt < forecast.quantiles[:, 0, 0])
+    assert outside.mean() < 0.3
+
+
+def test_default_forecaster_cooldown_raises_the_band_after_a_spike() -> None:
+    rng = np.random.default_rng(2)
+    context = 10 + rng.standard_normal((1, 600))
+    context[0, -5] = 30.0
+    cool = DefaultForecaster(cooldown=50).forecast(context, 1, [0.05, 0.5, 0.95])
+    hot = DefaultForecaster(cooldown=0).forecast(context, 1, [0.05, 0.5, 0.95])
+    assert cool.quantiles[0, 0, 2] > 25 > hot.quantiles[0, 0, 2]
+
+
+def test_default_forecaster_handles_short_and_empty_rows() -> None:
+    contexts = np.full((2, 50), np.nan)
+    contexts[0, -3:] = [1.0, 2.0, 3.0]
+    forecast = DefaultForecaster().forecast(contexts, 2, [0.1, 0.5, 0.9])
+    assert np.isfinite(forecast.median[0]).all()
+    assert np.isnan(forecast.median[1]).all()
+
+
+def test_default_rejects_bad_params() -> None:
+    with pytest.raises(ModelError, match="cooldown"):
+        DefaultForecaster(cooldown=-1)
+    with pytest.raises(ModelError, match="no model name"):
+        DefaultForecaster.from_spec("foo")
+
+
+@pytest.mark.skipif(not NAB.is_dir(), reason="shared NAB data not present")
+def test_harness_runs_default_through_backtest_on_a_nab_slice(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "realKnownCause").mkdir(parents=True)
+    source = (NAB / "realKnownCause" / "ec2_request_latency_system_failure.csv").read_text().splitlines()
+    (data / "realKnownCause" / "ec2.csv").write_text("\n".join(source[:1501]) + "\n")
+    # One window around the first latency spikes of the slice (rows 1100-1200).
+    rows = [line.split(",")[0] for line in source[1:1501]]
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"realKnownCause/ec2.csv": [[rows[1100], rows[1200]]]}))
+    out = tmp_path / "accuracy.json"
+    harness = _harness()
+    harness.MODELS["default"] = harness.ModelRun("default", context=300)
+    assert harness.main(["--data", str(data), "--labels", str(labels), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["models"]["default"]
+    overall = result["overall"]
+    for key in ("nab_standard", "nab_reward_low_fp", "nab_reward_low_fn", "f1", "vus_pr"):
+        assert np.isfinite(overall[key])
+    assert set(result["per_category"]) == {"realKnownCause"}
+    assert -1000 < overall["nab_standard"] <= 100
