@@ -147,7 +147,8 @@ class PrometheusClient:
                 )
                 pieces.append((row, columns, values))
 
-        order = sorted(range(len(labels)), key=lambda row: sorted(labels[row].items()))
+        keys = list(rows)  # in row order: dicts keep insertion order
+        order = sorted(range(len(labels)), key=keys.__getitem__)
         position = np.empty(len(labels), dtype=np.int64)
         position[order] = np.arange(len(labels))
         values = np.full((len(labels), count), np.nan)
