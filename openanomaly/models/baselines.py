@@ -82,6 +82,20 @@ class _DistributionForecaster:
             raise ModelError(f"takes no model name, got {name!r}", spec=cls.spec)
         return cls(**params)
 
+    @classmethod
+    def check_params(cls, name: str, **params: Any) -> None:
+        """Validate ``params`` cheaply at config-load time.
+
+        Raises:
+            ModelError: a name was given, an unknown option, or a bad ``window``.
+        """
+        if name:
+            raise ModelError(f"takes no model name, got {name!r}", spec=cls.spec)
+        unknown = set(params) - {"window"}
+        if unknown:
+            raise ModelError(f"unknown params {sorted(unknown)}; known: window", spec=cls.spec)
+        _check_window(params.get("window"), spec=cls.spec)
+
     def _location_scale(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 

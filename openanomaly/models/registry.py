@@ -15,9 +15,20 @@ from openanomaly.errors import ModelError, UnknownModelSpec
 if TYPE_CHECKING:
     from openanomaly.models.base import Forecaster
 
-__all__ = ["ADAPTERS", "STATSFORECAST_MODELS", "load_forecaster", "split_spec", "validate_spec"]
+__all__ = [
+    "ADAPTERS",
+    "STATSFORECAST_MODELS",
+    "load_forecaster",
+    "split_spec",
+    "validate_params",
+    "validate_spec",
+]
 
 # prefix -> "module:factory"; the factory is called as factory(name, **params).
+# To add an adapter: one entry here (and in _BARE if its spec has no ":name"). If the
+# factory is ``Class.from_spec`` and the class has a classmethod
+# ``check_params(name, **params)`` that imports nothing heavy, ``validate_params`` uses
+# it to reject bad options when the config is loaded instead of when the model is.
 ADAPTERS: dict[str, str] = {
     "chronos": "openanomaly.models.chronos:ChronosForecaster.from_spec",
     "statsforecast": "openanomaly.models.stats:StatsForecaster.from_spec",
@@ -54,6 +65,35 @@ def validate_spec(spec: str) -> None:
         raise UnknownModelSpec(spec, [f"statsforecast:{m}" for m in STATSFORECAST_MODELS])
 
 
+def _resolve(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    value: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate_params(spec: str, params: dict[str, Any]) -> None:
+    """Check a spec and its adapter options without loading the model (cheap; for config load).
+
+    Only adapters whose class defines ``check_params`` are checked beyond the spec; the
+    check imports the adapter module, which must not import torch/statsforecast at the top.
+
+    Raises:
+        UnknownModelSpec: the spec names no adapter.
+        ModelError: an option is unknown or out of range (e.g. ``season_length: 0``).
+    """
+    validate_spec(spec)
+    prefix, name = split_spec(spec)
+    module_name, _, attribute = ADAPTERS[prefix].partition(":")
+    owner, _, method = attribute.rpartition(".")
+    if not owner or method != "from_spec":
+        return
+    check = getattr(_resolve(f"{module_name}:{owner}"), "check_params", None)
+    if check is not None:
+        check(name, **params)
+
+
 def load_forecaster(spec: str, **params: Any) -> Forecaster:
     """Build the forecaster for ``spec``; ``params`` are the adapter's options.
 
@@ -63,10 +103,7 @@ def load_forecaster(spec: str, **params: Any) -> Forecaster:
     """
     validate_spec(spec)
     prefix, name = split_spec(spec)
-    module_name, _, attribute = ADAPTERS[prefix].partition(":")
-    factory: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        factory = getattr(factory, part)
+    factory = _resolve(ADAPTERS[prefix])
     try:
         return factory(name, **params)
     except ModelError:
