@@ -41,7 +41,7 @@ from openanomaly.detect import detect
 from openanomaly.errors import ConfigError, DataError, ModelError
 from openanomaly.models.base import QuantileForecast
 from openanomaly.series import SeriesMatrix
-from openanomaly.serve.forecaster import ForecasterConfig, ForecasterDeployment, ForecastItem
+from openanomaly.serve.forecaster import ForecasterConfig, ForecasterDeployment, ForecastItem, ForecastReply
 from openanomaly.serve.metrics import CONTENT_TYPE, ServeMetrics
 from openanomaly.serve.schemas import (
     DetectRequest,
@@ -123,7 +123,7 @@ class HandleForecaster:
 
     def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
         item = ForecastItem(np.asarray(contexts, dtype=np.float64), int(horizon), tuple(quantiles))
-        return self._handle.forecast.remote(item).result(timeout_s=self._timeout_s)
+        return self._handle.forecast.remote(item).result(timeout_s=self._timeout_s).forecast
 
 
 fastapi_app = FastAPI(
@@ -274,8 +274,13 @@ def _grid(request: DetectRequest) -> tuple[SeriesMatrix, int]:
 class Ingress:
     """Experimental. The FastAPI app as a Serve deployment; one handle per model deployment."""
 
-    def __init__(self, forecasters: dict[str, DeploymentHandle], settings: dict[str, Any]) -> None:
-        self.settings = AppSettings.model_validate(settings)
+    def __init__(
+        self, forecasters: dict[str, DeploymentHandle], *, default_model: str, limits: dict[str, Any]
+    ) -> None:
+        # Only names and limits, not the models' configs: a user_config change then
+        # leaves the ingress untouched (no restart), and replies carry the live spec.
+        self.default_model = default_model
+        self.limits = Limits.model_validate(limits)
         self.forecasters = forecasters
         self.metrics = ServeMetrics()
         token = os.environ.get(TOKEN_ENV) or None
@@ -283,7 +288,7 @@ class Ingress:
         fastapi_app.state.metrics = self.metrics
 
     def _handle(self, name: str | None, request: Request) -> tuple[str, DeploymentHandle]:
-        model = name or self.settings.default
+        model = name or self.default_model
         if model not in self.forecasters:
             known = sorted(self.forecasters)
             raise RequestError(f"unknown model {model!r}; deployed: {known}", field="model")
@@ -308,7 +313,7 @@ class Ingress:
                     device=info["device"],
                     max_batch_size=info["max_batch_size"],
                     batch_wait_timeout_s=info["batch_wait_timeout_s"],
-                    default=name == self.settings.default,
+                    default=name == self.default_model,
                 )
                 for name, info in zip(names, infos, strict=True)
             ]
@@ -321,12 +326,12 @@ class Ingress:
         The series of one request go to the model as one block; concurrent requests are
         batched together by the model deployment.
         """
-        check_limits(body, self.settings.limits)
+        check_limits(body, self.limits)
         name, handle = self._handle(body.model, request)
         contexts = values_array(body.series)
         item = ForecastItem(contexts, body.horizon, tuple(body.quantiles))
-        result: QuantileForecast = await handle.forecast.remote(item)
-        spec = self.settings.models[name].spec
+        reply: ForecastReply = await handle.forecast.remote(item)
+        result, spec = reply.forecast, reply.spec
         self.metrics.series.labels("/v1/forecast", name).inc(len(body.series))
         return ForecastResponse(
             model=name,
@@ -351,10 +356,10 @@ class Ingress:
         Runs ``openanomaly.detect.detect``: all (series, chunk) contexts of the request
         go to the model as one block.
         """
-        check_limits(body, self.settings.limits)
+        check_limits(body, self.limits)
         name, handle = self._handle(body.model, request)
         matrix, step = _grid(body)
-        spec = self.settings.models[name].spec
+        spec = (await handle.info.remote())["spec"]
         try:
             pipeline = Pipeline(
                 name="api",
@@ -432,7 +437,9 @@ def build(
         options.update(forecaster_options or {})
         handles[name] = ForecasterDeployment.options(**options).bind()
     ingress = Ingress.options(**ingress_options) if ingress_options else Ingress
-    return ingress.bind(handles, settings.model_dump(mode="json"))
+    return ingress.bind(
+        handles, default_model=settings.default, limits=settings.limits.model_dump(mode="json")
+    )
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

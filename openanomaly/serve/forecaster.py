@@ -40,6 +40,7 @@ __all__ = [
     "BATCH_SIZE_BUCKETS",
     "BatchStats",
     "ForecastItem",
+    "ForecastReply",
     "ForecasterConfig",
     "ForecasterDeployment",
     "forecast_batch",
@@ -94,6 +95,17 @@ class ForecastItem(NamedTuple):
     contexts: np.ndarray
     horizon: int
     quantiles: tuple[float, ...]
+
+
+class ForecastReply(NamedTuple):
+    """What ``ForecasterDeployment.forecast`` returns: the forecast and the spec that made it.
+
+    The spec travels with every reply because ``user_config`` can swap the model at any
+    time; the ingress reports the spec that actually answered.
+    """
+
+    forecast: QuantileForecast
+    spec: str
 
 
 class _Failed(NamedTuple):
@@ -278,7 +290,7 @@ class ForecasterDeployment:
         self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self._config = config
 
-    async def forecast(self, item: ForecastItem) -> QuantileForecast:
+    async def forecast(self, item: ForecastItem) -> ForecastReply:
         """Forecast one request; it is batched with whatever else arrives meanwhile.
 
         Raises:
@@ -292,9 +304,9 @@ class ForecasterDeployment:
         return result
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01)
-    async def _batched(self, items: list[ForecastItem]) -> list[QuantileForecast | _Failed]:
+    async def _batched(self, items: list[ForecastItem]) -> list[ForecastReply | _Failed]:
         model, config = self._model, self._config
-        if model is None or config is None:  # reconfigured away between enqueue and run
+        if model is None or config is None:
             return [_Failed(ModelError("no model configured"))] * len(items)
         start = time.perf_counter()
         # In a thread, so the replica keeps accepting (and queueing) requests while the
@@ -306,7 +318,7 @@ class ForecasterDeployment:
             seconds=time.perf_counter() - start,
             failed=any(isinstance(r, _Failed) for r in results),
         )
-        return results
+        return [r if isinstance(r, _Failed) else ForecastReply(r, config.spec) for r in results]
 
     def info(self) -> dict[str, Any]:
         """The loaded model and batching settings of this replica."""
