@@ -88,20 +88,21 @@ MODELS: dict[str, ModelRun] = {
         "statsforecast:SeasonalNaive",
         infer_every=12,
         context=2016,
-        params=lambda step: {"season_length": _daily(step)},
+        params=lambda step: {"season_length": _daily(step), "too_short": "nan"},
         note="daily season, 12-point chunks",
     ),
     "autoets": ModelRun(
         "statsforecast:AutoETS",
         infer_every=48,
         context=576,
+        params=lambda step: {"too_short": "nan"},
         note="bounded context, 48-point chunks",
     ),
     "mstl": ModelRun(
         "statsforecast:MSTL",
         infer_every=48,
         context=2016,
-        params=lambda step: {"season_length": _daily(step)},
+        params=lambda step: {"season_length": _daily(step), "too_short": "nan"},
         note="daily season, 48-point chunks",
     ),
     "chronos_tiny": ModelRun(
@@ -118,7 +119,7 @@ def _tiny_chronos_dir() -> str:
     from openanomaly.models.tiny import build_tiny_chronos
 
     folder = tempfile.mkdtemp(prefix="oa-tiny-chronos-")
-    built = build_tiny_chronos(folder)
+    built = build_tiny_chronos("bolt", folder)
     return str(built or folder)
 
 

@@ -129,6 +129,14 @@ def _nanquantile(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return np.where(count > 0, result, np.nan)
 
 
+def _rms(values: np.ndarray) -> np.ndarray:
+    """Root mean square along the last axis ignoring NaN (NaN where a row has none)."""
+    finite = np.isfinite(values)
+    total = np.where(finite, values * values, 0.0).sum(axis=-1)
+    count = finite.sum(axis=-1)
+    return np.where(count > 0, np.sqrt(total / np.maximum(count, 1)), np.nan)
+
+
 def _nanmedian(values: np.ndarray) -> np.ndarray:
     """Median along the last axis ignoring NaN (NaN where a row has none)."""
     return _nanquantile(values, np.array([0.5]))[..., 0]
@@ -154,7 +162,7 @@ class DefaultForecaster:
         level_window: int = 6,
         seasons: int = 5,
         residual_window: int = 576,
-        cooldown: int = 288,
+        cooldown: int = 576,
         min_acf: float = 0.3,
         min_prominence: float = 0.2,
         batch_rows: int = 256,
@@ -251,8 +259,8 @@ class DefaultForecaster:
         actual = values[:, past]
         res_level = actual - level[:, :r]
         res_season = actual - seasonal[:, :r]
-        err_level = _nanmedian(np.abs(res_level))
-        err_season = _nanmedian(np.abs(res_season))
+        err_level = _rms(res_level)
+        err_season = _rms(res_season)
         use_season = (period > 0) & np.isfinite(err_season) & (err_season < err_level)
         baseline = np.where(use_season[:, None], seasonal, level)
         residual = np.where(use_season[:, None], res_season, res_level)  # (n, r)
