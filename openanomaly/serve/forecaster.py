@@ -29,12 +29,12 @@ from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
 
 from openanomaly.errors import ConfigError, ModelError
 from openanomaly.models.base import Forecaster, QuantileForecast, check_forecast
-from openanomaly.models.registry import load_forecaster, split_spec, validate_spec
+from openanomaly.models.registry import load_forecaster, split_spec, validate_params
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",
@@ -73,14 +73,15 @@ class ForecasterConfig(BaseModel):
         default="auto", description="auto: cuda when the replica was given a GPU (num_gpus > 0)"
     )
 
-    @field_validator("spec")
-    @classmethod
-    def _known_spec(cls, spec: str) -> str:
+    @model_validator(mode="after")
+    def _known_model(self) -> ForecasterConfig:
+        # Spec and params are checked here, where the config is built (serve run / deploy
+        # on the driver), so a typo fails before any replica starts.
         try:
-            validate_spec(spec)
+            validate_params(self.spec, self.params)
         except ModelError as error:
             raise ValueError(str(error)) from error
-        return spec
+        return self
 
 
 class ForecastItem(NamedTuple):

@@ -1,0 +1,289 @@
+"""Serve throughput: series/s and latency with dynamic batching on vs off.
+
+Same process, same Ray cluster, same model: the app is deployed twice, once with the
+configured ``max_batch_size`` and once with ``max_batch_size: 1`` (every request is
+its own model call), and ``--clients`` concurrent HTTP clients each send single-series
+``/v1/forecast`` requests for ``--duration`` seconds. Prints a table and writes
+``benchmarks/results/serve_throughput.json``.
+
+Without ``--model`` it builds a randomly initialised Chronos-Bolt with the real
+``amazon/chronos-bolt-small`` architecture (T5, d_model 512, 6+6 layers, 8 heads, patch
+16), so the compute per call, and hence the figure, is that of the real checkpoint; the
+forecasts themselves are meaningless. ``--model /path/to/chronos-bolt-small`` (a local
+checkpoint directory) or ``--model chronos:amazon/chronos-bolt-small`` (hub access)
+uses real weights.
+
+    uv run python benchmarks/serve_throughput.py                     # CPU, ~2 minutes
+    uv run python benchmarks/serve_throughput.py --device cuda       # one GPU replica
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+RESULTS = Path(__file__).parent / "results" / "serve_throughput.json"
+BOLT_QUANTILES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def build_random_bolt_small(path: Path) -> Path:
+    """A Chronos-Bolt checkpoint with chronos-bolt-small's config and random weights (~48M params)."""
+    import torch
+    from chronos.chronos_bolt import ChronosBoltModelForForecasting
+    from transformers import T5Config
+
+    torch.manual_seed(0)
+    config = T5Config(
+        d_model=512,
+        d_kv=64,
+        d_ff=2048,
+        num_layers=6,
+        num_decoder_layers=6,
+        num_heads=8,
+        dropout_rate=0.1,
+        feed_forward_proj="relu",
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        layer_norm_epsilon=1e-6,
+        vocab_size=2,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        architectures=["ChronosBoltModelForForecasting"],
+        chronos_pipeline_class="ChronosBoltPipeline",
+        chronos_config={
+            "context_length": 2048,
+            "prediction_length": 64,
+            "input_patch_size": 16,
+            "input_patch_stride": 16,
+            "quantiles": BOLT_QUANTILES,
+            "use_reg_token": True,
+        },
+    )
+    model = ChronosBoltModelForForecasting(config).eval()
+    model.save_pretrained(path)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _load(url: str, *, clients: int, duration: float, context: int, horizon: int) -> dict[str, Any]:
+    """``clients`` loops, each one request at a time, for ``duration`` seconds."""
+    import httpx
+
+    rng = np.random.default_rng(0)
+    payloads = [
+        {
+            "series": [
+                {"values": (100 + 10 * np.sin(np.arange(context) / 12) + rng.normal(0, 1, context)).tolist()}
+            ],
+            "horizon": horizon,
+            "quantiles": [0.1, 0.5, 0.9],
+        }
+        for _ in range(16)
+    ]
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        deadline = time.perf_counter() + duration
+
+        async def worker(index: int) -> None:
+            nonlocal errors
+            k = index
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                response = await client.post("/v1/forecast", json=payloads[k % len(payloads)])
+                if response.status_code != 200:
+                    errors += 1
+                    if errors == 1:
+                        print(f"  error {response.status_code}: {response.text[:300]}", file=sys.stderr)
+                else:
+                    latencies.append(time.perf_counter() - start)
+                k += clients
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+        wall = time.perf_counter() - start
+    lat = np.array(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "wall_s": round(wall, 2),
+        "series_per_s": round(len(latencies) / wall, 2),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
+    }
+
+
+def _batch_sizes(url: str) -> dict[str, float]:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {"batches": 0.0, "requests": 0.0}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=60).text):
+        if family.name == "openanomaly_batch_size":
+            for sample in family.samples:
+                if sample.name.endswith("_count"):
+                    out["batches"] += sample.value
+                elif sample.name.endswith("_sum"):
+                    out["requests"] += sample.value
+    return out
+
+
+def run_mode(
+    args: argparse.Namespace, *, spec: str, port: int, max_batch_size: int, label: str
+) -> dict[str, Any]:
+    from ray import serve
+
+    from openanomaly.serve.app import AppSettings, build
+
+    params: dict[str, Any] = {"device": args.device}
+    if spec.startswith("chronos:"):
+        params["batch_size"] = max(max_batch_size, 1)
+    settings = AppSettings.model_validate(
+        {
+            "models": {
+                "bench": {
+                    "spec": spec,
+                    "params": params,
+                    "max_batch_size": max_batch_size,
+                    "batch_wait_timeout_s": args.batch_wait,
+                }
+            },
+            "limits": {"max_points": max(10_000, args.context)},
+        }
+    )
+    actor: dict[str, Any] = {"num_cpus": args.num_cpus}
+    if args.device == "cuda":
+        actor["num_gpus"] = 1
+    app = build(
+        settings,
+        ingress_options={"num_replicas": args.ingress_replicas, "ray_actor_options": {"num_cpus": 0.25}},
+        forecaster_options={"ray_actor_options": actor, "max_ongoing_requests": max(2 * max_batch_size, 8)},
+    )
+    serve.run(app, name="bench", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    print(f"[{label}] deployed (max_batch_size={max_batch_size}); warming up", file=sys.stderr)
+    asyncio.run(
+        _load(url, clients=min(args.clients, 8), duration=3, context=args.context, horizon=args.horizon)
+    )
+    before = _batch_sizes(url)
+    result = asyncio.run(
+        _load(url, clients=args.clients, duration=args.duration, context=args.context, horizon=args.horizon)
+    )
+    after = _batch_sizes(url)
+    batches = after["batches"] - before["batches"]
+    result["mean_batch_size"] = (
+        round((after["requests"] - before["requests"]) / batches, 2) if batches else None
+    )
+    result.update(mode=label, max_batch_size=max_batch_size)
+    print(f"[{label}] {result}", file=sys.stderr)
+    serve.delete("bench")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", help="chronos checkpoint dir or a model spec; default: random bolt-small dims"
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per mode")
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--horizon", type=int, default=64)
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--batch-wait", type=float, default=0.01)
+    parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs of the forecaster replica")
+    parser.add_argument("--ingress-replicas", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model is None:
+            spec = f"chronos:{build_random_bolt_small(Path(tmp) / 'bolt-small-random')}"
+            model_name = "chronos-bolt-small architecture, random weights"
+        elif ":" in args.model and not Path(args.model).exists():
+            spec, model_name = args.model, args.model
+        else:
+            spec, model_name = f"chronos:{args.model}", args.model
+        ray.init(include_dashboard=False, log_to_driver=False)
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            batched = run_mode(
+                args, spec=spec, port=port, max_batch_size=args.max_batch_size, label="batched"
+            )
+            unbatched = run_mode(args, spec=spec, port=port, max_batch_size=1, label="unbatched")
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+    speedup = batched["series_per_s"] / unbatched["series_per_s"] if unbatched["series_per_s"] else None
+    header = (
+        f"{'mode':<10} {'max_batch':>9} {'mean_batch':>10} {'series/s':>9} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    )
+    print(
+        f"\nmodel: {model_name} | device: {args.device} | clients: {args.clients} | "
+        f"context: {args.context} | horizon: {args.horizon}"
+    )
+    print(header)
+    for r in (batched, unbatched):
+        print(
+            f"{r['mode']:<10} {r['max_batch_size']:>9} {r['mean_batch_size']!s:>10} {r['series_per_s']:>9} "
+            f"{r['p50_ms']!s:>8} {r['p99_ms']!s:>8} {r['errors']:>6}"
+        )
+    print(f"batching speedup: {speedup:.1f}x series/s" if speedup else "batching speedup: n/a")
+
+    import torch
+
+    record = {
+        "benchmark": "serve_throughput",
+        "model": model_name,
+        "spec": spec if args.model else "chronos:<random chronos-bolt-small dims>",
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" and torch.cuda.is_available() else None,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "context": args.context,
+        "horizon": args.horizon,
+        "forecaster_num_cpus": args.num_cpus,
+        "batch_wait_timeout_s": args.batch_wait,
+        "results": [batched, unbatched],
+        "speedup": round(speedup, 2) if speedup else None,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
