@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADAPTERS",
+    "NEURALFORECAST_MODELS",
     "STATSFORECAST_MODELS",
     "load_forecaster",
     "split_spec",
@@ -35,12 +36,15 @@ ADAPTERS: dict[str, str] = {
     "zscore": "openanomaly.models.baselines:ZScoreForecaster.from_spec",
     "mad": "openanomaly.models.baselines:MadForecaster.from_spec",
     "default": "openanomaly.models.default:DefaultForecaster.from_spec",
+    # Trained by the scheduler (schedule.fit_every); see openanomaly.models.fitted.
+    "neuralforecast": "openanomaly.models.neural:NHITSForecaster.from_spec",
 }
 
 # Adapters whose spec has no ":name" part.
 _BARE = {"zscore", "mad", "default"}
 
 STATSFORECAST_MODELS = ("AutoETS", "AutoARIMA", "MSTL", "SeasonalNaive")
+NEURALFORECAST_MODELS = ("NHITS",)
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -63,6 +67,8 @@ def validate_spec(spec: str) -> None:
         raise UnknownModelSpec(spec, known)
     if prefix == "statsforecast" and name not in STATSFORECAST_MODELS:
         raise UnknownModelSpec(spec, [f"statsforecast:{m}" for m in STATSFORECAST_MODELS])
+    if prefix == "neuralforecast" and name not in NEURALFORECAST_MODELS:
+        raise UnknownModelSpec(spec, [f"neuralforecast:{m}" for m in NEURALFORECAST_MODELS])
 
 
 def _resolve(target: str) -> Any:
