@@ -600,3 +600,43 @@ def scheduler_metrics(*, name: str = DEFAULT_NAME, namespace: str = DEFAULT_NAME
     import ray
 
     return ray.get(get_scheduler(name=name, namespace=namespace).metrics.remote())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m openanomaly.scheduler --config pipelines.yaml``: start the actor on a running cluster.
+
+    Connects to the cluster (``--address``, default ``auto``), starts the named detached
+    scheduler (or finds the running one) and exits; the actor keeps running. ``--wait``
+    stays in the foreground instead (containers whose main process must not exit).
+    """
+    import argparse
+
+    import ray
+
+    parser = argparse.ArgumentParser(prog="python -m openanomaly.scheduler")
+    parser.add_argument("--config", required=True, help="pipelines YAML (reloaded on change)")
+    parser.add_argument("--address", default="auto", help="Ray cluster address")
+    parser.add_argument("--name", default=DEFAULT_NAME)
+    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE)
+    parser.add_argument("--tick", type=float, default=5.0, help="seconds between scheduling passes")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait after a window ends")
+    parser.add_argument("--wait", action="store_true", help="stay in the foreground")
+    args = parser.parse_args(argv)
+    ray.init(address=args.address, namespace=args.namespace)
+    handle = start_scheduler(
+        args.config,
+        name=args.name,
+        namespace=args.namespace,
+        tick_s=args.tick,
+        delay=round(args.delay * 1000),
+    )
+    print(f"scheduler {args.name!r} running in namespace {args.namespace!r}")
+    if args.wait:
+        while True:
+            time.sleep(60)
+            ray.get(handle.ping.remote())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""Fitted models: fit every ``fit_every`` on ``fit_window``, store, apply to new data.
+
+Why: fitting AutoETS/AutoARIMA on every scheduled window (what the zero-fit
+``statsforecast:`` adapter does) costs a fit per series per window. A pipeline with
+``schedule.fit_every`` set instead fits once per ``fit_every`` on the last
+``fit_window`` of data, stores the fitted model in the ArtifactStore, and every window
+in between only *applies* it to the new context (statsforecast's ``forward``: the
+fitted parameters, re-filtered over the new data, no re-estimation).
+
+Two kinds of fitted model:
+
+* **per series** (``statsforecast:AutoETS``, ``statsforecast:AutoARIMA``,
+  ``statsforecast:MSTL``): one model per label set, stored under that series' key.
+  Models without ``forward`` (``SeasonalNaive``) have nothing to fit and are refused.
+* **global** (``neuralforecast:NHITS``, see :mod:`openanomaly.models.neural`): one
+  model for all series of the pipeline, stored under ``GLOBAL_SERIES_KEY``; after
+  loading it is an ordinary batch :class:`~openanomaly.models.base.Forecaster`.
+
+Blobs are pickles: only load artifacts from a store you trust (the same trust as
+loading model weights).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from openanomaly.config import Pipeline
+from openanomaly.errors import ConfigError, ModelError
+from openanomaly.models.base import Forecaster, QuantileForecast, check_forecast, validate_quantile_levels
+from openanomaly.models.registry import split_spec
+
+__all__ = [
+    "FITTED_STATSFORECAST",
+    "StatsForward",
+    "check_fittable",
+    "fit_global",
+    "fit_per_series",
+    "is_global",
+    "load_global",
+    "load_series_model",
+    "min_fit_points",
+]
+
+# statsforecast models with a ``forward`` method (apply fitted parameters to new data).
+FITTED_STATSFORECAST = ("AutoETS", "AutoARIMA", "MSTL")
+_GLOBAL_PREFIXES = ("neuralforecast",)
+_PICKLE_PROTOCOL = 5
+
+
+def is_global(pipeline: Pipeline) -> bool:
+    """True when the pipeline's model is one model for all series (neuralforecast)."""
+    return split_spec(pipeline.model.spec)[0] in _GLOBAL_PREFIXES
+
+
+def check_fittable(pipeline: Pipeline) -> None:
+    """Refuse configurations that cannot be fitted, before any job runs.
+
+    Raises:
+        ConfigError: ``fit_every`` set on a model with nothing to fit, a neuralforecast
+            model without ``fit_every``, or ``fit_window`` missing / shorter than the context.
+    """
+    prefix, name = split_spec(pipeline.model.spec)
+    fit_every, fit_window = pipeline.schedule.fit_every, pipeline.schedule.fit_window
+    if fit_every is None:
+        if prefix in _GLOBAL_PREFIXES:
+            raise ConfigError(
+                f"model {pipeline.model.spec!r} must be trained: set schedule.fit_every and fit_window",
+                pipeline=pipeline.name,
+                field="schedule.fit_every",
+            )
+        return
+    if prefix == "statsforecast" and name not in FITTED_STATSFORECAST:
+        raise ConfigError(
+            f"statsforecast:{name} has no fitted form; fit_every works with "
+            f"{', '.join('statsforecast:' + m for m in FITTED_STATSFORECAST)} and neuralforecast:NHITS "
+            "(remove schedule.fit_every to fit on each window's context instead)",
+            pipeline=pipeline.name,
+            field="schedule.fit_every",
+        )
+    if prefix not in ("statsforecast", *_GLOBAL_PREFIXES):
+        raise ConfigError(
+            f"model {pipeline.model.spec!r} is zero-shot and is never fitted; remove schedule.fit_every",
+            pipeline=pipeline.name,
+            field="schedule.fit_every",
+        )
+    if fit_window is None or fit_window < pipeline.schedule.context:
+        raise ConfigError(
+            "schedule.fit_window must be set and at least as long as schedule.context",
+            pipeline=pipeline.name,
+            field="schedule.fit_window",
+        )
+
+
+def min_fit_points(pipeline: Pipeline) -> int:
+    """Finite points a series needs in ``fit_window`` to be fitted (2 seasons, at least 10)."""
+    season = int(pipeline.model.params.get("season_length", 1))
+    return max(10, 2 * season)
+
+
+def _stats_model(pipeline: Pipeline) -> Any:
+    from statsforecast import models as sf_models
+
+    _, name = split_spec(pipeline.model.spec)
+    params = dict(pipeline.model.params)
+    params.setdefault("season_length", 1)
+    try:
+        return getattr(sf_models, name)(**params)
+    except TypeError as error:
+        raise ModelError(f"bad model params {params!r}: {error}", spec=pipeline.model.spec) from error
+
+
+def fit_per_series(pipeline: Pipeline, values: np.ndarray) -> list[bytes | None]:
+    """Fit one model per row of ``values`` ``(n, t)`` (NaN = missing, dropped before fitting).
+
+    Returns:
+        one pickled model per row; None where a row has fewer than
+        :func:`min_fit_points` finite points (that series is not scored until it has).
+
+    Raises:
+        ModelError: the model cannot be built or a fit fails.
+    """
+    template = _stats_model(pipeline)
+    need = min_fit_points(pipeline)
+    blobs: list[bytes | None] = []
+    for row in np.asarray(values, dtype=np.float64):
+        y = row[np.isfinite(row)]
+        if y.size < need:
+            blobs.append(None)
+            continue
+        model = template.new() if hasattr(template, "new") else pickle.loads(pickle.dumps(template))
+        try:
+            model.fit(y)
+        except Exception as error:  # statsforecast raises plain exceptions on degenerate data
+            raise ModelError(f"fit failed on {y.size} points: {error}", spec=pipeline.model.spec) from error
+        blobs.append(pickle.dumps(model, protocol=_PICKLE_PROTOCOL))
+    return blobs
+
+
+def _level_keys(levels: np.ndarray) -> tuple[list[float], list[str]]:
+    """statsforecast interval levels (percent) for quantile levels, and the output key of each."""
+    intervals: set[float] = set()
+    keys = []
+    for q in levels:
+        if np.isclose(q, 0.5):
+            keys.append("mean")
+            continue
+        width = round(abs(1 - 2 * float(q)) * 100, 6)
+        intervals.add(width)
+        keys.append(f"{'lo' if q < 0.5 else 'hi'}-{width}")
+    return sorted(intervals), keys
+
+
+class StatsForward:
+    """A fitted statsforecast model applied to new contexts with ``forward`` (no refit).
+
+    One model belongs to one series: call it with that series' contexts only
+    (one row per chunk of the series). Quantile ``q`` is the ``lo``/``hi`` bound of the
+    ``|1 - 2q|`` prediction interval; ``0.5`` is the mean.
+    """
+
+    def __init__(self, model: Any, *, spec: str) -> None:
+        self.model = model
+        self.spec = spec
+
+    def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
+        """Forecast each row of ``contexts`` ``(k, L)`` (left-padded NaN dropped) ``horizon`` steps.
+
+        Raises:
+            ModelError: ``forward`` failed.
+        """
+        levels = validate_quantile_levels(quantiles)
+        intervals, keys = _level_keys(levels)
+        contexts = np.asarray(contexts, dtype=np.float64)
+        out = np.full((contexts.shape[0], horizon, levels.size), np.nan)
+        for i, row in enumerate(contexts):
+            y = row[np.isfinite(row)]
+            if y.size < 2:
+                continue
+            try:
+                result = self.model.forward(y=y, h=horizon, level=intervals)
+            except Exception as error:
+                raise ModelError(f"forward failed: {error}", spec=self.spec) from error
+            for j, key in enumerate(keys):
+                out[i, :, j] = np.asarray(result[key], dtype=np.float64)
+        out = np.sort(out, axis=-1)  # NaN rows stay NaN; guards float noise at the band edges
+        median = out[:, :, int(np.argmin(np.abs(levels - 0.5)))]
+        return check_forecast(
+            QuantileForecast(quantiles=out, levels=levels, median=median.copy()),
+            n_series=contexts.shape[0],
+            horizon=horizon,
+            spec=self.spec,
+        )
+
+
+def load_series_model(pipeline: Pipeline, blob: bytes) -> StatsForward:
+    """The forecaster for one series from its stored blob.
+
+    Raises:
+        ModelError: the blob is not a model this version can read.
+    """
+    try:
+        model = pickle.loads(blob)
+    except Exception as error:
+        raise ModelError(f"cannot unpickle stored model: {error}", spec=pipeline.model.spec) from error
+    return StatsForward(model, spec=pipeline.model.spec)
+
+
+def fit_global(pipeline: Pipeline, values: np.ndarray, *, horizon: int) -> bytes:
+    """Fit one model on all rows of ``values`` ``(n, t)``; the serialised model.
+
+    Raises:
+        ModelError: the spec is not a global model, or training failed.
+    """
+    prefix, _ = split_spec(pipeline.model.spec)
+    if prefix == "neuralforecast":
+        from openanomaly.models.neural import NHITSForecaster
+
+        low, high = pipeline.scoring.quantiles
+        model = NHITSForecaster.fit(
+            values,
+            horizon=horizon,
+            input_size=pipeline.context_points,
+            quantiles=(low, 0.5, high),
+            spec=pipeline.model.spec,
+            **pipeline.model.params,
+        )
+        return model.to_bytes()
+    raise ModelError("not a global fitted model", spec=pipeline.model.spec)
+
+
+def load_global(pipeline: Pipeline, blob: bytes) -> Forecaster:
+    """The batch forecaster from a stored global model."""
+    prefix, _ = split_spec(pipeline.model.spec)
+    if prefix == "neuralforecast":
+        from openanomaly.models.neural import NHITSForecaster
+
+        return NHITSForecaster.from_bytes(blob, spec=pipeline.model.spec)
+    raise ModelError("not a global fitted model", spec=pipeline.model.spec)

@@ -1,0 +1,215 @@
+"""Cluster mode end to end: real local Ray, real VictoriaMetrics, real S3 (moto server).
+
+The scheduler runs as the named detached actor and is driven with ``tick(now_ms=...)``
+(the injected clock), so windows are deterministic and nothing sleeps on wall time.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from openanomaly.artifacts import S3Store, list_models, series_key
+from openanomaly.jobs import JobOptions, _shard_queries, matrix_from_table, table_from_matrix
+from openanomaly.series import SeriesMatrix
+from openanomaly.tsdb import PrometheusClient
+
+MIN = 60_000
+N_SERIES = 60
+OPTIONS = JobOptions(
+    series_per_shard=20, batch_size=32, max_workers=1, worker_num_cpus=0.25, fetch_num_cpus=0.1
+)
+
+
+def test_arrow_round_trip() -> None:
+    matrix = SeriesMatrix.from_rows(
+        [{"__name__": "m", "i": "1"}, {"__name__": "m", "i": "2"}],
+        [1000, 2000, 3000],
+        [[1, np.nan, 3], [4, 5, 6]],
+    )
+    back = matrix_from_table(table_from_matrix(matrix, step_ms=1000))
+    assert back.labels == matrix.labels
+    np.testing.assert_array_equal(back.timestamps, matrix.timestamps)
+    np.testing.assert_array_equal(back.values, matrix.values)
+
+
+def test_shard_queries_are_disjoint_and_cover_every_series() -> None:
+    series = [{"__name__": "cpu", "instance": f"host-{i}.x", "job": "n"} for i in range(50)]
+    queries = _shard_queries('cpu{job="n"}', series, 4)
+    assert len(queries) == 4
+    assert all(q.startswith('cpu{job="n", instance=~"') for q in queries)
+    values = [v for q in queries for v in q.split('=~"')[1].rstrip('"}').split("|")]
+    assert sorted(v.replace("\\\\.", ".") for v in values) == sorted(s["instance"] for s in series)
+    assert _shard_queries("rate(cpu[5m])", series, 4) == ["rate(cpu[5m])"]
+
+
+def _load(vm, metric: str, n: int, start_ms: int, end_ms: int) -> None:
+    t = np.arange(start_ms, end_ms + 1, MIN, dtype=np.int64)
+    rng = np.random.default_rng(0)
+    values = 10 + np.sin(np.arange(len(t)) / 15)[None, :] + rng.normal(0, 0.2, (n, len(t)))
+    labels = [{"__name__": metric, "instance": f"host-{i:03d}", "job": "test"} for i in range(n)]
+    with PrometheusClient(vm.settings) as client:
+        client.remote_write(SeriesMatrix(tuple(labels), t, values))
+    vm.flush()
+
+
+def _config(tmp_path, vm, pipelines: str, artifacts: str) -> str:
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(
+        f"settings:\n  tsdb:\n    url: {vm.url}\n    retries: 1\n    backoff: 50ms\n"
+        f"{artifacts}\npipelines:\n{pipelines}"
+    )
+    return str(path)
+
+
+def _scores(vm, pipeline: str, start_ms: int, end_ms: int) -> SeriesMatrix:
+    vm.flush()
+    with PrometheusClient(vm.settings) as client:
+        return client.query_range(
+            f'anomaly_score{{for="{pipeline}"}}', start_ms=start_ms + MIN, end_ms=end_ms, step_ms=MIN
+        )
+
+
+@pytest.fixture
+def base_ms() -> int:
+    return (1_760_000_000_000 // (60 * MIN)) * (60 * MIN)
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    return s3.create_bucket(f"oa-{uuid.uuid4().hex[:8]}")
+
+
+def _artifacts(s3, bucket: str) -> str:
+    return (
+        f"  artifacts:\n    kind: s3\n    bucket: {bucket}\n    prefix: models\n"
+        f"    endpoint_url: {s3.endpoint_url}"
+    )
+
+
+def _start(config: str, s3, name: str):
+    from openanomaly.scheduler import start_scheduler
+
+    return start_scheduler(
+        config,
+        name=name,
+        namespace="openanomaly-test",
+        autostart=False,
+        num_cpus=0.05,
+        runtime_env={"env_vars": s3.env()},
+        job_options=OPTIONS,
+    )
+
+
+@pytest.mark.integration
+def test_scheduler_scores_every_series_survives_kill_and_fills_outage(
+    ray_cluster, victoria_metrics, s3, bucket, base_ms, tmp_path
+) -> None:
+    import ray
+
+    metric = f"jobs_{uuid.uuid4().hex[:8]}"
+    _load(victoria_metrics, metric, N_SERIES, base_ms, base_ms + 120 * MIN)
+    pipelines = (
+        f"  - name: {metric}\n    query: '{metric}{{job=\"test\"}}'\n    model: mad\n"
+        "    schedule:\n      infer_every: 10m\n      context: 30m\n"
+    )
+    config = _config(tmp_path, victoria_metrics, pipelines, _artifacts(s3, bucket))
+    name = f"sched-{uuid.uuid4().hex[:6]}"
+    actor = _start(config, s3, name)
+    launched: list[tuple[int, int]] = []
+    try:
+        t1 = base_ms + 60 * MIN
+        launched += ray.get(actor.tick.remote(t1, wait=True))[metric]
+        status = ray.get(actor.status.remote(t1))["pipelines"][0]
+        assert status["last_run_ok"], status["last_error"]
+        assert status["series_scored"] == N_SERIES
+        scores = _scores(victoria_metrics, metric, t1 - 10 * MIN, t1)
+        assert len(scores) == N_SERIES, "anomaly_score must exist for every series"
+        assert {s["instance"] for s in scores.labels} == {f"host-{i:03d}" for i in range(N_SERIES)}
+
+        # kill the actor mid-schedule: Ray restarts it (max_restarts=-1) and it resumes
+        ray.kill(actor, no_restart=False)
+        for _ in range(100):
+            try:
+                ray.get(actor.ping.remote(), timeout=30)
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                continue
+        t2 = t1 + 20 * MIN
+        launched += ray.get(actor.tick.remote(t2, wait=True))[metric]
+
+        # TSDB outage for a window: the run fails, progress does not move
+        victoria_metrics.stop()
+        try:
+            t3 = t2 + 10 * MIN
+            assert ray.get(actor.tick.remote(t3, wait=True))[metric] == [(t2, t3)]
+            status = ray.get(actor.status.remote(t3))["pipelines"][0]
+            assert status["errors_total"] == 1 and not status["last_run_ok"]
+            assert status["last_end_ms"] == t2
+        finally:
+            victoria_metrics.start()
+        t4 = t3 + 10 * MIN
+        launched += ray.get(actor.tick.remote(t4, wait=True))[metric]
+        status = ray.get(actor.status.remote(t4))["pipelines"][0]
+        assert status["last_run_ok"], status["last_error"]
+
+        # windows: contiguous, none twice (no gap, no duplicate scoring)
+        assert [start for start, _ in launched[1:]] == [end for _, end in launched[:-1]]
+        assert len({end for _, end in launched}) == len(launched)
+        assert launched[0][0] == t1 - 10 * MIN and launched[-1][1] == t4
+        # output: every series has a score at every minute of the 5 windows
+        scores = _scores(victoria_metrics, metric, t1 - 10 * MIN, t4)
+        assert len(scores) == N_SERIES
+        assert scores.values.shape[1] == 50
+        assert np.isfinite(scores.values).all(), "no gaps in the output"
+        metrics = ray.get(actor.metrics.remote(t4))
+        assert f'openanomaly_pipeline_errors_total{{pipeline="{metric}"}} 1.0' in metrics
+    finally:
+        ray.kill(actor, no_restart=True)
+
+
+@pytest.mark.integration
+def test_fitted_model_lands_in_bucket_and_is_reused(
+    ray_cluster, victoria_metrics, s3, bucket, base_ms, tmp_path
+) -> None:
+    import ray
+
+    metric = f"fit_{uuid.uuid4().hex[:8]}"
+    n = 8
+    _load(victoria_metrics, metric, n, base_ms, base_ms + 240 * MIN)
+    pipelines = (
+        f"  - name: {metric}\n    query: '{metric}'\n    model: statsforecast:AutoETS\n"
+        "    schedule:\n      infer_every: 10m\n      context: 30m\n"
+        "      fit_every: 1h\n      fit_window: 2h\n"
+    )
+    config = _config(tmp_path, victoria_metrics, pipelines, _artifacts(s3, bucket))
+    actor = _start(config, s3, f"sched-{uuid.uuid4().hex[:6]}")
+    store = S3Store(bucket=bucket, prefix="models", endpoint_url=s3.endpoint_url, client=s3.client())
+    try:
+        t1 = base_ms + 180 * MIN
+        ray.get(actor.tick.remote(t1, wait=True))
+        status = ray.get(actor.status.remote(t1))["pipelines"][0]
+        assert status["last_run_ok"], status["last_error"]
+        assert status["fits_total"] == 1 and status["series_scored"] == n
+        refs = list_models(store, pipeline=metric)
+        assert len(refs) == n
+        assert {r.fit_time_ms for r in refs} == {t1 - 10 * MIN}
+        keys = {
+            series_key({"__name__": metric, "instance": f"host-{i:03d}", "job": "test"}) for i in range(n)
+        }
+        assert {r.series_key for r in refs} == keys
+
+        # second window, within fit_every: models are loaded from the bucket, not refitted
+        t2 = t1 + 10 * MIN
+        ray.get(actor.tick.remote(t2, wait=True))
+        status = ray.get(actor.status.remote(t2))["pipelines"][0]
+        assert status["last_run_ok"], status["last_error"]
+        assert status["fits_total"] == 1, "the second run must not refit"
+        assert status["series_scored"] == n
+        assert list_models(store, pipeline=metric) == refs
+        scores = _scores(victoria_metrics, metric, t1 - 10 * MIN, t2)
+        assert len(scores) == n and np.isfinite(scores.values).all()
+    finally:
+        ray.kill(actor, no_restart=True)
