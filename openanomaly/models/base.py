@@ -45,6 +45,9 @@ class Forecaster(Protocol):
     """Forecasts ``horizon`` steps after each context.
 
     Implementations batch internally and must return exactly one row per context.
+    A context with no finite value gets an all-NaN row (every level, every step) rather
+    than failing the batch, so one dead series cannot stop thousands of live ones;
+    callers that must reject such series check for them before forecasting.
     """
 
     def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:

@@ -32,6 +32,7 @@ def build_tiny_chronos(
     prediction_length: int = 64,
     context_length: int = 512,
     seed: int = 0,
+    size: Literal["tiny", "base"] = "tiny",
 ) -> Path:
     """Write a tiny random Chronos checkpoint to ``path`` and return the directory.
 
@@ -43,6 +44,9 @@ def build_tiny_chronos(
             16-step output patches).
         context_length: the longest context the model reads; longer ones are cut.
         seed: torch seed for the random weights, so the same call gives the same model.
+        size: ``"tiny"`` (a few hundred KB) or ``"base"``: the layer sizes of the released
+            chronos-bolt-small / chronos-2 checkpoints (hundreds of MB), for measuring
+            realistic speed and memory without the hub.
 
     Raises:
         ValueError: unknown ``kind``.
@@ -55,9 +59,11 @@ def build_tiny_chronos(
     torch.manual_seed(seed)
     try:
         if kind == "bolt":
-            model = _tiny_bolt(prediction_length=prediction_length, context_length=context_length)
+            model = _tiny_bolt(prediction_length=prediction_length, context_length=context_length, size=size)
         elif kind == "chronos2":
-            model = _tiny_chronos2(prediction_length=prediction_length, context_length=context_length)
+            model = _tiny_chronos2(
+                prediction_length=prediction_length, context_length=context_length, size=size
+            )
         else:
             raise ValueError(f"kind must be 'bolt' or 'chronos2', got {kind!r}")
     finally:
@@ -66,17 +72,32 @@ def build_tiny_chronos(
     return directory
 
 
-def _tiny_bolt(*, prediction_length: int, context_length: int):  # type: ignore[no-untyped-def]
+# Layer sizes: tiny for tests; base = the released chronos-bolt-small / chronos-2.
+_BOLT_SIZES = {
+    "tiny": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2},
+    "base": {
+        "d_model": 512,
+        "d_kv": 64,
+        "d_ff": 2048,
+        "num_layers": 6,
+        "num_decoder_layers": 6,
+        "num_heads": 8,
+    },
+}
+_CHRONOS2_SIZES = {
+    "tiny": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 2},
+    "base": {"d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12},
+}
+
+
+def _tiny_bolt(*, prediction_length: int, context_length: int, size: str):  # type: ignore[no-untyped-def]
     from chronos.chronos_bolt import ChronosBoltModelForForecasting
     from transformers import T5Config
 
+    if size not in _BOLT_SIZES:
+        raise ValueError(f"size must be 'tiny' or 'base', got {size!r}")
     config = T5Config(
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=1,
-        num_decoder_layers=1,
-        num_heads=2,
+        **_BOLT_SIZES[size],
         dropout_rate=0.0,
         feed_forward_proj="relu",
         vocab_size=2,
@@ -97,17 +118,15 @@ def _tiny_bolt(*, prediction_length: int, context_length: int):  # type: ignore[
     return ChronosBoltModelForForecasting(config).eval()
 
 
-def _tiny_chronos2(*, prediction_length: int, context_length: int):  # type: ignore[no-untyped-def]
+def _tiny_chronos2(*, prediction_length: int, context_length: int, size: str):  # type: ignore[no-untyped-def]
     from chronos.chronos2 import Chronos2Model
     from chronos.chronos2.config import Chronos2CoreConfig
 
+    if size not in _CHRONOS2_SIZES:
+        raise ValueError(f"size must be 'tiny' or 'base', got {size!r}")
     patch = 16
     config = Chronos2CoreConfig(
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=1,
-        num_heads=2,
+        **_CHRONOS2_SIZES[size],
         dropout_rate=0.0,
         feed_forward_proj="relu",
         architectures=["Chronos2Model"],
