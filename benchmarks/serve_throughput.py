@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.model is None:
             spec = f"chronos:{build_random_bolt_small(Path(tmp) / 'bolt-small-random')}"
             model_name = "chronos-bolt-small architecture, random weights"
-        elif ":" in args.model and not Path(args.model).exists():
+        elif not Path(args.model).exists():  # a spec: chronos:<hub id>, mad, statsforecast:…
             spec, model_name = args.model, args.model
         else:
             spec, model_name = f"chronos:{args.model}", args.model

@@ -41,18 +41,27 @@ def test_stack_left_padded_pads_on_the_left() -> None:
 
 
 def test_forecast_batch_matches_one_call_per_item() -> None:
-    model = ZScoreForecaster()
+    calls = []
+
+    class Counting(ZScoreForecaster):
+        def forecast(self, contexts, horizon, quantiles):
+            calls.append(contexts.shape[0])
+            return super().forecast(contexts, horizon, quantiles)
+
+    model = Counting()
     items = [
         _item([1, 2, 3, 4], horizon=2),
-        _item([10, 12, 11], horizon=5),
+        _item([10, 12, 11], horizon=2),
+        _item([7, 8], horizon=5),
         _item([5, 5, 6, 7, 8, 9], horizon=3, quantiles=(0.05, 0.5, 0.95)),
     ]
     results = forecast_batch(model, items, spec="zscore")
     for item, result in zip(items, results, strict=True):
-        alone = model.forecast(item.contexts, item.horizon, list(item.quantiles))
+        alone = ZScoreForecaster().forecast(item.contexts, item.horizon, list(item.quantiles))
         assert result.quantiles.shape == (1, item.horizon, len(item.quantiles))
         np.testing.assert_allclose(result.quantiles, alone.quantiles)
         np.testing.assert_allclose(result.median, alone.median)
+    assert sorted(calls) == [1, 1, 2]  # one call per (levels, horizon) group
 
 
 def test_forecast_batch_isolates_a_failing_group() -> None:
@@ -85,7 +94,7 @@ def test_batch_stats_histogram() -> None:
 
 def test_model_params_sets_device_for_chronos_only() -> None:
     assert model_params("zscore", {}, device="cuda") == {}
-    assert model_params("chronos:/m", {}, device="cuda") == {"device": "cuda", "torch_dtype": "bfloat16"}
+    assert model_params("chronos:/m", {}, device="cuda") == {"device": "cuda"}
     assert model_params("chronos:/m", {"device": "cpu"}, device="cuda") == {"device": "cpu"}
 
 

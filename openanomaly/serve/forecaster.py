@@ -8,12 +8,14 @@ series in one pass in little more time than one.
 
 How a batch is merged (``forecast_batch``):
 
-* requests are grouped by their quantile levels (a model call has one set of levels);
+* requests are grouped by (quantile levels, horizon): a model call has one of each.
+  Grouping rather than padding every request to the longest horizon keeps a request
+  that is invalid for the model (a horizon beyond what it allows) from failing the
+  others, and keeps short requests from paying for long ones. Clients of one
+  deployment normally share both, so a batch is one group;
 * within a group the contexts are stacked into one 2-D array, left-padded with NaN to
-  the longest context (the ``Forecaster`` convention), and forecast to the group's
-  longest horizon; each request gets its first ``horizon`` steps back. Every adapter
-  forecasts step ``k`` the same whatever the total horizon (direct multi-step, or
-  autoregressive on its own median), so cutting is exact.
+  the longest context (the ``Forecaster`` convention), and the result is split back
+  by rows.
 
 The model spec, its params and the batching knobs come from the deployment's
 ``user_config`` (``ForecasterConfig``), so ``serve deploy`` with a new ``user_config``
@@ -172,7 +174,7 @@ def stack_left_padded(blocks: Sequence[np.ndarray]) -> np.ndarray:
 def forecast_batch(
     model: Forecaster, items: Sequence[ForecastItem], *, spec: str
 ) -> list[QuantileForecast | _Failed]:
-    """Forecast a batch of requests with one model call per distinct set of levels.
+    """Forecast a batch of requests with one model call per distinct (levels, horizon).
 
     Args:
         model: the loaded forecaster.
@@ -183,12 +185,11 @@ def forecast_batch(
         One entry per item, same order: its ``QuantileForecast`` (``(r, horizon, q)``),
         or ``_Failed`` carrying the error of its group's model call.
     """
-    groups: dict[tuple[float, ...], list[int]] = {}
+    groups: dict[tuple[tuple[float, ...], int], list[int]] = {}
     for index, item in enumerate(items):
-        groups.setdefault(tuple(item.quantiles), []).append(index)
+        groups.setdefault((tuple(item.quantiles), int(item.horizon)), []).append(index)
     results: list[QuantileForecast | _Failed] = [_Failed(ModelError("not forecast", spec=spec))] * len(items)
-    for levels, members in groups.items():
-        horizon = max(items[i].horizon for i in members)
+    for (levels, horizon), members in groups.items():
         contexts = stack_left_padded([items[i].contexts for i in members])
         try:
             out = check_forecast(
@@ -204,11 +205,11 @@ def forecast_batch(
             continue
         row = 0
         for i in members:
-            rows, steps = items[i].contexts.shape[0], items[i].horizon
+            rows = items[i].contexts.shape[0]
             results[i] = QuantileForecast(
-                quantiles=out.quantiles[row : row + rows, :steps].copy(),
+                quantiles=out.quantiles[row : row + rows],
                 levels=out.levels,
-                median=out.median[row : row + rows, :steps].copy(),
+                median=out.median[row : row + rows],
             )
             row += rows
     return results
@@ -217,15 +218,14 @@ def forecast_batch(
 def model_params(spec: str, params: dict[str, Any], *, device: str) -> dict[str, Any]:
     """The adapter params with the replica's device filled in (Chronos only).
 
-    On CUDA, Chronos runs in bfloat16 unless ``params`` say otherwise: half the memory
-    and roughly twice the throughput, with forecasts indistinguishable at metric scale.
+    The Chronos adapter's ``dtype: auto`` then picks bfloat16 on CUDA (half the memory,
+    about twice the throughput, forecasts indistinguishable at metric scale) and float32
+    on CPU; ``params`` can still set ``device``/``dtype`` explicitly.
     """
     prefix, _ = split_spec(spec)
     out = dict(params)
     if prefix == "chronos":
         out.setdefault("device", device)
-        if out["device"].startswith("cuda"):
-            out.setdefault("torch_dtype", "bfloat16")
     return out
 
 
