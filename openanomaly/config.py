@@ -191,6 +191,17 @@ class ModelConfig(_Strict):
             raise ValueError(str(error)) from error
         return spec
 
+    @model_validator(mode="after")
+    def _params_fit_model(self) -> ModelConfig:
+        from openanomaly.errors import ModelError
+        from openanomaly.models.registry import validate_params
+
+        try:
+            validate_params(self.spec, self.params)
+        except ModelError as error:
+            raise ValueError(str(error)) from error
+        return self
+
     @property
     def label(self) -> str:
         """The ``model=`` label written with every output series."""

@@ -50,3 +50,18 @@ def test_pipeline_rejects(change, message):
     raw = {"name": "cpu", "query": "up", "model": "zscore"} | change
     with pytest.raises(ValidationError, match=message):
         Pipeline.model_validate(raw)
+
+
+def test_model_params_checked_at_load():
+    with pytest.raises(ValidationError, match="season_length"):
+        Pipeline.model_validate(
+            {
+                "name": "cpu",
+                "query": "up",
+                "model": {"spec": "statsforecast:SeasonalNaive", "params": {"season_length": 0}},
+            }
+        )
+    for spec in ("chronos:/models/x", "statsforecast:AutoETS", "neuralforecast:NHITS", "default", "mad"):
+        Pipeline.model_validate({"name": "cpu", "query": "up", "model": spec})
+    with pytest.raises(ValidationError, match="MSTL needs season_length"):
+        Pipeline.model_validate({"name": "cpu", "query": "up", "model": "statsforecast:MSTL"})
