@@ -1,0 +1,451 @@
+"""The Gradio playground page: pick a pipeline or type a query, press Run, see band and anomalies.
+
+Only layout and wiring live here; the work is in :mod:`openanomaly.ui.compute`. Gradio is
+imported inside the functions, so importing this module (or ``openanomaly.ui``) is cheap.
+
+Three ways to serve it:
+
+- standalone: :func:`launch` (``openanomaly playground -c pipelines.yaml``);
+- on an existing FastAPI app: :func:`mount_playground` (the Serve ingress does this);
+- anywhere else: :func:`build_playground` returns the ``gr.Blocks``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from openanomaly.config import Config, Pipeline, TSDBSettings
+from openanomaly.configstore import ConfigStore, YamlConfigStore
+from openanomaly.errors import OpenAnomalyError
+from openanomaly.ui.compute import (
+    DEFAULT_MAX_SERIES,
+    MODEL_CHOICES,
+    RANGE_CHOICES,
+    PlaygroundInputError,
+    PlaygroundResult,
+    build_pipeline,
+    chart_json,
+    load_model,
+    make_chart,
+    resolve_range,
+    run_csv,
+    run_query,
+)
+
+if TYPE_CHECKING:
+    import fastapi
+    import gradio as gr
+    import pandas as pd
+
+    from openanomaly.models.base import Forecaster
+
+__all__ = [
+    "AD_HOC",
+    "SOURCES",
+    "Playground",
+    "build_playground",
+    "launch",
+    "mount_playground",
+]
+
+log = logging.getLogger(__name__)
+
+AD_HOC = "(ad-hoc query)"
+"""Pipeline picker entry for a query typed by hand."""
+
+SOURCES = ("TSDB query", "CSV upload")
+"""Where the series comes from: the TSDB, or an uploaded ``timestamp,value`` file."""
+
+DEFAULT_TSDB_URL = "http://localhost:8428"
+
+ConfigSource = Config | ConfigStore | str | os.PathLike[str] | None
+ForecasterFactory = Callable[[Pipeline], "Forecaster"]
+
+
+@dataclass
+class Playground:
+    """The playground's state and its Run handler, apart from the Gradio layout (testable).
+
+    Attributes:
+        config: a loaded :class:`Config`, a :class:`ConfigStore` (re-read when it changes,
+            so edits to ``pipelines.yaml`` show up without a restart) or ``None``
+            (ad-hoc queries and CSV uploads only).
+        tsdb: TSDB settings for ad-hoc queries when there is no config; the config's
+            ``settings.tsdb`` otherwise.
+        forecaster_factory: builds the model for a pipeline; default: load it in this
+            process (cached). The Serve app can route through its model deployment.
+        clock: current time in ms (tests pin it).
+    """
+
+    config: Config | ConfigStore | None = None
+    tsdb: TSDBSettings | None = None
+    forecaster_factory: ForecasterFactory = load_model
+    clock: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
+    _loaded: Config | None = field(default=None, init=False, repr=False)
+
+    def current_config(self) -> Config | None:
+        """The configuration now (re-reading the store when its file changed)."""
+        if isinstance(self.config, Config) or self.config is None:
+            return self.config
+        if self._loaded is None or self.config.changed():
+            self._loaded = self.config.load()
+        return self._loaded
+
+    def pipeline_names(self) -> list[str]:
+        config = self.current_config()
+        return [AD_HOC] + ([p.name for p in config.pipelines] if config else [])
+
+    def pipeline(self, name: str) -> Pipeline | None:
+        """The configured pipeline called ``name``; ``None`` for the ad-hoc entry.
+
+        Raises:
+            PlaygroundInputError: no such pipeline (the file changed since the page loaded).
+        """
+        if not name or name == AD_HOC:
+            return None
+        config = self.current_config()
+        try:
+            if config is None:
+                raise KeyError(name)
+            return config.pipeline(name)
+        except KeyError:
+            known = ", ".join(self.pipeline_names()[1:]) or "none"
+            raise PlaygroundInputError(
+                f"no pipeline named {name!r} (defined: {known})", field="Pipeline"
+            ) from None
+
+    def tsdb_settings(self, url: str) -> TSDBSettings:
+        """Settings for ``url``: the configured ones (with their credentials) when the URL is
+        the configured one, else plain settings (credentials never go to another host).
+
+        Raises:
+            PlaygroundInputError: the URL is not an http(s) URL.
+        """
+        url = (url or "").strip().rstrip("/")
+        config = self.current_config()
+        configured = config.settings.tsdb if config else self.tsdb
+        if configured is not None and (not url or url == configured.url):
+            return configured
+        if not url:
+            raise PlaygroundInputError("enter the Prometheus / VictoriaMetrics URL", field="TSDB URL")
+        try:
+            return TSDBSettings(url=url)
+        except ValueError as error:
+            raise PlaygroundInputError(f"expected an http(s) URL, got {url!r}", field="TSDB URL") from error
+
+    def default_url(self) -> str:
+        config = self.current_config()
+        configured = config.settings.tsdb if config else self.tsdb
+        return configured.url if configured is not None else DEFAULT_TSDB_URL
+
+    def form_for(self, name: str) -> dict[str, Any]:
+        """Form values for a pipeline choice (query, model, step, context, forecast every, band)."""
+        pipeline = self.pipeline(name)
+        if pipeline is None:
+            return {
+                "query": "",
+                "model": "default",
+                "step": "1m",
+                "context": "1h",
+                "infer_every": "1m",
+                "q_low": 0.05,
+                "q_high": 0.95,
+            }
+        from openanomaly.config import format_duration
+
+        low, high = pipeline.scoring.quantiles
+        return {
+            "query": pipeline.query,
+            "model": pipeline.model.spec,
+            "step": format_duration(pipeline.step),
+            "context": format_duration(pipeline.schedule.context),
+            "infer_every": format_duration(pipeline.schedule.infer_every),
+            "q_low": low,
+            "q_high": high,
+        }
+
+    def run(
+        self,
+        *,
+        source: str,
+        pipeline_name: str,
+        query: str,
+        tsdb_url: str,
+        range_choice: str,
+        start: str,
+        end: str,
+        csv_path: str | None,
+        model: str,
+        step: str,
+        context: str,
+        infer_every: str,
+        q_low: float,
+        q_high: float,
+        max_series: int = DEFAULT_MAX_SERIES,
+    ) -> PlaygroundResult:
+        """Score what the form describes (nothing is written anywhere).
+
+        Raises:
+            OpenAnomalyError: any user-facing problem, with a readable message
+                (:class:`PlaygroundInputError`, ``QueryError``, ``DataError``, ``ModelError``).
+        """
+        base = self.pipeline(pipeline_name) if source == SOURCES[0] else None
+        if q_low is None or q_high is None:
+            raise PlaygroundInputError("set both band quantiles", field="Band quantiles")
+        pipeline = build_pipeline(
+            base=base,
+            query=query if source == SOURCES[0] else "csv",
+            model=model,
+            step=step,
+            context=context,
+            infer_every=infer_every,
+            quantiles=(float(q_low), float(q_high)),
+        )
+        forecaster = self.forecaster_factory(pipeline)
+        if source == SOURCES[1]:
+            if not csv_path:
+                raise PlaygroundInputError("upload a timestamp,value CSV file", field="CSV file")
+            return run_csv(csv_path, pipeline, forecaster=forecaster)
+        if source != SOURCES[0]:
+            raise PlaygroundInputError(f"unknown source {source!r}", field="Source")
+        start_ms, end_ms = resolve_range(range_choice, start=start, end=end, now_ms=self.clock())
+        from openanomaly.tsdb import PrometheusClient
+
+        with PrometheusClient(self.tsdb_settings(tsdb_url)) as client:
+            return run_query(
+                client,
+                pipeline,
+                start_ms=start_ms,
+                end_ms=end_ms,
+                forecaster=forecaster,
+                max_series=int(max_series),
+            )
+
+    def handle(self, *values: Any) -> tuple[Any, str, pd.DataFrame]:
+        """The Run button's Gradio handler: ``(plot, summary markdown, episodes table)``.
+
+        User errors become ``gr.Error`` (a readable toast, no traceback); anything else
+        is a bug and propagates (Gradio logs it).
+        """
+        import gradio as gr
+        from gradio.components.plot import PlotData
+
+        names = (
+            "source",
+            "pipeline_name",
+            "query",
+            "tsdb_url",
+            "range_choice",
+            "start",
+            "end",
+            "csv_path",
+            "model",
+            "step",
+            "context",
+            "infer_every",
+            "q_low",
+            "q_high",
+            "max_series",
+        )
+        kwargs = dict(zip(names, values, strict=True))
+        try:
+            result = self.run(**kwargs)
+        except OpenAnomalyError as error:
+            log.info("playground run failed: %s", error)
+            raise gr.Error(str(error), title=type(error).__name__, print_exception=False) from None
+        plot = PlotData(type="altair", plot=chart_json(make_chart(result))) if result.shown else None
+        return plot, result.summary(), result.episodes
+
+
+_INTRO = """## OpenAnomaly playground
+Pick a pipeline from the pipelines file or type a PromQL query (or upload a `timestamp,value` CSV),
+choose a model and a range, and press **Run**. The scores are those a backtest would write
+(`anomaly_score > 1` = outside the band); nothing is written to the TSDB."""
+
+
+def build_playground(
+    *,
+    config: ConfigSource = None,
+    tsdb: TSDBSettings | None = None,
+    forecaster_factory: ForecasterFactory | None = None,
+    title: str = "OpenAnomaly playground",
+) -> gr.Blocks:
+    """The playground as a ``gr.Blocks`` (not launched).
+
+    Args:
+        config: a pipelines YAML path, a :class:`ConfigStore`, a loaded :class:`Config`,
+            or ``None`` for ad-hoc queries and CSV uploads only.
+        tsdb: TSDB for ad-hoc queries when there is no config.
+        forecaster_factory: see :class:`Playground`.
+
+    Raises:
+        ConfigError: ``config`` is a path to a missing or invalid file.
+    """
+    import gradio as gr
+
+    playground = Playground(config=_store(config), tsdb=tsdb)
+    if forecaster_factory is not None:
+        playground.forecaster_factory = forecaster_factory
+    names = playground.pipeline_names()  # loads the config now: a bad file fails here
+    first = names[1] if len(names) > 1 else AD_HOC
+    form = playground.form_for(first)
+
+    with gr.Blocks(title=title) as blocks:
+        gr.Markdown(_INTRO)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Source")
+                with gr.Group(visible=True) as tsdb_group:
+                    pipeline = gr.Dropdown(names, value=first, label="Pipeline")
+                    query = gr.Textbox(
+                        form["query"], label="Query", placeholder="rate(http_requests_total[5m])"
+                    )
+                    tsdb_url = gr.Textbox(playground.default_url(), label="TSDB URL")
+                    range_choice = gr.Radio(list(RANGE_CHOICES), value="last 6h", label="Range")
+                    with gr.Row(visible=False) as custom_row:
+                        start = gr.Textbox(
+                            "now-1d", label="Start", placeholder="2024-05-01T12:00:00Z / now-2d"
+                        )
+                        end = gr.Textbox("now", label="End")
+                    max_series = gr.Slider(1, 20, value=DEFAULT_MAX_SERIES, step=1, label="Series shown")
+                with gr.Group(visible=False) as csv_group:
+                    csv_file = gr.File(
+                        label="CSV file (timestamp,value)", file_types=[".csv"], type="filepath"
+                    )
+                model = gr.Dropdown(
+                    _model_choices(form["model"]),
+                    value=form["model"],
+                    allow_custom_value=True,
+                    label="Model",
+                    info="registry spec; type e.g. chronos:/models/chronos-bolt-small",
+                )
+                with gr.Row():
+                    step = gr.Textbox(form["step"], label="Step", min_width=80)
+                    context = gr.Textbox(form["context"], label="Context", min_width=80)
+                    infer_every = gr.Textbox(form["infer_every"], label="Forecast every", min_width=80)
+                with gr.Row():
+                    q_low = gr.Number(form["q_low"], label="Band low quantile", minimum=0, maximum=0.5)
+                    q_high = gr.Number(form["q_high"], label="Band high quantile", minimum=0.5, maximum=1)
+                run = gr.Button("Run", variant="primary")
+            with gr.Column(scale=3):
+                summary = gr.Markdown("Press **Run** to score the range.")
+                plot = gr.Plot(label="Forecast band and anomalies")
+                episodes = gr.Dataframe(
+                    label="Anomaly episodes (consecutive points with score > 1)",
+                    headers=["start", "end", "points", "max_score", "peak_value", "series"],
+                    interactive=False,
+                    wrap=True,
+                )
+
+        def pick_source(choice: str) -> tuple[Any, Any]:
+            return gr.update(visible=choice == SOURCES[0]), gr.update(visible=choice == SOURCES[1])
+
+        def pick_range(choice: str) -> Any:
+            return gr.update(visible=choice == "custom")
+
+        def pick_pipeline(name: str) -> tuple[Any, ...]:
+            try:
+                values = playground.form_for(name)
+            except OpenAnomalyError as error:
+                raise gr.Error(str(error), print_exception=False) from None
+            return (
+                values["query"],
+                gr.update(choices=_model_choices(values["model"]), value=values["model"]),
+                values["step"],
+                values["context"],
+                values["infer_every"],
+                values["q_low"],
+                values["q_high"],
+            )
+
+        source.change(pick_source, source, [tsdb_group, csv_group])
+        range_choice.change(pick_range, range_choice, custom_row)
+        pipeline.change(pick_pipeline, pipeline, [query, model, step, context, infer_every, q_low, q_high])
+        inputs = [
+            source,
+            pipeline,
+            query,
+            tsdb_url,
+            range_choice,
+            start,
+            end,
+            csv_file,
+            model,
+            step,
+            context,
+            infer_every,
+            q_low,
+            q_high,
+            max_series,
+        ]
+        run.click(playground.handle, inputs, [plot, summary, episodes], concurrency_limit=1)
+        query.submit(playground.handle, inputs, [plot, summary, episodes], concurrency_limit=1)
+    return blocks
+
+
+def _model_choices(current: str) -> list[str]:
+    return list(MODEL_CHOICES) if current in MODEL_CHOICES else [current, *MODEL_CHOICES]
+
+
+def _store(config: ConfigSource) -> Config | ConfigStore | None:
+    if config is None or isinstance(config, Config | ConfigStore):
+        return config
+    return YamlConfigStore(config)
+
+
+def mount_playground(
+    app: fastapi.FastAPI,
+    *,
+    path: str = "/playground",
+    config: ConfigSource = None,
+    tsdb: TSDBSettings | None = None,
+    forecaster_factory: ForecasterFactory | None = None,
+    auth_dependency: Callable[[Any], str | Awaitable[str | None] | None] | None = None,
+) -> fastapi.FastAPI:
+    """Mount the playground on ``app`` at ``path`` (``gradio.mount_gradio_app``); returns ``app``.
+
+    Args:
+        auth_dependency: called with the ``fastapi.Request``; return a user name to allow
+            the request, ``None`` to refuse it (Gradio's auth hook, e.g. a bearer check).
+        config, tsdb, forecaster_factory: see :func:`build_playground`.
+
+    Example::
+
+        app = fastapi.FastAPI()
+        mount_playground(app, config="pipelines.yaml")  # GET /playground/
+    """
+    import gradio as gr
+
+    blocks = build_playground(config=config, tsdb=tsdb, forecaster_factory=forecaster_factory)
+    return gr.mount_gradio_app(app, blocks, path=path, auth_dependency=auth_dependency, footer_links=[])
+
+
+def launch(
+    config: ConfigSource = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    tsdb_url: str | None = None,
+    share: bool = False,
+) -> None:
+    """Serve the playground alone until interrupted (``openanomaly playground``).
+
+    Args:
+        config: pipelines YAML path (or store / config); ``None`` for ad-hoc use.
+        host: interface to listen on; ``0.0.0.0`` exposes it to the network.
+        tsdb_url: TSDB for ad-hoc queries when there is no config.
+        share: create a public gradio.live link (needs internet; off by default).
+
+    Raises:
+        ConfigError: the config file is missing or invalid.
+    """
+    tsdb = TSDBSettings(url=tsdb_url) if tsdb_url else None
+    blocks = build_playground(config=config, tsdb=tsdb)
+    blocks.queue(default_concurrency_limit=1).launch(
+        server_name=host, server_port=port, share=share, footer_links=[], show_error=True
+    )
