@@ -44,6 +44,8 @@ def _models(tiny_chronos_bolt: Any) -> dict[str, dict[str, Any]]:
 
 
 LIMITS = {"max_series": 5, "max_points": 600, "max_horizon": 64}
+# A scheduler name of this module's own, so other modules' schedulers never answer here.
+SCHEDULER = {"name": "oa-serve-test-scheduler", "namespace": "oa-serve-test"}
 INGRESS = {
     "ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {"OPENANOMALY_API_TOKEN": TOKEN}}}
 }
@@ -55,7 +57,7 @@ def _deploy(models: dict[str, dict[str, Any]], *, name: str = APP, prefix: str =
     from openanomaly.serve.app import AppSettings, build
 
     settings = AppSettings.model_validate(
-        {"models": models, "default_model": next(iter(models)), "limits": LIMITS}
+        {"models": models, "default_model": next(iter(models)), "limits": LIMITS, "scheduler": SCHEDULER}
     )
     serve.run(
         build(settings, ingress_options=INGRESS, forecaster_options=SMALL), name=name, route_prefix=prefix
@@ -293,3 +295,34 @@ def test_unloadable_model_fails_the_deployment_with_its_message(api: httpx.Clien
     assert "could not load the model" in status.message
     assert "/nonexistent/chronos-dir" in status.message
     serve.delete("oa-broken")
+
+
+def test_pipeline_endpoints_talk_to_the_scheduler(api: httpx.Client, tmp_path: Any) -> None:
+    import ray
+
+    from openanomaly.scheduler import start_scheduler
+
+    missing = api.get("/v1/pipelines")
+    assert missing.status_code == 503
+    assert "python -m openanomaly.scheduler" in missing.json()["message"]
+
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(
+        "settings: {tsdb: {url: 'http://127.0.0.1:9'}}\n"
+        "pipelines:\n  - {name: cpu, query: up, model: zscore}\n"
+    )
+    scheduler = start_scheduler(str(config), autostart=False, **SCHEDULER)
+    try:
+        listed = api.get("/v1/pipelines")
+        assert listed.status_code == 200, listed.text
+        assert [p["name"] for p in listed.json()["pipelines"]] == ["cpu"]
+        assert listed.json()["config_error"] is None
+
+        unknown = api.post("/v1/pipelines/nope/run")
+        assert unknown.status_code == 404
+        assert unknown.json()["field"] == "name"
+        assert "nope" in unknown.json()["message"]
+
+        assert "openanomaly_pipeline_windows_total" in api.get("/metrics").text
+    finally:
+        ray.kill(scheduler)

@@ -15,10 +15,12 @@ No ``from __future__ import annotations`` here: FastAPI reads the endpoint
 annotations at run time, and Serve's class-based views need them as real types.
 
 Endpoints: ``POST /v1/forecast``, ``POST /v1/detect``, ``GET /v1/models``,
-``GET /healthz``, ``GET /metrics``, OpenAPI at ``/docs``.
+``GET /v1/pipelines``, ``POST /v1/pipelines/{name}/run`` (the cluster scheduler's
+status and manual runs), ``GET /healthz``, ``GET /metrics``, OpenAPI at ``/docs``.
 """
 
 import asyncio
+import contextlib
 import hmac
 import os
 import re
@@ -28,7 +30,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -40,6 +42,7 @@ from openanomaly.config import Pipeline
 from openanomaly.detect import detect
 from openanomaly.errors import ConfigError, DataError, ModelError
 from openanomaly.models.base import QuantileForecast
+from openanomaly.scheduler import DEFAULT_NAME, DEFAULT_NAMESPACE, start_scheduler
 from openanomaly.series import SeriesMatrix
 from openanomaly.serve.forecaster import ForecasterConfig, ForecasterDeployment, ForecastItem, ForecastReply
 from openanomaly.serve.metrics import CONTENT_TYPE, ServeMetrics
@@ -59,7 +62,17 @@ from openanomaly.serve.schemas import (
     values_array,
 )
 
-__all__ = ["TOKEN_ENV", "AppSettings", "HandleForecaster", "Ingress", "build", "build_app", "fastapi_app"]
+__all__ = [
+    "TOKEN_ENV",
+    "AppSettings",
+    "HandleForecaster",
+    "Ingress",
+    "SchedulerLink",
+    "SchedulerUnavailable",
+    "build",
+    "build_app",
+    "fastapi_app",
+]
 
 TOKEN_ENV = "OPENANOMALY_API_TOKEN"
 """When set in the ingress replica's environment, requests need ``Authorization: Bearer <value>``."""
@@ -67,6 +80,22 @@ TOKEN_ENV = "OPENANOMALY_API_TOKEN"
 # Grid spacing used for series sent without timestamps: any value works, it only
 # converts point counts (context_length, infer_every) into durations for Pipeline.
 _DEFAULT_STEP_MS = 60_000
+
+
+class SchedulerLink(BaseModel):
+    """Which cluster scheduler ``/v1/pipelines`` talks to, and whether the app starts it.
+
+    With ``pipelines`` set (the chart points it at the mounted ConfigMap), the ingress
+    starts the named detached scheduler actor on that file, or finds the one already
+    running, so ``serve run`` / a RayService brings up scoring too. Without it the
+    endpoints talk to a scheduler started by ``python -m openanomaly.scheduler``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pipelines: str | None = Field(default=None, description="pipelines YAML the scheduler runs")
+    name: str = DEFAULT_NAME
+    namespace: str = DEFAULT_NAMESPACE
 
 
 class AppSettings(BaseModel):
@@ -89,6 +118,7 @@ class AppSettings(BaseModel):
         default=None, description="Used when a request names none; default: the first model"
     )
     limits: Limits = Field(default_factory=Limits)
+    scheduler: SchedulerLink = Field(default_factory=SchedulerLink)
 
     @field_validator("models")
     @classmethod
@@ -201,6 +231,15 @@ class _Unauthorized(Exception):
     pass
 
 
+class SchedulerUnavailable(Exception):
+    """The pipeline endpoints were called but no scheduler actor is running (503)."""
+
+
+@fastapi_app.exception_handler(SchedulerUnavailable)
+async def _no_scheduler(_: Request, error: SchedulerUnavailable) -> JSONResponse:
+    return _error(503, str(error))
+
+
 @fastapi_app.exception_handler(_Unauthorized)
 async def _unauthorized(_: Request, __: _Unauthorized) -> JSONResponse:
     response = _error(401, f"missing or wrong bearer token (see {TOKEN_ENV})", field="Authorization")
@@ -275,7 +314,12 @@ class Ingress:
     """Experimental. The FastAPI app as a Serve deployment; one handle per model deployment."""
 
     def __init__(
-        self, forecasters: dict[str, DeploymentHandle], *, default_model: str, limits: dict[str, Any]
+        self,
+        forecasters: dict[str, DeploymentHandle],
+        *,
+        default_model: str,
+        limits: dict[str, Any],
+        scheduler: dict[str, Any] | None = None,
     ) -> None:
         # Only names and limits, not the models' configs: a user_config change then
         # leaves the ingress untouched (no restart), and replies carry the live spec.
@@ -286,6 +330,24 @@ class Ingress:
         token = os.environ.get(TOKEN_ENV) or None
         fastapi_app.state.token = token
         fastapi_app.state.metrics = self.metrics
+        self.scheduler = SchedulerLink.model_validate(scheduler or {})
+        if self.scheduler.pipelines is not None:
+            start_scheduler(
+                self.scheduler.pipelines, name=self.scheduler.name, namespace=self.scheduler.namespace
+            )
+
+    def _scheduler_actor(self) -> Any:
+        """The scheduler actor, or a 503 that says how to start one."""
+        import ray
+
+        try:
+            return ray.get_actor(self.scheduler.name, namespace=self.scheduler.namespace)
+        except ValueError:
+            raise SchedulerUnavailable(
+                f"no scheduler {self.scheduler.name!r} is running in namespace "
+                f"{self.scheduler.namespace!r}: start it with `python -m openanomaly.scheduler "
+                "--config pipelines.yaml`, or set args.scheduler.pipelines in serve_config.yaml"
+            ) from None
 
     def _handle(self, name: str | None, request: Request) -> tuple[str, DeploymentHandle]:
         model = name or self.default_model
@@ -402,13 +464,31 @@ class Ingress:
             ],
         )
 
+    @fastapi_app.get("/v1/pipelines", dependencies=[Depends(_authorize)])
+    async def pipelines(self) -> dict[str, Any]:
+        """Every pipeline's schedule state: last run, lag, series scored, last error."""
+        return await self._scheduler_actor().status.remote()
+
+    @fastapi_app.post("/v1/pipelines/{name}/run", dependencies=[Depends(_authorize)])
+    async def run_pipeline(self, name: Annotated[str, Path(max_length=200)]) -> dict[str, Any]:
+        """Run the pipeline's due windows now (``started``, ``already_running`` or ``up_to_date``)."""
+        try:
+            return await self._scheduler_actor().trigger.remote(name)
+        except KeyError:
+            raise RequestError(f"no pipeline named {name!r}", field="name", status=404) from None
+
     @fastapi_app.get("/metrics", response_class=Response)
     async def prometheus(self) -> Response:
-        """Prometheus text: requests, latencies, series and points scored, batch sizes."""
+        """Prometheus text: requests, latencies, series and points scored, batch sizes,
+        and the scheduler's per-pipeline metrics when one is running."""
         names = list(self.forecasters)
         stats = await asyncio.gather(*(self.forecasters[n].stats.remote() for n in names))
         self.metrics.batches.update(dict(zip(names, stats, strict=True)))
-        return Response(content=self.metrics.render(), media_type=CONTENT_TYPE)
+        text = self.metrics.render()
+        # No scheduler: the API alone is a valid deployment, so no scheduler metrics.
+        with contextlib.suppress(SchedulerUnavailable):
+            text += (await self._scheduler_actor().metrics.remote()).encode()
+        return Response(content=text, media_type=CONTENT_TYPE)
 
 
 def build(
@@ -438,7 +518,10 @@ def build(
         handles[name] = ForecasterDeployment.options(**options).bind()
     ingress = Ingress.options(**ingress_options) if ingress_options else Ingress
     return ingress.bind(
-        handles, default_model=settings.default, limits=settings.limits.model_dump(mode="json")
+        handles,
+        default_model=settings.default,
+        limits=settings.limits.model_dump(mode="json"),
+        scheduler=settings.scheduler.model_dump(mode="json"),
     )
 
 
