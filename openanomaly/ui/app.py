@@ -334,7 +334,7 @@ def build_playground(
                 run = gr.Button("Run", variant="primary")
             with gr.Column(scale=3):
                 summary = gr.Markdown("Press **Run** to score the range.")
-                plot = gr.Plot(label="Forecast band and anomalies")
+                plot = gr.Plot(label="Forecast band and anomalies", show_label=False)
                 episodes = gr.Dataframe(
                     label="Anomaly episodes (consecutive points with score > 1)",
                     headers=["start", "end", "points", "max_score", "peak_value", "series"],

@@ -421,7 +421,7 @@ def _episodes(detection: Detection, *, step_ms: int) -> pd.DataFrame:
             "end": [_iso(e.end_ms) for e in episodes],
             "points": [e.points for e in episodes],
             "max_score": [round(e.max_score, 3) for e in episodes],
-            "peak_value": [e.peak_value for e in episodes],
+            "peak_value": [float(f"{e.peak_value:.6g}") for e in episodes],
             "series": [e.series for e in episodes],
         },
         columns=["start", "end", "points", "max_score", "peak_value", "series"],
@@ -451,7 +451,7 @@ def _series_chart(result: PlaygroundResult, row: int, *, width: int) -> alt.VCon
             domain=["actual", "yhat", band_name, anomaly_name],
             range=[_COLORS["actual"], _COLORS["yhat"], _COLORS["band"], _COLORS["anomaly"]],
         ),
-        legend=alt.Legend(title=None, orient="top"),
+        legend=alt.Legend(title=None, orient="top", direction="horizontal"),
     )
     tooltip = [
         alt.Tooltip("time:T", format="%Y-%m-%d %H:%M:%S"),
@@ -461,14 +461,18 @@ def _series_chart(result: PlaygroundResult, row: int, *, width: int) -> alt.VCon
         alt.Tooltip("yhat_upper:Q", format=".4g"),
         alt.Tooltip("score:Q", format=".3f"),
     ]
-    base = alt.Chart(result.frame(row)).encode(x=alt.X("time:T", title=None))
+    stamps = result.detection.timestamps
+    span_ms = int(stamps[-1] - stamps[0]) if len(stamps) else 0
+    time_format = "%H:%M" if span_ms <= 86_400_000 else "%b %d %H:%M"
+    x = alt.X("time:T", title=None, axis=alt.Axis(format=time_format, labelOverlap=True))
+    base = alt.Chart(result.frame(row)).encode(x=x)
 
     def kind(chart: alt.Chart, name: str) -> alt.Chart:
         # A constant per layer so that the layers share one colour legend.
         return chart.transform_calculate(kind=f"{name!r}").encode(color=legend)
 
     band = kind(base.mark_area(opacity=0.45), band_name).encode(
-        y=alt.Y("yhat_lower:Q", title="value"), y2="yhat_upper:Q"
+        y=alt.Y("yhat_lower:Q", title="value", scale=alt.Scale(zero=False)), y2="yhat_upper:Q"
     )
     yhat = kind(base.mark_line(strokeDash=[5, 3], strokeWidth=1.5), "yhat").encode(y="yhat:Q")
     actual = kind(base.mark_line(strokeWidth=1.5), "actual").encode(y="value:Q", tooltip=tooltip)
