@@ -177,12 +177,12 @@ def test_serve_config_import_paths_exist_in_package(
 def test_default_serve_applications_mirror_serve_config_yaml(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
-    """The chart deploys what ``serve run serve_config.yaml`` deploys (listening on 0.0.0.0)."""
-    serve_config = ROOT / "serve_config.yaml"
-    if not serve_config.exists():
-        pytest.skip("no serve_config.yaml at the repository root yet: nothing to mirror")
-    repo = yaml.safe_load(serve_config.read_text())
+    """The chart deploys what ``serve run serve_config.yaml`` deploys (listening on 0.0.0.0),
+    plus the scheduler on the mounted pipelines file."""
+    repo = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     chart = yaml.safe_load(_one(rendered["defaults"], "RayService")["spec"]["serveConfigV2"])
+    scheduler = chart["applications"][0]["args"].pop("scheduler")
+    assert scheduler == {"pipelines": "/etc/openanomaly/pipelines.yaml"}
     assert chart["applications"] == repo["applications"]
     assert chart["http_options"]["host"] == "0.0.0.0"
     assert chart["http_options"]["port"] == repo["http_options"]["port"]
