@@ -1,4 +1,4 @@
-"""The ``openanomaly`` command: validate | run --once | backtest | example.
+"""The ``openanomaly`` command: validate | run --once | backtest | example | playground.
 
 User errors (bad YAML, unknown model, unreachable TSDB, no data) print one line per
 problem to stderr and exit with status 2; anything else is a bug and keeps its
@@ -476,6 +476,13 @@ def _print_label_check(windows: Sequence[Sequence[str]], episodes: Sequence[Epis
 # --------------------------------------------------------------------------- entry point
 
 
+def cmd_playground(args: argparse.Namespace) -> int:
+    from openanomaly.ui import launch
+
+    launch(args.config, host=args.host, port=args.port, tsdb_url=args.tsdb_url)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="openanomaly", description="Anomaly detection for Prometheus / VictoriaMetrics metrics."
@@ -516,6 +523,15 @@ def _parser() -> argparse.ArgumentParser:
     example.add_argument("--model", help="model spec instead of the example's (e.g. statsforecast:AutoETS)")
     example.add_argument("--top", type=int, default=5, help="anomaly episodes to list")
     example.set_defaults(handler=cmd_example)
+
+    playground = commands.add_parser(
+        "playground", parents=[common], help="web page to try queries, models and bands (Gradio)"
+    )
+    playground.add_argument("-c", "--config", help="pipelines YAML file (optional)")
+    playground.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    playground.add_argument("--port", type=int, default=7860)
+    playground.add_argument("--tsdb-url", help="TSDB for ad-hoc queries when there is no -c")
+    playground.set_defaults(handler=cmd_playground)
     return parser
 
 

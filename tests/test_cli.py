@@ -129,3 +129,38 @@ def test_bundled_pipelines_file_validates(capsys, monkeypatch):
 )
 def test_verbose_flag_before_or_after_command(argv, level):
     assert _parser().parse_args([*argv, "p.yaml"]).verbose == level
+
+
+def test_playground_bad_config_is_a_user_error(tmp_path, capsys):
+    assert main(["playground", "-c", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_playground_serves_its_page(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "openanomaly.cli", "playground", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "playground did not start in 120 s"
+                time.sleep(0.5)
+        assert page.status_code == 200
+        assert "gradio" in page.text.lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
