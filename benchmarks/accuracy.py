@@ -109,6 +109,7 @@ MODELS: dict[str, ModelRun] = {
         "chronos:<tiny>",
         infer_every=64,
         context=512,
+        params=lambda step: {"device": "cpu", "tail_quantiles": "normal"},
         note="tiny RANDOM Chronos: plumbing only, not a real model",
     ),
 }
@@ -212,7 +213,19 @@ def evaluate(corpus: list[NabFile], scores: list[np.ndarray]) -> dict[str, Any]:
             f1=cat_events.f1, vus_pr=float(np.nanmean([vus[i] for i in members])), files=len(members)
         )
     overall["thresholds"] = thresholds
-    return {"overall": overall, "per_category": per_category}
+    standard = PROFILES["standard"]
+    best = optimise_threshold(scores, windows, standard)
+    at_one = score_at_threshold(scores, windows, PRODUCTION_THRESHOLD, standard)
+    per_file = {
+        f.path: {
+            "windows": int(f.windows.shape[0]),
+            "raw_standard": best.per_file[i],
+            "raw_standard_at_1": at_one.per_file[i],
+            "null": best.null_per_file[i],
+        }
+        for i, f in enumerate(corpus)
+    }
+    return {"overall": overall, "per_category": per_category, "per_file": per_file}
 
 
 def run_model(name: str, corpus: list[NabFile]) -> dict[str, Any]:
@@ -270,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", required=True, help="NAB combined_windows.json (keys relative to --data)")
     parser.add_argument("--models", default="default", help=f"comma list of {', '.join(MODELS)}")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results file")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other models already in --out (same data and labels), replace only these",
+    )
     args = parser.parse_args(argv)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
@@ -286,9 +304,14 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             results[name] = {"error": f"{type(error).__name__}: {error}"}
             print(f"model {name} failed: {results[name]['error']}", file=sys.stderr)
-    print(_table(results))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and out.is_file():
+        previous = json.loads(out.read_text())
+        if (previous.get("data"), previous.get("labels")) != (str(args.data), str(args.labels)):
+            parser.error(f"--merge: {out} was made from other data/labels; use another --out")
+        results = {**previous.get("models", {}), **results}
+    print(_table(results))
     payload = {
         "data": str(args.data),
         "labels": str(args.labels),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from openanomaly.errors import ModelError
-from openanomaly.models.default import DefaultForecaster, detect_period
+from openanomaly.models.default import DefaultForecaster, candidate_periods, detect_period
 from openanomaly.models.registry import load_forecaster
 
 NAB = Path("/work/shared/benchmarks/nab")
@@ -37,7 +37,7 @@ def test_detect_period_finds_a_daily_cycle_and_none_in_a_random_walk() -> None:
 def test_default_forecaster_band_is_calibrated_and_ordered() -> None:
     rng = np.random.default_rng(1)
     contexts = 10 + rng.standard_normal((50, 600))
-    forecast = load_forecaster("default", cooldown=0).forecast(contexts, 1, [0.05, 0.5, 0.95])
+    forecast = load_forecaster("default").forecast(contexts, 1, [0.05, 0.5, 0.95])
     assert forecast.quantiles.shape == (50, 1, 3)
     assert np.all(np.diff(forecast.quantiles, axis=-1) >= 0)
     assert np.median(forecast.median) == pytest.approx(10, abs=0.2)
@@ -46,13 +46,36 @@ def test_default_forecaster_band_is_calibrated_and_ordered() -> None:
     assert outside.mean() < 0.3
 
 
-def test_default_forecaster_cooldown_raises_the_band_after_a_spike() -> None:
+def test_candidate_periods_offers_daily_and_weekly_cycles() -> None:
+    t = np.arange(48 * 7 * 6)  # six weeks of 30-minute points
+    daily = np.sin(2 * np.pi * t / 48)
+    weekend = np.where((t // 48) % 7 >= 5, -1.5, 0.0)
+    daily_found, weekly_found = sorted(candidate_periods((daily + weekend)[None, :], count=2)[0].tolist())
+    assert abs(daily_found - 48) <= 1 and weekly_found == 336
+
+
+def test_default_forecaster_band_edge_is_the_record_residual_after_a_spike() -> None:
     rng = np.random.default_rng(2)
     context = 10 + rng.standard_normal((1, 600))
-    context[0, -5] = 30.0
-    cool = DefaultForecaster(cooldown=50).forecast(context, 1, [0.05, 0.5, 0.95])
-    hot = DefaultForecaster(cooldown=0).forecast(context, 1, [0.05, 0.5, 0.95])
-    assert cool.quantiles[0, 0, 2] > 25 > hot.quantiles[0, 0, 2]
+    context[0, -5] = 30.0  # a 20-sigma spike 5 points ago: the same again must not alert
+    forecast = DefaultForecaster(gain=1.0, short_window=1).forecast(context, 1, [0.05, 0.5, 0.95])
+    upper = forecast.quantiles[0, 0, 2] - forecast.median[0, 0]
+    assert 19 < upper < 21
+    quiet = DefaultForecaster(gain=1.0, short_window=1).forecast(context[:, :-10], 1, [0.05, 0.5, 0.95])
+    assert quiet.quantiles[0, 0, 2] - quiet.median[0, 0] < 6
+
+
+def test_default_forecaster_alerts_on_a_step_but_not_on_noise() -> None:
+    rng = np.random.default_rng(3)
+    noise = 5 + rng.standard_normal(1500)
+    step = noise.copy()
+    step[1200:] += 8
+    model = DefaultForecaster()
+    contexts = np.stack([noise[:1200], step[:1200]])
+    forecast = model.forecast(contexts, 1, [0.05, 0.5, 0.95])
+    actual = np.array([noise[1200], step[1200]])
+    outside = actual > forecast.quantiles[:, 0, 2]
+    assert outside.tolist() == [False, True]
 
 
 def test_default_forecaster_handles_short_and_empty_rows() -> None:
@@ -64,8 +87,10 @@ def test_default_forecaster_handles_short_and_empty_rows() -> None:
 
 
 def test_default_rejects_bad_params() -> None:
-    with pytest.raises(ModelError, match="cooldown"):
-        DefaultForecaster(cooldown=-1)
+    with pytest.raises(ModelError, match="short_window"):
+        DefaultForecaster(short_window=0)
+    with pytest.raises(ModelError, match="gain"):
+        DefaultForecaster(gain=0)
     with pytest.raises(ModelError, match="no model name"):
         DefaultForecaster.from_spec("foo")
 
@@ -90,3 +115,9 @@ def test_harness_runs_default_through_backtest_on_a_nab_slice(tmp_path: Path) ->
         assert np.isfinite(overall[key])
     assert set(result["per_category"]) == {"realKnownCause"}
     assert -1000 < overall["nab_standard"] <= 100
+    assert result["per_file"]["realKnownCause/ec2.csv"]["windows"] == 1
+    # Deterministic: the same command gives the same numbers.
+    again = tmp_path / "again.json"
+    assert harness.main(["--data", str(data), "--labels", str(labels), "--out", str(again)]) == 0
+    rerun = json.loads(again.read_text())["models"]["default"]
+    assert rerun["overall"] == overall

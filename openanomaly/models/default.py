@@ -1,45 +1,50 @@
-"""The ``default`` detector: a robust seasonal baseline with a conformal band and alert cooldown.
+"""The ``default`` detector: a robust seasonal baseline whose band is the *record* residual.
 
 Pick it when you do not know which model to use. It needs no fitting, no GPU and no
-per-metric tuning, runs as vectorised numpy over the whole batch (10,000 series x a few
-thousand context points in seconds), and is what ``model: default`` runs. It is the
-model behind OpenAnomaly's NAB score (``docs/accuracy.md``).
+per-metric tuning, runs as vectorised numpy over the whole batch, and is what
+``model: default`` runs. It is the model behind OpenAnomaly's NAB score
+(``docs/accuracy.md``).
 
 For each context row (oldest first, NaN = no sample) it:
 
-1. **Finds the season** from the context itself: the autocorrelation (via FFT) of the
-   context, and the lag of its highest *prominent* peak (one that rises at least
-   ``min_prominence`` above the dip before it and reaches ``min_acf``). A random walk
-   has no such peak, so it gets no season. No period has to be configured.
-2. **Forecasts** with two robust baselines and keeps, per row, the one whose
-   in-context one-step residuals are smaller (median absolute residual):
+1. **Finds candidate seasons** from the context itself: the autocorrelation (via FFT)
+   and its ``periods`` highest *prominent* peaks (each rises at least ``min_prominence``
+   above the dip before it and reaches ``min_acf``; at least three cycles in the
+   context). A random walk has none; hourly-sampled traffic offers daily and weekly.
+2. **Forecasts** one step ahead with robust baselines and keeps, per row, the one whose
+   one-step residuals over the last ``history`` context points are smallest (RMS):
 
    * *level*: the median of the last ``level_window`` points;
-   * *seasonal*: the median of the same-phase values of the last ``seasons`` periods,
-     shifted by the median of the last ``level_window`` deviations from that
-     seasonal profile, so a level shift is followed within a few points instead of
-     a few periods.
-3. **Calibrates the band conformally**: the band at level ``q`` is the forecast plus
-   the empirical ``q``-quantile of the baseline's own one-step residuals over the last
-   ``residual_window`` context points (centred on their median). So a spiky metric
-   gets a wide band and a smooth one a narrow band, and scores are comparable across
-   series (the same ``anomaly_score`` threshold means the same rarity everywhere).
-4. **Cools down after a deviation**: the upper (lower) band edge is at least the
-   largest positive (negative) residual of the last ``cooldown`` points. Right after
-   an alert, the same deviation again does not alert again; only a *larger* one does.
-   This is what a pager wants (one page per incident, a new page when it gets worse),
-   and NAB scores it the same way: only the first detection in a window counts and
-   every further alert outside one is a false positive. Set ``cooldown=0`` to turn
-   it off.
+   * *seasonal* (one per candidate period): the median of the same-phase values of the
+     last ``seasons`` periods, shifted by the median of the last ``level_window``
+     deviations from that profile, so a level shift is followed within a few points
+     (one alert per shift, not one per point).
+3. **Sets the band at the record residual**: the alert edge is ``gain`` x the largest
+   |residual| (around their median) over the last ``history`` points, so the score is
+   the new deviation as a fraction of the worst one seen recently:
+   ``score = 0.5 + |residual| / (2 * edge)`` outside the band, 1 on its edge. This is
+   the anomaly-likelihood idea without a distributional assumption: each series
+   calibrates itself (a spiky metric tolerates its usual spikes, a smooth one alerts on
+   a small step), so ONE threshold (``score > 1``) means the same rarity everywhere. It
+   also works as a cooldown: after an incident the record is the incident, and only a
+   worse deviation alerts again for ``history`` points.
+4. **Lowers the bar for sustained deviations** (``short_window`` > 1): when the mean
+   |residual| of the last ``short_window`` points (the new one included) would beat
+   ``gain`` x its own record over the history, the point alerts even if it is smaller
+   than the single-point record, but it must still reach ``floor`` x that record
+   (so the score stays a ratio to the record, comparable across series).
 
-The forecast is the same for every step of the horizon except for the seasonal
-profile; the band does not widen with the horizon, so use ``infer_every`` equal to
-``step`` (one point per forecast), which is also what makes the cooldown exact.
+The band is symmetric around the forecast. At the levels 0.05/0.95 it is the alert
+edge; other levels scale it like normal quantiles (0.99 is 1.41x wider, 0.5 is the
+forecast). The forecast is flat across the horizon except for the seasonal profile
+and the band does not widen, so use ``infer_every`` equal to ``step`` (one point per
+forecast): that is what makes the record and the sustained test exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from statistics import NormalDist
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,7 +53,7 @@ from openanomaly.errors import ModelError
 from openanomaly.models.base import QuantileForecast, check_forecast, validate_quantile_levels
 from openanomaly.models.baselines import as_contexts
 
-__all__ = ["DefaultForecaster", "detect_period"]
+__all__ = ["DefaultForecaster", "candidate_periods", "detect_period"]
 
 
 def _ffill(values: np.ndarray) -> np.ndarray:
@@ -60,21 +65,10 @@ def _ffill(values: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(filled), filled, np.nan)
 
 
-def detect_period(
-    values: np.ndarray, *, min_period: int = 4, min_acf: float = 0.3, min_prominence: float = 0.2
-) -> np.ndarray:
-    """The dominant seasonal period of each row, in points (0 = none).
-
-    Args:
-        values: float ``(n, L)``, forward-filled; leading NaN allowed.
-        min_period: shortest lag considered.
-        min_acf: a period's autocorrelation must reach this.
-        min_prominence: and rise this much above the lowest autocorrelation at shorter lags.
-
-    Returns:
-        int64 ``(n,)``; a period is at most a third of the finite part of the row, so
-        at least three cycles back it up.
-    """
+def _acf_peaks(
+    values: np.ndarray, *, min_period: int, min_acf: float, min_prominence: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Autocorrelation ``(n, L // 2 + 1)`` of each row and the mask of its usable peaks."""
     length = values.shape[1]
     finite = np.isfinite(values)
     count = finite.sum(axis=1)
@@ -98,35 +92,27 @@ def detect_period(
         & (acf >= min_acf)
         & (acf - dip >= min_prominence)
     )
-    best = np.argmax(np.where(ok, acf, -np.inf), axis=1)
-    return np.where(ok.any(axis=1), best, 0).astype(np.int64)
+    return acf, ok
 
 
-def _gather(values: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """``values[i, index[i, ...]]`` with NaN where the index is outside ``[0, L)``."""
-    n, length = values.shape
-    valid = (index >= 0) & (index < length)
-    flat = np.clip(index, 0, length - 1).reshape(n, -1)
-    taken = np.take_along_axis(values, flat, axis=1).reshape(index.shape)
-    return np.where(valid, taken, np.nan)
+def detect_period(
+    values: np.ndarray, *, min_period: int = 4, min_acf: float = 0.3, min_prominence: float = 0.2
+) -> np.ndarray:
+    """The dominant seasonal period of each row, in points (0 = none).
 
+    Args:
+        values: float ``(n, L)``, forward-filled; leading NaN allowed.
+        min_period: shortest lag considered.
+        min_acf: a period's autocorrelation must reach this.
+        min_prominence: and rise this much above the lowest autocorrelation at shorter lags.
 
-def _nanquantile(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Quantiles along the last axis ignoring NaN (linear interpolation), shape ``(..., q)``.
-
-    ``np.nanquantile`` falls back to masked arrays for short axes and costs ~100x more;
-    sorting once (NaN sorts last) and interpolating between order statistics is exact.
+    Returns:
+        int64 ``(n,)``; a period is at most a third of the finite part of the row, so
+        at least three cycles back it up.
     """
-    ordered = np.sort(values, axis=-1)
-    count = np.isfinite(ordered).sum(axis=-1, keepdims=True)  # (..., 1)
-    position = (count - 1) * levels  # (..., q)
-    below = np.floor(position).astype(np.int64)
-    above = np.minimum(below + 1, np.maximum(count - 1, 0))
-    below = np.maximum(below, 0)
-    low = np.take_along_axis(ordered, below, axis=-1)
-    high = np.take_along_axis(ordered, above, axis=-1)
-    result = low + (high - low) * (position - below)
-    return np.where(count > 0, result, np.nan)
+    return candidate_periods(
+        values, count=1, min_period=min_period, min_acf=min_acf, min_prominence=min_prominence
+    )[:, 0]
 
 
 def _rms(values: np.ndarray) -> np.ndarray:
@@ -139,17 +125,89 @@ def _rms(values: np.ndarray) -> np.ndarray:
 
 def _nanmedian(values: np.ndarray) -> np.ndarray:
     """Median along the last axis ignoring NaN (NaN where a row has none)."""
-    return _nanquantile(values, np.array([0.5]))[..., 0]
+    ordered = np.sort(values, axis=-1)
+    size = ordered.shape[-1]
+    if size and not np.isnan(ordered[..., -1]).any():  # no NaN: fixed middle positions
+        return 0.5 * (ordered[..., (size - 1) // 2] + ordered[..., size // 2])
+    count = np.isfinite(ordered).sum(axis=-1, keepdims=True)
+    low = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0), axis=-1)[..., 0]
+    high = np.take_along_axis(ordered, np.minimum(count // 2, max(size - 1, 0)), axis=-1)[..., 0]
+    return np.where(count[..., 0] > 0, 0.5 * (low + high), np.nan)
+
+
+def candidate_periods(
+    values: np.ndarray,
+    *,
+    count: int = 2,
+    min_period: int = 4,
+    min_acf: float = 0.3,
+    min_prominence: float = 0.2,
+) -> np.ndarray:
+    """Up to ``count`` candidate seasonal periods per row, best autocorrelation first (0 = none).
+
+    Like :func:`detect_period` but keeps the ``count`` highest prominent peaks, so a
+    series with both a daily and a weekly cycle offers both and the forecaster keeps the
+    one that predicts its own context better.
+
+    Returns:
+        int64 ``(n, count)``.
+    """
+    acf, ok = _acf_peaks(values, min_period=min_period, min_acf=min_acf, min_prominence=min_prominence)
+    ranked = np.where(ok, acf, -np.inf)
+    lags = np.arange(acf.shape[1])
+    chosen = np.zeros((values.shape[0], count), dtype=np.int64)
+    for j in range(count):
+        best = np.argmax(ranked, axis=1)
+        found = np.isfinite(ranked[np.arange(len(best)), best])
+        chosen[:, j] = np.where(found, best, 0)
+        # 1-4x a chosen period (within 2 %) repeats it: offer a different cycle next
+        # (a weekly cycle, 7x the daily one, stays a candidate).
+        base = np.maximum(chosen[:, j], 1)[:, None]
+        multiple = np.round(lags[None, :] / base)
+        slack = np.maximum(1, 0.02 * lags[None, :])
+        near = (multiple >= 1) & (multiple <= 4) & (np.abs(lags[None, :] - multiple * base) <= slack)
+        ranked = np.where(near & found[:, None], -np.inf, ranked)
+    return chosen
+
+
+def _rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of each run of ``window`` consecutive columns ignoring NaN, ``(n, m - window + 1)``."""
+    finite = np.isfinite(values)
+    total = np.concatenate(
+        [np.zeros((values.shape[0], 1)), np.cumsum(np.where(finite, values, 0.0), axis=1)], 1
+    )
+    count = np.concatenate([np.zeros((values.shape[0], 1)), np.cumsum(finite, axis=1)], 1)
+    sums = total[:, window:] - total[:, :-window]
+    counts = count[:, window:] - count[:, :-window]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan)
+
+
+def _left_pad(values: np.ndarray, first: int) -> np.ndarray:
+    """``values[:, first:]``, NaN-padded on the left when ``first`` is negative."""
+    if first >= 0:
+        return values[:, first:]
+    return np.concatenate([np.full((values.shape[0], -first), np.nan), values], axis=1)
+
+
+def _window_median(values: np.ndarray, window: int) -> np.ndarray:
+    """NaN-ignoring median of each run of ``window`` columns, ``(n, m - window + 1)``."""
+    return _nanmedian(np.lib.stride_tricks.sliding_window_view(values, window, axis=1))
 
 
 class DefaultForecaster:
-    """Robust seasonal/level baseline + conformal band + cooldown (spec ``default``).
+    """Robust seasonal/level baseline + record-residual band (spec ``default``; see module docs).
 
     Args:
         level_window: points in the level median (and the seasonal level correction).
         seasons: past periods in the seasonal median.
-        residual_window: recent one-step residuals that calibrate the band.
-        cooldown: points after a deviation during which only a larger one alerts (0: off).
+        history: context points whose one-step residuals pick the baseline and set the
+            record (the band); also how long an incident raises the bar.
+        short_window: points in the sustained-deviation test (1: off).
+        gain: the alert edge as a multiple of the record residual.
+        periods: candidate seasonal periods tried per series.
+        floor: the sustained test never lowers the edge below this fraction of the
+            single-point one.
         min_acf, min_prominence: how clear a season must be to be used (see ``detect_period``).
         batch_rows: rows processed at once, to bound memory on large batches.
     """
@@ -161,8 +219,11 @@ class DefaultForecaster:
         *,
         level_window: int = 6,
         seasons: int = 5,
-        residual_window: int = 576,
-        cooldown: int = 576,
+        history: int = 576,
+        short_window: int = 6,
+        gain: float = 1.88,
+        periods: int = 2,
+        floor: float = 0.5,
         min_acf: float = 0.3,
         min_prominence: float = 0.2,
         batch_rows: int = 256,
@@ -170,16 +231,22 @@ class DefaultForecaster:
         for name, value, low in (
             ("level_window", level_window, 1),
             ("seasons", seasons, 1),
-            ("residual_window", residual_window, 8),
-            ("cooldown", cooldown, 0),
+            ("history", history, 8),
+            ("short_window", short_window, 1),
+            ("periods", periods, 1),
             ("batch_rows", batch_rows, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ModelError(f"{name} must be an integer >= {low}, got {value!r}", spec=self.spec)
+        if isinstance(gain, bool) or not isinstance(gain, int | float) or not gain > 0:
+            raise ModelError(f"gain must be a number > 0, got {gain!r}", spec=self.spec)
         self.level_window = level_window
         self.seasons = seasons
-        self.residual_window = residual_window
-        self.cooldown = cooldown
+        self.history = history
+        self.short_window = short_window
+        self.gain = float(gain)
+        self.periods = periods
+        self.floor = float(floor)
         self.min_acf = float(min_acf)
         self.min_prominence = float(min_prominence)
         self.batch_rows = batch_rows
@@ -192,7 +259,7 @@ class DefaultForecaster:
         return cls(**params)
 
     def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
-        """Forecast ``horizon`` points after each context row, with a conformal band.
+        """Forecast ``horizon`` points after each context row, with a record-residual band.
 
         Args:
             contexts: float ``(n, L)``, oldest first, left-padded with NaN.
@@ -221,69 +288,88 @@ class DefaultForecaster:
             spec=self.spec,
         )
 
+    def _baselines(self, values: np.ndarray, periods: np.ndarray, r: int, horizon: int) -> np.ndarray:
+        """One-step baselines at the last ``r`` context positions and the horizon.
+
+        Each baseline at position ``t`` uses only values before ``t`` (and, in the
+        horizon, only the context).
+
+        Returns:
+            ``(1 + m, n, r + horizon)``: the level baseline, then one seasonal baseline per
+            candidate period column (NaN where a row has no such period).
+        """
+        n, length = values.shape
+        w = self.level_window
+        # Level at position t = median of values[t - w : t], for t = length - r .. length.
+        level = _window_median(_left_pad(values, length - r - w), w)  # (n, r + 1)
+        out = [np.concatenate([level, np.repeat(level[:, -1:], horizon - 1, axis=1)], axis=1)]
+        targets = np.concatenate([np.arange(length - r, length), np.arange(length, length + horizon)])
+        anchor = np.minimum(targets, length)
+        k = np.arange(1, self.seasons + 1)
+        reach = int(self.seasons * max(int(periods.max(initial=0)), 1))
+        padded = np.concatenate([np.full((n, reach), np.nan), values, np.full((n, 1), np.nan)], axis=1)
+        for j in range(periods.shape[1]):
+            p = np.maximum(periods[:, j], 1)
+            index = targets[None, :, None] - k[None, None, :] * p[:, None, None]  # (n, r + h, K)
+            index = np.where(index < anchor[None, :, None], index, length)  # length -> the NaN column
+            seasonal = _nanmedian(
+                np.take_along_axis(padded, (index + reach).reshape(n, -1), axis=1).reshape(index.shape)
+            )
+            # Level correction: median deviation from the profile over the w points before.
+            deviation = values[:, length - r :] - seasonal[:, :r]
+            correction = _window_median(_left_pad(deviation, -w), w)  # (n, r + 1)
+            correction = np.concatenate([correction, np.repeat(correction[:, -1:], horizon - 1, axis=1)], 1)
+            seasonal = seasonal + np.nan_to_num(correction)
+            out.append(np.where((periods[:, j] > 0)[:, None], seasonal, np.nan))
+        return np.stack(out)
+
     def _forecast_rows(
         self, raw: np.ndarray, horizon: int, levels: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        n, length = raw.shape
+        length = raw.shape[1]
         values = _ffill(raw)
-        period = detect_period(values, min_acf=self.min_acf, min_prominence=self.min_prominence)
-        w = self.level_window
-        # Positions whose one-step residuals calibrate the band, and the forecast targets.
-        r = min(self.residual_window, max(length - 1, 1))
-        past = np.arange(length - r, length)  # (r,)
-        ahead = np.arange(length, length + horizon)  # (h,)
-        targets = np.concatenate([past, ahead])  # (r + h,)
-
-        # Level baseline at each target: median of the w points before it (never after).
-        # Forecast points use the last w context points (no look-ahead inside the horizon).
-        anchor = np.minimum(targets, length)
-        lag_w = np.arange(1, w + 1)
-        level_idx = np.broadcast_to(anchor[None, :, None] - lag_w[None, None, :], (n, targets.size, w))
-        level = _nanmedian(_gather(values, level_idx))  # (n, r + h)
-
-        # Seasonal baseline: median of same-phase values k = 1..seasons periods back,
-        # skipping the ones that fall inside the forecast horizon.
-        k = np.arange(1, self.seasons + 1)
-        p = np.maximum(period, 1)[:, None, None]
-        season_idx = targets[None, :, None] - k[None, None, :] * p  # (n, r + h, K)
-        season_idx = np.where(season_idx < anchor[None, :, None], season_idx, -1)
-        seasonal = _nanmedian(_gather(values, season_idx))  # (n, r + h)
-        # Level correction: median deviation from the profile over the w points before.
-        profile_dev = values[:, past] - seasonal[:, :r]  # (n, r)
-        dev_idx = np.broadcast_to(
-            anchor[None, :, None] - lag_w[None, None, :] - (length - r), level_idx.shape
+        periods = candidate_periods(
+            values, count=self.periods, min_acf=self.min_acf, min_prominence=self.min_prominence
         )
-        correction = _nanmedian(_gather(profile_dev, dev_idx))
-        seasonal = seasonal + np.nan_to_num(correction)
+        r = min(self.history, max(length - 1, 1))
+        baselines = self._baselines(values, periods, r, horizon)  # (1 + m, n, r + h)
+        actual = values[:, length - r :]
+        residuals = actual[None] - baselines[:, :, :r]
+        err = _rms(residuals)  # (1 + m, n)
+        choice = np.argmin(np.where(np.isfinite(err), err, np.inf), axis=0)  # (n,)
+        baseline = np.take_along_axis(baselines, choice[None, :, None], axis=0)[0]
+        residual = np.take_along_axis(residuals, choice[None, :, None], axis=0)[0]  # (n, r)
 
-        actual = values[:, past]
-        res_level = actual - level[:, :r]
-        res_season = actual - seasonal[:, :r]
-        err_level = _rms(res_level)
-        err_season = _rms(res_season)
-        use_season = (period > 0) & np.isfinite(err_season) & (err_season < err_level)
-        baseline = np.where(use_season[:, None], seasonal, level)
-        residual = np.where(use_season[:, None], res_season, res_level)  # (n, r)
-
-        centre = _nanmedian(residual)
-        spread = _nanquantile(residual, levels) - centre[:, None]  # (n, q)
-        yhat = baseline[:, r:] + np.nan_to_num(centre)[:, None]  # (n, h)
-        spread = np.nan_to_num(spread)
-        if self.cooldown:
-            recent = residual[:, -self.cooldown :] - np.nan_to_num(centre)[:, None]
-            with np.errstate(all="ignore"):
-                up = np.nan_to_num(
-                    np.nanmax(np.where(np.isfinite(recent), recent, -np.inf), axis=1), neginf=0
-                )
-                down = np.nan_to_num(
-                    np.nanmin(np.where(np.isfinite(recent), recent, np.inf), axis=1), posinf=0
-                )
-            spread = np.where(levels[None, :] > 0.5, np.maximum(spread, up[:, None]), spread)
-            spread = np.where(levels[None, :] < 0.5, np.minimum(spread, down[:, None]), spread)
+        centre = np.nan_to_num(_nanmedian(residual))
+        yhat = baseline[:, r:] + centre[:, None]  # (n, h)
+        size = np.abs(residual - centre[:, None])  # (n, r)
+        # The new point alerts when, at some scale k, the mean |residual| of the k points
+        # ending at it beats ``gain`` x the largest such mean over the history: the largest
+        # |residual| the new point may have is k * gain * record - (sum of the k - 1 newest).
+        stat = _rolling_mean(size, 1)
+        single = self.gain * np.max(np.where(np.isfinite(stat), stat, 0.0), axis=1)
+        upper = lower = single
+        k = min(self.short_window, r)
+        if k > 1:
+            stat = _rolling_mean(size, k)  # (n, r - k + 1); the last ends at the last context point
+            record = np.max(np.where(np.isfinite(stat), stat, 0.0), axis=1)
+            prev = np.nansum(size[:, r - (k - 1) :], axis=1)
+            # A sustained deviation lowers the bar, but never below ``floor`` x the
+            # single-point one, so the score stays a ratio to the record.
+            edge = np.minimum(single, np.maximum(k * self.gain * record - prev, self.floor * single))
+            upper = lower = edge
+        # A flat history (record 0) makes any departure alert; scoring floors the width.
+        scale = np.abs(_norm_ppf(levels)) / _norm_ppf(np.array([0.95]))  # (q,)
+        spread = np.where(levels[None, :] >= 0.5, upper[:, None], -lower[:, None]) * scale[None, :]
         band = yhat[:, :, None] + spread[:, None, :]
         empty = ~np.isfinite(raw).any(axis=1)
         band[empty] = np.nan
         yhat[empty] = np.nan
-        # The band must be ordered; a degenerate residual sample can tie levels, never invert them.
         band = np.maximum.accumulate(band, axis=2)
         return band, yhat
+
+
+def _norm_ppf(p: np.ndarray) -> np.ndarray:
+    """Standard normal quantiles of ``p`` (same shape)."""
+    dist = NormalDist()
+    return np.array([dist.inv_cdf(float(x)) for x in np.ravel(p)]).reshape(np.shape(p))
