@@ -326,3 +326,10 @@ def test_pipeline_endpoints_talk_to_the_scheduler(api: httpx.Client, tmp_path: A
         assert "openanomaly_pipeline_windows_total" in api.get("/metrics").text
     finally:
         ray.kill(scheduler)
+
+
+def test_playground_is_mounted_behind_the_token(api: httpx.Client) -> None:
+    page = api.get("/playground/")
+    assert page.status_code == 200, page.text[:500]
+    assert "gradio" in page.text.lower()
+    assert httpx.get(f"{_root(api)}/playground/", timeout=60).status_code in (401, 403)

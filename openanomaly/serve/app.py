@@ -119,6 +119,9 @@ class AppSettings(BaseModel):
     )
     limits: Limits = Field(default_factory=Limits)
     scheduler: SchedulerLink = Field(default_factory=SchedulerLink)
+    playground: bool = Field(
+        default=True, description="Mount the Gradio playground at /playground/ (same bearer token)"
+    )
 
     @field_validator("models")
     @classmethod
@@ -231,6 +234,19 @@ class _Unauthorized(Exception):
     pass
 
 
+def _bearer_user(token: str) -> Callable[[Request], str | None]:
+    """Gradio's auth hook for the playground: the API's bearer token, checked the same way.
+
+    A closure, not ``request.app.state``: the mounted Gradio app is its own sub-app.
+    """
+
+    def user(request: Request) -> str | None:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return "api" if hmac.compare_digest(given.encode(), token.encode()) else None
+
+    return user
+
+
 class SchedulerUnavailable(Exception):
     """The pipeline endpoints were called but no scheduler actor is running (503)."""
 
@@ -320,6 +336,7 @@ class Ingress:
         default_model: str,
         limits: dict[str, Any],
         scheduler: dict[str, Any] | None = None,
+        playground: bool = False,
     ) -> None:
         # Only names and limits, not the models' configs: a user_config change then
         # leaves the ingress untouched (no restart), and replies carry the live spec.
@@ -334,6 +351,17 @@ class Ingress:
         if self.scheduler.pipelines is not None:
             start_scheduler(
                 self.scheduler.pipelines, name=self.scheduler.name, namespace=self.scheduler.namespace
+            )
+        if playground:
+            from openanomaly.ui import mount_playground
+
+            # Mounted per replica, after serve.ingress built the routes: Gradio is heavy,
+            # so only an app that asks for it pays the import.
+            mount_playground(
+                fastapi_app,
+                path="/playground",
+                config=self.scheduler.pipelines,
+                auth_dependency=None if token is None else _bearer_user(token),
             )
 
     def _scheduler_actor(self) -> Any:
@@ -522,6 +550,7 @@ def build(
         default_model=settings.default,
         limits=settings.limits.model_dump(mode="json"),
         scheduler=settings.scheduler.model_dump(mode="json"),
+        playground=settings.playground,
     )
 
 
