@@ -7,9 +7,11 @@ its own model call), and ``--clients`` concurrent HTTP clients each send single-
 ``benchmarks/results/serve_throughput.json``.
 
 Without ``--model`` it builds a randomly initialised Chronos-Bolt with the real
-``amazon/chronos-bolt-small`` architecture (T5, d_model 512, 6+6 layers, 8 heads, patch
-16), so the compute per call, and hence the figure, is that of the real checkpoint; the
-forecasts themselves are meaningless. ``--model /path/to/chronos-bolt-small`` (a local
+``amazon/chronos-bolt-small`` architecture (``openanomaly.models.tiny``, ``--size base``:
+T5, d_model 512, 6+6 layers, 8 heads, patch 16), so the compute per call, and hence the
+figure, is that of the real checkpoint; the forecasts themselves are meaningless.
+``--size tiny`` uses the test suite's tiny Bolt instead: per-call overhead then
+dominates, as it does for a real model on a GPU. ``--model /path/to/chronos-bolt-small`` (a local
 checkpoint directory) or ``--model chronos:amazon/chronos-bolt-small`` (hub access)
 uses real weights.
 
@@ -37,46 +39,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 RESULTS = Path(__file__).parent / "results" / "serve_throughput.json"
-BOLT_QUANTILES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-
-
-def build_random_bolt_small(path: Path) -> Path:
-    """A Chronos-Bolt checkpoint with chronos-bolt-small's config and random weights (~48M params)."""
-    import torch
-    from chronos.chronos_bolt import ChronosBoltModelForForecasting
-    from transformers import T5Config
-
-    torch.manual_seed(0)
-    config = T5Config(
-        d_model=512,
-        d_kv=64,
-        d_ff=2048,
-        num_layers=6,
-        num_decoder_layers=6,
-        num_heads=8,
-        dropout_rate=0.1,
-        feed_forward_proj="relu",
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-        layer_norm_epsilon=1e-6,
-        vocab_size=2,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-        architectures=["ChronosBoltModelForForecasting"],
-        chronos_pipeline_class="ChronosBoltPipeline",
-        chronos_config={
-            "context_length": 2048,
-            "prediction_length": 64,
-            "input_patch_size": 16,
-            "input_patch_stride": 16,
-            "quantiles": BOLT_QUANTILES,
-            "use_reg_token": True,
-        },
-    )
-    model = ChronosBoltModelForForecasting(config).eval()
-    model.save_pretrained(path)
-    return path
 
 
 def _free_port() -> int:
@@ -206,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model", help="chronos checkpoint dir or a model spec; default: random bolt-small dims"
+        "--model", help="chronos checkpoint dir or a model spec; default: a random Bolt of --size"
+    )
+    parser.add_argument(
+        "--size", choices=["base", "tiny"], default="base", help="random Bolt: bolt-small dims or tiny"
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--clients", type=int, default=64)
@@ -225,8 +190,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
-            spec = f"chronos:{build_random_bolt_small(Path(tmp) / 'bolt-small-random')}"
-            model_name = "chronos-bolt-small architecture, random weights"
+            from openanomaly.models.tiny import build_tiny_chronos
+
+            path = build_tiny_chronos("bolt", Path(tmp) / "bolt", context_length=2048, size=args.size)
+            spec = f"chronos:{path}"
+            model_name = {
+                "base": "chronos-bolt-small architecture, random weights",
+                "tiny": "tiny Chronos-Bolt (test model), random weights",
+            }[args.size]
         elif not Path(args.model).exists():  # a spec: chronos:<hub id>, mad, statsforecast:…
             spec, model_name = args.model, args.model
         else:
@@ -265,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "benchmark": "serve_throughput",
         "model": model_name,
-        "spec": spec if args.model else "chronos:<random chronos-bolt-small dims>",
+        "spec": spec if args.model else f"chronos:<random Bolt, size {args.size}>",
         "device": args.device,
         "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" and torch.cuda.is_available() else None,
         "cpu_count": os.cpu_count(),
