@@ -29,9 +29,11 @@ ArtifactStore under ``<pipeline>/<series-key>/<fit time>``; :func:`run_job` with
 Failure model: the TSDB client retries with backoff; if reads or writes still fail the
 job raises (``QueryError``/``RemoteWriteError``) and the scheduler retries the window
 later. Writes are idempotent (same window → same deterministic forecast → same samples
-at the same timestamps), so a retried window never writes different values. An actor
-that dies mid-job is restarted and its batch retried by Ray (``max_restarts``,
-``max_task_retries``).
+at the same timestamps), so a retried window never writes different values. A scoring
+actor that dies mid-job is restarted by Ray Data and its in-flight batch retried on a
+live actor (Ray Data's defaults; ``JobOptions.max_restarts`` / ``max_task_retries``
+bound them); a batch is written only after it is scored, so a retry neither loses nor
+duplicates it. Fetch and fit tasks are retried by Ray like any task.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ import re
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,17 +62,24 @@ from openanomaly.artifacts import (
 )
 from openanomaly.config import Pipeline, Settings
 from openanomaly.errors import ArtifactError, DataError, ModelError
+from openanomaly.models.base import Forecaster
 from openanomaly.series import SeriesMatrix
 
+if TYPE_CHECKING:
+    from openanomaly.detect import Detection
+
 __all__ = [
+    "BlockScorer",
     "FitResult",
     "JobOptions",
     "JobResult",
+    "ModelFactory",
     "fit_job",
     "matrix_from_table",
     "plan_shards",
     "run_job",
     "table_from_matrix",
+    "train_global",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +88,9 @@ log = logging.getLogger(__name__)
 _SELECTOR = re.compile(r"^\s*(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)?\s*(?:\{(?P<matchers>[^{}]*)\})?\s*$")
 _COUNTS = ("series_in", "series_scored", "points", "anomalies", "written", "unfitted", "skipped")
 _RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
+
+ModelFactory = Callable[[Pipeline], Forecaster]
+"""Builds a zero-shot pipeline's forecaster in each scoring actor (see ``JobOptions.model_factory``)."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +106,17 @@ class JobOptions:
         fetch_num_cpus: CPUs reserved per fetch task (mostly waiting on HTTP).
         num_gpus: GPUs per scoring actor; None = 1 when the cluster has GPUs and the
             model is a torch model (chronos, neuralforecast), else 0.
-        max_restarts / max_task_retries: Ray retries when an actor process dies.
+        max_restarts / max_task_retries: how often Ray restarts a dead scoring actor
+            and retries its batch. None (default) = Ray Data's own default: restart
+            and retry without limit. Setting them uses Ray 2.60's deprecated
+            ``ray_remote_args`` path (removed in Ray 2.64).
         model_cache: fitted per-series models kept in each actor.
+        model_factory: builds the forecaster of a zero-shot pipeline in each scoring
+            actor instead of the registry (``load_forecaster(spec, **params)``): for a
+            model of your own that is not in the registry, or a test model that fails
+            on purpose. It must pickle (Ray ships it to the actors); a module-level
+            function or class does. Fitted pipelines load their models from the
+            ArtifactStore and refuse a factory.
     """
 
     series_per_shard: int = 1000
@@ -105,9 +126,10 @@ class JobOptions:
     worker_num_cpus: float = 1.0
     fetch_num_cpus: float = 0.25
     num_gpus: float | None = None
-    max_restarts: int = 3
-    max_task_retries: int = 3
+    max_restarts: int | None = None
+    max_task_retries: int | None = None
     model_cache: int = 50_000
+    model_factory: ModelFactory | None = None
 
     def __post_init__(self) -> None:
         for name in ("series_per_shard", "batch_size", "min_workers", "max_workers"):
@@ -253,23 +275,23 @@ def _fetch_start(pipeline: Pipeline, start_ms: int) -> int:
     return start_ms - (pipeline.context_points - 1) * pipeline.step_ms
 
 
-class _Fetch:
-    """Read task: one shard query → one Arrow block of series rows."""
+def _fetch(
+    batch: dict[str, np.ndarray], *, settings: Settings, pipeline: Pipeline, start_ms: int, end_ms: int
+) -> Iterator[Any]:
+    """Read task: one shard query → one Arrow block of series rows.
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, start_ms: int, end_ms: int) -> None:
-        self.settings, self.pipeline = settings, pipeline
-        self.start_ms, self.end_ms = start_ms, end_ms
+    A stateless task rather than an actor: Ray reuses its pooled worker processes for
+    tasks, so a job does not start (and import into) a new process per fetch slot,
+    which is most of a small job's cost.
+    """
+    from openanomaly.tsdb import PrometheusClient
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[Any]:
-        from openanomaly.tsdb import PrometheusClient
-
-        with PrometheusClient(self.settings.tsdb) as client:
-            for query in batch["query"]:
-                matrix = client.query_range(
-                    str(query), start_ms=self.start_ms, end_ms=self.end_ms, step_ms=self.pipeline.step_ms
-                )
-                if len(matrix):
-                    yield table_from_matrix(matrix, step_ms=self.pipeline.step_ms)
+    with PrometheusClient(settings.tsdb) as client:
+        step_ms = pipeline.step_ms
+        for query in batch["query"]:
+            matrix = client.query_range(str(query), start_ms=start_ms, end_ms=end_ms, step_ms=step_ms)
+            if len(matrix):
+                yield table_from_matrix(matrix, step_ms=step_ms)
 
 
 def _summary(**counts: int) -> Any:
@@ -278,8 +300,25 @@ def _summary(**counts: int) -> Any:
     return pa.table({name: pa.array([value], type=pa.int64()) for name, value in counts.items()})
 
 
-class _Score:
-    """Actor holding the model: block of series → detect → remote write → one summary row."""
+class BlockScorer:
+    """The scoring actor of a job: holds the model; block of series → detect → remote write.
+
+    Ray Data builds one per actor of the pool (``map_batches(BlockScorer, ...)``), so
+    the model is loaded once per actor, not per block. It is plain Python: outside Ray,
+    :meth:`detect_block` scores a :class:`~openanomaly.series.SeriesMatrix` with exactly
+    the model a job would use (the registry's, ``model_factory``'s, or the fitted models
+    of ``fit_time_ms`` from the ArtifactStore).
+
+    Args:
+        fit_time_ms: fitted pipelines: the fit whose models to load; None = the latest
+            fit at or before ``start_ms``.
+        model_cache: per-series fitted models kept (LRU).
+        model_factory: zero-shot pipelines: builds the forecaster instead of the registry.
+
+    Raises:
+        ArtifactError: a global model (NHITS) has no fit at or before the window.
+        ModelError: the model could not be built or loaded.
+    """
 
     def __init__(
         self,
@@ -287,8 +326,9 @@ class _Score:
         pipeline: Pipeline,
         start_ms: int,
         end_ms: int,
-        fit_time_ms: int | None,
-        model_cache: int,
+        fit_time_ms: int | None = None,
+        model_cache: int = 50_000,
+        model_factory: ModelFactory | None = None,
     ) -> None:
         from openanomaly.models.fitted import is_global, load_global
         from openanomaly.tsdb import PrometheusClient
@@ -301,12 +341,20 @@ class _Score:
         self.per_series = self.fitted and not is_global(pipeline)
         self.cache: OrderedDict[str, Any] = OrderedDict()
         self.cache_size = model_cache
+        if self.fitted and model_factory is not None:
+            raise ModelError(
+                "model_factory is for zero-shot pipelines; fitted models are loaded from the ArtifactStore",
+                spec=pipeline.model.spec,
+            )
         if self.fitted:
             self.store = open_store(settings.artifacts)
         if not self.fitted:
-            from openanomaly.models.registry import load_forecaster
+            if model_factory is not None:
+                self.forecaster = model_factory(pipeline)
+            else:
+                from openanomaly.models.registry import load_forecaster
 
-            self.forecaster = load_forecaster(pipeline.model.spec, **pipeline.model.params)
+                self.forecaster = load_forecaster(pipeline.model.spec, **pipeline.model.params)
         elif not self.per_series:
             ref = self._find(GLOBAL_SERIES_KEY)
             if ref is None:
@@ -351,31 +399,36 @@ class _Score:
                     self.cache.popitem(last=False)
         return [self.cache[key][1] if self.cache.get(key) else None for key in keys]
 
-    def __call__(self, table: Any) -> Any:
+    def detect_block(self, matrix: SeriesMatrix) -> tuple[list[Detection], int]:
+        """Forecast and score one block of series over the job's window (no I/O but the store).
+
+        Returns:
+            the detections (one for a batch model, one per fitted series model) and the
+            number of series without a fitted model (appeared after the fit).
+        """
         from openanomaly.detect import detect
 
-        matrix = matrix_from_table(table)
-        n = len(matrix)
-        if n == 0 or not np.isfinite(matrix.values).any():
-            return _summary(
-                series_in=n, series_scored=0, points=0, anomalies=0, written=0, unfitted=0, skipped=0
-            )
+        if len(matrix) == 0 or not np.isfinite(matrix.values).any():
+            return [], 0
+        if not self.per_series:
+            window = {"start_ms": self.start_ms, "end_ms": self.end_ms}
+            return [detect(matrix, self.pipeline, self.forecaster, **window)], 0
         unfitted = 0
-        if self.per_series:
-            models = self._series_models(matrix.labels)
-            parts = []
-            for row, model in enumerate(models):
-                if model is None:
-                    unfitted += 1
-                    continue
-                one = matrix.select([row])
-                if not np.isfinite(one.values).any():
-                    continue
-                parts.append(detect(one, self.pipeline, model, start_ms=self.start_ms, end_ms=self.end_ms))
-        else:
-            parts = [
-                detect(matrix, self.pipeline, self.forecaster, start_ms=self.start_ms, end_ms=self.end_ms)
-            ]
+        parts = []
+        for row, model in enumerate(self._series_models(matrix.labels)):
+            if model is None:
+                unfitted += 1
+                continue
+            one = matrix.select([row])
+            if not np.isfinite(one.values).any():
+                continue
+            parts.append(detect(one, self.pipeline, model, start_ms=self.start_ms, end_ms=self.end_ms))
+        return parts, unfitted
+
+    def __call__(self, table: Any) -> Any:
+        """One Arrow block of series rows → scored and written → one summary row."""
+        matrix = matrix_from_table(table)
+        parts, unfitted = self.detect_block(matrix)
         outputs = [part.to_series_matrix(self.pipeline) for part in parts]
         outputs = [out for out in outputs if len(out)]
         written = 0
@@ -389,7 +442,7 @@ class _Score:
         with np.errstate(invalid="ignore"):
             anomalies = sum(int(np.count_nonzero(part.anomaly_score > 1)) for part in parts)
         return _summary(
-            series_in=n,
+            series_in=len(matrix),
             series_scored=sum(part.series_scored for part in parts),
             points=sum(part.points_scored for part in parts),
             anomalies=anomalies,
@@ -399,32 +452,27 @@ class _Score:
         )
 
 
-class _Fit:
-    """Task: block of series over ``fit_window`` → one fitted model per series, stored."""
+def _fit(table: Any, *, settings: Settings, pipeline: Pipeline, fit_time_ms: int) -> Any:
+    """Fit task: block of series over ``fit_window`` → one fitted model per series, stored.
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, fit_time_ms: int) -> None:
-        self.settings, self.pipeline, self.fit_time_ms = settings, pipeline, fit_time_ms
+    A task, not an actor: nothing is kept between blocks, and Ray reuses pooled
+    worker processes for tasks (Ray retries a task whose process died, ``max_retries``).
+    """
+    import pyarrow as pa
 
-    def __call__(self, table: Any) -> Any:
-        import pyarrow as pa
+    from openanomaly.models.fitted import fit_per_series
 
-        from openanomaly.models.fitted import fit_per_series
-
-        matrix = matrix_from_table(table)
-        store = open_store(self.settings.artifacts)
-        blobs = fit_per_series(self.pipeline, matrix.values)
-        keys = []
-        for labels, blob in zip(matrix.labels, blobs, strict=True):
-            if blob is not None:
-                ref = save_model(
-                    store,
-                    pipeline=self.pipeline.name,
-                    series=series_key(labels),
-                    fit_time_ms=self.fit_time_ms,
-                    data=blob,
-                )
-                keys.append(ref.key)
-        return pa.table({"series_in": [len(matrix)], "keys": [json.dumps(keys)]})
+    matrix = matrix_from_table(table)
+    store = open_store(settings.artifacts)
+    blobs = fit_per_series(pipeline, matrix.values)
+    keys = []
+    for labels, blob in zip(matrix.labels, blobs, strict=True):
+        if blob is not None:
+            ref = save_model(
+                store, pipeline=pipeline.name, series=series_key(labels), fit_time_ms=fit_time_ms, data=blob
+            )
+            keys.append(ref.key)
+    return pa.table({"series_in": [len(matrix)], "keys": [json.dumps(keys)]})
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -451,6 +499,22 @@ def _gpus(pipeline: Pipeline, options: JobOptions) -> float:
     return 1.0 if torch_model and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
+def _restart_args(options: JobOptions) -> dict[str, int]:
+    """Actor fault-tolerance overrides for the scoring pool; none by default.
+
+    Ray Data already restarts a dead pool actor and retries its in-flight batch
+    (``max_restarts=-1``, ``max_task_retries=-1``) unless told otherwise. Ray 2.60
+    accepts overrides only through ``map_batches(**ray_remote_args)``, which is
+    deprecated (removed in Ray 2.64), so they are passed only when set.
+    """
+    args = {}
+    if options.max_restarts is not None:
+        args["max_restarts"] = options.max_restarts
+    if options.max_task_retries is not None:
+        args["max_task_retries"] = options.max_task_retries
+    return args
+
+
 def _fetch_dataset(
     settings: Settings, pipeline: Pipeline, *, start_ms: int, end_ms: int, options: JobOptions
 ) -> tuple[Any, int]:
@@ -462,16 +526,11 @@ def _fetch_dataset(
             client, pipeline, start_ms=start_ms, end_ms=end_ms, series_per_shard=options.series_per_shard
         )
     dataset = data.from_items([{"query": q} for q in queries], override_num_blocks=len(queries)).map_batches(
-        _Fetch,
-        fn_constructor_kwargs={
-            "settings": settings,
-            "pipeline": pipeline,
-            "start_ms": start_ms,
-            "end_ms": end_ms,
-        },
+        _fetch,
+        fn_kwargs={"settings": settings, "pipeline": pipeline, "start_ms": start_ms, "end_ms": end_ms},
         batch_size=1,
         batch_format="numpy",
-        compute=data.ActorPoolStrategy(min_size=1, max_size=min(len(queries), 4)),
+        compute=data.TaskPoolStrategy(size=min(len(queries), 4)),
         num_cpus=options.fetch_num_cpus,
     )
     if len(queries) == 1:
@@ -508,7 +567,7 @@ def run_job(
     )
     data = _ray_data()
     scored = dataset.map_batches(
-        _Score,
+        BlockScorer,
         fn_constructor_kwargs={
             "settings": settings,
             "pipeline": pipeline,
@@ -516,14 +575,14 @@ def run_job(
             "end_ms": end_ms,
             "fit_time_ms": fit_time_ms,
             "model_cache": options.model_cache,
+            "model_factory": options.model_factory,
         },
         batch_size=options.batch_size,
         batch_format="pyarrow",
         compute=data.ActorPoolStrategy(min_size=options.min_workers, max_size=options.max_workers),
         num_cpus=options.worker_num_cpus,
         num_gpus=_gpus(pipeline, options),
-        max_restarts=options.max_restarts,
-        max_task_retries=options.max_task_retries,
+        **_restart_args(options),
     )
     totals = dict.fromkeys(_COUNTS, 0)
     for row in scored.take_all():
@@ -547,6 +606,29 @@ def run_job(
     return result
 
 
+def train_global(settings: Settings, pipeline: Pipeline, values: np.ndarray, *, fit_time_ms: int) -> str:
+    """Train the pipeline's global model (NHITS) on ``values`` ``(n, t)`` and store it.
+
+    The body of :func:`fit_job`'s training task, callable without Ray: the model is
+    trained for horizon = the pipeline's chunk length and saved under
+    ``<pipeline>/_global/<fit_time_ms>``, where every scoring actor finds it.
+
+    Returns:
+        the stored key.
+
+    Raises:
+        ModelError: training failed. ArtifactError: the store refused the write.
+    """
+    from openanomaly.detect import chunk_points
+    from openanomaly.models.fitted import fit_global
+
+    blob = fit_global(pipeline, values, horizon=chunk_points(pipeline))
+    store = open_store(settings.artifacts)
+    return save_model(
+        store, pipeline=pipeline.name, series=GLOBAL_SERIES_KEY, fit_time_ms=fit_time_ms, data=blob
+    ).key
+
+
 def fit_job(
     settings: Settings,
     pipeline: Pipeline,
@@ -565,7 +647,7 @@ def fit_job(
     """
     import ray
 
-    from openanomaly.models.fitted import check_fittable, fit_global, is_global
+    from openanomaly.models.fitted import check_fittable, is_global
 
     check_fittable(pipeline)
     options = options or JobOptions()
@@ -576,8 +658,6 @@ def fit_job(
     fit_start = fit_time_ms - round(window.total_seconds() * 1000)
     dataset, _ = _fetch_dataset(settings, pipeline, start_ms=fit_start, end_ms=fit_time_ms, options=options)
     if is_global(pipeline):
-        from openanomaly.detect import chunk_points
-
         blocks = [
             matrix_from_table(block)
             for block in dataset.iter_batches(batch_format="pyarrow", batch_size=None)
@@ -587,25 +667,18 @@ def fit_job(
             raise DataError(f"query {pipeline.query!r} returned no series to fit on", pipeline=pipeline.name)
         values = np.concatenate([block.values for block in blocks])
 
-        @ray.remote(num_cpus=options.worker_num_cpus, num_gpus=_gpus(pipeline, options), max_retries=2)
-        def train(values: np.ndarray) -> str:
-            store = open_store(settings.artifacts)
-            blob = fit_global(pipeline, values, horizon=chunk_points(pipeline))
-            return save_model(
-                store, pipeline=pipeline.name, series=GLOBAL_SERIES_KEY, fit_time_ms=fit_time_ms, data=blob
-            ).key
-
-        key = ray.get(train.remote(values))
+        train = ray.remote(train_global).options(
+            num_cpus=options.worker_num_cpus, num_gpus=_gpus(pipeline, options), max_retries=2
+        )
+        key = ray.get(train.remote(settings, pipeline, values, fit_time_ms=fit_time_ms))
         return FitResult(pipeline.name, fit_time_ms, len(values), 1, time.perf_counter() - began, (key,))
     fitted = dataset.map_batches(
-        _Fit,
-        fn_constructor_kwargs={"settings": settings, "pipeline": pipeline, "fit_time_ms": fit_time_ms},
+        _fit,
+        fn_kwargs={"settings": settings, "pipeline": pipeline, "fit_time_ms": fit_time_ms},
         batch_size=options.batch_size,
         batch_format="pyarrow",
-        compute=_ray_data().ActorPoolStrategy(min_size=options.min_workers, max_size=options.max_workers),
+        compute=_ray_data().TaskPoolStrategy(size=options.max_workers),
         num_cpus=options.worker_num_cpus,
-        max_restarts=options.max_restarts,
-        max_task_retries=options.max_task_retries,
     )
     series_in, keys = 0, []
     for row in fitted.take_all():

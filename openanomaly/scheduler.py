@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -56,6 +57,7 @@ __all__ = [
     "Scheduler",
     "SchedulerActor",
     "due_windows",
+    "ensure_scheduler",
     "fit_due",
     "get_scheduler",
     "metrics_text",
@@ -463,6 +465,11 @@ class Scheduler:
     def ping(self) -> bool:
         return True
 
+    def source(self) -> str:
+        """Where the pipelines come from (the YAML path), for :func:`ensure_scheduler`."""
+        path = getattr(self._source, "path", None)
+        return str(path) if path is not None else repr(self._source)
+
 
 def metrics_text(pipelines: Iterable[dict[str, Any]]) -> str:
     """Status records as Prometheus text format (``GET /metrics``)."""
@@ -565,6 +572,57 @@ def start_scheduler(
         options["runtime_env"] = runtime_env
     handle = _actor_class().options(**options).remote(config_path, autostart=autostart, **kwargs)
     ray.get(handle.ping.remote())
+    return handle
+
+
+def ensure_scheduler(
+    config_path: str | os.PathLike[str],
+    *,
+    name: str = DEFAULT_NAME,
+    namespace: str = DEFAULT_NAMESPACE,
+    **kwargs: Any,
+) -> Any:
+    """Start the scheduler at start-up of a long-running app (the Serve ingress), or find it.
+
+    For deployments where ``serve run`` / a KubeRay RayService brings everything up and
+    there is no separate ``python -m openanomaly.scheduler`` step: call it from the
+    ingress constructor. Safe to call from every replica at once and on every replica
+    restart: Ray's ``get_if_exists`` creates one named detached actor and returns it to
+    all callers, and the actor outlives the replicas (it is not restarted with them).
+
+    ``config_path`` is made absolute here, because the actor's working directory is not
+    the caller's. The actor may be placed on any node, so the file must exist on every
+    node that can host it (KubeRay: mount the pipelines ConfigMap in the head and in
+    every worker group's pod spec, at the same path).
+
+    If a scheduler of that name already runs on another file, it is kept (it owns the
+    schedule and its progress) and a warning names both files: stop it with
+    ``ray.kill(get_scheduler())`` to switch files.
+
+    Args:
+        kwargs: :func:`start_scheduler` options (``runtime_env``, ``num_cpus``, and the
+            :class:`Scheduler` options ``tick_s``, ``delay``, ``job_options``...).
+
+    Returns:
+        the actor handle.
+
+    Raises:
+        ray.exceptions.RayActorError: the actor could not start (e.g. the file is
+            missing or invalid on the node it was placed on: a ConfigError inside).
+    """
+    import ray
+
+    path = os.path.abspath(os.fspath(config_path))
+    handle = start_scheduler(path, name=name, namespace=namespace, **kwargs)
+    running = ray.get(handle.source.remote())
+    if running != path:
+        log.warning(
+            "scheduler %r in namespace %r already runs pipelines from %s, not %s; keeping it",
+            name,
+            namespace,
+            running,
+            path,
+        )
     return handle
 
 

@@ -6,6 +6,8 @@ The scheduler runs as the named detached actor and is driven with ``tick(now_ms=
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 
 import numpy as np
@@ -89,6 +91,10 @@ def _artifacts(s3, bucket: str) -> str:
     )
 
 
+def _pid(_actor) -> int:
+    return os.getpid()
+
+
 def _start(config: str, s3, name: str):
     from openanomaly.scheduler import start_scheduler
 
@@ -129,42 +135,45 @@ def test_scheduler_scores_every_series_survives_kill_and_fills_outage(
         assert len(scores) == N_SERIES, "anomaly_score must exist for every series"
         assert {s["instance"] for s in scores.labels} == {f"host-{i:03d}" for i in range(N_SERIES)}
 
-        # kill the actor mid-schedule: Ray restarts it (max_restarts=-1) and it resumes
+        # Kill the actor, and take the TSDB down while it is away. Ray restarts the actor
+        # (max_restarts=-1); it reads its progress back from S3, so at t2 it resumes
+        # with the two windows after t1 (a fresh start would run only the latest one).
+        pid = ray.get(actor.__ray_call__.remote(_pid))
         ray.kill(actor, no_restart=False)
-        for _ in range(100):
+        for _ in range(300):  # until the restarted process answers (ray.kill is asynchronous)
             try:
-                ray.get(actor.ping.remote(), timeout=30)
-                break
+                if ray.get(actor.__ray_call__.remote(_pid), timeout=30) != pid:
+                    break
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                continue
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("the scheduler actor was not restarted")
         t2 = t1 + 20 * MIN
-        launched += ray.get(actor.tick.remote(t2, wait=True))[metric]
-
-        # TSDB outage for a window: the run fails, progress does not move
+        missed = [(t1, t1 + 10 * MIN), (t1 + 10 * MIN, t2)]
         victoria_metrics.stop()
         try:
-            t3 = t2 + 10 * MIN
-            assert ray.get(actor.tick.remote(t3, wait=True))[metric] == [(t2, t3)]
-            status = ray.get(actor.status.remote(t3))["pipelines"][0]
+            # the outage: the run fails, progress does not move
+            assert ray.get(actor.tick.remote(t2, wait=True))[metric] == missed
+            status = ray.get(actor.status.remote(t2))["pipelines"][0]
             assert status["errors_total"] == 1 and not status["last_run_ok"]
-            assert status["last_end_ms"] == t2
+            assert status["last_end_ms"] == t1
         finally:
             victoria_metrics.start()
-        t4 = t3 + 10 * MIN
-        launched += ray.get(actor.tick.remote(t4, wait=True))[metric]
-        status = ray.get(actor.status.remote(t4))["pipelines"][0]
+        # TSDB back: the next tick fills the missed windows
+        launched += ray.get(actor.tick.remote(t2, wait=True))[metric]
+        status = ray.get(actor.status.remote(t2))["pipelines"][0]
         assert status["last_run_ok"], status["last_error"]
+        assert status["last_end_ms"] == t2
 
         # windows: contiguous, none twice (no gap, no duplicate scoring)
-        assert [start for start, _ in launched[1:]] == [end for _, end in launched[:-1]]
-        assert len({end for _, end in launched}) == len(launched)
-        assert launched[0][0] == t1 - 10 * MIN and launched[-1][1] == t4
-        # output: every series has a score at every minute of the 5 windows
-        scores = _scores(victoria_metrics, metric, t1 - 10 * MIN, t4)
+        assert launched == [(t1 - 10 * MIN, t1), *missed]
+        # output: every series has a score at every minute of the 3 windows
+        scores = _scores(victoria_metrics, metric, t1 - 10 * MIN, t2)
         assert len(scores) == N_SERIES
-        assert scores.values.shape[1] == 50
+        assert scores.values.shape[1] == 30
         assert np.isfinite(scores.values).all(), "no gaps in the output"
-        metrics = ray.get(actor.metrics.remote(t4))
+        metrics = ray.get(actor.metrics.remote(t2))
         assert f'openanomaly_pipeline_errors_total{{pipeline="{metric}"}} 1.0' in metrics
     finally:
         ray.kill(actor, no_restart=True)
@@ -213,3 +222,73 @@ def test_fitted_model_lands_in_bucket_and_is_reused(
         assert len(scores) == n and np.isfinite(scores.values).all()
     finally:
         ray.kill(actor, no_restart=True)
+
+
+class _CrashOnce:
+    """A model factory whose forecaster kills its process on the first forecast call.
+
+    The marker file makes the crash happen once across processes: the restarted actor
+    finds it and scores normally. Module-level, so Ray pickles it by reference.
+    """
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self, pipeline):
+        from openanomaly.models.registry import load_forecaster
+
+        return _CrashingForecaster(load_forecaster(pipeline.model.spec, **pipeline.model.params), self.marker)
+
+
+class _CrashingForecaster:
+    def __init__(self, inner, marker: str) -> None:
+        self.inner, self.marker = inner, marker
+
+    def forecast(self, contexts, horizon, quantiles):
+        import os
+
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return self.inner.forecast(contexts, horizon, quantiles)
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os._exit(1)  # the worker process dies mid-job, before this batch is written
+
+
+@pytest.mark.integration
+def test_worker_dying_mid_job_is_retried_by_ray(ray_cluster, victoria_metrics, base_ms, tmp_path) -> None:
+    import pathlib
+
+    from openanomaly.config import Pipeline, Settings
+    from openanomaly.jobs import run_job
+
+    metric = f"crash_{uuid.uuid4().hex[:8]}"
+    n = 24
+    end_ms = base_ms + 60 * MIN
+    _load(victoria_metrics, metric, n, base_ms, end_ms)
+    marker = tmp_path / "crashed"
+    pipeline = Pipeline(
+        name=metric,
+        query=f'{metric}{{job="test"}}',
+        model="mad",
+        schedule={"infer_every": "10m", "context": "30m"},
+    )
+    settings = Settings(tsdb=victoria_metrics.settings)
+    options = JobOptions(
+        series_per_shard=n,
+        batch_size=8,
+        max_workers=1,
+        worker_num_cpus=0.25,
+        fetch_num_cpus=0.1,
+        model_factory=_CrashOnce(str(marker)),
+    )
+    result = run_job(settings, pipeline, start_ms=end_ms - 10 * MIN, end_ms=end_ms, options=options)
+
+    assert marker.exists(), "the scoring actor must have died once"
+    assert int(pathlib.Path(marker).read_text()) != os.getpid()
+    assert result.series_in == n and result.series_scored == n, "every series scored once"
+    assert result.points_scored == n * 10
+    assert result.samples_written == 4 * n * 10, "no batch written twice, none lost"
+    scores = _scores(victoria_metrics, metric, end_ms - 10 * MIN, end_ms)
+    assert len(scores) == n and np.isfinite(scores.values).all()

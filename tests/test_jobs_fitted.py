@@ -12,7 +12,7 @@ from openanomaly.errors import ConfigError, ModelError
 from openanomaly.models.fitted import check_fittable, fit_per_series, load_series_model
 
 
-def _pipeline(spec: str = "statsforecast:AutoETS", **schedule) -> Pipeline:
+def _pipeline(spec: str | dict = "statsforecast:AutoETS", **schedule) -> Pipeline:
     return Pipeline(
         name="p",
         query="m",
@@ -46,7 +46,13 @@ def test_check_fittable() -> None:
     check_fittable(_pipeline())  # zero-fit statsforecast: fine
     check_fittable(_pipeline(fit_every="1h", fit_window="4h"))
     with pytest.raises(ConfigError, match="no fitted form"):
-        check_fittable(_pipeline("statsforecast:SeasonalNaive", fit_every="1h", fit_window="4h"))
+        check_fittable(
+            _pipeline(
+                {"spec": "statsforecast:SeasonalNaive", "params": {"season_length": 12}},
+                fit_every="1h",
+                fit_window="4h",
+            )
+        )
     with pytest.raises(ConfigError, match="zero-shot"):
         check_fittable(_pipeline("mad", fit_every="1h", fit_window="4h"))
     with pytest.raises(ConfigError, match="fit_window"):
@@ -56,3 +62,88 @@ def test_check_fittable() -> None:
 def test_bad_blob_is_a_model_error() -> None:
     with pytest.raises(ModelError, match="unpickle"):
         load_series_model(_pipeline(), b"not a pickle")
+
+
+# Tiny NHITS: a few optimiser steps on a small MLP; the point is the fit → store →
+# load → forecast path, not forecast quality.
+_TINY_NHITS = {
+    "max_steps": 5,
+    "val_check_steps": 5,
+    "mlp_units": [[8, 8], [8, 8], [8, 8]],
+    "batch_size": 8,
+    "random_seed": 0,
+}
+
+
+@pytest.mark.integration
+def test_nhits_fitted_stored_in_s3_and_scored_by_a_fresh_worker(s3, tmp_path, monkeypatch) -> None:
+    """The global-model path of fit_job / run_job without Ray (Ray is covered with AutoETS).
+
+    ``train_global`` is the body of fit_job's training task and ``BlockScorer`` is the
+    scoring actor class; here the store is the real S3 endpoint (moto server).
+    """
+    import uuid
+
+    from openanomaly.artifacts import GLOBAL_SERIES_KEY, S3Store, list_models
+    from openanomaly.config import Settings
+    from openanomaly.jobs import BlockScorer, train_global
+    from openanomaly.models.neural import NHITSForecaster
+    from openanomaly.series import SeriesMatrix
+
+    monkeypatch.chdir(tmp_path)  # pytorch-lightning must not leave logs or checkpoints here
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3.create_bucket(f"nhits-{uuid.uuid4().hex[:8]}")
+    settings = Settings(
+        tsdb={"url": "http://127.0.0.1:9"},  # never contacted: detect_block does no I/O
+        artifacts={"kind": "s3", "bucket": bucket, "prefix": "models", "endpoint_url": s3.endpoint_url},
+    )
+    pipeline = Pipeline(
+        name="nhits",
+        query="m",
+        model={"spec": "neuralforecast:NHITS", "params": _TINY_NHITS},
+        schedule={"infer_every": "5m", "context": "20m", "fit_every": "1h", "fit_window": "2h"},
+    )
+    check_fittable(pipeline)
+    minute, n = 60_000, 5
+    fit_ms = 1_760_000_400_000
+    rng = np.random.default_rng(0)
+    t = np.arange(145)
+    values = 10 + np.sin(t / 6)[None, :] + rng.normal(0, 0.1, (n, t.size))  # column 119 = fit_ms
+
+    key = train_global(settings, pipeline, values[:, :120], fit_time_ms=fit_ms)
+    store = S3Store(bucket=bucket, prefix="models", endpoint_url=s3.endpoint_url, client=s3.client())
+    refs = list_models(store, pipeline="nhits")
+    assert [(r.key, r.series_key, r.fit_time_ms) for r in refs] == [(key, GLOBAL_SERIES_KEY, fit_ms)]
+
+    # A fresh worker: the scoring actor class loads the model from the bucket.
+    start_ms, end_ms = fit_ms + 20 * minute, fit_ms + 25 * minute
+    scorer = BlockScorer(settings, pipeline, start_ms, end_ms, fit_time_ms=fit_ms)
+    assert isinstance(scorer.forecaster, NHITSForecaster)
+    contexts = values[:, 120:140].copy()
+    contexts[1] = np.nan  # no context: NaN row out
+    contexts[2, :12] = np.nan  # left-padded: still forecast
+    forecast = scorer.forecaster.forecast(contexts, 5, [0.05, 0.5, 0.95])
+    assert forecast.quantiles.shape == (n, 5, 3)
+    assert np.isnan(forecast.quantiles[1]).all()
+    rest = forecast.quantiles[[0, 2, 3, 4]]
+    assert np.isfinite(rest).all() and np.all(np.diff(rest, axis=-1) >= 0)
+
+    # The job's scoring step over one window: 20 context + 5 window points, one NaN series.
+    grid = fit_ms + minute * np.arange(1, 26, dtype=np.int64)  # columns 120..144 of values
+    labels = tuple({"__name__": "m", "i": str(i)} for i in range(n))
+    block = values[:, 120:145].copy()
+    block[1] = np.nan
+    detections, unfitted = scorer.detect_block(SeriesMatrix(labels, grid, block))
+    assert unfitted == 0 and len(detections) == 1
+    detection = detections[0]
+    assert detection.anomaly_score.shape == (n, 5)
+    assert detection.series_scored == n - 1
+    assert np.isnan(detection.anomaly_score[1]).all()
+    assert np.isfinite(detection.yhat[[0, 2, 3, 4]]).all()
+
+    # "latest fit at or before the window" finds the same model: a retried window
+    # writes the same values.
+    again = BlockScorer(settings, pipeline, start_ms, end_ms).detect_block(SeriesMatrix(labels, grid, block))
+    np.testing.assert_array_equal(again[0][0].yhat, detection.yhat)
+    assert list(tmp_path.iterdir()) == []

@@ -187,7 +187,9 @@ def test_config_reload_adds_pipelines_and_keeps_last_good(tmp_path) -> None:
 
 
 def test_unfittable_pipeline_is_disabled_with_reason(tmp_path) -> None:
-    pipe = PIPE.format(name="naive", query="a").replace("model: mad", "model: statsforecast:SeasonalNaive")
+    pipe = PIPE.format(name="naive", query="a").replace(
+        "model: mad", "model:\n      spec: statsforecast:SeasonalNaive\n      params: {season_length: 6}"
+    )
     pipe += "      fit_every: 30m\n      fit_window: 2h\n"
     recorder = Recorder()
     scheduler = _scheduler(_yaml(tmp_path / "p.yaml", pipe + PIPE.format(name="ok", query="b")), recorder)
@@ -206,3 +208,31 @@ def test_metrics_text(tmp_path) -> None:
     assert 'openanomaly_pipeline_windows_total{pipeline="cpu"} 1.0' in text
     assert 'openanomaly_pipeline_series_scored{pipeline="cpu"} 3.0' in text
     assert "# TYPE openanomaly_pipeline_errors_total counter" in text
+
+
+@pytest.mark.integration
+def test_ensure_scheduler_starts_once_and_keeps_the_running_one(
+    ray_cluster, tmp_path, monkeypatch, caplog
+) -> None:
+    """What a Serve ingress does at start-up: every replica calls it, one actor runs."""
+    import uuid
+
+    import ray
+
+    from openanomaly.scheduler import ensure_scheduler
+
+    config = _yaml(tmp_path / "pipelines.yaml", PIPE.format(name="a", query="m"))
+    other = _yaml(tmp_path / "other.yaml", PIPE.format(name="b", query="m"))
+    monkeypatch.chdir(tmp_path)  # a relative path is resolved here, not in the actor
+    options = {"name": f"ensure-{uuid.uuid4().hex[:6]}", "namespace": "openanomaly-test"}
+    first = ensure_scheduler("pipelines.yaml", autostart=False, num_cpus=0.05, **options)
+    try:
+        assert ray.get(first.source.remote()) == config
+        assert [p["name"] for p in ray.get(first.status.remote())["pipelines"]] == ["a"]
+        with caplog.at_level("WARNING", logger="openanomaly.scheduler"):
+            second = ensure_scheduler(other, autostart=False, num_cpus=0.05, **options)
+        assert second._actor_id == first._actor_id
+        assert ray.get(second.source.remote()) == config
+        assert "already runs pipelines from" in caplog.text and other in caplog.text
+    finally:
+        ray.kill(first, no_restart=True)
