@@ -21,8 +21,8 @@ For each context row (oldest first, NaN = no sample) it:
      (one alert per shift, not one per point).
 3. **Sets the band at the record residual**: the alert edge is ``gain`` x the largest
    |residual| (around their median) over the last ``history`` points, so the score is
-   the new deviation as a fraction of the worst one seen recently:
-   ``score = 0.5 + |residual| / (2 * edge)`` outside the band, 1 on its edge. This is
+   the new deviation as a ratio to the worst one seen recently: ``|residual| / edge``
+   inside the band, ``0.5 + |residual| / (2 edge)`` outside, 1 on the edge. This is
    the anomaly-likelihood idea without a distributional assumption: each series
    calibrates itself (a spiky metric tolerates its usual spikes, a smooth one alerts on
    a small step), so ONE threshold (``score > 1``) means the same rarity everywhere. It
@@ -30,9 +30,10 @@ For each context row (oldest first, NaN = no sample) it:
    worse deviation alerts again for ``history`` points.
 4. **Lowers the bar for sustained deviations** (``short_window`` > 1): when the mean
    |residual| of the last ``short_window`` points (the new one included) would beat
-   ``gain`` x its own record over the history, the point alerts even if it is smaller
-   than the single-point record, but it must still reach ``floor`` x that record
-   (so the score stays a ratio to the record, comparable across series).
+   its own record over the history, the edge drops to what makes it do so, but never
+   below ``floor`` x the single-point record (so the score stays a ratio to the
+   record, comparable across series). ``gain`` multiplies the final edge, so it moves
+   the alert threshold without changing how points rank.
 
 The band is symmetric around the forecast. At the levels 0.05/0.95 it is the alert
 edge; other levels scale it like normal quantiles (0.99 is 1.41x wider, 0.5 is the
@@ -343,11 +344,11 @@ class DefaultForecaster:
         centre = np.nan_to_num(_nanmedian(residual))
         yhat = baseline[:, r:] + centre[:, None]  # (n, h)
         size = np.abs(residual - centre[:, None])  # (n, r)
-        # The new point alerts when, at some scale k, the mean |residual| of the k points
-        # ending at it beats ``gain`` x the largest such mean over the history: the largest
-        # |residual| the new point may have is k * gain * record - (sum of the k - 1 newest).
+        # The edge (before ``gain``) is the record |residual| over the history, lowered
+        # when the mean |residual| of the k points ending at the new one would beat its
+        # own record: then the new point may be at most k * record - (sum of the k - 1 newest).
         stat = _rolling_mean(size, 1)
-        single = self.gain * np.max(np.where(np.isfinite(stat), stat, 0.0), axis=1)
+        single = np.max(np.where(np.isfinite(stat), stat, 0.0), axis=1)
         upper = lower = single
         k = min(self.short_window, r)
         if k > 1:
@@ -356,10 +357,11 @@ class DefaultForecaster:
             prev = np.nansum(size[:, r - (k - 1) :], axis=1)
             # A sustained deviation lowers the bar, but never below ``floor`` x the
             # single-point one, so the score stays a ratio to the record.
-            edge = np.minimum(single, np.maximum(k * self.gain * record - prev, self.floor * single))
+            edge = np.minimum(single, np.maximum(k * record - prev, self.floor * single))
             upper = lower = edge
         # A flat history (record 0) makes any departure alert; scoring floors the width.
-        scale = np.abs(_norm_ppf(levels)) / _norm_ppf(np.array([0.95]))  # (q,)
+        # ``gain`` scales the whole edge, so it moves the alert threshold and nothing else.
+        scale = self.gain * np.abs(_norm_ppf(levels)) / _norm_ppf(np.array([0.95]))  # (q,)
         spread = np.where(levels[None, :] >= 0.5, upper[:, None], -lower[:, None]) * scale[None, :]
         band = yhat[:, :, None] + spread[:, None, :]
         empty = ~np.isfinite(raw).any(axis=1)
