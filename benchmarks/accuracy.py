@@ -247,6 +247,7 @@ def run_model(name: str, corpus: list[NabFile]) -> dict[str, Any]:
         "context_points": run.context,
         "quantiles": list(run.quantiles),
         "note": run.note,
+        "files": [item.path for item in corpus],
     }
     return result
 
@@ -284,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="default", help=f"comma list of {', '.join(MODELS)}")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results file")
     parser.add_argument(
+        "--files",
+        default="",
+        help="comma list of label-key prefixes: run on that subset only (recorded in each model's config)",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="keep the other models already in --out (same data and labels), replace only these",
@@ -294,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
     corpus = load_nab_corpus(args.data, args.labels)
+    if args.files:
+        prefixes = tuple(p.strip() for p in args.files.split(",") if p.strip())
+        corpus = [item for item in corpus if item.path.startswith(prefixes)]
+        if not corpus:
+            parser.error(f"--files {args.files!r} matches no labelled file")
     print(f"{len(corpus)} files, {sum(f.values.size for f in corpus)} rows", file=sys.stderr)
     results: dict[str, Any] = {}
     failed = False
