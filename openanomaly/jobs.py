@@ -105,7 +105,7 @@ class JobOptions:
             model's own threads are what really use the cores).
         fetch_num_cpus: CPUs reserved per fetch task (mostly waiting on HTTP).
         num_gpus: GPUs per scoring actor; None = 1 when the cluster has GPUs and the
-            model is a torch model (chronos, neuralforecast), else 0.
+            model runs on one (chronos; neuralforecast with ``accelerator: gpu``), else 0.
         max_restarts / max_task_retries: how often Ray restarts a dead scoring actor
             and retries its batch. None (default) = Ray Data's own default: restart
             and retry without limit. Setting them uses Ray 2.60's deprecated
@@ -495,8 +495,16 @@ def _gpus(pipeline: Pipeline, options: JobOptions) -> float:
         return options.num_gpus
     import ray
 
-    torch_model = pipeline.model.spec.split(":", 1)[0] in ("chronos", "neuralforecast")
-    return 1.0 if torch_model and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    prefix = pipeline.model.spec.split(":", 1)[0]
+    if prefix == "neuralforecast":
+        from openanomaly.models.neural import GPU_ACCELERATORS
+
+        # NHITS runs where lightning's accelerator says (CPU by default): a GPU
+        # reserved for a CPU model would only starve the Chronos actors.
+        gpu_model = str(pipeline.model.params.get("accelerator", "cpu")) in GPU_ACCELERATORS
+    else:
+        gpu_model = prefix == "chronos"
+    return 1.0 if gpu_model and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
 def _restart_args(options: JobOptions) -> dict[str, int]:

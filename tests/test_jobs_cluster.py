@@ -20,8 +20,9 @@ from openanomaly.tsdb import PrometheusClient
 
 MIN = 60_000
 N_SERIES = 60
+# Two fetch shards for the 60 series: the sharded path, with few worker processes to start.
 OPTIONS = JobOptions(
-    series_per_shard=20, batch_size=32, max_workers=1, worker_num_cpus=0.25, fetch_num_cpus=0.1
+    series_per_shard=30, batch_size=32, max_workers=1, worker_num_cpus=0.25, fetch_num_cpus=0.1
 )
 
 

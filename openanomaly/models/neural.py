@@ -9,7 +9,9 @@ The model is trained with a multi-quantile loss on exactly the levels the pipeli
 scores with (``scoring.quantiles`` plus the median), for horizon = the pipeline's chunk
 length (``infer_every / step``) and input size = ``schedule.context`` in points. The
 defaults are small (MLP 64 wide, 50 steps) so training on CPU takes seconds; raise
-``max_steps`` / ``mlp_units`` through ``model.params`` for better forecasts.
+``max_steps`` / ``mlp_units`` through ``model.params`` for better forecasts, and set
+``accelerator: gpu`` to train and predict on a GPU (the job then gives the training
+task and the scoring actors one GPU each when the cluster has GPUs).
 
 neuralforecast works on long DataFrames, so pandas appears here at the model edge
 (one frame per forecast call, built with numpy, no per-series Python loop).
@@ -27,7 +29,7 @@ import numpy as np
 from openanomaly.errors import ModelError
 from openanomaly.models.base import QuantileForecast, check_forecast, validate_quantile_levels
 
-__all__ = ["NHITSForecaster"]
+__all__ = ["GPU_ACCELERATORS", "NHITSForecaster"]
 
 _DEFAULTS: dict[str, Any] = {
     "max_steps": 50,
@@ -36,7 +38,12 @@ _DEFAULTS: dict[str, Any] = {
     "scaler_type": "standard",
     "learning_rate": 1e-3,
     "random_seed": 1,
+    # CPU unless the pipeline asks (model.params.accelerator: gpu): a small NHITS trains
+    # in seconds on CPU, and lightning's "auto" would grab any visible GPU, also in tests.
+    "accelerator": "cpu",
 }
+# accelerator values that make the job request a GPU for NHITS actors (jobs._gpus).
+GPU_ACCELERATORS = ("gpu", "cuda", "auto")
 
 
 def _long_frame(values: np.ndarray) -> Any:
@@ -112,7 +119,6 @@ class NHITSForecaster:
                 enable_model_summary=False,
                 enable_checkpointing=False,
                 logger=False,
-                accelerator="cpu",
                 devices=1,
                 **options,
             )
