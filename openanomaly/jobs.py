@@ -33,7 +33,7 @@ at the same timestamps), so a retried window never writes different values. A sc
 actor that dies mid-job is restarted by Ray Data and its in-flight batch retried on a
 live actor (Ray Data's defaults; ``JobOptions.max_restarts`` / ``max_task_retries``
 bound them); a batch is written only after it is scored, so a retry neither loses nor
-duplicates it. Fetch and fit tasks are retried by Ray like any task.
+duplicates it. Fetch and fit tasks whose process dies are retried by Ray Data.
 """
 
 from __future__ import annotations
