@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -96,6 +97,51 @@ async def _load(url: str, *, clients: int, duration: float, context: int, horizo
     }
 
 
+async def _load_handle(
+    handle: Any, *, clients: int, duration: float, context: int, horizon: int
+) -> dict[str, Any]:
+    """Like :func:`_load`, but each client calls the forecaster deployment's handle.
+
+    Leaves out the HTTP proxy and the ingress (JSON, validation), which on a small CPU
+    machine share the cores with the model and the load generator: this isolates what
+    ``@serve.batch`` itself gains.
+    """
+    from openanomaly.serve.forecaster import ForecastItem
+
+    rng = np.random.default_rng(0)
+    items = [
+        ForecastItem(
+            (100 + 10 * np.sin(np.arange(context) / 12) + rng.normal(0, 1, context))[None, :],
+            horizon,
+            (0.1, 0.5, 0.9),
+        )
+        for _ in range(16)
+    ]
+    latencies: list[float] = []
+    deadline = time.perf_counter() + duration
+
+    async def worker(index: int) -> None:
+        k = index
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            await handle.forecast.remote(items[k % len(items)])
+            latencies.append(time.perf_counter() - start)
+            k += clients
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    wall = time.perf_counter() - start
+    lat = np.array(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "errors": 0,
+        "wall_s": round(wall, 2),
+        "series_per_s": round(len(latencies) / wall, 2),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
+    }
+
+
 def _batch_sizes(url: str) -> dict[str, float]:
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
@@ -145,12 +191,14 @@ def run_mode(
     serve.run(app, name="bench", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     print(f"[{label}] deployed (max_batch_size={max_batch_size}); warming up", file=sys.stderr)
-    asyncio.run(
-        _load(url, clients=min(args.clients, 8), duration=3, context=args.context, horizon=args.horizon)
-    )
+    if args.via == "http":
+        load = functools.partial(_load, url)
+    else:
+        load = functools.partial(_load_handle, serve.get_deployment_handle("Forecaster-bench", "bench"))
+    asyncio.run(load(clients=min(args.clients, 8), duration=3, context=args.context, horizon=args.horizon))
     before = _batch_sizes(url)
     result = asyncio.run(
-        _load(url, clients=args.clients, duration=args.duration, context=args.context, horizon=args.horizon)
+        load(clients=args.clients, duration=args.duration, context=args.context, horizon=args.horizon)
     )
     after = _batch_sizes(url)
     batches = after["batches"] - before["batches"]
@@ -182,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-wait", type=float, default=0.01)
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs of the forecaster replica")
     parser.add_argument("--ingress-replicas", type=int, default=1)
+    parser.add_argument(
+        "--via",
+        choices=["http", "handle"],
+        default="http",
+        help="clients call the HTTP API, or the forecaster deployment's handle (no proxy/ingress)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -220,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
     )
     print(
-        f"\nmodel: {model_name} | device: {args.device} | clients: {args.clients} | "
+        f"\nmodel: {model_name} | device: {args.device} | via: {args.via} | clients: {args.clients} | "
         f"context: {args.context} | horizon: {args.horizon}"
     )
     print(header)
@@ -242,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "clients": args.clients,
+        "via": args.via,
         "duration_s": args.duration,
         "context": args.context,
         "horizon": args.horizon,
