@@ -48,6 +48,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _summary(latencies: list[float], *, wall: float, errors: int) -> dict[str, Any]:
+    """Requests, series/s and latency percentiles of one load run."""
+    lat = np.array(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "wall_s": round(wall, 2),
+        "series_per_s": round(len(latencies) / wall, 2),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
+    }
+
+
 async def _load(url: str, *, clients: int, duration: float, context: int, horizon: int) -> dict[str, Any]:
     """``clients`` loops, each one request at a time, for ``duration`` seconds."""
     import httpx
@@ -86,15 +99,7 @@ async def _load(url: str, *, clients: int, duration: float, context: int, horizo
         start = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(clients)))
         wall = time.perf_counter() - start
-    lat = np.array(latencies) * 1000
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "wall_s": round(wall, 2),
-        "series_per_s": round(len(latencies) / wall, 2),
-        "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
-        "p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
-    }
+    return _summary(latencies, wall=wall, errors=errors)
 
 
 async def _load_handle(
@@ -131,15 +136,7 @@ async def _load_handle(
     start = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(clients)))
     wall = time.perf_counter() - start
-    lat = np.array(latencies) * 1000
-    return {
-        "requests": len(latencies),
-        "errors": 0,
-        "wall_s": round(wall, 2),
-        "series_per_s": round(len(latencies) / wall, 2),
-        "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
-        "p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
-    }
+    return _summary(latencies, wall=wall, errors=0)
 
 
 def _batch_sizes(url: str) -> dict[str, float]:
