@@ -13,7 +13,7 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from openanomaly.config import Config, Pipeline, parse_duration
 from openanomaly.configstore import YamlConfigStore
 from openanomaly.errors import ConfigError, OpenAnomalyError
-from openanomaly.series import SeriesMatrix
+from openanomaly.series import SeriesMatrix, format_labels
 
 if TYPE_CHECKING:
     from openanomaly.detect import Detection, RunResult
@@ -84,12 +84,6 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _labels_text(labels: Mapping[str, str]) -> str:
-    name = labels.get("__name__", "")
-    rest = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()) if key != "__name__")
-    return f"{name}{{{rest}}}"
-
-
 # --------------------------------------------------------------------------- episodes
 
 
@@ -119,7 +113,7 @@ class EpisodeCollector:
             flags = detection.anomaly_score > 1
         ts = detection.timestamps
         for row in np.flatnonzero(flags.any(axis=1)):
-            series = _labels_text(detection.labels[row])
+            series = format_labels(detection.labels[row])
             hits = np.flatnonzero(flags[row])
             breaks = np.flatnonzero(np.diff(hits) > 1)
             for run in np.split(hits, breaks + 1):
@@ -188,7 +182,7 @@ class FrameCollector:
     def add(self, detection: Detection) -> int:
         rows, cols = np.nonzero(np.isfinite(detection.anomaly_score))
         if rows.size:
-            names = np.array([_labels_text(labels) for labels in detection.labels], dtype=object)
+            names = np.array([format_labels(labels) for labels in detection.labels], dtype=object)
             self.parts.append(
                 {
                     "timestamp": detection.timestamps[cols],
@@ -276,7 +270,7 @@ def _print_result(result: RunResult) -> None:
         f"{result.anomalies} anomalous, {result.samples_written} samples written"
     )
     for labels in result.skipped:
-        print(f"  skipped (no context before some points): {_labels_text(labels)}", file=sys.stderr)
+        print(f"  skipped (no context before some points): {format_labels(labels)}", file=sys.stderr)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SeriesMatrix"]
+__all__ = ["SeriesMatrix", "format_labels"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +81,10 @@ class SeriesMatrix:
         """The columns with ``start_ms < t <= end_ms`` (the window convention of detect)."""
         keep = (self.timestamps > start_ms) & (self.timestamps <= end_ms)
         return SeriesMatrix(self.labels, self.timestamps[keep], self.values[:, keep])
+
+
+def format_labels(labels: Mapping[str, str]) -> str:
+    """A label set as PromQL writes a series, ``name{a="x",b="y"}``, for messages and tables."""
+    name = labels.get("__name__", "")
+    rest = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()) if key != "__name__")
+    return f"{name}{{{rest}}}"

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from openanomaly.config import Pipeline, parse_duration
 from openanomaly.detect import Detection, backtest, fetch_window
 from openanomaly.errors import OpenAnomalyError
+from openanomaly.series import format_labels
 
 if TYPE_CHECKING:
     import altair as alt
@@ -123,14 +124,14 @@ class PlaygroundResult:
             f"{len(self.episodes)} episodes.",
         ]
         if self.hidden:
-            names = ", ".join(f"`{_labels_text(labels)}`" for labels in self.hidden[:5])
+            names = ", ".join(f"`{format_labels(labels)}`" for labels in self.hidden[:5])
             more = f" and {len(self.hidden) - 5} more" if len(self.hidden) > 5 else ""
             lines.append(
                 f"Showing {len(self.shown)} of {len(detection.labels)} series (most anomalous first); "
                 f"{len(self.hidden)} hidden: {names}{more}."
             )
         if detection.skipped:
-            names = ", ".join(f"`{_labels_text(labels)}`" for labels in detection.skipped_labels[:5])
+            names = ", ".join(f"`{format_labels(labels)}`" for labels in detection.skipped_labels[:5])
             lines.append(f"Not fully scored (no finite context before some points): {names}.")
         return "\n\n".join(lines)
 
@@ -167,12 +168,6 @@ def _duration(value: Any) -> str:
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _labels_text(labels: Mapping[str, str]) -> str:
-    name = labels.get("__name__", "")
-    rest = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()) if key != "__name__")
-    return f"{name}{{{rest}}}"
 
 
 def _check_duration(text: str, *, field: str) -> str:
@@ -482,7 +477,7 @@ def _series_chart(result: PlaygroundResult, row: int, *, width: int) -> alt.VCon
     )
     top = (
         alt.layer(band, yhat, actual, points)
-        .properties(width=width, height=230, title=_labels_text(result.detection.labels[row]))
+        .properties(width=width, height=230, title=format_labels(result.detection.labels[row]))
         .add_params(alt.selection_interval(bind="scales", encodings=["x"], name=f"zoom_{row}"))
     )
     score_line = base.mark_line(color=_COLORS["score"], strokeWidth=1.2).encode(
