@@ -81,7 +81,9 @@ def _daily(step: timedelta) -> int:
 
 
 MODELS: dict[str, ModelRun] = {
-    "default": ModelRun("default", note="production default detector"),
+    "default": ModelRun(
+        "default", context=8064, note="production default detector, 28 days of 5-minute context"
+    ),
     "zscore": ModelRun("zscore", context=288, note="mean +- k std of the last 288 points"),
     "mad": ModelRun("mad", context=288, note="median +- k MAD of the last 288 points"),
     "seasonal_naive": ModelRun(
@@ -305,6 +307,14 @@ def main(argv: list[str] | None = None) -> int:
         corpus = [item for item in corpus if item.path.startswith(prefixes)]
         if not corpus:
             parser.error(f"--files {args.files!r} matches no labelled file")
+    out = Path(args.out)
+    source = (str(Path(args.data).resolve()), str(Path(args.labels).resolve()))
+    previous: dict[str, Any] = {}
+    if args.merge and out.is_file():  # checked before the (long) run, not after
+        previous = json.loads(out.read_text())
+        made_from = tuple(str(Path(previous.get(key, "")).resolve()) for key in ("data", "labels"))
+        if made_from != source:
+            parser.error(f"--merge: {out} was made from other data/labels; use another --out")
     print(f"{len(corpus)} files, {sum(f.values.size for f in corpus)} rows", file=sys.stderr)
     results: dict[str, Any] = {}
     failed = False
@@ -315,17 +325,12 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             results[name] = {"error": f"{type(error).__name__}: {error}"}
             print(f"model {name} failed: {results[name]['error']}", file=sys.stderr)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.merge and out.is_file():
-        previous = json.loads(out.read_text())
-        if (previous.get("data"), previous.get("labels")) != (str(args.data), str(args.labels)):
-            parser.error(f"--merge: {out} was made from other data/labels; use another --out")
-        results = {**previous.get("models", {}), **results}
+    results = {**previous.get("models", {}), **results}
     print(_table(results))
     payload = {
-        "data": str(args.data),
-        "labels": str(args.labels),
+        "data": source[0],
+        "labels": source[1],
         "files": len(corpus),
         "rows": int(sum(f.values.size for f in corpus)),
         "models": results,

@@ -78,6 +78,37 @@ def test_default_forecaster_alerts_on_a_step_but_not_on_noise() -> None:
     assert outside.tolist() == [False, True]
 
 
+def test_default_forecaster_alerts_once_per_accelerating_incident() -> None:
+    # A fall that keeps accelerating beats the sustained test at every point; the
+    # cooldown turns that into one alert for the incident.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(1200)
+    x[1100:1130] -= 0.29 * np.arange(30) ** 2 / 2
+    contexts = np.stack([x[t - 1000 : t] for t in range(1095, 1130)])
+    alerts = {}
+    for cooldown in (144, 0):
+        model = DefaultForecaster(cooldown=cooldown, range_margin=None)
+        lower = model.forecast(contexts, 1, [0.05, 0.5, 0.95]).quantiles[:, 0, 0]
+        alerts[cooldown] = int((x[1095:1130] < lower).sum())
+    assert alerts[144] == 1
+    assert alerts[0] > 4
+
+
+def test_default_forecaster_alerts_when_a_slow_drift_leaves_the_range() -> None:
+    # Residuals of a slow ramp are tiny, so only the range rule sees it leave everything
+    # the context has seen; the range is taken before the ramp (range_lag), so the
+    # ramp does not drag it along.
+    rng = np.random.default_rng(4)
+    context = rng.uniform(9.9, 10.1, 1100)
+    context[-100:] = np.linspace(10.0, 10.1, 100)
+    quantiles = [0.05, 0.5, 0.95]
+    capped = DefaultForecaster().forecast(context[None], 1, quantiles).quantiles[0, 0]
+    uncapped = DefaultForecaster(range_margin=None).forecast(context[None], 1, quantiles).quantiles[0, 0]
+    assert capped[2] == pytest.approx(10.1 + 0.05 * 0.2, abs=0.005)  # max + 5 % of the range
+    assert uncapped[2] > 10.3
+    assert np.all(np.diff(capped) >= 0) and capped[0] < 9.9
+
+
 def test_default_forecaster_handles_short_and_empty_rows() -> None:
     contexts = np.full((2, 50), np.nan)
     contexts[0, -3:] = [1.0, 2.0, 3.0]
@@ -91,6 +122,10 @@ def test_default_rejects_bad_params() -> None:
         DefaultForecaster(short_window=0)
     with pytest.raises(ModelError, match="gain"):
         DefaultForecaster(gain=0)
+    with pytest.raises(ModelError, match="cooldown"):
+        DefaultForecaster(cooldown=-1)
+    with pytest.raises(ModelError, match="range_margin"):
+        DefaultForecaster(range_margin=-0.1)
     with pytest.raises(ModelError, match="no model name"):
         DefaultForecaster.from_spec("foo")
 
@@ -121,3 +156,15 @@ def test_harness_runs_default_through_backtest_on_a_nab_slice(tmp_path: Path) ->
     assert harness.main(["--data", str(data), "--labels", str(labels), "--out", str(again)]) == 0
     rerun = json.loads(again.read_text())["models"]["default"]
     assert rerun["overall"] == overall
+
+
+@pytest.mark.skipif(not NAB.is_dir(), reason="shared NAB data not present")
+def test_harness_merge_refuses_results_from_other_data_before_running(tmp_path: Path) -> None:
+    out = tmp_path / "accuracy.json"
+    out.write_text(json.dumps({"data": str(tmp_path / "elsewhere"), "labels": "x.json", "models": {}}))
+    harness = _harness()
+    harness.run_model = None  # reaching the run would fail loudly: the check must come first
+    labels = NAB / "labels" / "combined_windows.json"
+    with pytest.raises(SystemExit) as stopped:
+        harness.main(["--data", str(NAB), "--labels", str(labels), "--out", str(out), "--merge"])
+    assert stopped.value.code == 2

@@ -34,6 +34,19 @@ For each context row (oldest first, NaN = no sample) it:
    below ``floor`` x the single-point record (so the score stays a ratio to the
    record, comparable across series). ``gain`` multiplies the final edge, so it moves
    the alert threshold without changing how points rank.
+5. **Alerts once per incident** (``cooldown``): the edge is worked out at every history
+   point too, to know which recent points alerted; within ``cooldown`` points of an
+   alert only a deviation ``gain`` x worse than the worst alerted one alerts again. A
+   dip that keeps deepening beats the sustained test at every point; without this it
+   pages at every point, with it once.
+6. **Caps the band at the context's range** (``range_margin``): a value more than
+   ``range_margin`` x (max - min) beyond everything the context has seen alerts however
+   smooth the way there (NAB's HTM detector has the same "spatial anomaly" rule, with
+   the same 5 %). The range is that of the context before its last ``range_lag``
+   points, so a slow drift alerts when it leaves the old range instead of dragging the
+   range along point by point; once a recent point has left it, the recent points join
+   the range, so only a further jump alerts again. The longer the context, the more
+   "never seen" means: give ``default`` weeks of context (the NAB figures use 28 days).
 
 The band is symmetric around the forecast. At the levels 0.05/0.95 it is the alert
 edge; other levels scale it like normal quantiles (0.99 is 1.41x wider, 0.5 is the
@@ -209,6 +222,10 @@ class DefaultForecaster:
         periods: candidate seasonal periods tried per series.
         floor: the sustained test never lowers the edge below this fraction of the
             single-point one.
+        cooldown: points after an alert during which only a worse deviation alerts (0: off).
+        range_margin: the band never reaches past the context's range widened by this
+            fraction of it (None: no range cap).
+        range_lag: the range is that of the context before its last ``range_lag`` points.
         min_acf, min_prominence: how clear a season must be to be used (see ``detect_period``).
         batch_rows: rows processed at once, to bound memory on large batches.
     """
@@ -222,9 +239,12 @@ class DefaultForecaster:
         seasons: int = 5,
         history: int = 576,
         short_window: int = 6,
+        cooldown: int = 144,
+        range_lag: int = 144,
         gain: float = 1.88,
         periods: int = 2,
-        floor: float = 0.5,
+        floor: float = 0.4,
+        range_margin: float | None = 0.05,
         min_acf: float = 0.3,
         min_prominence: float = 0.2,
         batch_rows: int = 256,
@@ -234,6 +254,8 @@ class DefaultForecaster:
             ("seasons", seasons, 1),
             ("history", history, 8),
             ("short_window", short_window, 1),
+            ("cooldown", cooldown, 0),
+            ("range_lag", range_lag, 0),
             ("periods", periods, 1),
             ("batch_rows", batch_rows, 1),
         ):
@@ -241,13 +263,22 @@ class DefaultForecaster:
                 raise ModelError(f"{name} must be an integer >= {low}, got {value!r}", spec=self.spec)
         if isinstance(gain, bool) or not isinstance(gain, int | float) or not gain > 0:
             raise ModelError(f"gain must be a number > 0, got {gain!r}", spec=self.spec)
+        if range_margin is not None and (
+            isinstance(range_margin, bool) or not isinstance(range_margin, int | float) or range_margin < 0
+        ):
+            raise ModelError(
+                f"range_margin must be a number >= 0 or null, got {range_margin!r}", spec=self.spec
+            )
         self.level_window = level_window
         self.seasons = seasons
         self.history = history
         self.short_window = short_window
+        self.cooldown = cooldown
+        self.range_lag = range_lag
         self.gain = float(gain)
         self.periods = periods
         self.floor = float(floor)
+        self.range_margin = None if range_margin is None else float(range_margin)
         self.min_acf = float(min_acf)
         self.min_prominence = float(min_prominence)
         self.batch_rows = batch_rows
@@ -324,6 +355,68 @@ class DefaultForecaster:
             out.append(np.where((periods[:, j] > 0)[:, None], seasonal, np.nan))
         return np.stack(out)
 
+    def _edges(self, size: np.ndarray) -> np.ndarray:
+        """The alert edge (before ``gain``) for the point after ``size`` ``(n, r)``, ``(n,)``.
+
+        The edge at each position is the record |residual| before it, lowered when the
+        mean |residual| of the ``k`` points ending there would beat its own record (then
+        the point may be at most ``k * record - (sum of the k - 1 before it)``), never
+        below ``floor`` x the single-point record. It is computed at every history
+        position, not only the new one, to know which recent points alerted: during an
+        incident (an alert within the last ``cooldown`` points) only a deviation worse
+        than the worst alerted one alerts again, so one incident is one alert.
+        """
+        n, r = size.shape
+        filled = np.where(np.isfinite(size), size, 0.0)
+        zero = np.zeros((n, 1))
+        # single[:, i] = record before position i (i = r: the new point).
+        single = np.concatenate([zero, np.maximum.accumulate(filled, axis=1)], axis=1)  # (n, r + 1)
+        edge = single
+        k = min(self.short_window, r)
+        if k > 1:
+            stat = _rolling_mean(size, k)  # (n, r - k + 1); stat[:, m] ends at position m + k - 1
+            record = np.maximum.accumulate(np.where(np.isfinite(stat), stat, 0.0), axis=1)
+            record = np.concatenate([np.zeros((n, k)), record], axis=1)  # record of windows ending before i
+            total = np.concatenate([zero, np.cumsum(filled, axis=1)], axis=1)  # (n, r + 1)
+            before = np.concatenate([np.zeros((n, k - 1)), total[:, k - 1 :] - total[:, : r + 2 - k]], 1)
+            edge = np.minimum(single, np.maximum(k * record - before, self.floor * single))
+        cool = min(self.cooldown, r)
+        if cool:
+            recent = filled[:, r - cool :]
+            alerted = recent > self.gain * edge[:, r - cool : r]
+            worst = np.max(np.where(alerted, recent, 0.0), axis=1)
+            return np.maximum(edge[:, r], worst)
+        return edge[:, r]
+
+    def _cap_to_range(self, band: np.ndarray, values: np.ndarray, yhat: np.ndarray) -> np.ndarray:
+        """Clip the band to the context's range widened by ``range_margin`` of it.
+
+        A value beyond everything seen in the context is anomalous however smooth the
+        way there (NAB's HTM detector has the same "spatial anomaly" rule). The range is
+        that of the context *before* its last ``range_lag`` points, so a slow drift out of
+        it alerts when it crosses, instead of dragging the range along point by point;
+        once a recent point has crossed (that incident alerted), the range includes the
+        recent points too, so only a further jump alerts again.
+        """
+        length = values.shape[1]
+        seen = np.isfinite(values)  # forward-filled: every point after the first sample
+        # Half the samples at most, so a young series still has a range to compare with.
+        lag = np.minimum(self.range_lag, seen.sum(axis=1) // 2)[:, None]
+        is_recent = np.arange(length)[None, :] >= length - lag
+        old = np.where(seen & ~is_recent, values, np.nan)
+        recent = np.where(seen & is_recent, values, np.nan)
+        # fmin/fmax skip NaN; a row with no sample gets NaN, which never caps the band.
+        low, high = np.fmin.reduce(old, axis=1), np.fmax.reduce(old, axis=1)
+        recent_low, recent_high = np.fmin.reduce(recent, axis=1), np.fmax.reduce(recent, axis=1)
+        slack = self.range_margin * (high - low)
+        with np.errstate(invalid="ignore"):
+            crossed = (recent_high > high + slack) | (recent_low < low - slack)
+        low = np.where(crossed, np.fmin(low, recent_low), low)
+        high = np.where(crossed, np.fmax(high, recent_high), high)
+        cap_hi = np.fmax(high + slack, np.fmax.reduce(yhat, axis=1))[:, None, None]
+        cap_lo = np.fmin(low - slack, np.fmin.reduce(yhat, axis=1))[:, None, None]
+        return np.clip(band, cap_lo, cap_hi)
+
     def _forecast_rows(
         self, raw: np.ndarray, horizon: int, levels: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -344,26 +437,14 @@ class DefaultForecaster:
         centre = np.nan_to_num(_nanmedian(residual))
         yhat = baseline[:, r:] + centre[:, None]  # (n, h)
         size = np.abs(residual - centre[:, None])  # (n, r)
-        # The edge (before ``gain``) is the record |residual| over the history, lowered
-        # when the mean |residual| of the k points ending at the new one would beat its
-        # own record: then the new point may be at most k * record - (sum of the k - 1 newest).
-        stat = _rolling_mean(size, 1)
-        single = np.max(np.where(np.isfinite(stat), stat, 0.0), axis=1)
-        upper = lower = single
-        k = min(self.short_window, r)
-        if k > 1:
-            stat = _rolling_mean(size, k)  # (n, r - k + 1); the last ends at the last context point
-            record = np.max(np.where(np.isfinite(stat), stat, 0.0), axis=1)
-            prev = np.nansum(size[:, r - (k - 1) :], axis=1)
-            # A sustained deviation lowers the bar, but never below ``floor`` x the
-            # single-point one, so the score stays a ratio to the record.
-            edge = np.minimum(single, np.maximum(k * record - prev, self.floor * single))
-            upper = lower = edge
+        upper = lower = self._edges(size)
         # A flat history (record 0) makes any departure alert; scoring floors the width.
         # ``gain`` scales the whole edge, so it moves the alert threshold and nothing else.
         scale = self.gain * np.abs(_norm_ppf(levels)) / _norm_ppf(np.array([0.95]))  # (q,)
         spread = np.where(levels[None, :] >= 0.5, upper[:, None], -lower[:, None]) * scale[None, :]
         band = yhat[:, :, None] + spread[:, None, :]
+        if self.range_margin is not None:
+            band = self._cap_to_range(band, values, yhat)
         empty = ~np.isfinite(raw).any(axis=1)
         band[empty] = np.nan
         yhat[empty] = np.nan
