@@ -222,7 +222,8 @@ class DefaultForecaster:
         periods: candidate seasonal periods tried per series.
         floor: the sustained test never lowers the edge below this fraction of the
             single-point one.
-        cooldown: points after an alert during which only a worse deviation alerts (0: off).
+        cooldown: points after an alert during which only a deviation ``gain`` x worse
+            than the worst alerted one alerts (0: off).
         range_margin: the band never reaches past the context's range widened by this
             fraction of it (None: no range cap).
         range_lag: the range is that of the context before its last ``range_lag`` points.
@@ -363,8 +364,8 @@ class DefaultForecaster:
         the point may be at most ``k * record - (sum of the k - 1 before it)``), never
         below ``floor`` x the single-point record. It is computed at every history
         position, not only the new one, to know which recent points alerted: during an
-        incident (an alert within the last ``cooldown`` points) only a deviation worse
-        than the worst alerted one alerts again, so one incident is one alert.
+        incident (an alert within the last ``cooldown`` points) only a deviation ``gain`` x
+        worse than the worst alerted one alerts again, so one incident is one alert.
         """
         n, r = size.shape
         filled = np.where(np.isfinite(size), size, 0.0)
@@ -389,15 +390,7 @@ class DefaultForecaster:
         return edge[:, r]
 
     def _cap_to_range(self, band: np.ndarray, values: np.ndarray, yhat: np.ndarray) -> np.ndarray:
-        """Clip the band to the context's range widened by ``range_margin`` of it.
-
-        A value beyond everything seen in the context is anomalous however smooth the
-        way there (NAB's HTM detector has the same "spatial anomaly" rule). The range is
-        that of the context *before* its last ``range_lag`` points, so a slow drift out of
-        it alerts when it crosses, instead of dragging the range along point by point;
-        once a recent point has crossed (that incident alerted), the range includes the
-        recent points too, so only a further jump alerts again.
-        """
+        """Clip the band to the context's range widened by ``range_margin`` of it (module docs, step 6)."""
         length = values.shape[1]
         seen = np.isfinite(values)  # forward-filled: every point after the first sample
         # Half the samples at most, so a young series still has a range to compare with.
@@ -437,11 +430,12 @@ class DefaultForecaster:
         centre = np.nan_to_num(_nanmedian(residual))
         yhat = baseline[:, r:] + centre[:, None]  # (n, h)
         size = np.abs(residual - centre[:, None])  # (n, r)
-        upper = lower = self._edges(size)
+        edge = self._edges(size)  # (n,), the same on both sides
         # A flat history (record 0) makes any departure alert; scoring floors the width.
         # ``gain`` scales the whole edge, so it moves the alert threshold and nothing else.
-        scale = self.gain * np.abs(_norm_ppf(levels)) / _norm_ppf(np.array([0.95]))  # (q,)
-        spread = np.where(levels[None, :] >= 0.5, upper[:, None], -lower[:, None]) * scale[None, :]
+        # Signed normal quantiles, scaled so the 0.95 level sits at gain x edge: (q,).
+        scale = self.gain * _norm_ppf(levels) / _norm_ppf(np.array([0.95]))
+        spread = edge[:, None] * scale[None, :]
         band = yhat[:, :, None] + spread[:, None, :]
         if self.range_margin is not None:
             band = self._cap_to_range(band, values, yhat)
