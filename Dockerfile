@@ -32,4 +32,4 @@ ENV PATH="/app/.venv/bin:$PATH" \
     PYTHONUNBUFFERED=1
 USER openanomaly
 EXPOSE 8000 8265 6379
-CMD ["python", "-m", "openanomaly.scheduler", "--help"]
+CMD ["openanomaly", "scheduler", "--help"]

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from openanomaly.config import ArtifactSettings
-from openanomaly.errors import ArtifactError
+from openanomaly.errors import ArtifactError, ArtifactNotFound
 
 __all__ = [
     "GLOBAL_SERIES_KEY",
@@ -216,7 +216,7 @@ class MemoryStore:
     def get(self, key: str) -> bytes:
         with self._lock:
             if key not in self._data:
-                raise ArtifactError("no such artifact", key=key)
+                raise ArtifactNotFound("no such artifact", key=key)
             return self._data[key]
 
     def list(self, prefix: str) -> list[str]:
@@ -262,7 +262,7 @@ class FileStore:
         try:
             return path.read_bytes()
         except FileNotFoundError as error:
-            raise ArtifactError(f"no such artifact ({path})", key=key) from error
+            raise ArtifactNotFound(f"no such artifact ({path})", key=key) from error
         except OSError as error:
             raise ArtifactError(f"read of {path} failed: {error}", key=key) from error
 
@@ -339,7 +339,11 @@ class S3Store:
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=self._full(key))
             return response["Body"].read()
-        except (BotoCoreError, ClientError) as error:
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ArtifactNotFound(f"not in {self._where()}", key=key) from error
+            raise ArtifactError(f"read from {self._where()} failed: {error}", key=key) from error
+        except BotoCoreError as error:
             raise ArtifactError(f"read from {self._where()} failed: {error}", key=key) from error
 
     def list(self, prefix: str) -> list[str]:

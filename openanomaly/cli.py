@@ -1,4 +1,4 @@
-"""The ``openanomaly`` command: validate | run --once | backtest | example | playground.
+"""The ``openanomaly`` command: validate | run [--once] | scheduler | backtest | example | playground.
 
 User errors (bad YAML, unknown model, unreachable TSDB, no data) print one line per
 problem to stderr and exit with status 2; anything else is a bug and keeps its
@@ -25,12 +25,14 @@ from pydantic import ValidationError
 
 from openanomaly.config import Config, Pipeline, parse_duration
 from openanomaly.configstore import YamlConfigStore
+from openanomaly.detect import check_input
 from openanomaly.errors import ConfigError, OpenAnomalyError
 from openanomaly.series import SeriesMatrix, format_labels
 
 if TYPE_CHECKING:
-    from openanomaly.detect import Detection, RunResult
+    from openanomaly.detect import Detection
     from openanomaly.models.base import Forecaster
+    from openanomaly.window import RunResult
 
 __all__ = ["EXAMPLES_DIR", "main", "parse_time", "read_csv_series"]
 
@@ -144,8 +146,11 @@ class EpisodeCollector:
 
 def _print_episodes(episodes: Sequence[Episode], *, total: int, stream: Any = None) -> None:
     stream = stream or sys.stdout
-    if not episodes:
+    if not total:
         print("no anomalies (no point scored above 1)", file=stream)
+        return
+    if not episodes:
+        print(f"{total} anomaly episodes (none listed: raise --top to see them)", file=stream)
         return
     print(f"top {len(episodes)} of {total} anomaly episodes (by peak score):", file=stream)
     header = f"  {'start (UTC)':<20} {'end (UTC)':<20} {'points':>6} {'peak':>8} {'value':>12}  series"
@@ -268,6 +273,7 @@ def _print_result(result: RunResult) -> None:
         f"{result.pipeline}: ({_iso(result.start_ms)}, {_iso(result.end_ms)}] "
         f"{result.series_scored}/{result.series_in} series scored, {result.points_scored} points, "
         f"{result.anomalies} anomalous, {result.samples_written} samples written"
+        + (f" ({result.samples_present} already present, not rewritten)" if result.samples_present else "")
     )
     for labels in result.skipped:
         print(f"  skipped (no context before some points): {format_labels(labels)}", file=sys.stderr)
@@ -281,34 +287,134 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from openanomaly.detect import chunk_points, detect_window, summarize, write_detection
-
-    if not args.once:
-        raise UsageError("run needs --once (one pass now); the continuous scheduler runs under Ray Serve")
     config = _load_config(args.config)
+    if not args.once:
+        return _run_scheduler(args, config)
+    from openanomaly.tsdb import PrometheusClient
+    from openanomaly.window import fetch, latest_window, local_scorer, run_window
+
     pipelines = _select(config, args.pipeline, args.config)
     now_ms = parse_time(args.now) if args.now else int(datetime.now(UTC).timestamp() * 1000)
     forecasters = {p.name: _forecaster(p) for p in pipelines}
-    from openanomaly.tsdb import PrometheusClient
-
     with PrometheusClient(config.settings.tsdb) as client:
-        # Score every pipeline before writing any, so a bad one leaves nothing half written.
-        windows = []
+        # Check every pipeline's query before writing any, so a bad one leaves nothing half written.
         for pipeline in pipelines:
-            end_ms = now_ms // pipeline.step_ms * pipeline.step_ms
-            start_ms = end_ms - chunk_points(pipeline) * pipeline.step_ms
-            detection = detect_window(
-                client, pipeline, forecasters[pipeline.name], start_ms=start_ms, end_ms=end_ms
-            )
-            windows.append((pipeline, detection, start_ms, end_ms))
-        for pipeline, detection, start_ms, end_ms in windows:
-            written = write_detection(client, pipeline, detection)
-            _print_result(summarize(pipeline, detection, start_ms=start_ms, end_ms=end_ms, written=written))
+            start_ms, end_ms = latest_window(pipeline, now_ms)
+            check_input(fetch(client, pipeline, start_ms=start_ms, end_ms=end_ms), pipeline)
+        for pipeline in pipelines:
+            start_ms, end_ms = latest_window(pipeline, now_ms)
+            scorer = local_scorer(pipeline, forecasters[pipeline.name])
+            _, result = run_window(client, pipeline, scorer, start_ms=start_ms, end_ms=end_ms)
+            _print_result(result)
     return 0
 
 
+def _run_scheduler(args: argparse.Namespace, config: Config) -> int:
+    """``run`` without ``--once``: the scheduler in this process, its model actors on a local Ray."""
+    import time
+
+    import ray
+
+    from openanomaly.scheduler import Scheduler
+
+    if args.pipeline:
+        raise UsageError("--pipeline works with --once; the scheduler runs every pipeline of the file")
+    address = args.address or "local"
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    print(
+        f"scheduling {len(config.pipelines)} pipelines from {args.config} on "
+        f"{'a local Ray' if address == 'local' else address} ({cpus:g} CPUs); Ctrl-C stops",
+        flush=True,
+    )
+    scheduler = Scheduler(args.config, delay=round(args.delay * 1000))
+    seen: dict[str, tuple[int, int]] = {}
+    try:
+        while True:
+            scheduler.tick()
+            time.sleep(args.tick)
+            _print_progress(scheduler.status(), seen)
+    except KeyboardInterrupt:
+        print("stopping: letting the windows in flight finish…", file=sys.stderr, flush=True)
+        scheduler.stop(wait=True)
+        _print_progress(scheduler.status(), seen)
+        return 0
+    finally:
+        ray.shutdown()
+
+
+def _print_progress(status: dict[str, Any], seen: dict[str, tuple[int, int]]) -> None:
+    """One line per window completed or failed since the last call."""
+    if status.get("config_error"):
+        key = ("config", hash(status["config_error"]))
+        if seen.get("\0config") != key:
+            print(f"error: {status['config_error']}", file=sys.stderr, flush=True)
+            seen["\0config"] = key
+    for record in status["pipelines"]:
+        counts = (record["windows_total"], record["errors_total"] + record["no_data_total"])
+        if seen.get(record["name"]) == counts:
+            continue
+        seen[record["name"]] = counts
+        if record["state"] in ("idle", "running") and record["last_end_ms"] is not None:
+            print(
+                f"{record['name']}: window to {_iso(record['last_end_ms'])} done, "
+                f"{record['series_scored']}/{record['series_in']} series scored, "
+                f"{record['samples_written']} samples written, "
+                f"{record['last_window_duration_s'] or 0:.2f}s",
+                flush=True,
+            )
+        elif record["reason"]:
+            print(f"{record['name']}: {record['state']}: {record['reason']}", file=sys.stderr, flush=True)
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    """Start the detached scheduler actor on a running cluster (KubeRay, compose, ``ray start``)."""
+    import time
+
+    import ray
+
+    from openanomaly.scheduler import start_scheduler
+
+    _load_config(args.config)  # a bad file is an error here, where the person who made it sees it
+    path = str(Path(args.config).resolve())
+    ray.init(address=args.address, namespace=args.namespace, logging_level=logging.WARNING)
+    handle = start_scheduler(
+        path,
+        name=args.name,
+        namespace=args.namespace,
+        tick_s=args.tick,
+        delay=round(args.delay * 1000),
+        runtime_env={"env_vars": _config_env(Path(path))},
+    )
+    print(f"scheduler {args.name!r} running in namespace {args.namespace!r} on {path}", flush=True)
+    if args.detach:
+        return 0
+    print("Ctrl-C leaves it running in the cluster; `ray kill` or a cluster restart stops it", flush=True)
+    seen: dict[str, tuple[int, int]] = {}
+    try:
+        while True:
+            time.sleep(args.tick)
+            _print_progress(ray.get(handle.status.remote()), seen)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _config_env(path: Path) -> dict[str, str]:
+    """The environment the scheduler actor needs: ``${VAR}`` names of the file, and AWS_* for S3.
+
+    The actor runs in the cluster, not in this shell, so these go with it (runtime_env).
+    """
+    import os
+
+    from openanomaly.configstore import referenced_env
+
+    names = referenced_env(path.read_text()) | {name for name in os.environ if name.startswith("AWS_")}
+    return {name: os.environ[name] for name in sorted(names) if name in os.environ}
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from openanomaly.detect import Tally, iter_backtest, write_detection
+    from openanomaly.tsdb import PrometheusClient
+    from openanomaly.window import Tally, iter_range, local_scorer, write
 
     config = _load_config(args.config)
     pipelines = _select(config, args.pipeline, args.config)
@@ -320,8 +426,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         _check_out(out)
     if args.batch_chunks is not None and args.batch_chunks <= 0:
         raise UsageError(f"--batch-chunks must be positive, got {args.batch_chunks}")
+    if args.top < 0:
+        raise UsageError(f"--top must be 0 or more, got {args.top}")
     forecasters = {p.name: _forecaster(p) for p in pipelines}
-    from openanomaly.tsdb import PrometheusClient
 
     collectors = [FrameCollector(p.name) for p in pipelines]
     episodes = [EpisodeCollector(step_ms=p.step_ms) for p in pipelines]
@@ -338,10 +445,10 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             return report
 
         batches = [
-            iter_backtest(
+            iter_range(
                 client,
                 pipeline,
-                forecasters[pipeline.name],
+                local_scorer(pipeline, forecasters[pipeline.name]),
                 start_ms=lo,
                 end_ms=hi,
                 batch_chunks=args.batch_chunks,
@@ -353,15 +460,13 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         # or a broken model fail the whole command with nothing written.
         firsts = [next(iterator) for iterator in batches]
         for index, pipeline in enumerate(pipelines):
-            pending = [firsts[index]]
-            for detection in _chain(pending, batches[index]):
+            for detection in _chain([firsts[index]], batches[index]):
                 episodes[index].add(detection)
                 if out is not None:
                     collectors[index].add(detection)
-                    written = 0
+                    tallies[index].add(detection)
                 else:
-                    written = write_detection(client, pipeline, detection)
-                tallies[index].add(detection, written)
+                    tallies[index].add(detection, *write(client, pipeline, detection))
     for pipeline, tally, (lo, hi) in zip(pipelines, tallies, ranges, strict=True):
         _print_result(tally.result(pipeline, lo, hi))
     if out is not None:
@@ -410,7 +515,7 @@ def read_csv_series(path: Path, *, step_ms: int, name: str) -> SeriesMatrix:
 
 
 def cmd_example(args: argparse.Namespace) -> int:
-    from openanomaly.detect import backtest
+    from openanomaly.window import score_range, scored_range
 
     config_path = EXAMPLES_DIR / "example.yaml"
     if not config_path.exists():
@@ -424,12 +529,11 @@ def cmd_example(args: argparse.Namespace) -> int:
             raise UsageError(f"--model {args.model!r}: {problem}") from None
     data = EXAMPLES_DIR / "data" / "ec2_request_latency_system_failure.csv"
     series = read_csv_series(data, step_ms=pipeline.step_ms, name="ec2_request_latency")
-    start_ms = int(series.timestamps[0]) + pipeline.context_points * pipeline.step_ms
-    end_ms = int(series.timestamps[-1])
+    start_ms, end_ms = scored_range(series, pipeline)
     forecaster = _forecaster(pipeline)
     print(f"backtesting {data.name} ({series.values.shape[1]} points) with model {pipeline.model.label}")
     with _progress_bar("example") as progress:
-        detection = backtest(
+        detection = score_range(
             series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms, progress=progress
         )
     frame = FrameCollector(pipeline.name)
@@ -493,12 +597,29 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("file")
     validate.set_defaults(handler=cmd_validate)
 
-    run = commands.add_parser("run", parents=[common], help="score the latest window and write to the TSDB")
-    run.add_argument("-c", "--config", required=True, help="pipelines YAML file")
-    run.add_argument("--once", action="store_true", help="one pass over the latest complete window")
-    run.add_argument("--pipeline", help="only this pipeline")
-    run.add_argument("--now", help="score the window ending at this time instead (re-run a missed window)")
+    run = commands.add_parser(
+        "run", parents=[common], help="run the pipelines on schedule (a local Ray), or --once"
+    )
+    run.add_argument("-c", "--config", required=True, help="pipelines YAML file (reloaded on change)")
+    run.add_argument("--once", action="store_true", help="score the latest complete window of each and exit")
+    run.add_argument("--pipeline", help="with --once: only this pipeline")
+    run.add_argument("--now", help="with --once: score the window ending at or before this time instead")
+    run.add_argument("--address", help="Ray cluster to use instead of starting a local one (e.g. auto)")
+    run.add_argument("--tick", type=float, default=5.0, help="seconds between scheduling passes")
+    run.add_argument("--delay", type=float, default=0.0, help="seconds to wait after a window ends")
     run.set_defaults(handler=cmd_run)
+
+    sched = commands.add_parser(
+        "scheduler", parents=[common], help="start the scheduler actor on a running Ray cluster"
+    )
+    sched.add_argument("-c", "--config", required=True, help="pipelines YAML file (reloaded on change)")
+    sched.add_argument("--address", default="auto", help="Ray cluster address (default auto)")
+    sched.add_argument("--name", default="openanomaly-scheduler", help="actor name")
+    sched.add_argument("--namespace", default="openanomaly", help="Ray namespace")
+    sched.add_argument("--tick", type=float, default=5.0, help="seconds between scheduling passes")
+    sched.add_argument("--delay", type=float, default=0.0, help="seconds to wait after a window ends")
+    sched.add_argument("--detach", action="store_true", help="exit once it runs (it keeps running)")
+    sched.set_defaults(handler=cmd_scheduler)
 
     back = commands.add_parser("backtest", parents=[common], help="score a past range, in batches")
     back.add_argument("-c", "--config", required=True, help="pipelines YAML file")

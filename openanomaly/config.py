@@ -286,6 +286,13 @@ class Pipeline(_Strict):
     def _grid(self) -> Pipeline:
         if self.schedule.context < self.step:
             raise ValueError("schedule.context must cover at least one step")
+        # Windows and forecast chunks sit on the infer_every grid, their points on the step
+        # grid: both grids must meet, or a window would hold a fractional number of points.
+        if self.schedule.infer_every % self.step:
+            raise ValueError(
+                f"schedule.infer_every ({format_duration(self.schedule.infer_every)}) must be a whole "
+                f"multiple of step ({format_duration(self.step)})"
+            )
         return self
 
     @property
@@ -295,6 +302,10 @@ class Pipeline(_Strict):
     @property
     def step_ms(self) -> int:
         return round(self.step.total_seconds() * 1000)
+
+    @property
+    def infer_every_ms(self) -> int:
+        return round(self.schedule.infer_every.total_seconds() * 1000)
 
 
 class Config(_Strict):

@@ -35,7 +35,14 @@ from pydantic import ValidationError
 from openanomaly.config import Config
 from openanomaly.errors import ConfigError
 
-__all__ = ["ConfigStore", "ConfigValidationError", "YamlConfigStore", "expand_env", "load_config"]
+__all__ = [
+    "ConfigStore",
+    "ConfigValidationError",
+    "YamlConfigStore",
+    "expand_env",
+    "load_config",
+    "referenced_env",
+]
 
 # ${NAME} or ${NAME:-default}; $${ escapes a literal ${.
 _ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -70,6 +77,11 @@ class ConfigStore(Protocol):
     def changed(self) -> bool:
         """True when the source differs from what the last successful ``load`` returned."""
         ...
+
+
+def referenced_env(text: str) -> set[str]:
+    """The environment variable names ``${NAME}`` references in ``text`` (defaults or not)."""
+    return {match.group(1) for match in _ENV_REF.finditer(text) if match.group(0) != "$${"}
 
 
 def expand_env(text: str, *, env: Mapping[str, str], where: str = "") -> str:

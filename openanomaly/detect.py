@@ -1,41 +1,45 @@
-"""The detect loop for one pipeline: context → forecast → score, rolling and without look-ahead.
+"""The pure detect core for one pipeline: context → forecast → score, rolling, no look-ahead.
 
-The pure core (:func:`detect`, :func:`backtest`) works on an in-memory
-:class:`~openanomaly.series.SeriesMatrix` and never reads the clock, the network or Ray,
-so the scheduled run, the CLI backtest, the benchmarks and the tests all compute
-exactly the same thing. The thin wrappers at the bottom (:func:`run_window`,
-:func:`backtest_tsdb`) add the TSDB reads and writes.
+:func:`detect` and :func:`backtest` work on an in-memory
+:class:`~openanomaly.series.SeriesMatrix` and never read the clock, the network or Ray.
+Everything that scores a pipeline reaches them through :mod:`openanomaly.window` (the one
+window path: grid, fetch, score, labels, write), so the scheduler's windows, ``run
+--once``, ``backtest``, the playground and ``/v1/detect`` compute exactly the same thing.
 
 Rolling semantics (the same for one scheduled window and for a year-long backtest):
 
-- A window is ``(start_ms, end_ms]``; its points are the grid columns in it.
-- The window's points are cut into *chunks* of ``chunk_points(pipeline)`` =
-  ``max(1, infer_every // step)`` points, counted from the window's first point; the
-  last chunk may be shorter.
+- A range is ``(start_ms, end_ms]``; its points are the grid columns in it.
+- Points are forecast in *chunks* of ``chunk_points(pipeline)`` = ``infer_every // step``
+  points that sit on the ABSOLUTE ``infer_every`` grid: the chunk of a point at ``t``
+  covers ``((k - 1) * infer_every, k * infer_every]`` with ``k = ceil(t / infer_every)``,
+  exactly the scheduler's window. So a point gets the same forecast whether it is scored
+  by its scheduled window, by ``run --once`` or inside a backtest that starts anywhere.
+  A chunk cut by the range start still gets its earlier points as actuals (the scheduler
+  had them too); only points inside the range are returned. A chunk cut by the range
+  end has NaN past it (those points do not exist yet).
 - Each chunk is forecast (horizon = chunk length) from the ``context_points`` grid
   values just before its first point, which include earlier chunks' actual values but
-  never the chunk's own. So a backtest writes what the scheduler would have written
-  had it run every ``infer_every``.
+  never the chunk's own.
 - All ``(series, chunk)`` contexts of one call go to ONE batched ``forecast`` call as a
-  2-D array left-padded with NaN.
+  2-D array left-padded with NaN; :func:`backtest` splits a long range into batches of
+  whole chunks, which gives the same numbers (each chunk sees the same context).
 - A ``(series, chunk)`` with no actual value is not forecast (nothing to score). One
   whose context has no finite value cannot be forecast: it is skipped and its series
   is reported in :attr:`Detection.skipped` (the rest of the batch still runs).
-- Output samples exist only where the input had a sample: NaN actual → no score,
+- Output values exist only where the input had a sample: NaN actual → no score,
   no ``yhat`` at that timestamp.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from openanomaly.config import Pipeline
-from openanomaly.errors import DataError
+from openanomaly.errors import DataError, NoSeries
 from openanomaly.models.base import Forecaster, check_forecast
 from openanomaly.scoring import score_forecast
 from openanomaly.series import SeriesMatrix
@@ -43,22 +47,12 @@ from openanomaly.series import SeriesMatrix
 __all__ = [
     "Detection",
     "Progress",
-    "RunResult",
-    "TSDBClient",
-    "Tally",
     "align_to_grid",
     "backtest",
-    "backtest_tsdb",
+    "check_input",
     "chunk_points",
     "default_batch_chunks",
     "detect",
-    "detect_window",
-    "fetch_window",
-    "iter_backtest",
-    "output_labels",
-    "run_window",
-    "summarize",
-    "write_detection",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,17 +63,6 @@ Progress = Callable[[int, int], None]
 # Upper bound on the cells of one batch's context array (series x chunks x context
 # points); 8M float64 cells = 64 MB. Bounds memory of long backtests over many series.
 _CONTEXT_CELL_BUDGET = 8_000_000
-# Chunks in the first backtest fetch (series count unknown yet) and at most in any fetch.
-_FIRST_FETCH_CHUNKS = 64
-_MAX_FETCH_CHUNKS = 1000
-
-
-class TSDBClient(Protocol):
-    """What the I/O wrappers need from :class:`openanomaly.tsdb.PrometheusClient`."""
-
-    def query_range(self, query: str, *, start_ms: int, end_ms: int, step_ms: int) -> SeriesMatrix: ...
-
-    def remote_write(self, series: SeriesMatrix) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -116,44 +99,6 @@ class Detection:
     def skipped_labels(self) -> tuple[Mapping[str, str], ...]:
         return tuple(self.labels[i] for i in self.skipped)
 
-    def to_series_matrix(self, pipeline: Pipeline) -> SeriesMatrix:
-        """The four output metrics as one matrix, ready for ``remote_write``.
-
-        Rows are metric-major (all ``anomaly_score`` rows, then ``yhat``, ``yhat_lower``,
-        ``yhat_upper``); rows with no value at all are dropped. Labels come from
-        :func:`output_labels`.
-        """
-        names = pipeline.output
-        rows: list[dict[str, str]] = []
-        blocks: list[np.ndarray] = []
-        for metric, values in (
-            (names.anomaly_score, self.anomaly_score),
-            (names.yhat, self.yhat),
-            (names.yhat_lower, self.yhat_lower),
-            (names.yhat_upper, self.yhat_upper),
-        ):
-            keep = np.flatnonzero(np.isfinite(values).any(axis=1))
-            rows.extend(output_labels(self.labels[i], pipeline, metric=metric) for i in keep)
-            blocks.append(values[keep])
-        if not rows:
-            return SeriesMatrix((), self.timestamps, np.empty((0, len(self.timestamps))))
-        return SeriesMatrix(tuple(rows), self.timestamps, np.concatenate(blocks))
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What one :func:`run_window` / :func:`backtest_tsdb` call did (logged, shown by the CLI)."""
-
-    pipeline: str
-    start_ms: int
-    end_ms: int
-    series_in: int
-    series_scored: int
-    points_scored: int
-    anomalies: int
-    samples_written: int
-    skipped: tuple[Mapping[str, str], ...] = ()
-
 
 def chunk_points(pipeline: Pipeline) -> int:
     """Points forecast per chunk: ``infer_every // step``, at least 1."""
@@ -164,17 +109,6 @@ def default_batch_chunks(pipeline: Pipeline, n_series: int) -> int:
     """Chunks per backtest batch so that one batch's contexts stay within ~64 MB."""
     cells = max(1, n_series) * max(1, pipeline.context_points)
     return max(1, _CONTEXT_CELL_BUDGET // cells)
-
-
-def output_labels(labels: Mapping[str, str], pipeline: Pipeline, *, metric: str) -> dict[str, str]:
-    """Labels of an output series: the input's minus ``__name__``, then ``output.extra_labels``,
-    then ``for=<pipeline>``, ``model=<alias or spec>`` and ``__name__=<metric>`` (later wins)."""
-    out = {key: value for key, value in labels.items() if key != "__name__"}
-    out.update(pipeline.output.extra_labels)
-    out["for"] = pipeline.name
-    out["model"] = pipeline.model.label
-    out["__name__"] = metric
-    return out
 
 
 def align_to_grid(
@@ -207,9 +141,9 @@ def align_to_grid(
     return SeriesMatrix(series.labels, grid, values)
 
 
-def _check_input(series: SeriesMatrix, pipeline: Pipeline) -> None:
+def check_input(series: SeriesMatrix, pipeline: Pipeline) -> None:
     if len(series) == 0:
-        raise DataError(f"query {pipeline.query!r} returned no series", pipeline=pipeline.name)
+        raise NoSeries(f"query {pipeline.query!r} returned no series", pipeline=pipeline.name)
     if len(series.timestamps) > 1 and np.any(np.diff(series.timestamps) != pipeline.step_ms):
         raise DataError(
             f"timestamps are not on a regular grid of step {pipeline.step_ms} ms "
@@ -242,34 +176,45 @@ def _window_columns(timestamps: np.ndarray, start_ms: int, end_ms: int) -> tuple
     return a, max(a, b)
 
 
-def _detect_columns(
-    values: np.ndarray, a: int, b: int, pipeline: Pipeline, forecaster: Forecaster
+def _chunk_starts(timestamps: np.ndarray, a: int, b: int, pipeline: Pipeline) -> np.ndarray:
+    """Columns where the chunks covering columns ``[a, b)`` start (may be < ``a``, even < 0).
+
+    Chunks sit on the absolute ``infer_every`` grid, so the chunk of a point does not
+    depend on where a range starts (see the module docstring).
+    """
+    if b <= a:
+        return np.empty(0, dtype=np.int64)
+    step, every = pipeline.step_ms, pipeline.infer_every_ms
+    offset = ((int(timestamps[a]) - step) % every) // step  # columns since the chunk began
+    return np.arange(a - offset, b, chunk_points(pipeline), dtype=np.int64)
+
+
+def _detect_chunks(
+    values: np.ndarray, starts: np.ndarray, a: int, b: int, pipeline: Pipeline, forecaster: Forecaster
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Score columns ``[a, b)`` of ``values`` ``(n, t)`` with one forecast call.
+    """Score the chunks starting at columns ``starts`` with one forecast call; keep ``[a, b)``.
 
     Returns:
         ``out`` float64 ``(4, n, b - a)`` (score, yhat, lower, upper) and the bool mask
         ``(n,)`` of series that had a chunk skipped for lack of context.
     """
     n = values.shape[0]
-    width = b - a
-    out = np.full((4, n, width), np.nan)
+    out = np.full((4, n, b - a), np.nan)
     skipped = np.zeros(n, dtype=bool)
-    if width <= 0 or n == 0:
+    if b <= a or n == 0:
         return out, skipped
     c, length = chunk_points(pipeline), pipeline.context_points
-    # Work on the columns this batch needs only, so a batch costs O(its size), not O(t).
-    first = max(0, a - length)
-    values = values[:, first:b]
-    a, b = a - first, b - first
-    starts = np.arange(a, b, c)  # (k,) first column of each chunk
     k = len(starts)
-    # Context of the chunk starting at s: columns [s - length, s), NaN before column 0.
-    padded = np.concatenate([np.full((n, length), np.nan), values], axis=1)
-    contexts = padded[:, starts[:, None] + np.arange(length)[None, :]]  # (n, k, length)
-    # Actuals of each chunk, NaN past the window end (the last chunk may be short).
-    cols = starts[:, None] + np.arange(c)[None, :]  # (k, c)
-    actual = np.where(cols < b, values[:, np.minimum(cols, b - 1)], np.nan)  # (n, k, c)
+    # Work on the columns this batch needs only, so a batch costs O(its size), not O(t);
+    # NaN-pad on the left for contexts (and chunk heads) before column 0.
+    first = max(0, int(starts[0]) - length)
+    pad = length + max(0, -int(starts[0]))
+    padded = np.concatenate([np.full((n, pad), np.nan), values[:, first:b]], axis=1)
+    rel = starts - first + pad  # (k,) chunk starts in `padded`
+    contexts = padded[:, rel[:, None] - length + np.arange(length)[None, :]]  # (n, k, length)
+    cols = starts[:, None] + np.arange(c)[None, :]  # (k, c) absolute columns
+    inside = cols < b  # points past the range end do not exist yet
+    actual = np.where(inside, padded[:, np.minimum(rel[:, None] + np.arange(c), padded.shape[1] - 1)], np.nan)
     contexts = contexts.reshape(n * k, length)
     actual = actual.reshape(n * k, c)
     has_actual = np.isfinite(actual).any(axis=1)
@@ -286,7 +231,8 @@ def _detect_columns(
     missing = np.isnan(actual[rows])
     for index, part in enumerate(score):
         flat[index, rows] = np.where(missing, np.nan, part)
-    out[:] = flat.reshape(4, n, k * c)[:, :, :width]
+    head = a - int(starts[0])  # points of the first chunk before the range start
+    out[:] = flat.reshape(4, n, k * c)[:, :, head : head + (b - a)]
     return out, skipped
 
 
@@ -312,9 +258,9 @@ def detect(
         detection = detect(series, pipeline, load_forecaster("mad"), start_ms=t0, end_ms=t1)
         detection.anomaly_score  # (n_series, grid points in (t0, t1])
     """
-    _check_input(series, pipeline)
+    check_input(series, pipeline)
     a, b = _window_columns(series.timestamps, start_ms, end_ms)
-    return _run(series, pipeline, forecaster, a, b, per_batch=max(1, b - a), progress=None)
+    return _run(series, pipeline, forecaster, a, b, batch_chunks=None, progress=None)
 
 
 def backtest(
@@ -346,11 +292,9 @@ def backtest(
         batch_chunks = default_batch_chunks(pipeline, len(series))
     if batch_chunks <= 0:
         raise ValueError(f"batch_chunks must be positive, got {batch_chunks}")
-    _check_input(series, pipeline)
+    check_input(series, pipeline)
     a, b = _window_columns(series.timestamps, start_ms, end_ms)
-    return _run(
-        series, pipeline, forecaster, a, b, per_batch=batch_chunks * chunk_points(pipeline), progress=progress
-    )
+    return _run(series, pipeline, forecaster, a, b, batch_chunks=batch_chunks, progress=progress)
 
 
 def _run(
@@ -360,20 +304,24 @@ def _run(
     a: int,
     b: int,
     *,
-    per_batch: int,
+    batch_chunks: int | None,
     progress: Progress | None,
 ) -> Detection:
     shape = (len(series), b - a)
     outputs = tuple(np.full(shape, np.nan) for _ in range(4))
     skipped = np.zeros(len(series), dtype=bool)
-    for batch_start in range(a, b, per_batch):
-        batch_end = min(b, batch_start + per_batch)
-        out, batch_skipped = _detect_columns(series.values, batch_start, batch_end, pipeline, forecaster)
+    starts = _chunk_starts(series.timestamps, a, b, pipeline)
+    per_batch = batch_chunks or max(1, len(starts))
+    c = chunk_points(pipeline)
+    for index in range(0, len(starts), per_batch):
+        group = starts[index : index + per_batch]
+        lo, hi = max(a, int(group[0])), min(b, int(group[-1]) + c)
+        out, batch_skipped = _detect_chunks(series.values, group, lo, hi, pipeline, forecaster)
         for target, part in zip(outputs, out, strict=True):
-            target[:, batch_start - a : batch_end - a] = part
+            target[:, lo - a : hi - a] = part
         skipped |= batch_skipped
         if progress is not None:
-            progress(batch_end - a, b - a)
+            progress(hi - a, b - a)
     if skipped.any():
         log.warning(
             "pipeline %r: %d series had chunks with no finite context value; those chunks were not scored",
@@ -387,222 +335,3 @@ def _run(
         *outputs,
         skipped=tuple(int(i) for i in np.flatnonzero(skipped)),
     )
-
-
-# ----------------------------------------------------------------------------- I/O wrappers
-
-
-class Tally:
-    """Running counts over a run's batches, for its :class:`RunResult` (keeps no arrays)."""
-
-    def __init__(self) -> None:
-        self.series: set[frozenset[tuple[str, str]]] = set()
-        self.scored: set[frozenset[tuple[str, str]]] = set()
-        self.skipped: dict[frozenset[tuple[str, str]], Mapping[str, str]] = {}
-        self.points = 0
-        self.anomalies = 0
-        self.written = 0
-
-    def add(self, detection: Detection, written: int) -> None:
-        keys = [frozenset(labels.items()) for labels in detection.labels]
-        self.series.update(keys)
-        finite = np.isfinite(detection.anomaly_score)
-        self.scored.update(keys[i] for i in np.flatnonzero(finite.any(axis=1)))
-        for i in detection.skipped:
-            self.skipped[keys[i]] = detection.labels[i]
-        self.points += int(np.count_nonzero(finite))
-        with np.errstate(invalid="ignore"):
-            self.anomalies += int(np.count_nonzero(detection.anomaly_score > 1))
-        self.written += written
-
-    def result(self, pipeline: Pipeline, start_ms: int, end_ms: int) -> RunResult:
-        return RunResult(
-            pipeline=pipeline.name,
-            start_ms=start_ms,
-            end_ms=end_ms,
-            series_in=len(self.series),
-            series_scored=len(self.scored),
-            points_scored=self.points,
-            anomalies=self.anomalies,
-            samples_written=self.written,
-            skipped=tuple(self.skipped.values()),
-        )
-
-
-def fetch_window(client: TSDBClient, pipeline: Pipeline, *, start_ms: int, end_ms: int) -> SeriesMatrix:
-    """The pipeline's query over ``(start_ms - context, end_ms]`` on its step grid.
-
-    Raises:
-        QueryError: the TSDB failed.
-    """
-    fetch_start = start_ms - (pipeline.context_points - 1) * pipeline.step_ms
-    return client.query_range(pipeline.query, start_ms=fetch_start, end_ms=end_ms, step_ms=pipeline.step_ms)
-
-
-def write_detection(client: TSDBClient, pipeline: Pipeline, detection: Detection) -> int:
-    """Remote-write the four output metrics of ``detection``; returns samples written.
-
-    Raises:
-        RemoteWriteError: the TSDB rejected the write or stayed unreachable.
-    """
-    output = detection.to_series_matrix(pipeline)
-    return client.remote_write(output) if len(output) else 0
-
-
-def detect_window(
-    client: TSDBClient, pipeline: Pipeline, forecaster: Forecaster, *, start_ms: int, end_ms: int
-) -> Detection:
-    """Fetch and score ``(start_ms, end_ms]`` without writing (see :func:`run_window`).
-
-    Raises:
-        QueryError: the TSDB failed.
-        DataError, ModelError: as :func:`detect`.
-    """
-    series = fetch_window(client, pipeline, start_ms=start_ms, end_ms=end_ms)
-    return detect(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms)
-
-
-def summarize(
-    pipeline: Pipeline, detection: Detection, *, start_ms: int, end_ms: int, written: int
-) -> RunResult:
-    """The :class:`RunResult` of one window's detection."""
-    tally = Tally()
-    tally.add(detection, written)
-    return tally.result(pipeline, start_ms, end_ms)
-
-
-def run_window(
-    client: TSDBClient, pipeline: Pipeline, forecaster: Forecaster, *, start_ms: int, end_ms: int
-) -> RunResult:
-    """One scheduled pass: fetch ``(start - context, end]``, detect ``(start, end]``, write.
-
-    Nothing is written unless the whole window was fetched and scored. To check several
-    pipelines before writing any, call :func:`detect_window` for each, then
-    :func:`write_detection`.
-
-    Raises:
-        QueryError, RemoteWriteError: the TSDB failed.
-        DataError, ModelError: as :func:`detect`.
-    """
-    detection = detect_window(client, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms)
-    written = write_detection(client, pipeline, detection)
-    result = summarize(pipeline, detection, start_ms=start_ms, end_ms=end_ms, written=written)
-    log.info(
-        "pipeline %r (%d, %d]: %d/%d series scored, %d points, %d anomalies, %d samples written",
-        pipeline.name,
-        start_ms,
-        end_ms,
-        result.series_scored,
-        result.series_in,
-        result.points_scored,
-        result.anomalies,
-        result.samples_written,
-    )
-    return result
-
-
-def iter_backtest(
-    client: TSDBClient,
-    pipeline: Pipeline,
-    forecaster: Forecaster,
-    *,
-    start_ms: int,
-    end_ms: int,
-    batch_chunks: int | None = None,
-    progress: Progress | None = None,
-) -> Iterator[Detection]:
-    """Backtest ``(start_ms, end_ms]`` against the TSDB, yielding one scored batch at a time.
-
-    Each batch fetches only its own range plus context and is scored completely before
-    it is yielded, so memory stays bounded and the caller never writes half a batch.
-    A batch whose query returns no series or only NaN yields nothing; if that holds for
-    every batch, :class:`DataError` is raised at the end (so nothing was written).
-    Pull the first item of several pipelines' iterators before writing anything to
-    check them all first.
-
-    Args:
-        batch_chunks: chunks per fetch and per forecast call; default: 64 for the first
-            fetch, then :func:`default_batch_chunks` for the series count seen so far
-            (at most 1000), and forecast calls within a fetch bounded the same way.
-        progress: called after each batch with ``(points_done, points_total)``.
-
-    Raises:
-        QueryError, DataError, ModelError; ValueError for a non-positive ``batch_chunks``.
-    """
-    step = pipeline.step_ms
-    if end_ms <= start_ms:
-        raise DataError(f"backtest range is empty: end {end_ms} <= start {start_ms}", pipeline=pipeline.name)
-    if batch_chunks is not None and batch_chunks <= 0:
-        raise ValueError(f"batch_chunks must be positive, got {batch_chunks}")
-    total_points = -(-(end_ms - start_ms) // step)
-    no_data: DataError | None = None
-    n_series = 0
-    batch_start = start_ms
-    while batch_start < end_ms:
-        # The series count is unknown until the first fetch: start small, then size the
-        # fetches so that one holds about as many cells as one forecast batch.
-        chunks = batch_chunks or (
-            min(_FIRST_FETCH_CHUNKS, default_batch_chunks(pipeline, 1))
-            if n_series == 0
-            else min(_MAX_FETCH_CHUNKS, default_batch_chunks(pipeline, n_series))
-        )
-        batch_end = min(end_ms, batch_start + chunks * chunk_points(pipeline) * step)
-        series = fetch_window(client, pipeline, start_ms=batch_start, end_ms=batch_end)
-        detection = None
-        if len(series) == 0 or not np.isfinite(series.values).any():
-            try:
-                _check_input(series, pipeline)
-            except DataError as error:
-                no_data = no_data or error
-        else:
-            n_series = max(n_series, len(series))
-            detection = backtest(
-                series,
-                pipeline,
-                forecaster,
-                start_ms=batch_start,
-                end_ms=batch_end,
-                batch_chunks=batch_chunks or default_batch_chunks(pipeline, len(series)),
-            )
-        batch_start = batch_end
-        if progress is not None:
-            progress(min(total_points, -(-(batch_start - start_ms) // step)), total_points)
-        if detection is not None:
-            yield detection
-    if n_series == 0:
-        raise no_data or DataError("no data in the backtest range", pipeline=pipeline.name)
-
-
-def backtest_tsdb(
-    client: TSDBClient,
-    pipeline: Pipeline,
-    forecaster: Forecaster,
-    *,
-    start_ms: int,
-    end_ms: int,
-    batch_chunks: int | None = None,
-    progress: Progress | None = None,
-    sink: Callable[[Detection], int] | None = None,
-) -> RunResult:
-    """Backtest ``(start_ms, end_ms]`` against the TSDB and write each batch (see :func:`iter_backtest`).
-
-    Args:
-        sink: receives each batch's :class:`Detection` and returns the samples it wrote;
-            default :func:`write_detection` to ``client`` (pass a collector for ``--out``).
-
-    Raises:
-        QueryError, RemoteWriteError, DataError, ModelError.
-    """
-    tally = Tally()
-    for detection in iter_backtest(
-        client,
-        pipeline,
-        forecaster,
-        start_ms=start_ms,
-        end_ms=end_ms,
-        batch_chunks=batch_chunks,
-        progress=progress,
-    ):
-        written = sink(detection) if sink is not None else write_detection(client, pipeline, detection)
-        tally.add(detection, written)
-    return tally.result(pipeline, start_ms, end_ms)

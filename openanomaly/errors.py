@@ -8,9 +8,11 @@
     │   ├── QueryError         a read failed (bad PromQL, unreachable server, 5xx after retries)
     │   └── RemoteWriteError   a write failed (4xx rejected, or 5xx/connection after retries)
     ├── DataError              the data cannot be scored (no series, all-NaN series, too short)
+    │   └── NoSeries           the query returned no series at all
     ├── ModelError             a model could not be loaded or returned a broken forecast
     │   └── UnknownModelSpec   the spec string names no known adapter
     └── ArtifactError          the artifact store could not read or write a fitted model
+        └── ArtifactNotFound   the key holds no artifact (the store itself answered)
 
 Every message names the input at fault; the same values are kept as attributes so
 programs need not parse messages.
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 __all__ = [
     "ArtifactError",
+    "ArtifactNotFound",
     "ConfigError",
     "DataError",
     "ModelError",
+    "NoSeries",
     "OpenAnomalyError",
     "QueryError",
     "RemoteWriteError",
@@ -100,6 +104,10 @@ class DataError(OpenAnomalyError):
         super().__init__(f"pipeline {pipeline!r}: {message}" if pipeline else message)
 
 
+class NoSeries(DataError):
+    """The pipeline's query returned no series: a state to show (``no_data``), not a crash."""
+
+
 class ModelError(OpenAnomalyError):
     """A model could not be loaded, fitted, or returned an inconsistent forecast."""
 
@@ -122,3 +130,7 @@ class ArtifactError(OpenAnomalyError):
     def __init__(self, message: str, *, key: str | None = None) -> None:
         self.key = key
         super().__init__(f"artifact {key!r}: {message}" if key else message)
+
+
+class ArtifactNotFound(ArtifactError):
+    """The store answered, and the key holds nothing (unlike an outage, which is an ArtifactError)."""

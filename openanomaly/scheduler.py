@@ -5,26 +5,36 @@ Every ``tick`` (a background loop, or a test calling ``tick(now_ms=...)``) it
 1. reloads the pipeline YAML if it changed (a bad edit keeps the last good config and
    shows the error in the status; pipelines added or removed take effect at once);
 2. for each pipeline that is not already running, computes the windows that are due
-   and hands them to a worker thread, which runs (if due) a fit job, then one scoring
-   job per window, in order, persisting progress after each window.
+   and hands them to a worker thread, which runs (if due) a fit, then each window in
+   order through the one window path (:mod:`openanomaly.window`), scored by a warm model
+   actor (:class:`openanomaly.jobs.JobRunner`), persisting progress after each window.
 
 Windows sit on a fixed grid: ``((k - 1) * infer_every, k * infer_every]``. A pipeline
 that falls behind (a TSDB outage, a restart) catches up window by window on the same
-grid, so a retried window produces exactly what it would have on time, and writes the
-same samples again at worst (idempotent), never different ones.
+grid, so a retried window produces exactly what it would have on time, and the write
+skips samples already stored.
 
 Progress (the end of the last *completed* window, and the last fit time) is persisted
 in the ArtifactStore under ``_scheduler/<pipeline>.json``, written after the window's
 samples are written. Why there: it is the one durable store every node already
 reaches (S3 in cluster mode), and it outlives the actor, the node and the whole Ray
-cluster (the GCS does not survive a cluster restart without external Redis). On start
-the scheduler reads it back and continues with the next window: no gap, no duplicate.
-With ``artifacts.kind: none`` progress lives in the actor only (a warning says so) and a
-restart starts again from the current window.
+cluster. On start the scheduler reads it back and continues with the next window: no
+gap, no duplicate. With ``artifacts.kind: none`` progress lives in the actor only (a
+warning says so) and a restart starts again from the current window.
+
+It never fails to start: an invalid pipelines file or an unreachable store at start-up
+(an actor restart, a rolling update) is shown in the status and on ``/metrics``
+(``config_error``, each pipeline's ``state`` and ``reason``) and retried on every tick,
+so fixing the file or the store is enough. Each pipeline has a ``state``: ``idle``,
+``running``, ``no_data`` (the query returned no series; the window is retried),
+``failed`` (the last run raised; retried next tick), ``stalled`` (a run is past
+``window_timeout``), ``waiting`` (its progress cannot be read yet) or ``disabled``.
 
 Isolation: each pipeline runs in its own thread, and one pipeline's failure (bad
 query, model error, TSDB outage) only marks that pipeline's status; the window is
 retried on the next tick, the others go on. Never two runs of one pipeline at once.
+Each window has a time limit (``window_timeout``): a model actor that cannot be placed
+or a job that hangs ends the run with ``WindowTimeout``, shown in the status.
 
 Public helpers for the HTTP API (``GET /v1/pipelines``, ``POST /v1/pipelines/{name}/run``,
 ``GET /metrics``): :func:`scheduler_status`, :func:`trigger_run`, :func:`scheduler_metrics`
@@ -47,7 +57,7 @@ from typing import Any
 from openanomaly.artifacts import ArtifactStore, MemoryStore, load_json, open_store, save_json
 from openanomaly.config import Config, Pipeline, Settings
 from openanomaly.configstore import ConfigStore, YamlConfigStore
-from openanomaly.errors import ConfigError, OpenAnomalyError
+from openanomaly.errors import ConfigError, NoSeries, OpenAnomalyError
 
 __all__ = [
     "DEFAULT_NAME",
@@ -73,7 +83,7 @@ DEFAULT_NAME = "openanomaly-scheduler"
 DEFAULT_NAMESPACE = "openanomaly"
 _STATE_PREFIX = "_scheduler"
 
-RunWindow = Callable[..., Any]  # (settings, pipeline, *, start_ms, end_ms, fit_time_ms) -> JobResult
+RunWindow = Callable[..., Any]  # (settings, pipeline, *, start_ms, end_ms, fit_time_ms) -> RunResult
 RunFit = Callable[..., Any]  # (settings, pipeline, *, fit_time_ms) -> FitResult
 
 
@@ -131,19 +141,26 @@ class PipelineStatus:
 
     name: str
     model: str = ""
+    state: str = "idle"  # idle | running | no_data | failed | stalled | waiting | disabled
+    reason: str | None = None  # why the state is not idle/running
     running: bool = False
+    running_for_s: float | None = None
     last_end_ms: int | None = None
     last_fit_ms: int | None = None
     last_run_started: float | None = None  # unix seconds
     last_run_finished: float | None = None
     last_run_duration_s: float | None = None
+    last_window_duration_s: float | None = None
     last_run_ok: bool | None = None
     lag_s: float | None = None
+    series_in: int = 0  # in the last window
     series_scored: int = 0  # in the last window
     samples_written: int = 0  # in the last window
     windows_total: int = 0
     fits_total: int = 0
     errors_total: int = 0
+    no_data_total: int = 0
+    timeouts_total: int = 0
     last_error: str | None = None
     disabled_reason: str | None = None
 
@@ -151,9 +168,10 @@ class PipelineStatus:
 @dataclass
 class _Entry:
     pipeline: Pipeline
-    progress: PipelineProgress
+    progress: PipelineProgress | None  # None until the store could be read
     status: PipelineStatus
     future: Future[Any] | None = None
+    started: float | None = None  # monotonic start of the run in flight
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -164,15 +182,17 @@ class Scheduler:
         config: where pipelines and settings come from (a path to YAML or a ConfigStore).
         now: the clock, returning unix **milliseconds**; injected so tests drive time.
         store: where progress is persisted; default: the configured ArtifactStore.
-        run_window / run_fit: the jobs (default :func:`openanomaly.jobs.run_job` /
-            :func:`openanomaly.jobs.fit_job`); injectable for tests and other runtimes.
+        run_window / run_fit: the jobs (default: :class:`openanomaly.jobs.JobRunner` on the
+            Ray cluster this process is connected to); injectable for tests.
+        job_options: :class:`openanomaly.jobs.JobOptions` for the default jobs.
         delay: milliseconds to wait after a window ends before scoring it (ingestion lag).
         max_catchup: windows one pipeline runs per tick when it is behind.
         tick_s: seconds between ticks of the background loop (``autostart=True``).
         threads: pipelines run at the same time.
+        window_timeout: seconds one window (or fit) may take before it fails with
+            ``WindowTimeout``; a run in flight longer than that shows as ``stalled``.
 
-    Raises:
-        ConfigError: the first load of the configuration failed.
+    Never raises for a bad configuration or an unreachable store: see the module docstring.
     """
 
     def __init__(
@@ -188,23 +208,27 @@ class Scheduler:
         max_catchup: int = 60,
         tick_s: float = 5.0,
         threads: int = 4,
+        window_timeout: float = 300.0,
         autostart: bool = False,
     ) -> None:
         self._source: ConfigStore = YamlConfigStore(config) if isinstance(config, str) else config
         self._now = now or (lambda: int(time.time() * 1000))
         self._job_options = job_options
+        self._runner: Any | None = None
         self._run_window = run_window or self._default_run_window
         self._run_fit = run_fit or self._default_run_fit
         self.delay_ms = delay
         self.max_catchup = max_catchup
         self.tick_s = tick_s
+        self.window_timeout = window_timeout
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pipeline")
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
         self._config_error: str | None = None
-        self.config: Config = self._source.load()
-        self._store = store if store is not None else self._open_store(self.config.settings)
-        self._apply(self.config)
+        self._fixed_store = store
+        self._store: ArtifactStore | None = store
+        self.config: Config | None = None
+        self.reload()
         self._stop = threading.Event()
         self._loop: threading.Thread | None = None
         if autostart:
@@ -212,24 +236,31 @@ class Scheduler:
 
     # -- jobs -----------------------------------------------------------------------
 
+    def _jobs(self) -> Any:
+        if self._runner is None:
+            from openanomaly.jobs import JobRunner
+
+            self._runner = JobRunner(self._job_options)
+        return self._runner
+
     def _default_run_window(
         self, settings: Settings, pipeline: Pipeline, *, start_ms: int, end_ms: int, fit_time_ms: int | None
     ) -> Any:
-        from openanomaly.jobs import run_job
-
-        return run_job(
+        entry = self._entries.get(pipeline.name)
+        return self._jobs().run_window(
             settings,
             pipeline,
             start_ms=start_ms,
             end_ms=end_ms,
             fit_time_ms=fit_time_ms,
-            options=self._job_options,
+            series_hint=entry.status.series_in if entry else 0,
+            timeout_s=self.window_timeout,
         )
 
     def _default_run_fit(self, settings: Settings, pipeline: Pipeline, *, fit_time_ms: int) -> Any:
-        from openanomaly.jobs import fit_job
-
-        return fit_job(settings, pipeline, fit_time_ms=fit_time_ms, options=self._job_options)
+        return self._jobs().run_fit(
+            settings, pipeline, fit_time_ms=fit_time_ms, timeout_s=self.window_timeout
+        )
 
     # -- configuration -------------------------------------------------------------
 
@@ -243,11 +274,33 @@ class Scheduler:
             return MemoryStore()
         return open_store(settings.artifacts)
 
-    def _load_progress(self, name: str) -> PipelineProgress:
-        data = load_json(self._store, f"{_STATE_PREFIX}/{name}.json") or {}
-        return PipelineProgress(last_end_ms=data.get("last_end_ms"), last_fit_ms=data.get("last_fit_ms"))
+    def _read_progress(self, entry: _Entry) -> bool:
+        """Load the entry's persisted progress once; False (state ``waiting``) while the store fails."""
+        if entry.progress is not None:
+            return True
+        name = entry.pipeline.name
+        try:
+            if self._store is None:
+                assert self.config is not None
+                self._store = self._open_store(self.config.settings)
+            data = load_json(self._store, f"{_STATE_PREFIX}/{name}.json") or {}
+        except OpenAnomalyError as error:
+            entry.status.state, entry.status.reason = "waiting", f"cannot read progress: {error}"
+            log.error("pipeline %r waits: cannot read its progress: %s", name, error)
+            return False
+        entry.progress = PipelineProgress(
+            last_end_ms=data.get("last_end_ms"), last_fit_ms=data.get("last_fit_ms")
+        )
+        entry.status.last_end_ms, entry.status.last_fit_ms = (
+            entry.progress.last_end_ms,
+            entry.progress.last_fit_ms,
+        )
+        if entry.status.state == "waiting":
+            entry.status.state, entry.status.reason = "idle", None
+        return True
 
     def _save_progress(self, name: str, progress: PipelineProgress) -> None:
+        assert self._store is not None
         save_json(self._store, f"{_STATE_PREFIX}/{name}.json", asdict(progress))
 
     def _apply(self, config: Config) -> None:
@@ -261,35 +314,46 @@ class Scheduler:
             for pipeline in config.pipelines:
                 entry = self._entries.get(pipeline.name)
                 if entry is None:
-                    progress = self._load_progress(pipeline.name)
-                    status = PipelineStatus(
-                        name=pipeline.name, last_end_ms=progress.last_end_ms, last_fit_ms=progress.last_fit_ms
+                    entry = self._entries[pipeline.name] = _Entry(
+                        pipeline, None, PipelineStatus(pipeline.name)
                     )
-                    entry = self._entries[pipeline.name] = _Entry(pipeline, progress, status)
                 entry.pipeline = pipeline
                 entry.status.model = pipeline.model.label
                 entry.status.disabled_reason = None
+                if entry.status.state == "disabled":
+                    entry.status.state, entry.status.reason = "idle", None
                 try:
                     check_fittable(pipeline)
                 except ConfigError as error:
                     entry.status.disabled_reason = str(error)
+                    entry.status.state, entry.status.reason = "disabled", str(error)
+        if self._runner is not None:
+            self._runner.prune(config.pipelines)
 
     def reload(self) -> bool:
-        """Re-read the configuration if it changed; True when a new one was applied."""
+        """Re-read the configuration if it changed (or never loaded); True when a new one was applied.
+
+        A failure keeps the last good configuration (none at all if the first load
+        failed) and is shown as ``config_error``; the next tick tries again.
+        """
         try:
-            if not self._source.changed():
+            if self.config is not None and not self._source.changed():
                 return False
             config = self._source.load()
-        except ConfigError as error:
+        except (ConfigError, OSError) as error:
             self._config_error = str(error)
-            log.error("configuration reload failed, keeping the last good one: %s", error)
+            log.error("configuration load failed, keeping the last good one: %s", error)
             return False
         self._config_error = None
-        if config.settings.artifacts != self.config.settings.artifacts:
-            self._store = self._open_store(config.settings)
+        if self._fixed_store is None and (
+            self.config is None or config.settings.artifacts != self.config.settings.artifacts
+        ):
+            self._store = None  # opened (and retried) when progress is next read
+            for entry in self._entries.values():
+                entry.progress = None if not self._running(entry) else entry.progress
         self.config = config
         self._apply(config)
-        log.info("configuration reloaded: %d pipelines", len(config.pipelines))
+        log.info("configuration loaded: %d pipelines", len(config.pipelines))
         return True
 
     # -- running -------------------------------------------------------------------
@@ -303,11 +367,12 @@ class Scheduler:
         if not entry.lock.acquire(blocking=False):
             return
         try:
+            assert self.config is not None and entry.progress is not None
             pipeline, settings = entry.pipeline, self.config.settings
             status, progress = entry.status, entry.progress
-            status.running = True
+            status.running, status.state, status.reason = True, "running", None
             status.last_run_started = time.time()
-            began = time.perf_counter()
+            entry.started = began = time.monotonic()
             ok = True
             try:
                 for start, end in windows:
@@ -319,6 +384,7 @@ class Scheduler:
                         progress.last_fit_ms = start
                         status.fits_total += 1
                         self._save_progress(pipeline.name, progress)
+                    window_began = time.monotonic()
                     result = self._run_window(
                         settings,
                         pipeline,
@@ -328,28 +394,47 @@ class Scheduler:
                     )
                     progress.last_end_ms = end
                     self._save_progress(pipeline.name, progress)
+                    status.last_window_duration_s = time.monotonic() - window_began
+                    status.series_in = int(getattr(result, "series_in", 0))
                     status.series_scored = int(getattr(result, "series_scored", 0))
                     status.samples_written = int(getattr(result, "samples_written", 0))
                     status.windows_total += 1
                     status.last_error = None
+                status.state, status.reason = "idle", None
             except Exception as error:  # one pipeline's failure must not stop the others
                 ok = False
-                status.errors_total += 1
-                status.last_error = f"{type(error).__name__}: {error}"
-                if not isinstance(error, OpenAnomalyError):
-                    log.exception("pipeline %r failed", pipeline.name)
-                else:
-                    log.error("pipeline %r failed (window retried next tick): %s", pipeline.name, error)
+                self._record_failure(status, error)
             finally:
                 status.last_end_ms, status.last_fit_ms = progress.last_end_ms, progress.last_fit_ms
                 status.last_run_ok = ok
                 status.last_run_finished = time.time()
-                status.last_run_duration_s = time.perf_counter() - began
+                status.last_run_duration_s = time.monotonic() - began
                 status.running = False
+                entry.started = None
         finally:
             entry.lock.release()
 
+    @staticmethod
+    def _record_failure(status: PipelineStatus, error: Exception) -> None:
+        from openanomaly.jobs import WindowTimeout
+
+        status.last_error = f"{type(error).__name__}: {error}"
+        if isinstance(error, NoSeries):
+            status.no_data_total += 1
+            status.state, status.reason = "no_data", str(error)
+            log.warning("pipeline %r: %s (window retried next tick)", status.name, error)
+            return
+        status.errors_total += 1
+        status.state, status.reason = "failed", status.last_error
+        if isinstance(error, WindowTimeout):
+            status.timeouts_total += 1
+        if isinstance(error, OpenAnomalyError):
+            log.error("pipeline %r failed (window retried next tick): %s", status.name, error)
+        else:
+            log.exception("pipeline %r failed", status.name)
+
     def _due(self, entry: _Entry, now_ms: int) -> list[tuple[int, int]]:
+        assert entry.progress is not None
         return due_windows(
             last_end_ms=entry.progress.last_end_ms,
             now_ms=now_ms,
@@ -357,6 +442,15 @@ class Scheduler:
             delay_ms=self.delay_ms,
             max_windows=self.max_catchup,
         )
+
+    def _launch(self, entry: _Entry, now_ms: int) -> list[tuple[int, int]]:
+        """Start the entry's due windows in a worker thread; the windows launched (none if busy)."""
+        if entry.status.disabled_reason or self._running(entry) or not self._read_progress(entry):
+            return []
+        windows = self._due(entry, now_ms)
+        if windows:
+            entry.future = self._pool.submit(self._run, entry, windows)
+        return windows
 
     def tick(self, now_ms: int | None = None, *, wait: bool = False) -> dict[str, list[tuple[int, int]]]:
         """One scheduling pass at ``now_ms`` (default: the clock). Returns the windows launched.
@@ -370,25 +464,24 @@ class Scheduler:
         futures = []
         with self._lock:
             for name, entry in self._entries.items():
-                if entry.status.disabled_reason or self._running(entry):
-                    continue
-                windows = self._due(entry, now_ms)
+                windows = self._launch(entry, now_ms)
                 if windows:
-                    entry.future = self._pool.submit(self._run, entry, windows)
-                    futures.append(entry.future)
                     launched[name] = windows
+                    futures.append(entry.future)
         if wait:
             for future in futures:
-                future.result()
+                if future is not None:
+                    future.result()
         return launched
 
     def trigger(self, name: str, now_ms: int | None = None, *, wait: bool = False) -> dict[str, Any]:
         """Run one pipeline's due windows now (``POST /v1/pipelines/{name}/run``).
 
-        Returns ``{"pipeline", "status": started|already_running|up_to_date, "windows"}``.
+        Returns ``{"pipeline", "status": started|already_running|up_to_date|waiting, "windows"}``.
 
         Raises:
             KeyError: no pipeline of that name.
+            ConfigError: the pipeline is disabled (the reason is the message).
         """
         now_ms = self._now() if now_ms is None else now_ms
         self.reload()
@@ -400,12 +493,13 @@ class Scheduler:
                 raise ConfigError(entry.status.disabled_reason, pipeline=name)
             if self._running(entry):
                 return {"pipeline": name, "status": "already_running", "windows": []}
-            windows = self._due(entry, now_ms)
+            if not self._read_progress(entry):
+                return {"pipeline": name, "status": "waiting", "windows": [], "reason": entry.status.reason}
+            windows = self._launch(entry, now_ms)
             if not windows:
                 return {"pipeline": name, "status": "up_to_date", "windows": []}
-            entry.future = self._pool.submit(self._run, entry, windows)
             future = entry.future
-        if wait:
+        if wait and future is not None:
             future.result()
         return {"pipeline": name, "status": "started", "windows": [list(w) for w in windows]}
 
@@ -419,7 +513,8 @@ class Scheduler:
                 return True
             for future in busy:
                 with contextlib.suppress(Exception):
-                    future.result(timeout=max(0.0, deadline - time.monotonic()))
+                    if future is not None:
+                        future.result(timeout=max(0.0, deadline - time.monotonic()))
         return False
 
     # -- background loop -------------------------------------------------------------
@@ -440,8 +535,13 @@ class Scheduler:
         self._loop = threading.Thread(target=loop, name="scheduler-loop", daemon=True)
         self._loop.start()
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = False, timeout_s: float = 60.0) -> None:
+        """Stop ticking; with ``wait``, let the runs in flight finish and stop the model actors."""
         self._stop.set()
+        if wait:
+            self.wait_idle(timeout_s)
+            if self._runner is not None:
+                self._runner.close()
 
     # -- status ----------------------------------------------------------------------
 
@@ -452,15 +552,24 @@ class Scheduler:
         with self._lock:
             for entry in self._entries.values():
                 status = entry.status
-                end = entry.progress.last_end_ms
+                end = entry.progress.last_end_ms if entry.progress is not None else status.last_end_ms
                 status.lag_s = (now_ms - end) / 1000 if end is not None else None
                 status.running = self._running(entry) or status.running
-                pipelines.append(asdict(status))
+                started = entry.started
+                status.running_for_s = None if started is None else time.monotonic() - started
+                record = asdict(status)
+                if status.running_for_s is not None and status.running_for_s > self.window_timeout:
+                    record["state"] = "stalled"
+                    record["reason"] = (
+                        f"running for {status.running_for_s:.0f}s (limit {self.window_timeout:g}s)"
+                    )
+                pipelines.append(record)
         return {"pipelines": pipelines, "config_error": self._config_error}
 
     def metrics(self, now_ms: int | None = None) -> str:
         """Prometheus text exposition of the scheduler's self-metrics."""
-        return metrics_text(self.status(now_ms)["pipelines"])
+        status = self.status(now_ms)
+        return metrics_text(status["pipelines"], config_error=status["config_error"] is not None)
 
     def ping(self) -> bool:
         return True
@@ -471,8 +580,17 @@ class Scheduler:
         return str(path) if path is not None else repr(self._source)
 
 
-def metrics_text(pipelines: Iterable[dict[str, Any]]) -> str:
-    """Status records as Prometheus text format (``GET /metrics``)."""
+STATES = ("idle", "running", "no_data", "failed", "stalled", "waiting", "disabled")
+
+
+def metrics_text(pipelines: Iterable[dict[str, Any]], *, config_error: bool = False) -> str:
+    """Status records as Prometheus text format (``GET /metrics``).
+
+    ``openanomaly_scheduler_config_error`` is 1 while the pipelines file does not load
+    (then the pipelines of the last good file, if any, are still reported), and
+    ``openanomaly_pipeline_state{state=...}`` is 1 for each pipeline's current state, so
+    alert rules can fire on ``no_data``, ``failed`` or ``stalled`` as well as on lag.
+    """
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -480,10 +598,27 @@ def metrics_text(pipelines: Iterable[dict[str, Any]]) -> str:
 
     class _Collector:
         def collect(self) -> Iterable[Any]:
+            yield GaugeMetricFamily(
+                "openanomaly_scheduler_config_error",
+                "1 while the pipelines file fails to load (the last good one stays in force)",
+                value=float(config_error),
+            )
+            state = GaugeMetricFamily(
+                "openanomaly_pipeline_state",
+                "1 for the pipeline's current state",
+                labels=["pipeline", "state"],
+            )
+            for record in records:
+                for name in STATES:
+                    state.add_metric([record["name"], name], float(record.get("state") == name))
+            yield state
             gauges = {
                 "lag_seconds": ("Seconds from the end of the last completed window to now", "lag_s"),
                 "last_run_timestamp_seconds": ("Unix time the last run finished", "last_run_finished"),
                 "last_run_duration_seconds": ("Duration of the last run", "last_run_duration_s"),
+                "last_window_duration_seconds": ("Duration of the last window", "last_window_duration_s"),
+                "running_seconds": ("How long the run in flight has been running", "running_for_s"),
+                "series": ("Series the query returned in the last window", "series_in"),
                 "series_scored": ("Series scored in the last window", "series_scored"),
                 "samples_written": ("Samples written in the last window", "samples_written"),
                 "running": ("1 while a run is in progress", "running"),
@@ -503,6 +638,8 @@ def metrics_text(pipelines: Iterable[dict[str, Any]]) -> str:
                 "windows": ("Windows scored since the scheduler started", "windows_total"),
                 "fits": ("Model fits since the scheduler started", "fits_total"),
                 "errors": ("Failed runs since the scheduler started", "errors_total"),
+                "no_data": ("Runs whose query returned no series", "no_data_total"),
+                "timeouts": ("Runs that hit the window time limit", "timeouts_total"),
             }
             for suffix, (doc, key) in counters.items():
                 family = CounterMetricFamily(f"openanomaly_pipeline_{suffix}", doc, labels=["pipeline"])
@@ -585,19 +722,21 @@ def ensure_scheduler(
     """Start the scheduler at start-up of a long-running app (the Serve ingress), or find it.
 
     For deployments where ``serve run`` / a KubeRay RayService brings everything up and
-    there is no separate ``python -m openanomaly.scheduler`` step: call it from the
-    ingress constructor. Safe to call from every replica at once and on every replica
-    restart: Ray's ``get_if_exists`` creates one named detached actor and returns it to
-    all callers, and the actor outlives the replicas (it is not restarted with them).
+    there is no separate ``openanomaly scheduler`` step. Safe to call from every replica
+    at once and on every replica restart: Ray's ``get_if_exists`` creates one named
+    detached actor and returns it to all callers, and the actor outlives the replicas.
 
     ``config_path`` is made absolute here, because the actor's working directory is not
     the caller's. The actor may be placed on any node, so the file must exist on every
     node that can host it (KubeRay: mount the pipelines ConfigMap in the head and in
-    every worker group's pod spec, at the same path).
+    every worker group's pod spec, at the same path). Without an explicit
+    ``runtime_env``, the actor gets the caller's (its ``env_vars`` are what ``${VAR}`` in
+    the pipelines file and the S3 credentials come from).
 
     If a scheduler of that name already runs on another file, it is kept (it owns the
     schedule and its progress) and a warning names both files: stop it with
-    ``ray.kill(get_scheduler())`` to switch files.
+    ``ray.kill(get_scheduler())`` to switch files. A bad pipelines file does not fail the
+    start: the scheduler reports it (``config_error``) and picks the file up once fixed.
 
     Args:
         kwargs: :func:`start_scheduler` options (``runtime_env``, ``num_cpus``, and the
@@ -605,14 +744,13 @@ def ensure_scheduler(
 
     Returns:
         the actor handle.
-
-    Raises:
-        ray.exceptions.RayActorError: the actor could not start (e.g. the file is
-            missing or invalid on the node it was placed on: a ConfigError inside).
     """
     import ray
 
     path = os.path.abspath(os.fspath(config_path))
+    if "runtime_env" not in kwargs:
+        inherited = dict(ray.get_runtime_context().runtime_env or {})
+        kwargs["runtime_env"] = {key: inherited[key] for key in ("env_vars",) if inherited.get(key)}
     handle = start_scheduler(path, name=name, namespace=namespace, **kwargs)
     running = ray.get(handle.source.remote())
     if running != path:
@@ -658,43 +796,3 @@ def scheduler_metrics(*, name: str = DEFAULT_NAME, namespace: str = DEFAULT_NAME
     import ray
 
     return ray.get(get_scheduler(name=name, namespace=namespace).metrics.remote())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m openanomaly.scheduler --config pipelines.yaml``: start the actor on a running cluster.
-
-    Connects to the cluster (``--address``, default ``auto``), starts the named detached
-    scheduler (or finds the running one) and exits; the actor keeps running. ``--wait``
-    stays in the foreground instead (containers whose main process must not exit).
-    """
-    import argparse
-
-    import ray
-
-    parser = argparse.ArgumentParser(prog="python -m openanomaly.scheduler")
-    parser.add_argument("--config", required=True, help="pipelines YAML (reloaded on change)")
-    parser.add_argument("--address", default="auto", help="Ray cluster address")
-    parser.add_argument("--name", default=DEFAULT_NAME)
-    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE)
-    parser.add_argument("--tick", type=float, default=5.0, help="seconds between scheduling passes")
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait after a window ends")
-    parser.add_argument("--wait", action="store_true", help="stay in the foreground")
-    args = parser.parse_args(argv)
-    ray.init(address=args.address, namespace=args.namespace)
-    handle = start_scheduler(
-        args.config,
-        name=args.name,
-        namespace=args.namespace,
-        tick_s=args.tick,
-        delay=round(args.delay * 1000),
-    )
-    print(f"scheduler {args.name!r} running in namespace {args.namespace!r}")
-    if args.wait:
-        while True:
-            time.sleep(60)
-            ray.get(handle.ping.remote())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

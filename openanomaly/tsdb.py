@@ -171,6 +171,32 @@ class PrometheusClient:
         form = {"match[]": match, "start": _seconds(start_ms), "end": _seconds(end_ms)}
         return [dict(labels) for labels in self._read(url, form, query=match)]
 
+    def sample_times(
+        self, selector: str, *, start_ms: int, end_ms: int
+    ) -> dict[frozenset[tuple[str, str]], set[int]]:
+        """Timestamps of the raw samples stored in ``(start_ms, end_ms]`` per series of ``selector``.
+
+        An instant query of ``selector[<end - start>ms]`` at ``end``: both Prometheus and
+        VictoriaMetrics answer a range selector with the raw samples, not a resampled grid,
+        which is what telling "already written" apart needs. ``nocache=1`` keeps
+        VictoriaMetrics from answering from its response cache (an answer cached before a
+        write would hide it; Prometheus ignores the parameter). Keys are label sets
+        (``__name__`` included) as frozensets of items.
+
+        Raises:
+            QueryError: as for ``query_range``.
+        """
+        if end_ms <= start_ms:
+            return {}
+        url = f"{self.settings.url}/api/v1/query"
+        query = f"{selector}[{end_ms - start_ms}ms]"
+        data = self._read(url, {"query": query, "time": _seconds(end_ms), "nocache": "1"}, query=query)
+        found: dict[frozenset[tuple[str, str]], set[int]] = {}
+        for result in data.get("result") or ():
+            stamps = {round(float(point[0]) * 1000) for point in result.get("values") or ()}
+            found.setdefault(frozenset(result["metric"].items()), set()).update(stamps)
+        return found
+
     def _read(self, url: str, form: dict[str, str], *, query: str) -> Any:
         """POST a read request (a form body: queries of any length), return ``data``."""
         response = self._send(QueryError, "POST", url, query=query, data=form)

@@ -68,7 +68,8 @@ def test_validate_malformed_yaml(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["run", "-c", "{cfg}"], "run needs --once"),
+        (["run", "-c", "{cfg}", "--pipeline", "cpu"], "--pipeline works with --once"),
+        (["backtest", "-c", "{cfg}", "--start", "now-1h", "--top", "-1"], "--top must be 0 or more"),
         (["run", "-c", "{cfg}", "--once", "--pipeline", "nope"], "no pipeline named 'nope' (defined: cpu)"),
         (["backtest", "-c", "{cfg}", "--start", "now-1h", "--end", "now-2h"], "is not after --start"),
         (["backtest", "-c", "{cfg}", "--start", "now-1h", "--out", "x.json"], "must end in .csv or .parquet"),

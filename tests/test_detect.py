@@ -11,12 +11,12 @@ from openanomaly.detect import (
     chunk_points,
     default_batch_chunks,
     detect,
-    output_labels,
 )
 from openanomaly.errors import DataError, ModelError
 from openanomaly.models.base import QuantileForecast
 from openanomaly.models.registry import load_forecaster
 from openanomaly.series import SeriesMatrix
+from openanomaly.window import output_labels, output_matrix
 
 STEP = 60_000
 
@@ -61,7 +61,9 @@ def matrix(values, labels=None, t0=0) -> SeriesMatrix:
 
 def test_chunks_and_batch_defaults():
     assert chunk_points(pipeline()) == 3
-    assert chunk_points(pipeline(schedule={"infer_every": "30s", "context": "5m"})) == 1
+    assert chunk_points(pipeline(schedule={"infer_every": "1m", "context": "5m"})) == 1
+    with pytest.raises(ValueError, match="whole multiple of step"):
+        pipeline(schedule={"infer_every": "30s", "context": "5m"})
     assert default_batch_chunks(pipeline(), 1) > 1000
     assert default_batch_chunks(pipeline(schedule={"context": "1000d"}), 10_000) == 1
 
@@ -93,10 +95,11 @@ def test_rolling_forecast_has_no_look_ahead():
 
 def test_short_history_is_left_padded_with_nan():
     model = LastValue()
-    detect(matrix([np.arange(4.0)]), pipeline(), model, start_ms=1 * STEP, end_ms=3 * STEP)
+    # the window (3, 6] (infer_every 3m) forecasts from columns -1..3: one before the data
+    detect(matrix([np.arange(7.0)]), pipeline(), model, start_ms=3 * STEP, end_ms=6 * STEP)
     contexts = model.calls[0][0]
-    assert np.isnan(contexts[0, :3]).all()
-    assert contexts[0, 3:].tolist() == [0.0, 1.0]
+    assert np.isnan(contexts[0, :1]).all()
+    assert contexts[0, 1:].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
 def test_backtest_batches_match_one_detect_call():
@@ -122,16 +125,31 @@ def test_backtest_batches_match_one_detect_call():
     assert all(a[0] < b[0] for a, b in itertools.pairwise(seen))
 
 
+@pytest.mark.parametrize("start", [40, 41, 42, 43, 57])
+def test_a_point_gets_the_same_scores_whatever_range_scores_it(start):
+    """Chunks sit on the absolute infer_every grid: a range that starts mid-window scores
+    its points exactly as the scheduler's whole window does (same context, same chunk)."""
+    rng = np.random.default_rng(1)
+    series = matrix(rng.normal(size=(2, 120)).cumsum(axis=1))
+    p = pipeline(schedule={"infer_every": "4m", "context": "30m"})
+    model = load_forecaster("mad")
+    windows = [detect(series, p, model, start_ms=k * STEP, end_ms=(k + 4) * STEP) for k in range(40, 116, 4)]
+    scheduled = np.concatenate([w.yhat for w in windows], axis=1)  # points 41..116
+    part = backtest(series, p, model, start_ms=start * STEP, end_ms=101 * STEP, batch_chunks=2)
+    np.testing.assert_array_equal(part.yhat, scheduled[:, start - 40 : 101 - 40])
+    assert part.timestamps[0] == (start + 1) * STEP
+
+
 def test_nan_actuals_are_not_scored_and_chunks_without_context_are_skipped():
     values = np.arange(30.0).reshape(2, 15)
     values[0, 11] = np.nan  # a gap in series 0
-    values[1, :12] = np.nan  # series 1 starts inside the window: first chunk has no context
+    values[1, :13] = np.nan  # series 1 starts inside the window: its chunk has no context
     model = LastValue()
-    result = detect(matrix(values), pipeline(), model, start_ms=8 * STEP, end_ms=14 * STEP)
-    assert np.isnan(result.anomaly_score[0, 2]) and np.isnan(result.yhat[0, 2])
-    assert np.isfinite(result.anomaly_score[0, [0, 1, 3, 4, 5]]).all()
-    # series 1: chunk [9,10,11] has no context and no actuals → not forecast, not skipped;
-    # chunk [12,13,14] has context 12? no: context is 7..11, all NaN → skipped
+    result = detect(matrix(values), pipeline(), model, start_ms=9 * STEP, end_ms=14 * STEP)
+    assert np.isnan(result.anomaly_score[0, 1]) and np.isnan(result.yhat[0, 1])
+    assert np.isfinite(result.anomaly_score[0, [0, 2, 3, 4]]).all()
+    # series 1: chunk [10,11,12] has no context and no actuals → not forecast, not skipped;
+    # chunk [13,14,15] has context 8..12, all NaN → skipped
     assert result.skipped == (1,)
     assert result.skipped_labels == ({"__name__": "m", "i": "1"},)
     assert np.isnan(result.anomaly_score[1]).all()
@@ -144,9 +162,7 @@ def test_output_matrix_labels_and_rows():
     values[1, 0] = 1.0  # finite only in the context: no output rows for series 1
     p = pipeline(output={"anomaly_score": "score", "extra_labels": {"team": "sre"}})
     labels = [{"__name__": "cpu", "host": "a", "model": "x"}, {"__name__": "cpu", "host": "b"}]
-    out = detect(matrix(values, labels), p, LastValue(), start_ms=6 * STEP, end_ms=9 * STEP).to_series_matrix(
-        p
-    )
+    out = output_matrix(detect(matrix(values, labels), p, LastValue(), start_ms=6 * STEP, end_ms=9 * STEP), p)
     assert [dict(lab) for lab in out.labels] == [
         {"host": "a", "model": "robust", "team": "sre", "for": "p", "__name__": name}
         for name in ("score", "yhat", "yhat_lower", "yhat_upper")
@@ -159,7 +175,7 @@ def test_output_matrix_labels_and_rows():
 def test_empty_window_gives_empty_output():
     result = detect(matrix([np.arange(5.0)]), pipeline(), LastValue(), start_ms=4 * STEP, end_ms=4 * STEP)
     assert result.anomaly_score.shape == (1, 0)
-    assert len(result.to_series_matrix(pipeline())) == 0
+    assert len(output_matrix(result, pipeline())) == 0
 
 
 @pytest.mark.parametrize(

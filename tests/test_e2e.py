@@ -14,10 +14,10 @@ import yaml
 
 from openanomaly.cli import main, parse_time, read_csv_series
 from openanomaly.config import Pipeline
-from openanomaly.detect import backtest, fetch_window
 from openanomaly.models.registry import load_forecaster
 from openanomaly.series import SeriesMatrix
 from openanomaly.tsdb import PrometheusClient
+from openanomaly.window import fetch, score_range
 from tests.fixtures.servers import TSDBServer, unique_metric
 
 pytestmark = pytest.mark.integration
@@ -134,8 +134,8 @@ def test_backtest_finds_injected_spike_and_level_shift(server_name, request, tmp
     # The TSDB backtest equals the in-memory one over the same input ...
     spec = Pipeline.model_validate(pipeline)
     with PrometheusClient(server.settings) as client:
-        series = fetch_window(client, spec, start_ms=start, end_ms=end)
-    expected = backtest(series, spec, load_forecaster("mad"), start_ms=start, end_ms=end)
+        series = fetch(client, spec, start_ms=start, end_ms=end)
+    expected = score_range(series, spec, load_forecaster("mad"), start_ms=start, end_ms=end)
     np.testing.assert_allclose(scores.values, expected.anomaly_score, rtol=1e-12)
 
     # ... and a scheduled `run --once` writes exactly what the backtest wrote for its window.
@@ -303,3 +303,63 @@ def test_unreachable_tsdb_in_a_real_process(tmp_path):
     assert "Traceback" not in done.stderr
     assert f"127.0.0.1:{port}" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def _pipe_every_minute(name: str, query: str) -> dict:
+    return {"name": name, "query": query, "model": "mad", "schedule": {"infer_every": "1m", "context": "30m"}}
+
+
+def test_run_is_the_scheduler_in_the_foreground(victoria_metrics, tmp_path):
+    """``openanomaly run -c FILE``: scores on schedule on a local Ray; Ctrl-C stops it cleanly."""
+    import signal
+
+    metric = unique_metric("fg")
+    now = _now_ms(MINUTE)
+    stamps = np.arange(now - 60 * MINUTE, now + 1, MINUTE, dtype=np.int64)
+    rng = np.random.default_rng(3)
+    _write(
+        victoria_metrics,
+        SeriesMatrix(({"__name__": metric, "host": "a"},), stamps, rng.normal(5, 1, (1, 61))),
+    )
+    config = _config(tmp_path, victoria_metrics.url, _pipe_every_minute("fg", metric))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "openanomaly.cli", "run", "-c", str(config), "--tick", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert "scheduling 1 pipelines" in first and "Ctrl-C stops" in first, first
+        done = process.stdout.readline()  # the first window (the latest complete minute)
+        assert "fg: window to" in done and "1/1 series scored" in done, done
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert "stopping" in err and "Traceback" not in err
+    scores = _read(
+        victoria_metrics,
+        'anomaly_score{for="fg"}',
+        start_ms=now - 5 * MINUTE,
+        end_ms=now + MINUTE,
+        step_ms=MINUTE,
+    )
+    assert len(scores) == 1
+
+
+def test_run_with_a_bad_config_is_an_error_not_a_traceback(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("settings:\n  tsdb:\n    url: ${NOT_SET_ANYWHERE}\npipelines: []\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "openanomaly.cli", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and "NOT_SET_ANYWHERE" in done.stderr
+    assert "Traceback" not in done.stderr

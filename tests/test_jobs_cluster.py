@@ -20,10 +20,6 @@ from openanomaly.tsdb import PrometheusClient
 
 MIN = 60_000
 N_SERIES = 60
-# Two fetch shards for the 60 series: the sharded path, with few worker processes to start.
-OPTIONS = JobOptions(
-    series_per_shard=30, batch_size=32, max_workers=1, worker_num_cpus=0.25, fetch_num_cpus=0.1
-)
 
 
 def test_arrow_round_trip() -> None:
@@ -99,14 +95,9 @@ def _pid(_actor) -> int:
 def _start(config: str, s3, name: str):
     from openanomaly.scheduler import start_scheduler
 
+    # The defaults a user gets (scheduler CPUs, job options), on the 2-CPU test cluster.
     return start_scheduler(
-        config,
-        name=name,
-        namespace="openanomaly-test",
-        autostart=False,
-        num_cpus=0.05,
-        runtime_env={"env_vars": s3.env()},
-        job_options=OPTIONS,
+        config, name=name, namespace="openanomaly-test", autostart=False, runtime_env={"env_vars": s3.env()}
     )
 
 
@@ -276,14 +267,8 @@ def test_worker_dying_mid_job_is_retried_by_ray(ray_cluster, victoria_metrics, b
         schedule={"infer_every": "10m", "context": "30m"},
     )
     settings = Settings(tsdb=victoria_metrics.settings)
-    options = JobOptions(
-        series_per_shard=n,
-        batch_size=8,
-        max_workers=1,
-        worker_num_cpus=0.25,
-        fetch_num_cpus=0.1,
-        model_factory=_CrashOnce(str(marker)),
-    )
+    # Two fetch shards and blocks of 8: the sharded Ray Data path, otherwise default options.
+    options = JobOptions(series_per_shard=n // 2, batch_size=8, model_factory=_CrashOnce(str(marker)))
     result = run_job(settings, pipeline, start_ms=end_ms - 10 * MIN, end_ms=end_ms, options=options)
 
     assert marker.exists(), "the scoring actor must have died once"

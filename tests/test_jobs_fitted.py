@@ -79,14 +79,14 @@ _TINY_NHITS = {
 def test_nhits_fitted_stored_in_s3_and_scored_by_a_fresh_worker(s3, tmp_path, monkeypatch) -> None:
     """The global-model path of fit_job / run_job without Ray (Ray is covered with AutoETS).
 
-    ``train_global`` is the body of fit_job's training task and ``BlockScorer`` is the
-    scoring actor class; here the store is the real S3 endpoint (moto server).
+    ``train_global`` is the body of fit_job's training task and ``WindowScorer`` is the
+    model actor class; here the store is the real S3 endpoint (moto server).
     """
     import uuid
 
     from openanomaly.artifacts import GLOBAL_SERIES_KEY, S3Store, list_models
     from openanomaly.config import Settings
-    from openanomaly.jobs import BlockScorer, train_global
+    from openanomaly.jobs import WindowScorer, train_global
     from openanomaly.models.neural import NHITSForecaster
     from openanomaly.series import SeriesMatrix
 
@@ -95,7 +95,7 @@ def test_nhits_fitted_stored_in_s3_and_scored_by_a_fresh_worker(s3, tmp_path, mo
         monkeypatch.setenv(name, value)
     bucket = s3.create_bucket(f"nhits-{uuid.uuid4().hex[:8]}")
     settings = Settings(
-        tsdb={"url": "http://127.0.0.1:9"},  # never contacted: detect_block does no I/O
+        tsdb={"url": "http://127.0.0.1:9"},  # never contacted: scoring does no TSDB I/O
         artifacts={"kind": "s3", "bucket": bucket, "prefix": "models", "endpoint_url": s3.endpoint_url},
     )
     pipeline = Pipeline(
@@ -116,14 +116,15 @@ def test_nhits_fitted_stored_in_s3_and_scored_by_a_fresh_worker(s3, tmp_path, mo
     refs = list_models(store, pipeline="nhits")
     assert [(r.key, r.series_key, r.fit_time_ms) for r in refs] == [(key, GLOBAL_SERIES_KEY, fit_ms)]
 
-    # A fresh worker: the scoring actor class loads the model from the bucket.
+    # A fresh worker: the model actor class loads the model from the bucket.
     start_ms, end_ms = fit_ms + 20 * minute, fit_ms + 25 * minute
-    scorer = BlockScorer(settings, pipeline, start_ms, end_ms, fit_time_ms=fit_ms)
-    assert isinstance(scorer.forecaster, NHITSForecaster)
+    scorer = WindowScorer()
+    model = scorer._fitted_model(scorer._store(settings), pipeline, GLOBAL_SERIES_KEY, fit_ms, start_ms)
+    assert isinstance(model, NHITSForecaster)
     contexts = values[:, 120:140].copy()
     contexts[1] = np.nan  # no context: NaN row out
     contexts[2, :12] = np.nan  # left-padded: still forecast
-    forecast = scorer.forecaster.forecast(contexts, 5, [0.05, 0.5, 0.95])
+    forecast = model.forecast(contexts, 5, [0.05, 0.5, 0.95])
     assert forecast.quantiles.shape == (n, 5, 3)
     assert np.isnan(forecast.quantiles[1]).all()
     rest = forecast.quantiles[[0, 2, 3, 4]]
@@ -134,9 +135,7 @@ def test_nhits_fitted_stored_in_s3_and_scored_by_a_fresh_worker(s3, tmp_path, mo
     labels = tuple({"__name__": "m", "i": str(i)} for i in range(n))
     block = values[:, 120:145].copy()
     block[1] = np.nan
-    detections, unfitted = scorer.detect_block(SeriesMatrix(labels, grid, block))
-    assert unfitted == 0 and len(detections) == 1
-    detection = detections[0]
+    detection = scorer.score(SeriesMatrix(labels, grid, block), pipeline, settings, start_ms, end_ms, fit_ms)
     assert detection.anomaly_score.shape == (n, 5)
     assert detection.series_scored == n - 1
     assert np.isnan(detection.anomaly_score[1]).all()
@@ -144,6 +143,6 @@ def test_nhits_fitted_stored_in_s3_and_scored_by_a_fresh_worker(s3, tmp_path, mo
 
     # "latest fit at or before the window" finds the same model: a retried window
     # writes the same values.
-    again = BlockScorer(settings, pipeline, start_ms, end_ms).detect_block(SeriesMatrix(labels, grid, block))
-    np.testing.assert_array_equal(again[0][0].yhat, detection.yhat)
+    again = WindowScorer().score(SeriesMatrix(labels, grid, block), pipeline, settings, start_ms, end_ms)
+    np.testing.assert_array_equal(again.yhat, detection.yhat)
     assert list(tmp_path.iterdir()) == []

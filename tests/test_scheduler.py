@@ -236,3 +236,102 @@ def test_ensure_scheduler_starts_once_and_keeps_the_running_one(
         assert "already runs pipelines from" in caplog.text and other in caplog.text
     finally:
         ray.kill(first, no_restart=True)
+
+
+def test_starts_on_an_invalid_file_reports_it_and_recovers_when_fixed(tmp_path, monkeypatch) -> None:
+    """A restart while the file is broken (an unset ${VAR}) must not leave a dead scheduler."""
+    monkeypatch.delenv("OA_TEST_QUERY", raising=False)
+    path = tmp_path / "p.yaml"
+    _yaml(path, PIPE.format(name="cpu", query="${OA_TEST_QUERY}"))
+    recorder = Recorder()
+    scheduler = _scheduler(str(path), recorder)  # does not raise
+    assert scheduler.tick(T0 + 10 * MIN, wait=True) == {}
+    status = scheduler.status()
+    assert "OA_TEST_QUERY" in status["config_error"] and status["pipelines"] == []
+    assert "openanomaly_scheduler_config_error 1.0" in scheduler.metrics()
+    monkeypatch.setenv("OA_TEST_QUERY", "up")  # fixed: the next tick loads it
+    assert scheduler.tick(T0 + 10 * MIN, wait=True) == {"cpu": [(T0, T0 + 10 * MIN)]}
+    assert scheduler.status()["config_error"] is None
+    assert "openanomaly_scheduler_config_error 0.0" in scheduler.metrics()
+
+
+def test_unreachable_store_makes_pipelines_wait_then_resume(tmp_path, monkeypatch) -> None:
+    """S3 down at start: pipelines wait (visible), nothing runs blind; S3 back: they resume."""
+    from moto.server import ThreadedMotoServer
+
+    from tests.fixtures.servers import free_port
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    port = free_port()
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "settings:\n  tsdb:\n    url: http://127.0.0.1:1\n"
+        f"  artifacts:\n    kind: s3\n    bucket: progress\n    endpoint_url: http://127.0.0.1:{port}\n"
+        f"pipelines:\n{PIPE.format(name='cpu', query='up')}"
+    )
+    recorder = Recorder()
+    scheduler = Scheduler(str(path), run_window=recorder.run_window, run_fit=recorder.run_fit, now=lambda: T0)
+    assert scheduler.tick(T0 + 10 * MIN, wait=True) == {}
+    (status,) = scheduler.status()["pipelines"]
+    assert status["state"] == "waiting" and "cannot read progress" in status["reason"]
+    assert 'openanomaly_pipeline_state{pipeline="cpu",state="waiting"} 1.0' in scheduler.metrics()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        import boto3
+
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="progress")
+        assert scheduler.tick(T0 + 10 * MIN, wait=True) == {"cpu": [(T0, T0 + 10 * MIN)]}
+        assert scheduler.status()["pipelines"][0]["state"] == "idle"
+    finally:
+        server.stop()
+
+
+def test_no_series_is_a_state_and_the_window_is_kept(tmp_path) -> None:
+    from openanomaly.errors import NoSeries
+
+    recorder = Recorder()
+
+    def empty(settings, pipeline, *, start_ms, end_ms, fit_time_ms):
+        raise NoSeries(f"query {pipeline.query!r} returned no series", pipeline=pipeline.name)
+
+    config = _yaml(tmp_path / "p.yaml", PIPE.format(name="gone", query="absent"))
+    scheduler = Scheduler(
+        config, store=MemoryStore(), run_window=empty, run_fit=recorder.run_fit, now=lambda: T0
+    )
+    scheduler.tick(T0 + 10 * MIN, wait=True)
+    scheduler.tick(T0 + 20 * MIN, wait=True)
+    (status,) = scheduler.status(T0 + 20 * MIN)["pipelines"]
+    assert status["state"] == "no_data" and "returned no series" in status["reason"]
+    assert status["no_data_total"] == 2 and status["errors_total"] == 0
+    assert status["last_end_ms"] is None  # nothing skipped: the windows are scored once data comes
+    assert 'openanomaly_pipeline_no_data_total{pipeline="gone"} 2.0' in scheduler.metrics()
+
+
+@pytest.mark.integration
+def test_scheduler_actor_survives_a_bad_file(ray_cluster, tmp_path) -> None:
+    """The actor starts (and Ray restarts it) even while the file is invalid."""
+    import uuid
+
+    import ray
+
+    from openanomaly.scheduler import start_scheduler
+
+    path = tmp_path / "p.yaml"
+    path.write_text("pipelines: [oops")
+    actor = start_scheduler(
+        str(path), name=f"bad-{uuid.uuid4().hex[:6]}", namespace="oa-test", autostart=False
+    )
+    try:
+        assert "malformed YAML" in ray.get(actor.status.remote())["config_error"]
+        _yaml(path, PIPE.format(name="cpu", query="up"))
+        ray.get(actor.reload.remote())
+        status = ray.get(actor.status.remote())
+        assert status["config_error"] is None and [p["name"] for p in status["pipelines"]] == ["cpu"]
+    finally:
+        ray.kill(actor, no_restart=True)

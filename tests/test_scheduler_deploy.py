@@ -19,7 +19,7 @@ def test_compose_file_has_the_cluster_services() -> None:
     command = " ".join(head["command"])
     assert "ray start --head" in command
     assert "serve deploy serve_config.yaml" in command
-    assert "python -m openanomaly.scheduler" in command
+    assert "openanomaly scheduler -c" in command
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(head["environment"])
     # every mounted host file exists
     for service in services.values():

@@ -304,7 +304,7 @@ def test_pipeline_endpoints_talk_to_the_scheduler(api: httpx.Client, tmp_path: A
 
     missing = api.get("/v1/pipelines")
     assert missing.status_code == 503
-    assert "python -m openanomaly.scheduler" in missing.json()["message"]
+    assert "openanomaly scheduler -c" in missing.json()["message"]
 
     config = tmp_path / "pipelines.yaml"
     config.write_text(
@@ -333,3 +333,47 @@ def test_playground_is_mounted_behind_the_token(api: httpx.Client) -> None:
     assert page.status_code == 200, page.text[:500]
     assert "gradio" in page.text.lower()
     assert httpx.get(f"{_root(api)}/playground/", timeout=60).status_code in (401, 403)
+
+
+def test_detect_scores_what_the_window_path_scores(api: httpx.Client) -> None:
+    """``/v1/detect`` runs the one window path: the same numbers as ``window.score_range``."""
+    from datetime import timedelta
+
+    from openanomaly.config import Pipeline
+    from openanomaly.models.registry import load_forecaster
+    from openanomaly.series import SeriesMatrix
+    from openanomaly.window import score_range
+
+    rng = np.random.default_rng(5)
+    step, n = 60_000, 120
+    stamps = (1_760_000_000_000 // step + np.arange(n)) * step
+    values = 20 + rng.normal(0, 1, (2, n))
+    values[1, -7] += 12
+    body = {
+        "model": "z",
+        "series": [{"values": row.tolist(), "timestamps_ms": stamps.tolist()} for row in values],
+        "score_last": 20,
+        "context_length": 60,
+        "infer_every": 5,
+    }
+    reply = api.post("/v1/detect", json=body)
+    assert reply.status_code == 200, reply.text
+    pipeline = Pipeline(
+        name="api",
+        query="api",
+        step=timedelta(milliseconds=step),
+        model={"spec": "zscore", "alias": "z"},
+        schedule={"infer_every": timedelta(minutes=5), "context": timedelta(minutes=60)},
+    )
+    labels = tuple({"series": str(i)} for i in range(2))
+    expected = score_range(
+        SeriesMatrix(labels, stamps, values),
+        pipeline,
+        load_forecaster("zscore"),
+        start_ms=int(stamps[-21]),
+        end_ms=int(stamps[-1]),
+    )
+    for row, series in enumerate(reply.json()["series"]):
+        assert series["timestamps_ms"] == expected.timestamps.tolist()
+        for name in ("anomaly_score", "yhat", "yhat_lower", "yhat_upper"):
+            np.testing.assert_array_equal(np.array(series[name], dtype=float), getattr(expected, name)[row])

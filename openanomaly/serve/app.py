@@ -22,8 +22,10 @@ status and manual runs), ``GET /healthz``, ``GET /metrics``, OpenAPI at ``/docs`
 import asyncio
 import contextlib
 import hmac
+import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -39,10 +41,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from openanomaly.config import Pipeline
-from openanomaly.detect import detect
 from openanomaly.errors import ConfigError, DataError, ModelError
 from openanomaly.models.base import QuantileForecast
-from openanomaly.scheduler import DEFAULT_NAME, DEFAULT_NAMESPACE, start_scheduler
+from openanomaly.scheduler import DEFAULT_NAME, DEFAULT_NAMESPACE, ensure_scheduler
 from openanomaly.series import SeriesMatrix
 from openanomaly.serve.forecaster import ForecasterConfig, ForecasterDeployment, ForecastItem, ForecastReply
 from openanomaly.serve.metrics import CONTENT_TYPE, ServeMetrics
@@ -61,6 +62,7 @@ from openanomaly.serve.schemas import (
     check_limits,
     values_array,
 )
+from openanomaly.window import score_range
 
 __all__ = [
     "TOKEN_ENV",
@@ -88,7 +90,7 @@ class SchedulerLink(BaseModel):
     With ``pipelines`` set (the chart points it at the mounted ConfigMap), the ingress
     starts the named detached scheduler actor on that file, or finds the one already
     running, so ``serve run`` / a RayService brings up scoring too. Without it the
-    endpoints talk to a scheduler started by ``python -m openanomaly.scheduler``.
+    endpoints talk to a scheduler started by ``openanomaly scheduler``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -348,10 +350,11 @@ class Ingress:
         fastapi_app.state.token = token
         fastapi_app.state.metrics = self.metrics
         self.scheduler = SchedulerLink.model_validate(scheduler or {})
+        self.scheduler_error: str | None = None
         if self.scheduler.pipelines is not None:
-            start_scheduler(
-                self.scheduler.pipelines, name=self.scheduler.name, namespace=self.scheduler.namespace
-            )
+            # In the background and never fatal: the API must come up (and stay up through a
+            # rolling update) whatever the pipelines file or the cluster says.
+            threading.Thread(target=self._start_scheduler, name="start-scheduler", daemon=True).start()
         if playground:
             from openanomaly.ui import mount_playground
 
@@ -364,6 +367,16 @@ class Ingress:
                 auth_dependency=None if token is None else _bearer_user(token),
             )
 
+    def _start_scheduler(self) -> None:
+        assert self.scheduler.pipelines is not None
+        try:
+            ensure_scheduler(
+                self.scheduler.pipelines, name=self.scheduler.name, namespace=self.scheduler.namespace
+            )
+        except Exception as error:  # shown on /v1/pipelines; the API itself keeps serving
+            self.scheduler_error = f"{type(error).__name__}: {error}"
+            logging.getLogger(__name__).exception("could not start the scheduler")
+
     def _scheduler_actor(self) -> Any:
         """The scheduler actor, or a 503 that says how to start one."""
         import ray
@@ -371,10 +384,11 @@ class Ingress:
         try:
             return ray.get_actor(self.scheduler.name, namespace=self.scheduler.namespace)
         except ValueError:
+            why = f" (starting it failed: {self.scheduler_error})" if self.scheduler_error else ""
             raise SchedulerUnavailable(
                 f"no scheduler {self.scheduler.name!r} is running in namespace "
-                f"{self.scheduler.namespace!r}: start it with `python -m openanomaly.scheduler "
-                "--config pipelines.yaml`, or set args.scheduler.pipelines in serve_config.yaml"
+                f"{self.scheduler.namespace!r}{why}: start it with `openanomaly scheduler "
+                "-c pipelines.yaml`, or set args.scheduler.pipelines in serve_config.yaml"
             ) from None
 
     def _handle(self, name: str | None, request: Request) -> tuple[str, DeploymentHandle]:
@@ -443,8 +457,8 @@ class Ingress:
         """Score the last ``score_last`` points of every series, each against a forecast
         made from the ``context_length`` points before it (rolling, no look-ahead).
 
-        Runs ``openanomaly.detect.detect``: all (series, chunk) contexts of the request
-        go to the model as one block.
+        Runs ``openanomaly.window.score_range``, what every scheduled window runs: the
+        request's (series, chunk) contexts go to the model in batched calls.
         """
         check_limits(body, self.limits)
         name, handle = self._handle(body.model, request)
@@ -467,7 +481,7 @@ class Ingress:
         t = matrix.timestamps
         start_ms = int(t[-body.score_last - 1]) if body.score_last < len(t) else int(t[0]) - step
         result = await asyncio.to_thread(
-            detect, matrix, pipeline, HandleForecaster(handle), start_ms=start_ms, end_ms=int(t[-1])
+            score_range, matrix, pipeline, HandleForecaster(handle), start_ms=start_ms, end_ms=int(t[-1])
         )
         self.metrics.series.labels("/v1/detect", name).inc(len(body.series))
         self.metrics.points_scored.labels(name).inc(result.points_scored)

@@ -2,9 +2,9 @@
 
 The layout (:mod:`openanomaly.ui.app`) only collects form values and shows what these
 functions return, so everything here is testable with plain calls. Scores come from the
-production code path: :func:`openanomaly.detect.fetch_window` (``query_range``) and
-:func:`openanomaly.detect.backtest`, exactly what ``openanomaly backtest`` computes, so a
-picture in the playground is what a scheduled run would have written.
+production window path: :func:`openanomaly.window.fetch` (``query_range``) and
+:func:`openanomaly.window.score_range`, exactly what ``openanomaly backtest`` and the
+scheduler compute, so a picture in the playground is what a scheduled run would have written.
 
 Errors are :class:`~openanomaly.errors.OpenAnomalyError` subclasses whose messages a
 person can read (the UI shows them as they are): a bad form field is a
@@ -25,16 +25,17 @@ import numpy as np
 from pydantic import ValidationError
 
 from openanomaly.config import Pipeline, parse_duration
-from openanomaly.detect import Detection, backtest, fetch_window
+from openanomaly.detect import Detection
 from openanomaly.errors import OpenAnomalyError
 from openanomaly.series import format_labels
+from openanomaly.window import fetch, score_range, scored_range
 
 if TYPE_CHECKING:
     import altair as alt
     import pandas as pd
 
-    from openanomaly.detect import TSDBClient
     from openanomaly.models.base import Forecaster
+    from openanomaly.window import TSDBClient
 
 __all__ = [
     "DEFAULT_MAX_POINTS",
@@ -324,9 +325,9 @@ def run_query(
             "use a larger step or a shorter range",
             field="Range",
         )
-    series = fetch_window(client, pipeline, start_ms=start_ms, end_ms=end_ms)
+    series = fetch(client, pipeline, start_ms=start_ms, end_ms=end_ms)
     forecaster = forecaster if forecaster is not None else load_model(pipeline)
-    detection = backtest(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms)
+    detection = score_range(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms)
     return _result(pipeline, detection, start_ms=start_ms, end_ms=end_ms, max_series=max_series)
 
 
@@ -357,16 +358,16 @@ def run_csv(
     if len(series.timestamps) == 0:
         raise PlaygroundInputError(f"{path.name!r} has no rows", field="CSV file")
     step = pipeline.step_ms
-    start_ms = int(series.timestamps[0]) + (pipeline.context_points - 1) * step
-    end_ms = int(series.timestamps[-1])
-    points = (end_ms - start_ms) // step
-    if points <= 0:
+    try:
+        start_ms, end_ms = scored_range(series, pipeline)
+    except OpenAnomalyError:
         raise PlaygroundInputError(
             f"{path.name!r} spans {len(series.timestamps)} points at step {_duration(pipeline.step)}; "
             f"it needs more than the context ({pipeline.context_points} points): "
             "shorten Context or Step",
             field="CSV file",
-        )
+        ) from None
+    points = (end_ms - start_ms) // step
     if points > max_points:
         raise PlaygroundInputError(
             f"{path.name!r} has {points} points to score at step {_duration(pipeline.step)}; "
@@ -374,7 +375,7 @@ def run_csv(
             field="CSV file",
         )
     forecaster = forecaster if forecaster is not None else load_model(pipeline)
-    detection = backtest(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms)
+    detection = score_range(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms)
     return _result(pipeline, detection, start_ms=start_ms, end_ms=end_ms, max_series=1)
 
 

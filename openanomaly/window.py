@@ -1,0 +1,407 @@
+"""The one window path: how a pipeline's range of points becomes written scores.
+
+Every caller that scores a pipeline goes through this module: the scheduler's windows
+(:mod:`openanomaly.jobs`), ``openanomaly run --once``, ``openanomaly backtest``, the
+playground and ``/v1/detect``. So they all compute and write the same samples::
+
+    grid ─► fetch (context + range) ─► score (forecast → calibrate → score) ─► labels ─► write
+
+- **Grid.** Windows are ``((k - 1) * infer_every, k * infer_every]`` (:func:`latest_window`);
+  forecast chunks sit on the same absolute grid (:mod:`openanomaly.detect`), so a point
+  gets the same forecast whichever path scores it.
+- **Fetch.** :func:`fetch` reads the pipeline's query over the range plus the context
+  of its first chunk, on the step grid.
+- **Score.** A :data:`Scorer` turns the fetched matrix into a
+  :class:`~openanomaly.detect.Detection`: :func:`local_scorer` runs the pure core in this
+  process; the scheduler passes one that runs the same core in a warm model actor.
+- **Labels.** :func:`output_matrix`: the input's labels plus ``for``/``model``.
+- **Write, idempotently.** :func:`write` first reads which output samples already exist
+  in the range (raw samples of this pipeline's output series) and sends only the others.
+  So a backtest over a scored range, ``run --once`` after the scheduler, or a scheduler
+  restart mid-window never store a second sample at one timestamp, on a VictoriaMetrics
+  or a Prometheus with default flags (VictoriaMetrics keeps every duplicate unless
+  ``-dedup.minScrapeInterval`` is set; Prometheus rejects a different value at a taken
+  timestamp). One case needs the server: a write that timed out *after* it landed is
+  retried by the client and lands twice; run VictoriaMetrics with
+  ``-dedup.minScrapeInterval=1ms`` (compose and the chart do).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from openanomaly.config import Pipeline
+from openanomaly.detect import Detection, Progress, backtest, check_input, default_batch_chunks
+from openanomaly.errors import DataError
+from openanomaly.models.base import Forecaster
+from openanomaly.series import SeriesMatrix
+
+__all__ = [
+    "RunResult",
+    "Scorer",
+    "TSDBClient",
+    "Tally",
+    "fetch",
+    "fetch_start",
+    "iter_range",
+    "latest_window",
+    "local_scorer",
+    "output_labels",
+    "output_matrix",
+    "run_window",
+    "score_range",
+    "scored_range",
+    "write",
+]
+
+log = logging.getLogger(__name__)
+
+# Chunks in the first backtest fetch (series count unknown yet) and at most in any fetch.
+_FIRST_FETCH_CHUNKS = 64
+_MAX_FETCH_CHUNKS = 1000
+
+Scorer = Callable[[SeriesMatrix, int, int], Detection]
+"""``scorer(series, start_ms, end_ms)``: score ``(start_ms, end_ms]`` of fetched series."""
+
+
+class TSDBClient(Protocol):
+    """What the window path needs from :class:`openanomaly.tsdb.PrometheusClient`."""
+
+    def query_range(self, query: str, *, start_ms: int, end_ms: int, step_ms: int) -> SeriesMatrix: ...
+
+    def sample_times(
+        self, selector: str, *, start_ms: int, end_ms: int
+    ) -> dict[frozenset[tuple[str, str]], set[int]]: ...
+
+    def remote_write(self, series: SeriesMatrix) -> int: ...
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one window or backtest did (logged, shown by the CLI, kept by the scheduler)."""
+
+    pipeline: str
+    start_ms: int
+    end_ms: int
+    series_in: int
+    series_scored: int
+    points_scored: int
+    anomalies: int
+    samples_written: int
+    samples_present: int = 0
+    skipped: tuple[Mapping[str, str], ...] = ()
+    duration_s: float = 0.0
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+def latest_window(pipeline: Pipeline, now_ms: int, *, delay_ms: int = 0) -> tuple[int, int]:
+    """The latest complete window ``(start, end]`` at ``now_ms``: what the scheduler scores next.
+
+    Example:
+        >>> p = Pipeline(name="p", query="up", model="mad", schedule={"infer_every": "5m"})
+        >>> latest_window(p, 1_000_000)
+        (600000, 900000)
+    """
+    every = pipeline.infer_every_ms
+    end = (now_ms - delay_ms) // every * every
+    return end - every, end
+
+
+def scored_range(series: SeriesMatrix, pipeline: Pipeline) -> tuple[int, int]:
+    """``(start, end]`` of in-memory data (a CSV, a request) that can be scored with a full context.
+
+    The first scored point is the first with ``context`` points before it.
+
+    Raises:
+        DataError: the data is no longer than the context.
+    """
+    stamps = series.timestamps
+    if len(stamps) <= pipeline.context_points:
+        raise DataError(
+            f"{len(stamps)} points at step {pipeline.step_ms} ms; more than the context "
+            f"({pipeline.context_points} points) are needed",
+            pipeline=pipeline.name,
+        )
+    return int(stamps[0]) + (pipeline.context_points - 1) * pipeline.step_ms, int(stamps[-1])
+
+
+def fetch_start(pipeline: Pipeline, start_ms: int) -> int:
+    """First grid point the range's first chunk needs: its context, on the infer_every grid."""
+    every, step = pipeline.infer_every_ms, pipeline.step_ms
+    return start_ms // every * every - (pipeline.context_points - 1) * step
+
+
+# ----------------------------------------------------------------------------- fetch, score
+
+
+def fetch(client: TSDBClient, pipeline: Pipeline, *, start_ms: int, end_ms: int) -> SeriesMatrix:
+    """The pipeline's query over ``(start_ms, end_ms]`` plus the context before it, on its step grid.
+
+    Raises:
+        QueryError: the TSDB failed.
+    """
+    return client.query_range(
+        pipeline.query, start_ms=fetch_start(pipeline, start_ms), end_ms=end_ms, step_ms=pipeline.step_ms
+    )
+
+
+def score_range(
+    series: SeriesMatrix,
+    pipeline: Pipeline,
+    forecaster: Forecaster,
+    *,
+    start_ms: int,
+    end_ms: int,
+    progress: Progress | None = None,
+) -> Detection:
+    """Score ``(start_ms, end_ms]`` of in-memory ``series``: the one scoring call of every path.
+
+    Raises:
+        DataError, ModelError: see :func:`openanomaly.detect.backtest`.
+    """
+    return backtest(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms, progress=progress)
+
+
+def local_scorer(pipeline: Pipeline, forecaster: Forecaster) -> Scorer:
+    """A :data:`Scorer` that runs the pure core in this process."""
+
+    def score(series: SeriesMatrix, start_ms: int, end_ms: int) -> Detection:
+        return score_range(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms)
+
+    return score
+
+
+# ----------------------------------------------------------------------------- labels, write
+
+
+def output_labels(labels: Mapping[str, str], pipeline: Pipeline, *, metric: str) -> dict[str, str]:
+    """Labels of an output series: the input's minus ``__name__``, then ``output.extra_labels``,
+    then ``for=<pipeline>``, ``model=<alias or spec>`` and ``__name__=<metric>`` (later wins)."""
+    out = {key: value for key, value in labels.items() if key != "__name__"}
+    out.update(pipeline.output.extra_labels)
+    out["for"] = pipeline.name
+    out["model"] = pipeline.model.label
+    out["__name__"] = metric
+    return out
+
+
+def output_matrix(detection: Detection, pipeline: Pipeline) -> SeriesMatrix:
+    """The four output metrics of ``detection`` as one matrix, ready for ``remote_write``.
+
+    Rows are metric-major (all ``anomaly_score`` rows, then ``yhat``, ``yhat_lower``,
+    ``yhat_upper``); rows with no value at all are dropped.
+    """
+    names = pipeline.output
+    rows: list[dict[str, str]] = []
+    blocks: list[np.ndarray] = []
+    for metric, values in (
+        (names.anomaly_score, detection.anomaly_score),
+        (names.yhat, detection.yhat),
+        (names.yhat_lower, detection.yhat_lower),
+        (names.yhat_upper, detection.yhat_upper),
+    ):
+        keep = np.flatnonzero(np.isfinite(values).any(axis=1))
+        rows.extend(output_labels(detection.labels[i], pipeline, metric=metric) for i in keep)
+        blocks.append(values[keep])
+    if not rows:
+        return SeriesMatrix((), detection.timestamps, np.empty((0, len(detection.timestamps))))
+    return SeriesMatrix(tuple(rows), detection.timestamps, np.concatenate(blocks))
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _outputs_selector(pipeline: Pipeline) -> str:
+    """The pipeline's output series. Matched on ``for`` and ``model`` only: VictoriaMetrics
+    1.79 answers ``{__name__=~"a|b", for="p"}[5m]`` with nothing; the names are compared
+    per series instead (only output rows are looked up)."""
+    return f"{{for={_quote(pipeline.name)}, model={_quote(pipeline.model.label)}}}"
+
+
+def write(client: TSDBClient, pipeline: Pipeline, detection: Detection) -> tuple[int, int]:
+    """Remote-write the outputs of ``detection`` that the TSDB does not hold yet.
+
+    Returns:
+        ``(written, present)``: samples sent, and samples left out because a sample of
+        that series already sits at that timestamp.
+
+    Raises:
+        QueryError: reading the existing outputs failed (nothing was written).
+        RemoteWriteError: the TSDB rejected the write or stayed unreachable.
+    """
+    output = output_matrix(detection, pipeline)
+    if not len(output):
+        return 0, 0
+    stamps = output.timestamps
+    step = pipeline.step_ms
+    existing = client.sample_times(
+        _outputs_selector(pipeline), start_ms=int(stamps[0]) - step, end_ms=int(stamps[-1])
+    )
+    values = output.values
+    present = 0
+    if existing:
+        values = values.copy()
+        for row, labels in enumerate(output.labels):
+            taken = existing.get(frozenset(labels.items()))
+            if taken:
+                columns = np.flatnonzero(np.isin(stamps, np.fromiter(taken, np.int64, len(taken))))
+                present += int(np.count_nonzero(np.isfinite(values[row, columns])))
+                values[row, columns] = np.nan
+        output = SeriesMatrix(output.labels, stamps, values)
+    return client.remote_write(output), present
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+class Tally:
+    """Running counts over a run's batches, for its :class:`RunResult` (keeps no arrays)."""
+
+    def __init__(self) -> None:
+        self.series: set[frozenset[tuple[str, str]]] = set()
+        self.scored: set[frozenset[tuple[str, str]]] = set()
+        self.skipped: dict[frozenset[tuple[str, str]], Mapping[str, str]] = {}
+        self.points = 0
+        self.anomalies = 0
+        self.written = 0
+        self.present = 0
+
+    def add(self, detection: Detection, written: int = 0, present: int = 0) -> None:
+        keys = [frozenset(labels.items()) for labels in detection.labels]
+        self.series.update(keys)
+        finite = np.isfinite(detection.anomaly_score)
+        self.scored.update(keys[i] for i in np.flatnonzero(finite.any(axis=1)))
+        for i in detection.skipped:
+            self.skipped[keys[i]] = detection.labels[i]
+        self.points += int(np.count_nonzero(finite))
+        with np.errstate(invalid="ignore"):
+            self.anomalies += int(np.count_nonzero(detection.anomaly_score > 1))
+        self.written += written
+        self.present += present
+
+    def result(self, pipeline: Pipeline, start_ms: int, end_ms: int, duration_s: float = 0.0) -> RunResult:
+        return RunResult(
+            pipeline=pipeline.name,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            series_in=len(self.series),
+            series_scored=len(self.scored),
+            points_scored=self.points,
+            anomalies=self.anomalies,
+            samples_written=self.written,
+            samples_present=self.present,
+            skipped=tuple(self.skipped.values()),
+            duration_s=duration_s,
+        )
+
+
+def run_window(
+    client: TSDBClient, pipeline: Pipeline, scorer: Scorer, *, start_ms: int, end_ms: int
+) -> tuple[Detection, RunResult]:
+    """One window: fetch ``(start - context, end]``, score ``(start, end]``, write what is new.
+
+    Nothing is written unless the whole window was fetched and scored.
+
+    Raises:
+        QueryError, RemoteWriteError: the TSDB failed.
+        DataError: the query returned no series, or only NaN.
+        ModelError: the model failed.
+    """
+    import time
+
+    began = time.perf_counter()
+    series = fetch(client, pipeline, start_ms=start_ms, end_ms=end_ms)
+    check_input(series, pipeline)
+    detection = scorer(series, start_ms, end_ms)
+    written, present = write(client, pipeline, detection)
+    tally = Tally()
+    tally.add(detection, written, present)
+    result = tally.result(pipeline, start_ms, end_ms, time.perf_counter() - began)
+    log.info(
+        "pipeline %r (%d, %d]: %d/%d series scored, %d points, %d anomalies, %d samples written, "
+        "%d already present, %.2fs",
+        pipeline.name,
+        start_ms,
+        end_ms,
+        result.series_scored,
+        result.series_in,
+        result.points_scored,
+        result.anomalies,
+        result.samples_written,
+        result.samples_present,
+        result.duration_s,
+    )
+    return detection, result
+
+
+def iter_range(
+    client: TSDBClient,
+    pipeline: Pipeline,
+    scorer: Scorer,
+    *,
+    start_ms: int,
+    end_ms: int,
+    batch_chunks: int | None = None,
+    progress: Progress | None = None,
+) -> Iterator[Detection]:
+    """Score ``(start_ms, end_ms]`` against the TSDB one fetch batch at a time (backtests).
+
+    Batches end on the ``infer_every`` grid, each fetches only its own range plus its
+    context, and is scored completely before it is yielded, so memory stays bounded and
+    the caller never writes half a batch. A batch whose query returns no series or only
+    NaN yields nothing; if that holds for every batch, :class:`DataError` is raised at the
+    end. Pull the first item of several pipelines' iterators before writing anything to
+    check them all first.
+
+    Args:
+        batch_chunks: chunks per fetch; default: 64 for the first fetch, then what keeps
+            one fetch's contexts within ~64 MB for the series count seen (at most 1000).
+        progress: called after each batch with ``(points_done, points_total)``.
+
+    Raises:
+        QueryError, DataError, ModelError; ValueError for a non-positive ``batch_chunks``.
+    """
+    step, every = pipeline.step_ms, pipeline.infer_every_ms
+    if end_ms <= start_ms:
+        raise DataError(f"range is empty: end {end_ms} <= start {start_ms}", pipeline=pipeline.name)
+    if batch_chunks is not None and batch_chunks <= 0:
+        raise ValueError(f"batch_chunks must be positive, got {batch_chunks}")
+    total_points = -(-(end_ms - start_ms) // step)
+    no_data: DataError | None = None
+    n_series = 0
+    batch_start = start_ms
+    while batch_start < end_ms:
+        # The series count is unknown until the first fetch: start small, then size the
+        # fetches so that one holds about as many cells as one forecast batch.
+        chunks = batch_chunks or (
+            min(_FIRST_FETCH_CHUNKS, default_batch_chunks(pipeline, 1))
+            if n_series == 0
+            else min(_MAX_FETCH_CHUNKS, default_batch_chunks(pipeline, n_series))
+        )
+        batch_end = min(end_ms, (batch_start // every + chunks) * every)
+        series = fetch(client, pipeline, start_ms=batch_start, end_ms=batch_end)
+        detection = None
+        try:
+            check_input(series, pipeline)
+        except DataError as error:
+            if len(series) and np.isfinite(series.values).any():
+                raise  # off-grid or colliding series: a real error, not a data gap
+            no_data = no_data or error
+        else:
+            n_series = max(n_series, len(series))
+            detection = scorer(series, batch_start, batch_end)
+        batch_start = batch_end
+        if progress is not None:
+            progress(min(total_points, -(-(batch_start - start_ms) // step)), total_points)
+        if detection is not None:
+            yield detection
+    if n_series == 0:
+        raise no_data or DataError("no data in the range", pipeline=pipeline.name)

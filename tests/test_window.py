@@ -1,0 +1,315 @@
+"""The one window path on real servers: every path writes the same samples, exactly once.
+
+- Idempotent writes on a VictoriaMetrics and a Prometheus started with default flags:
+  a backtest, the scheduler, ``run --once``, a backtest again and a scheduler restart
+  mid-window over overlapping ranges leave one sample per output series and timestamp,
+  each with the value a fresh in-memory scoring gives.
+- A write that timed out after it landed, retried by the client, is stored once on a
+  VictoriaMetrics with the documented ``-dedup.minScrapeInterval`` (twice without it).
+- The scheduler (warm model actor on Ray), ``run --once``, ``backtest`` (TSDB and
+  ``--out``) and the playground give bit-identical outputs for the same data.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from openanomaly.cli import main
+from openanomaly.config import TSDBSettings
+from openanomaly.models.registry import load_forecaster
+from openanomaly.scheduler import Scheduler
+from openanomaly.series import SeriesMatrix
+from openanomaly.tsdb import PrometheusClient
+from openanomaly.window import fetch, score_range, write
+from tests.fixtures.servers import TSDBServer, free_port
+
+pytestmark = pytest.mark.integration
+
+MIN = 60_000
+N = 3
+
+
+def _now_grid() -> int:
+    """A 5-minute boundary safely in the past (VictoriaMetrics hides the last 30 s by default)."""
+    return (int(time.time() * 1000) - 10 * MIN) // (5 * MIN) * (5 * MIN)
+
+
+def _load(server: TSDBServer, metric: str, start_ms: int, end_ms: int) -> None:
+    t = np.arange(start_ms, end_ms + 1, MIN, dtype=np.int64)
+    rng = np.random.default_rng(7)
+    values = 50 + 5 * np.sin(np.arange(len(t)) / 9)[None, :] + rng.normal(0, 1, (N, len(t)))
+    values[1, -40] += 60  # a spike
+    labels = tuple({"__name__": metric, "host": f"h{i}"} for i in range(N))
+    with PrometheusClient(server.settings) as client:
+        client.remote_write(SeriesMatrix(labels, t, values))
+    server.flush()
+
+
+def _config(tmp_path: Path, server: TSDBServer, metric: str, names: tuple[str, ...]) -> Path:
+    pipelines = "".join(
+        f"  - name: {name}\n    query: '{metric}'\n    model: mad\n"
+        "    schedule: {infer_every: 5m, context: 30m}\n"
+        for name in names
+    )
+    path = tmp_path / f"{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(
+        f"settings:\n  tsdb:\n    url: {server.url}\n    retries: 1\n  artifacts:\n    kind: none\n"
+    )
+    path.write_text(path.read_text() + f"pipelines:\n{pipelines}")
+    return path
+
+
+def _raw(
+    server: TSDBServer, pipeline: str, start_ms: int, end_ms: int
+) -> dict[tuple, list[tuple[int, float]]]:
+    """Every raw output sample of ``pipeline`` in ``(start, end]``: (metric, host) → [(t, value)]."""
+    server.flush()
+    response = httpx.post(
+        f"{server.url}/api/v1/query",
+        data={"query": f'{{for="{pipeline}"}}[{end_ms - start_ms}ms]', "time": f"{end_ms / 1000:.3f}"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    out = {}
+    for result in response.json()["data"]["result"]:
+        key = (result["metric"]["__name__"], result["metric"]["host"])
+        out[key] = [(round(float(t) * 1000), float(v)) for t, v in result["values"]]
+    return out
+
+
+def _expected(server: TSDBServer, config: Path, name: str, start_ms: int, end_ms: int):
+    from openanomaly.configstore import YamlConfigStore
+
+    pipeline = YamlConfigStore(config).load().pipeline(name)
+    with PrometheusClient(server.settings) as client:
+        series = fetch(client, pipeline, start_ms=start_ms, end_ms=end_ms)
+    return score_range(series, pipeline, load_forecaster("mad"), start_ms=start_ms, end_ms=end_ms)
+
+
+@pytest.mark.parametrize("server_name", ["victoria_metrics_defaults", "prometheus_defaults"])
+def test_overlapping_runs_store_each_sample_once_on_default_servers(
+    server_name, request, ray_cluster, tmp_path, capsys
+) -> None:
+    server: TSDBServer = request.getfixturevalue(server_name)
+    metric = f"idem_{uuid.uuid4().hex[:8]}"
+    t = _now_grid()
+    _load(server, metric, t - 180 * MIN, t + 5 * MIN)
+    config = _config(tmp_path, server, metric, ("p",))
+    iso = lambda ms: str(ms // 1000)  # noqa: E731
+
+    # 1. backtest (T-60m, T-30m]
+    assert (
+        main(["backtest", "-c", str(config), "--start", iso(t - 60 * MIN), "--end", iso(t - 30 * MIN)]) == 0
+    )
+    # 2. the scheduler (its warm model actor on Ray): first the window (T-35m, T-30m],
+    #    already written by the backtest, then catching up to T
+    scheduler = Scheduler(str(config), now=lambda: t)
+    try:
+        scheduler.tick(t - 30 * MIN, wait=True)
+        scheduler.tick(t, wait=True)
+        status = scheduler.status(t)["pipelines"][0]
+        assert status["state"] == "idle", status
+        assert status["windows_total"] == 7
+        # 3. run --once after the scheduler: the same window again. (VictoriaMetrics makes a
+        #    write searchable within a few seconds; flush() stands for that time passing.)
+        server.flush()
+        assert main(["run", "-c", str(config), "--once", "--now", iso(t)]) == 0
+        assert "0 samples written (60 already present" in capsys.readouterr().out
+        # 4. a backtest over everything scored so far
+        server.flush()
+        assert main(["backtest", "-c", str(config), "--start", iso(t - 60 * MIN), "--end", iso(t)]) == 0
+        assert "0 samples written" in capsys.readouterr().out
+        # 5. a scheduler that died mid-window: one series' outputs of (T, T+5m] landed,
+        #    progress was not saved; the restarted scheduler runs the whole window
+        pipeline = scheduler.config.pipeline("p")
+        with PrometheusClient(server.settings) as client:
+            series = fetch(client, pipeline, start_ms=t, end_ms=t + 5 * MIN)
+            partial = score_range(
+                series.select([0]), pipeline, load_forecaster("mad"), start_ms=t, end_ms=t + 5 * MIN
+            )
+            assert write(client, pipeline, partial) == (20, 0)
+        server.flush()
+        scheduler.tick(t + 5 * MIN, wait=True)
+        status = scheduler.status(t + 5 * MIN)["pipelines"][0]
+        assert status["state"] == "idle" and status["samples_written"] == 40, status
+    finally:
+        scheduler.stop(wait=True)
+
+    raw = _raw(server, "p", t - 70 * MIN, t + 5 * MIN)
+    assert len(raw) == 4 * N
+    expected = _expected(server, config, "p", t - 60 * MIN, t + 5 * MIN)
+    for (metric_name, host), samples in raw.items():
+        stamps = [s for s, _ in samples]
+        assert len(stamps) == len(set(stamps)) == 65, f"{metric_name}{{host={host}}} has duplicates or gaps"
+        row = int(host[1:])
+        want = getattr(expected, metric_name)[row]
+        got = np.array([v for _, v in sorted(samples)])
+        # VictoriaMetrics stores 12 significant digits (docs/tsdb.md); Prometheus float64.
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=0)
+
+
+class _SlowProxy:
+    """Forwards remote writes to a TSDB; answers the first one only after the client gave up.
+
+    So the first request lands, the client times out and retries: the case no client can
+    make idempotent, which the server's deduplication must absorb.
+    """
+
+    def __init__(self, target: str, stall_s: float) -> None:
+        proxy = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                reply = httpx.post(f"{target}{self.path}", content=body, headers=headers, timeout=30)
+                proxy.requests += 1
+                if proxy.requests == 1:
+                    time.sleep(stall_s)
+                self.send_response(reply.status_code)
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("server_name", "copies"), [("victoria_metrics_defaults", 2), ("victoria_metrics_dedup", 1)]
+)
+def test_a_retried_write_that_landed_needs_the_dedup_flag(server_name, copies, request) -> None:
+    server: TSDBServer = request.getfixturevalue(server_name)
+    proxy = _SlowProxy(server.url, stall_s=2.0)
+    metric = f"retried_{uuid.uuid4().hex[:8]}"
+    t = _now_grid()
+    stamps = np.arange(t - 9 * MIN, t + 1, MIN, dtype=np.int64)
+    matrix = SeriesMatrix(({"__name__": metric, "host": "h0"},), stamps, np.arange(10.0)[None, :])
+    settings = TSDBSettings(
+        url=server.url, write_url=f"{proxy.url}/api/v1/write", timeout="1s", retries=2, backoff="10ms"
+    )
+    try:
+        with PrometheusClient(settings) as client:
+            assert client.remote_write(matrix) == 10
+    finally:
+        proxy.close()
+    assert proxy.requests == 2, "the first write landed, the client retried it"
+    server.flush()
+    response = httpx.post(
+        f"{server.url}/api/v1/query", data={"query": f"{metric}[10m]", "time": f"{t / 1000:.3f}"}, timeout=30
+    )
+    values = response.json()["data"]["result"][0]["values"]
+    assert len(values) == 10 * copies
+
+
+def test_every_path_writes_the_same_samples(victoria_metrics, ray_cluster, tmp_path, capsys) -> None:
+    """Scheduler, run --once, backtest (TSDB and --out) and the playground agree bit for bit."""
+    from openanomaly.configstore import YamlConfigStore
+    from openanomaly.ui.compute import run_query
+
+    metric = f"paths_{uuid.uuid4().hex[:8]}"
+    t = _now_grid()
+    _load(victoria_metrics, metric, t - 180 * MIN, t)
+    scheduled_config = _config(tmp_path, victoria_metrics, metric, ("sched",))
+    config = _config(tmp_path, victoria_metrics, metric, ("once", "back"))
+    start = t - 10 * MIN
+
+    scheduler = Scheduler(str(scheduled_config), now=lambda: t)
+    try:
+        scheduler.tick(start, wait=True)
+        scheduler.tick(t, wait=True)
+        assert scheduler.status(t)["pipelines"][0]["windows_total"] == 3
+    finally:
+        scheduler.stop(wait=True)
+    victoria_metrics.flush()
+    assert main(["run", "-c", str(config), "--once", "--pipeline", "once", "--now", str(start // 1000)]) == 0
+    assert main(["run", "-c", str(config), "--once", "--pipeline", "once", "--now", str(t // 1000)]) == 0
+    span = ["--start", str(start // 1000), "--end", str(t // 1000)]
+    assert main(["backtest", "-c", str(config), "--pipeline", "back", *span]) == 0
+    out = tmp_path / "back.csv"
+    assert main(["backtest", "-c", str(config), "--pipeline", "back", *span, "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    with PrometheusClient(victoria_metrics.settings) as client:
+        playground = run_query(
+            client, YamlConfigStore(config).load().pipeline("back"), start_ms=start, end_ms=t
+        )
+
+    paths = {name: _raw(victoria_metrics, name, start, t) for name in ("sched", "once", "back")}
+    for row in range(N):
+        host = f"h{row}"
+        for name in ("anomaly_score", "yhat", "yhat_lower", "yhat_upper"):
+            scheduled = np.array([v for _, v in sorted(paths["sched"][(name, host)])])
+            assert len(scheduled) == 10
+            for other in ("once", "back"):
+                np.testing.assert_array_equal(
+                    np.array([v for _, v in sorted(paths[other][(name, host)])]), scheduled
+                )
+            # In memory (playground, --out) bit for bit; against the TSDB's copy to its
+            # storage precision (VictoriaMetrics keeps 12 significant digits).
+            in_memory = getattr(playground.detection, name)[row]
+            csv = frame[frame["series"].str.contains(f'host="{host}"')][name].to_numpy()
+            np.testing.assert_array_equal(csv, in_memory)
+            np.testing.assert_allclose(in_memory, scheduled, rtol=1e-11, atol=0)
+
+
+def test_three_pipelines_with_default_options_complete_every_window_on_two_cpus(
+    ray_cluster, victoria_metrics, s3, tmp_path
+) -> None:
+    """The stall users met: fits, scoring and the scheduler on ``ray.init(num_cpus=2)`` with defaults."""
+    import ray
+
+    from openanomaly.scheduler import start_scheduler
+
+    assert ray.cluster_resources()["CPU"] == 2
+    metric = f"three_{uuid.uuid4().hex[:8]}"
+    t = _now_grid()
+    _load(victoria_metrics, metric, t - 240 * MIN, t)
+    bucket = s3.create_bucket(f"three-{uuid.uuid4().hex[:8]}")
+    path = tmp_path / "three.yaml"
+    path.write_text(
+        f"settings:\n  tsdb:\n    url: {victoria_metrics.url}\n"
+        f"  artifacts:\n    kind: s3\n    bucket: {bucket}\n    endpoint_url: {s3.endpoint_url}\n"
+        "pipelines:\n"
+        f"  - name: a-mad\n    query: '{metric}'\n    model: mad\n"
+        "    schedule: {infer_every: 5m, context: 30m}\n"
+        f"  - name: b-default\n    query: '{metric}'\n    model: default\n"
+        "    schedule: {infer_every: 5m, context: 2h}\n"
+        f"  - name: c-ets\n    query: '{metric}'\n    model: statsforecast:AutoETS\n"
+        "    schedule: {infer_every: 5m, context: 30m, fit_every: 1h, fit_window: 2h}\n"
+    )
+    name = f"three-{uuid.uuid4().hex[:6]}"
+    actor = start_scheduler(
+        str(path), name=name, namespace="oa-three", autostart=False, runtime_env={"env_vars": s3.env()}
+    )
+    try:
+        ray.get(actor.tick.remote(t - 15 * MIN, wait=True), timeout=600)
+        ray.get(actor.tick.remote(t, wait=True), timeout=600)
+        status = {p["name"]: p for p in ray.get(actor.status.remote(t))["pipelines"]}
+        for record in status.values():
+            assert record["state"] == "idle", record
+            assert record["last_end_ms"] == t and record["windows_total"] == 4, record
+            assert record["series_scored"] == N
+        assert status["c-ets"]["fits_total"] == 1
+        metrics = ray.get(actor.metrics.remote(t))
+        assert 'openanomaly_pipeline_state{pipeline="c-ets",state="idle"} 1.0' in metrics
+    finally:
+        ray.kill(actor, no_restart=True)
