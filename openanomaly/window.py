@@ -220,9 +220,8 @@ def _quote(value: str) -> str:
 
 
 def _outputs_selector(pipeline: Pipeline) -> str:
-    """The pipeline's output series. Matched on ``for`` and ``model`` only: VictoriaMetrics
-    1.79 answers ``{__name__=~"a|b", for="p"}[5m]`` with nothing; the names are compared
-    per series instead (only output rows are looked up)."""
+    """The pipeline's output series: every series with its ``for`` and ``model`` labels
+    (output rows are then looked up by their full label set, ``__name__`` included)."""
     return f"{{for={_quote(pipeline.name)}, model={_quote(pipeline.model.label)}}}"
 
 

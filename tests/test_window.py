@@ -86,6 +86,21 @@ def _raw(
     return out
 
 
+def _settle(server: TSDBServer, pipeline: str, start_ms: int, end_ms: int, series: int) -> None:
+    """Wait until the server lets queries see ``series`` output series of ``pipeline``.
+
+    VictoriaMetrics makes new series searchable seconds after a write (up to ~7 s after a
+    lookup that found nothing: it caches that answer). Overlaps in production are minutes
+    apart; a test that overlaps at once waits for what time would have done.
+    """
+    server.flush()
+    deadline = time.monotonic() + 60
+    with PrometheusClient(server.settings) as client:
+        while len(client.sample_times(f'{{for="{pipeline}"}}', start_ms=start_ms, end_ms=end_ms)) < series:
+            assert time.monotonic() < deadline, "written samples never became searchable"
+            time.sleep(0.5)
+
+
 def _expected(server: TSDBServer, config: Path, name: str, start_ms: int, end_ms: int):
     from openanomaly.configstore import YamlConfigStore
 
@@ -106,10 +121,12 @@ def test_overlapping_runs_store_each_sample_once_on_default_servers(
     config = _config(tmp_path, server, metric, ("p",))
     iso = lambda ms: str(ms // 1000)  # noqa: E731
 
-    # 1. backtest (T-60m, T-30m]
-    assert (
-        main(["backtest", "-c", str(config), "--start", iso(t - 60 * MIN), "--end", iso(t - 30 * MIN)]) == 0
-    )
+    # Prometheus (default flags) refuses samples over an hour older than its newest one:
+    # every write below stays within (T-45m, T+5m].
+    # 1. backtest (T-45m, T-30m]
+    first = ["--start", iso(t - 45 * MIN), "--end", iso(t - 30 * MIN)]
+    assert main(["backtest", "-c", str(config), *first]) == 0
+    _settle(server, "p", t - 35 * MIN, t - 30 * MIN, 4 * N)
     # 2. the scheduler (its warm model actor on Ray): first the window (T-35m, T-30m],
     #    already written by the backtest, then catching up to T
     scheduler = Scheduler(str(config), now=lambda: t)
@@ -119,14 +136,12 @@ def test_overlapping_runs_store_each_sample_once_on_default_servers(
         status = scheduler.status(t)["pipelines"][0]
         assert status["state"] == "idle", status
         assert status["windows_total"] == 7
-        # 3. run --once after the scheduler: the same window again. (VictoriaMetrics makes a
-        #    write searchable within a few seconds; flush() stands for that time passing.)
-        server.flush()
+        # 3. run --once after the scheduler: the same window again
+        _settle(server, "p", t - 5 * MIN, t, 4 * N)
         assert main(["run", "-c", str(config), "--once", "--now", iso(t)]) == 0
         assert "0 samples written (60 already present" in capsys.readouterr().out
         # 4. a backtest over everything scored so far
-        server.flush()
-        assert main(["backtest", "-c", str(config), "--start", iso(t - 60 * MIN), "--end", iso(t)]) == 0
+        assert main(["backtest", "-c", str(config), "--start", iso(t - 45 * MIN), "--end", iso(t)]) == 0
         assert "0 samples written" in capsys.readouterr().out
         # 5. a scheduler that died mid-window: one series' outputs of (T, T+5m] landed,
         #    progress was not saved; the restarted scheduler runs the whole window
@@ -137,19 +152,19 @@ def test_overlapping_runs_store_each_sample_once_on_default_servers(
                 series.select([0]), pipeline, load_forecaster("mad"), start_ms=t, end_ms=t + 5 * MIN
             )
             assert write(client, pipeline, partial) == (20, 0)
-        server.flush()
+        _settle(server, "p", t, t + 5 * MIN, 4)
         scheduler.tick(t + 5 * MIN, wait=True)
         status = scheduler.status(t + 5 * MIN)["pipelines"][0]
         assert status["state"] == "idle" and status["samples_written"] == 40, status
     finally:
         scheduler.stop(wait=True)
 
-    raw = _raw(server, "p", t - 70 * MIN, t + 5 * MIN)
+    raw = _raw(server, "p", t - 55 * MIN, t + 5 * MIN)
     assert len(raw) == 4 * N
-    expected = _expected(server, config, "p", t - 60 * MIN, t + 5 * MIN)
+    expected = _expected(server, config, "p", t - 45 * MIN, t + 5 * MIN)
     for (metric_name, host), samples in raw.items():
         stamps = [s for s, _ in samples]
-        assert len(stamps) == len(set(stamps)) == 65, f"{metric_name}{{host={host}}} has duplicates or gaps"
+        assert len(stamps) == len(set(stamps)) == 50, f"{metric_name}{{host={host}}} has duplicates or gaps"
         row = int(host[1:])
         want = getattr(expected, metric_name)[row]
         got = np.array([v for _, v in sorted(samples)])
@@ -240,9 +255,9 @@ def test_every_path_writes_the_same_samples(victoria_metrics, ray_cluster, tmp_p
         assert scheduler.status(t)["pipelines"][0]["windows_total"] == 3
     finally:
         scheduler.stop(wait=True)
-    victoria_metrics.flush()
-    assert main(["run", "-c", str(config), "--once", "--pipeline", "once", "--now", str(start // 1000)]) == 0
-    assert main(["run", "-c", str(config), "--once", "--pipeline", "once", "--now", str(t // 1000)]) == 0
+    for now in (t - 5 * MIN, t):
+        once = ["--once", "--pipeline", "once", "--now", str(now // 1000)]
+        assert main(["run", "-c", str(config), *once]) == 0
     span = ["--start", str(start // 1000), "--end", str(t // 1000)]
     assert main(["backtest", "-c", str(config), "--pipeline", "back", *span]) == 0
     out = tmp_path / "back.csv"
