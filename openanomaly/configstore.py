@@ -33,26 +33,12 @@ import yaml
 from pydantic import ValidationError
 
 from openanomaly.config import Config
-from openanomaly.errors import ConfigError
+from openanomaly.errors import ConfigError, ConfigValidationError
 
 __all__ = ["ConfigStore", "ConfigValidationError", "YamlConfigStore", "expand_env", "load_config"]
 
 # ${NAME} or ${NAME:-default}; $${ escapes a literal ${.
 _ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigValidationError(ConfigError):
-    """Several problems in one file; ``errors`` holds one :class:`ConfigError` per problem.
-
-    The message lists them all, one per line; ``source``/``pipeline``/``field`` are the
-    first problem's.
-    """
-
-    def __init__(self, errors: list[ConfigError]) -> None:
-        self.errors = errors
-        first = errors[0]
-        Exception.__init__(self, "\n".join(str(error) for error in errors))
-        self.source, self.pipeline, self.field = first.source, first.pipeline, first.field
 
 
 @runtime_checkable

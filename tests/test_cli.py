@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from openanomaly.cli import EXAMPLES_DIR, UsageError, _parser, main, parse_time
+from openanomaly.cli import EXAMPLES_DIR, _parser, main
+from openanomaly.errors import UsageError
+from openanomaly.times import parse_time
 
 VALID = """\
 settings: {tsdb: {url: "http://127.0.0.1:1"}}
