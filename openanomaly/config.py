@@ -16,9 +16,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from openanomaly.times import format_duration, parse_duration
 
@@ -257,6 +259,24 @@ class Pipeline(_Strict):
 class Config(_Strict):
     settings: Settings
     pipelines: list[Pipeline] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _models_can_run(self) -> Config:
+        """What a run would reject that no single field shows (see :mod:`openanomaly.checks`)."""
+        from openanomaly.checks import pipeline_problems
+
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError("pipeline_check", "{message}", {"message": message}),
+                loc=("pipelines", index, *field.split(".")),
+                input=pipeline.model_dump(mode="json"),
+            )
+            for index, pipeline in enumerate(self.pipelines)
+            for field, message in pipeline_problems(pipeline)
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

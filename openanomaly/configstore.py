@@ -32,7 +32,8 @@ from typing import Any, Protocol, runtime_checkable
 import yaml
 from pydantic import ValidationError
 
-from openanomaly.config import Config
+from openanomaly.checks import pipeline_problems
+from openanomaly.config import Config, Pipeline
 from openanomaly.errors import ConfigError, ConfigValidationError
 
 __all__ = ["ConfigStore", "ConfigValidationError", "YamlConfigStore", "expand_env", "load_config"]
@@ -108,18 +109,30 @@ def _loc_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _expand_tree(node: Any, *, env: Mapping[str, str], source: str, loc: tuple[int | str, ...] = ()) -> Any:
+def _expand_tree(
+    node: Any,
+    *,
+    env: Mapping[str, str],
+    unset: list[tuple[tuple[int | str, ...], str]],
+    loc: tuple[int | str, ...] = (),
+) -> Any:
+    """``node`` with ``${VAR}`` expanded in every string.
+
+    A string naming an unset variable is kept as written and ``(loc, message)`` appended
+    to ``unset``, so validation still runs and lists every other problem with it.
+    """
     if isinstance(node, str):
         try:
-            return expand_env(node, env=env, where=_loc_path(loc))
+            return expand_env(node, env=env)
         except ConfigError as error:
-            raise ConfigError(str(error).split(": ", 1)[-1], source=source, field=error.field) from None
+            unset.append((loc, str(error)))
+            return node
     if isinstance(node, dict):
         return {
-            key: _expand_tree(value, env=env, source=source, loc=(*loc, key)) for key, value in node.items()
+            key: _expand_tree(value, env=env, unset=unset, loc=(*loc, key)) for key, value in node.items()
         }
     if isinstance(node, list):
-        return [_expand_tree(value, env=env, source=source, loc=(*loc, i)) for i, value in enumerate(node)]
+        return [_expand_tree(value, env=env, unset=unset, loc=(*loc, i)) for i, value in enumerate(node)]
     return node
 
 
@@ -170,20 +183,63 @@ def load_config(text: str, *, source: str = "<string>", env: Mapping[str, str] |
             f"expected a mapping with 'settings:' and 'pipelines:' at the top, got {type(raw).__name__}",
             source=source,
         )
-    raw = _expand_tree(raw, env=os.environ if env is None else env, source=source)
-    duplicates = _duplicate_names(raw, source)
+    unset: list[tuple[tuple[int | str, ...], str]] = []
+    raw = _expand_tree(raw, env=os.environ if env is None else env, unset=unset)
+    problems = [
+        ConfigError(message, source=source, pipeline=_pipeline_at(raw, loc), field=_loc_path(loc) or None)
+        for loc, message in unset
+    ]
+    problems += _duplicate_names(raw, source)
     try:
         config = Config.model_validate(raw)
     except ValidationError as error:
-        problems = [
+        # The field of an unset variable holds "${VAR}" as written: its own error is noise.
+        hidden = {problem.field for problem in problems}
+        problems += [
             problem
-            for problem in _validation_errors(error, raw, source)
-            if not (duplicates and "duplicate pipeline name" in str(problem))
+            for problem in (*_validation_errors(error, raw, source), *_pipeline_checks(raw, source))
+            if problem.field not in hidden and "duplicate pipeline name" not in str(problem)
         ]
-        raise ConfigValidationError(duplicates + problems) from None
-    if duplicates:
-        raise ConfigValidationError(duplicates)
+        raise ConfigValidationError(_unique(problems)) from None
+    if problems:
+        raise ConfigValidationError(problems)
     return config
+
+
+def _pipeline_at(raw: Any, loc: tuple[int | str, ...]) -> str | None:
+    if len(loc) >= 2 and loc[0] == "pipelines" and isinstance(loc[1], int):
+        return _pipeline_name(raw, loc[1])
+    return None
+
+
+def _pipeline_checks(raw: dict[Any, Any], source: str) -> list[ConfigError]:
+    """The model-fact checks of every pipeline that is valid on its own.
+
+    ``Config`` runs them only when the whole file validates; when something else is
+    wrong, this still lists them with the other problems.
+    """
+    pipelines = raw.get("pipelines")
+    if not isinstance(pipelines, list):
+        return []
+    problems = []
+    for index, item in enumerate(pipelines):
+        try:
+            pipeline = Pipeline.model_validate(item)
+        except ValidationError:
+            continue  # its field errors are already listed
+        problems += [
+            ConfigError(message, source=source, pipeline=pipeline.name, field=f"pipelines[{index}].{field}")
+            for field, message in pipeline_problems(pipeline)
+        ]
+    return problems
+
+
+def _unique(problems: list[ConfigError]) -> list[ConfigError]:
+    """``problems`` without repeats (a check can be reached both through ``Config`` and alone)."""
+    first: dict[str, ConfigError] = {}
+    for problem in problems:
+        first.setdefault(str(problem), problem)
+    return list(first.values())
 
 
 def _duplicate_names(raw: dict[Any, Any], source: str) -> list[ConfigError]:
