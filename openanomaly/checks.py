@@ -116,7 +116,10 @@ def _never_fitted(info: ModelInfo) -> str:
         for name in adapter.names or ()
         if adapter.fit(name) != "zero_shot"
     ]
-    kind = "has no fitted form" if info.prefix == "statsforecast" else "is zero-shot and is never fitted"
+    # statsforecast:SeasonalNaive sits among fittable siblings; Chronos, mad... have none.
+    adapter = ADAPTERS[info.prefix]
+    siblings = any(adapter.fit(name) != "zero_shot" for name in adapter.names or ())
+    kind = "has no fitted form" if siblings else "is zero-shot and is never fitted"
     return (
         f"model {info.spec!r} {kind}; fit_every works with {', '.join(fittable)} "
         "(remove schedule.fit_every to forecast from each window's context)"

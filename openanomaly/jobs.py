@@ -495,15 +495,10 @@ def _gpus(pipeline: Pipeline, options: JobOptions) -> float:
         return options.num_gpus
     import ray
 
-    prefix = pipeline.model.spec.split(":", 1)[0]
-    if prefix == "neuralforecast":
-        from openanomaly.models.neural import GPU_ACCELERATORS
+    from openanomaly.models.registry import model_info
 
-        # NHITS runs where lightning's accelerator says (CPU by default): a GPU
-        # reserved for a CPU model would only starve the Chronos actors.
-        gpu_model = str(pipeline.model.params.get("accelerator", "cpu")) in GPU_ACCELERATORS
-    else:
-        gpu_model = prefix == "chronos"
+    # A GPU reserved for a model that runs on CPU would only starve the ones that use it.
+    gpu_model = model_info(pipeline.model.spec, pipeline.model.params).gpu
     return 1.0 if gpu_model and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 

@@ -163,7 +163,6 @@ class NHITSForecaster:
             raise ModelError(
                 f"no series has {input_size + horizon} points (context + horizon) to train on", spec=spec
             )
-        cls.check_params(spec.partition(":")[2], **params)
         options = {**_DEFAULTS, **params}
         for logger in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
             logging.getLogger(logger).setLevel(logging.ERROR)
