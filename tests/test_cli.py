@@ -111,6 +111,7 @@ def test_validate_malformed_yaml(tmp_path, capsys):
         (["backtest", "-c", "{cfg}", "--start", "now-1h", "--end", "now-2h"], "is not after --start"),
         (["backtest", "-c", "{cfg}", "--start", "now-1h", "--out", "x.json"], "must end in .csv or .parquet"),
         (["backtest", "-c", "{cfg}", "--start", "soon"], "invalid time 'soon'"),
+        (["backtest", "-c", "{cfg}", "--start", "now-5q"], "invalid time 'now-5q'"),
         (["validate", "{dir}/missing.yaml"], "missing.yaml: file not found"),
         (["example", "--model", "prophet"], "--model 'prophet': model 'prophet': unknown model"),
     ],
