@@ -40,6 +40,13 @@ __all__ = [
 ]
 
 
+def _problem(loc: tuple[str | int, ...], message: str, value: Any) -> InitErrorDetails:
+    """One located error for ``ValidationError.from_exception_data`` (the message as written)."""
+    return InitErrorDetails(
+        type=PydanticCustomError("openanomaly", "{message}", {"message": message}), loc=loc, input=value
+    )
+
+
 def _positive(value: timedelta) -> timedelta:
     if value <= timedelta(0):
         raise ValueError(f"duration must be positive, got {format_duration(value)}")
@@ -158,7 +165,11 @@ class ModelConfig(_Strict):
         try:
             validate_params(self.spec, self.params)
         except ModelError as error:
-            raise ValueError(str(error)) from error
+            # Located at ``params`` (not the whole model) so the message names the field to fix.
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [_problem(("params",), str(error), self.params)],
+            ) from error
         return self
 
     @property
@@ -266,11 +277,7 @@ class Config(_Strict):
         from openanomaly.checks import pipeline_problems
 
         errors = [
-            InitErrorDetails(
-                type=PydanticCustomError("pipeline_check", "{message}", {"message": message}),
-                loc=("pipelines", index, *field.split(".")),
-                input=pipeline.model_dump(mode="json"),
-            )
+            _problem(("pipelines", index, *field.split(".")), message, pipeline.model_dump(mode="json"))
             for index, pipeline in enumerate(self.pipelines)
             for field, message in pipeline_problems(pipeline)
         ]

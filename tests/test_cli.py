@@ -85,7 +85,7 @@ def test_validate_reports_what_a_run_would_reject(tmp_path, capsys, monkeypatch)
         ("bolt", "pipelines[0].scoring.quantiles", "0.1..0.9 only"),
         ("naive", "pipelines[1].query", "'QUERY' is not set"),
         ("naive", "pipelines[1].schedule.context", "needs at least 1441"),
-        ("dflt", "pipelines[2].model", "unknown params ['histroy']"),
+        ("dflt", "pipelines[2].model.params", "unknown params ['histroy']"),
         ("nhits", "pipelines[3].schedule.fit_every", "must be trained"),
     ]
     assert len(lines) == len(expected), err

@@ -153,7 +153,7 @@ def test_misspelt_params_of_every_adapter(model: str, known: str) -> None:
     schedule = "{fit_every: 1h, fit_window: 2h}" if "NHITS" in model else "{}"
     model = f"{{spec: {model}, params: {{windw: 3}}}}"
     text = f"  - {{name: cpu, query: up, model: {model}, schedule: {schedule}}}\n"
-    message = _problems(text)[("cpu", "pipelines[0].model")]
+    message = _problems(text)[("cpu", "pipelines[0].model.params")]
     assert "unknown params ['windw']" in message and known in message
 
 
@@ -198,7 +198,7 @@ def test_unset_variable_is_listed_with_every_other_problem() -> None:
         ("cpu", "pipelines[0].scoring.quantiles"),
         ("mem", "pipelines[1].query"),
         ("mem", "pipelines[1].step"),
-        ("disk", "pipelines[2].model"),
+        ("disk", "pipelines[2].model.params"),
     }
     assert "environment variable 'QUERY' is not set" in problems[("mem", "pipelines[1].query")]
 
