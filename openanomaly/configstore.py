@@ -59,7 +59,7 @@ class ConfigStore(Protocol):
         ...
 
 
-def expand_env(text: str, *, env: Mapping[str, str], where: str = "") -> str:
+def expand_env(text: str, *, env: Mapping[str, str]) -> str:
     """Replace ``${NAME}`` / ``${NAME:-default}`` in ``text`` from ``env``; ``$${`` → ``${``.
 
     Raises:
@@ -75,8 +75,7 @@ def expand_env(text: str, *, env: Mapping[str, str], where: str = "") -> str:
         if default is not None:
             return default
         raise ConfigError(
-            f"environment variable {name!r} is not set (write ${{{name}:-default}} for a default)",
-            field=where or None,
+            f"environment variable {name!r} is not set (write ${{{name}:-default}} for a default)"
         )
 
     return _ENV_REF.sub(replace, text)
@@ -149,9 +148,7 @@ def _validation_errors(error: ValidationError, raw: Any, source: str) -> list[Co
     for item in error.errors():
         loc = tuple(item["loc"])
         message = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        pipeline = None
-        if len(loc) >= 2 and loc[0] == "pipelines" and isinstance(loc[1], int):
-            pipeline = _pipeline_name(raw, loc[1])
+        pipeline = _pipeline_at(raw, loc)
         if item["type"] not in ("missing", "extra_forbidden") and "input" in item and len(loc) > 2:
             value = item["input"]
             if isinstance(value, str | int | float | bool):
@@ -163,9 +160,13 @@ def _validation_errors(error: ValidationError, raw: Any, source: str) -> list[Co
 def load_config(text: str, *, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
     """Parse and validate a YAML configuration.
 
+    Beyond each field's own checks, a pipeline is checked against its model's facts
+    (:mod:`openanomaly.checks`): what a run would reject is refused here.
+
     Raises:
-        ConfigError: malformed YAML (with line and column), an unset ``${VAR}``, or
-            invalid content (:class:`ConfigValidationError` listing every problem).
+        ConfigError: malformed YAML (with line and column), or invalid content
+            (:class:`ConfigValidationError` listing every problem, unset ``${VAR}``
+            included).
     """
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
