@@ -7,6 +7,7 @@ scheduler, the playground) instead of failing every scheduled window later:
 
 * the band quantiles must be levels the model can forecast (Chronos-Bolt: 0.1…0.9);
 * ``schedule.context`` must hold the points the model needs (a statsforecast season);
+* ``infer_every / step`` (the forecast horizon) must be one the model forecasts (Bolt: 64);
 * the fit schedule must suit the model's fit kind (NHITS must be trained; a zero-shot
   model is never fitted) and ``fit_window`` must hold enough points to fit.
 
@@ -36,6 +37,7 @@ def pipeline_problems(pipeline: Pipeline) -> list[Problem]:
     return [
         *_band_problems(pipeline, info),
         *_context_problems(pipeline, info),
+        *_horizon_problems(pipeline, info),
         *fit_problems(pipeline, info),
     ]
 
@@ -69,6 +71,22 @@ def _context_problems(pipeline: Pipeline, info: ModelInfo) -> list[Problem]:
             f"{format_duration(pipeline.schedule.context)} is {points} points at step "
             f"{format_duration(pipeline.step)}; model {info.spec!r}{why} needs at least "
             f"{info.min_context}: lengthen schedule.context or shorten season_length",
+        )
+    ]
+
+
+def _horizon_problems(pipeline: Pipeline, info: ModelInfo) -> list[Problem]:
+    from openanomaly.detect import chunk_points
+
+    horizon = chunk_points(pipeline)
+    if info.max_horizon is None or horizon <= info.max_horizon:
+        return []
+    return [
+        (
+            "schedule.infer_every",
+            f"{format_duration(pipeline.schedule.infer_every)} is {horizon} steps of "
+            f"{format_duration(pipeline.step)} per forecast; model {info.spec!r} forecasts at most "
+            f"{info.max_horizon}: score more often or set model.params.allow_long_horizon: true",
         )
     ]
 

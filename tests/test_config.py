@@ -138,6 +138,20 @@ def test_context_long_enough_for_the_season() -> None:
     )
 
 
+@pytest.mark.parametrize(("params", "ok"), [("{}", False), ("{allow_long_horizon: true}", True)])
+def test_horizon_the_model_forecasts(params: str, ok: bool) -> None:
+    model = f"{{spec: 'chronos:amazon/chronos-bolt-small', params: {params}}}"
+    text = (
+        f"  - {{name: cpu, query: up, model: {model}, schedule: {{infer_every: 2h, context: 8h}},"
+        " scoring: {quantiles: [0.1, 0.9]}}\n"
+    )
+    if ok:
+        load_config(SETTINGS + "pipelines:\n" + text, env={})
+        return
+    message = _problems(text)[("cpu", "pipelines[0].schedule.infer_every")]
+    assert "120 steps of 1m per forecast" in message and "at most 64" in message
+
+
 @pytest.mark.parametrize(
     ("model", "known"),
     [

@@ -98,6 +98,14 @@ def test_levels_of_the_tiny_checkpoints(tiny_chronos_bolt: str, tiny_chronos2: s
     assert model_info(f"chronos:{tiny_chronos2}").levels == (0.01, 0.99)
 
 
+def test_max_horizon(tiny_chronos_bolt: str, tiny_chronos2: str) -> None:
+    assert model_info("chronos:amazon/chronos-bolt-small").max_horizon == 64
+    assert model_info("chronos:amazon/chronos-bolt-small", {"allow_long_horizon": True}).max_horizon is None
+    assert model_info(f"chronos:{tiny_chronos_bolt}").max_horizon == 64
+    assert model_info(f"chronos:{tiny_chronos2}").max_horizon == 64  # 4 output patches of 16
+    assert model_info("statsforecast:AutoETS").max_horizon is None
+
+
 def test_min_context_follows_the_season() -> None:
     assert model_info("statsforecast:SeasonalNaive", {"season_length": 24}).min_context == 25
     assert model_info("statsforecast:MSTL", {"season_length": [24, 168]}).min_context == 337

@@ -54,11 +54,14 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "BOLT_PREDICTION_LENGTH",
     "BOLT_QUANTILES",
     "CHRONOS2_QUANTILES",
     "ChronosForecaster",
     "check_levels",
+    "longest_horizon",
     "map_levels",
+    "native_horizon",
     "producible_levels",
     "resolve_device",
     "resolve_dtype",
@@ -69,6 +72,7 @@ __all__ = [
 # ``chronos_config.quantiles``); used for hub ids, whose config is not read before loading.
 BOLT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CHRONOS2_QUANTILES = (0.01, *(round(0.05 * i, 2) for i in range(1, 20)), 0.99)  # 21 levels
+BOLT_PREDICTION_LENGTH = 64
 
 TailPolicy = Literal["error", "clamp", "normal"]
 _TAILS = ("error", "clamp", "normal")
@@ -165,6 +169,23 @@ def _at(values: np.ndarray, grid: np.ndarray, level: float) -> np.ndarray:
     return np.apply_along_axis(lambda row: np.interp(level, grid, row), -1, values)
 
 
+def _checkpoint_config(name: str) -> dict[str, Any] | None:
+    """The ``config.json`` of a checkpoint directory; None for a hub id or an unreadable file."""
+    path = Path(name).expanduser() / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # not a checkpoint we can read: loading it reports the problem
+    return config if isinstance(config, dict) else None
+
+
+def _family(name: str) -> str:
+    """``amazon/chronos-bolt-small`` → ``chronos-bolt-small``: how a hub id says what it is."""
+    return name.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
 def trained_levels(name: str) -> tuple[float, ...] | None:
     """The quantile levels checkpoint ``name`` was trained on, without loading it.
 
@@ -174,22 +195,42 @@ def trained_levels(name: str) -> tuple[float, ...] | None:
     None when any level is possible or it cannot be told before loading (a missing
     directory, an unknown family): the load itself then checks.
     """
-    config = Path(name).expanduser() / "config.json"
-    if config.is_file():
-        try:
-            data = json.loads(config.read_text())
-        except (OSError, ValueError):
-            return None  # not a checkpoint we can read: loading it reports the problem
-        levels = (data.get("chronos_config") or {}).get("quantiles")
-        if data.get("chronos_pipeline_class") == "ChronosPipeline" or not levels:
+    config = _checkpoint_config(name)
+    if config is not None:
+        levels = (config.get("chronos_config") or {}).get("quantiles")
+        if config.get("chronos_pipeline_class") == "ChronosPipeline" or not levels:
             return None
         return tuple(float(q) for q in levels)
-    family = name.rstrip("/").rsplit("/", 1)[-1].lower()
-    if family.startswith("chronos-bolt"):
+    if _family(name).startswith("chronos-bolt"):
         return BOLT_QUANTILES
-    if family.startswith("chronos-2"):
+    if _family(name).startswith("chronos-2"):
         return CHRONOS2_QUANTILES
     return None
+
+
+def native_horizon(name: str) -> int | None:
+    """Steps checkpoint ``name`` forecasts in one pass, without loading it (None: unknown).
+
+    ``chronos_config.prediction_length`` (Bolt, original Chronos), or Chronos-2's
+    ``max_output_patches`` x ``output_patch_size``; for a hub id only the Bolt family (64).
+    """
+    config = _checkpoint_config(name)
+    if config is not None:
+        chronos = config.get("chronos_config") or {}
+        if "prediction_length" in chronos:
+            return int(chronos["prediction_length"])
+        if "max_output_patches" in chronos and "output_patch_size" in chronos:
+            return int(chronos["max_output_patches"]) * int(chronos["output_patch_size"])
+        return None
+    return BOLT_PREDICTION_LENGTH if _family(name).startswith("chronos-bolt") else None
+
+
+def longest_horizon(name: str, params: Mapping[str, Any]) -> int | None:
+    """The longest horizon the adapter forecasts with ``params`` (registry fact; None: any).
+
+    Past the native horizon it raises unless ``allow_long_horizon`` rolls the forecast out.
+    """
+    return None if params.get("allow_long_horizon", False) else native_horizon(name)
 
 
 def producible_levels(name: str, params: Mapping[str, Any]) -> tuple[float, float] | None:

@@ -91,6 +91,8 @@ class Adapter:
             levels it can forecast; None: any level in (0, 1), or unknown until loaded.
         min_context: ``min_context(name, params) -> int``: fewest context points a
             forecast needs; None: one point is enough.
+        max_horizon: ``max_horizon(name, params) -> int | None``: the longest horizon
+            (``infer_every / step``) it forecasts; None: any (or unknown until loaded).
     """
 
     factory: str
@@ -101,6 +103,7 @@ class Adapter:
     device_param: bool = False
     levels: str | None = None
     min_context: str | None = None
+    max_horizon: str | None = None
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -112,6 +115,7 @@ ADAPTERS: dict[str, Adapter] = {
         gpu=_device_gpu,
         device_param=True,
         levels="openanomaly.models.chronos:producible_levels",
+        max_horizon="openanomaly.models.chronos:longest_horizon",
     ),
     "statsforecast": Adapter(
         factory="openanomaly.models.stats:StatsForecaster.from_spec",
@@ -161,6 +165,7 @@ class ModelInfo:
         device_param: takes a ``device`` param (Serve fills it in).
         levels: ``(low, high)`` quantile levels it can forecast, or None for any.
         min_context: fewest context points a forecast needs.
+        max_horizon: the longest horizon it forecasts, or None for any.
     """
 
     spec: str
@@ -171,6 +176,7 @@ class ModelInfo:
     device_param: bool
     levels: tuple[float, float] | None
     min_context: int
+    max_horizon: int | None
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -222,6 +228,7 @@ def model_info(spec: str, params: Mapping[str, Any] | None = None) -> ModelInfo:
         device_param=adapter.device_param,
         levels=levels,
         min_context=_resolve(adapter.min_context)(name, params) if adapter.min_context else 1,
+        max_horizon=_resolve(adapter.max_horizon)(name, params) if adapter.max_horizon else None,
     )
 
 
