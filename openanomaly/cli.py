@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import math
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,18 +22,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
-from openanomaly.config import Config, Pipeline, parse_duration
+from openanomaly.config import Config, Pipeline
 from openanomaly.configstore import YamlConfigStore
+from openanomaly.csvseries import read_csv_series
 from openanomaly.detect import check_input
-from openanomaly.errors import ConfigError, OpenAnomalyError
-from openanomaly.series import SeriesMatrix, format_labels
+from openanomaly.errors import ConfigError, OpenAnomalyError, UsageError
+from openanomaly.series import format_labels
+from openanomaly.times import format_iso as _iso
+from openanomaly.times import parse_time
 
 if TYPE_CHECKING:
     from openanomaly.detect import Detection
     from openanomaly.models.base import Forecaster
     from openanomaly.window import RunResult
 
-__all__ = ["EXAMPLES_DIR", "main", "parse_time", "read_csv_series"]
+__all__ = ["EXAMPLES_DIR", "UsageError", "main", "parse_time", "read_csv_series"]
 
 log = logging.getLogger("openanomaly")
 
@@ -42,48 +44,6 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 """Bundled example pipelines and data (present in a source checkout)."""
 
 EXIT_USER_ERROR = 2
-_RELATIVE = re.compile(r"^now(?:\s*-\s*(\S+))?$")
-
-
-class UsageError(OpenAnomalyError):
-    """A command-line argument is wrong (bad date, unknown pipeline, bad --out suffix)."""
-
-
-def parse_time(text: str, *, now: datetime | None = None) -> int:
-    """Milliseconds since the epoch from ISO 8601, unix seconds, ``now`` or ``now-<duration>``.
-
-    Naive ISO timestamps are taken as UTC.
-
-    Raises:
-        UsageError: quoting the text.
-    """
-    value = text.strip()
-    match = _RELATIVE.match(value)
-    if match:
-        base = now or datetime.now(UTC)
-        offset = parse_duration(match.group(1)) if match.group(1) else None
-        try:
-            moment = base - offset if offset else base
-        except (ValueError, OverflowError) as error:
-            raise UsageError(f"invalid time {text!r}: {error}") from None
-        return int(moment.timestamp() * 1000)
-    try:
-        return round(float(value) * 1000)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise UsageError(
-            f"invalid time {text!r}: use ISO 8601 (2024-05-01T12:00:00Z), unix seconds, or now-<duration>"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------- episodes
@@ -480,38 +440,6 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 def _chain(first: list[Detection], rest: Iterator[Detection]) -> Iterator[Detection]:
     yield from first
     yield from rest
-
-
-def read_csv_series(path: Path, *, step_ms: int, name: str) -> SeriesMatrix:
-    """A ``timestamp,value`` CSV (the NAB layout) as a one-series SeriesMatrix on the step grid.
-
-    Rows are sorted, duplicate timestamps keep the last row, and missing grid points
-    are NaN, so the result can go straight into :func:`openanomaly.detect.backtest`.
-    Naive timestamps are UTC. The series gets ``__name__=name`` and ``source=<file name>``.
-
-    Raises:
-        UsageError: unreadable file, wrong columns, unparsable timestamps or values.
-    """
-    import pandas as pd
-
-    from openanomaly.detect import align_to_grid
-
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"cannot read {str(path)!r}: {error}") from None
-    if list(frame.columns[:2]) != ["timestamp", "value"]:
-        raise UsageError(f"{str(path)!r}: expected columns 'timestamp,value', got {list(frame.columns)}")
-    try:
-        stamps = pd.to_datetime(frame["timestamp"], utc=True).dt.as_unit("ms").astype("int64").to_numpy()
-        values = pd.to_numeric(frame["value"]).to_numpy(np.float64)
-    except (ValueError, TypeError) as error:
-        raise UsageError(f"{str(path)!r}: {error}") from None
-    order = np.argsort(stamps, kind="stable")
-    stamps, values = stamps[order], values[order]
-    keep = np.r_[np.diff(stamps) > 0, True]  # the last of duplicate timestamps wins
-    raw = SeriesMatrix(({"__name__": name, "source": path.name},), stamps[keep], values[keep][None, :])
-    return align_to_grid(raw, step_ms=step_ms)
 
 
 def cmd_example(args: argparse.Namespace) -> int:

@@ -16,9 +16,13 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from openanomaly.times import format_duration, parse_duration
 
 __all__ = [
     "ArtifactSettings",
@@ -35,50 +39,12 @@ __all__ = [
     "parse_duration",
 ]
 
-_DURATION_UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 
-
-def parse_duration(value: Any) -> timedelta:
-    """Parse a Prometheus-style duration (``30s``, ``5m``, ``1h30m``, ``7d``) or seconds.
-
-    Raises:
-        ValueError: for anything else, quoting the value.
-    """
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}")
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    if not isinstance(value, str):
-        raise ValueError(f"invalid duration {value!r}: expected a string such as '5m' or '1h30m'")
-    text = value.strip()
-    position, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != position:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS_S[match.group(2)]
-        position = match.end()
-    if position != len(text) or not text:
-        raise ValueError(
-            f"invalid duration {value!r}: use a number and a unit (ms, s, m, h, d, w, y), e.g. '5m', '1h30m'"
-        )
-    return timedelta(seconds=total)
-
-
-def format_duration(value: timedelta) -> str:
-    """The shortest Prometheus duration string for ``value`` (whole milliseconds)."""
-    remaining = round(value.total_seconds() * 1000)
-    if remaining == 0:
-        return "0s"
-    parts = []
-    for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1), ("ms", 0.001)):
-        size = round(seconds * 1000)
-        count, remaining = divmod(remaining, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)
+def _problem(loc: tuple[str | int, ...], message: str, value: Any) -> InitErrorDetails:
+    """One located error for ``ValidationError.from_exception_data`` (the message as written)."""
+    return InitErrorDetails(
+        type=PydanticCustomError("openanomaly", "{message}", {"message": message}), loc=loc, input=value
+    )
 
 
 def _positive(value: timedelta) -> timedelta:
@@ -199,7 +165,11 @@ class ModelConfig(_Strict):
         try:
             validate_params(self.spec, self.params)
         except ModelError as error:
-            raise ValueError(str(error)) from error
+            # Located at ``params`` (not the whole model) so the message names the field to fix.
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [_problem(("params",), str(error), self.params)],
+            ) from error
         return self
 
     @property
@@ -311,6 +281,20 @@ class Pipeline(_Strict):
 class Config(_Strict):
     settings: Settings
     pipelines: list[Pipeline] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _models_can_run(self) -> Config:
+        """What a run would reject that no single field shows (see :mod:`openanomaly.checks`)."""
+        from openanomaly.checks import pipeline_problems
+
+        errors = [
+            _problem(("pipelines", index, *field.split(".")), message, pipeline.model_dump(mode="json"))
+            for index, pipeline in enumerate(self.pipelines)
+            for field, message in pipeline_problems(pipeline)
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

@@ -32,8 +32,9 @@ from typing import Any, Protocol, runtime_checkable
 import yaml
 from pydantic import ValidationError
 
-from openanomaly.config import Config
-from openanomaly.errors import ConfigError
+from openanomaly.checks import pipeline_problems
+from openanomaly.config import Config, Pipeline
+from openanomaly.errors import ConfigError, ConfigValidationError
 
 __all__ = [
     "ConfigStore",
@@ -46,20 +47,6 @@ __all__ = [
 
 # ${NAME} or ${NAME:-default}; $${ escapes a literal ${.
 _ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigValidationError(ConfigError):
-    """Several problems in one file; ``errors`` holds one :class:`ConfigError` per problem.
-
-    The message lists them all, one per line; ``source``/``pipeline``/``field`` are the
-    first problem's.
-    """
-
-    def __init__(self, errors: list[ConfigError]) -> None:
-        self.errors = errors
-        first = errors[0]
-        Exception.__init__(self, "\n".join(str(error) for error in errors))
-        self.source, self.pipeline, self.field = first.source, first.pipeline, first.field
 
 
 @runtime_checkable
@@ -84,7 +71,7 @@ def referenced_env(text: str) -> set[str]:
     return {match.group(1) for match in _ENV_REF.finditer(text) if match.group(0) != "$${"}
 
 
-def expand_env(text: str, *, env: Mapping[str, str], where: str = "") -> str:
+def expand_env(text: str, *, env: Mapping[str, str]) -> str:
     """Replace ``${NAME}`` / ``${NAME:-default}`` in ``text`` from ``env``; ``$${`` → ``${``.
 
     Raises:
@@ -100,8 +87,7 @@ def expand_env(text: str, *, env: Mapping[str, str], where: str = "") -> str:
         if default is not None:
             return default
         raise ConfigError(
-            f"environment variable {name!r} is not set (write ${{{name}:-default}} for a default)",
-            field=where or None,
+            f"environment variable {name!r} is not set (write ${{{name}:-default}} for a default)"
         )
 
     return _ENV_REF.sub(replace, text)
@@ -134,18 +120,30 @@ def _loc_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _expand_tree(node: Any, *, env: Mapping[str, str], source: str, loc: tuple[int | str, ...] = ()) -> Any:
+def _expand_tree(
+    node: Any,
+    *,
+    env: Mapping[str, str],
+    unset: list[tuple[tuple[int | str, ...], str]],
+    loc: tuple[int | str, ...] = (),
+) -> Any:
+    """``node`` with ``${VAR}`` expanded in every string.
+
+    A string naming an unset variable is kept as written and ``(loc, message)`` appended
+    to ``unset``, so validation still runs and lists every other problem with it.
+    """
     if isinstance(node, str):
         try:
-            return expand_env(node, env=env, where=_loc_path(loc))
+            return expand_env(node, env=env)
         except ConfigError as error:
-            raise ConfigError(str(error).split(": ", 1)[-1], source=source, field=error.field) from None
+            unset.append((loc, str(error)))
+            return node
     if isinstance(node, dict):
         return {
-            key: _expand_tree(value, env=env, source=source, loc=(*loc, key)) for key, value in node.items()
+            key: _expand_tree(value, env=env, unset=unset, loc=(*loc, key)) for key, value in node.items()
         }
     if isinstance(node, list):
-        return [_expand_tree(value, env=env, source=source, loc=(*loc, i)) for i, value in enumerate(node)]
+        return [_expand_tree(value, env=env, unset=unset, loc=(*loc, i)) for i, value in enumerate(node)]
     return node
 
 
@@ -162,9 +160,7 @@ def _validation_errors(error: ValidationError, raw: Any, source: str) -> list[Co
     for item in error.errors():
         loc = tuple(item["loc"])
         message = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        pipeline = None
-        if len(loc) >= 2 and loc[0] == "pipelines" and isinstance(loc[1], int):
-            pipeline = _pipeline_name(raw, loc[1])
+        pipeline = _pipeline_at(raw, loc)
         if item["type"] not in ("missing", "extra_forbidden") and "input" in item and len(loc) > 2:
             value = item["input"]
             if isinstance(value, str | int | float | bool):
@@ -176,9 +172,13 @@ def _validation_errors(error: ValidationError, raw: Any, source: str) -> list[Co
 def load_config(text: str, *, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
     """Parse and validate a YAML configuration.
 
+    Beyond each field's own checks, a pipeline is checked against its model's facts
+    (:mod:`openanomaly.checks`): what a run would reject is refused here.
+
     Raises:
-        ConfigError: malformed YAML (with line and column), an unset ``${VAR}``, or
-            invalid content (:class:`ConfigValidationError` listing every problem).
+        ConfigError: malformed YAML (with line and column), or invalid content
+            (:class:`ConfigValidationError` listing every problem, unset ``${VAR}``
+            included).
     """
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
@@ -196,20 +196,63 @@ def load_config(text: str, *, source: str = "<string>", env: Mapping[str, str] |
             f"expected a mapping with 'settings:' and 'pipelines:' at the top, got {type(raw).__name__}",
             source=source,
         )
-    raw = _expand_tree(raw, env=os.environ if env is None else env, source=source)
-    duplicates = _duplicate_names(raw, source)
+    unset: list[tuple[tuple[int | str, ...], str]] = []
+    raw = _expand_tree(raw, env=os.environ if env is None else env, unset=unset)
+    problems = [
+        ConfigError(message, source=source, pipeline=_pipeline_at(raw, loc), field=_loc_path(loc) or None)
+        for loc, message in unset
+    ]
+    problems += _duplicate_names(raw, source)
     try:
         config = Config.model_validate(raw)
     except ValidationError as error:
-        problems = [
+        # The field of an unset variable holds "${VAR}" as written: its own error is noise.
+        hidden = {problem.field for problem in problems}
+        problems += [
             problem
-            for problem in _validation_errors(error, raw, source)
-            if not (duplicates and "duplicate pipeline name" in str(problem))
+            for problem in (*_validation_errors(error, raw, source), *_pipeline_checks(raw, source))
+            if problem.field not in hidden and "duplicate pipeline name" not in str(problem)
         ]
-        raise ConfigValidationError(duplicates + problems) from None
-    if duplicates:
-        raise ConfigValidationError(duplicates)
+        raise ConfigValidationError(_unique(problems)) from None
+    if problems:
+        raise ConfigValidationError(problems)
     return config
+
+
+def _pipeline_at(raw: Any, loc: tuple[int | str, ...]) -> str | None:
+    if len(loc) >= 2 and loc[0] == "pipelines" and isinstance(loc[1], int):
+        return _pipeline_name(raw, loc[1])
+    return None
+
+
+def _pipeline_checks(raw: dict[Any, Any], source: str) -> list[ConfigError]:
+    """The model-fact checks of every pipeline that is valid on its own.
+
+    ``Config`` runs them only when the whole file validates; when something else is
+    wrong, this still lists them with the other problems.
+    """
+    pipelines = raw.get("pipelines")
+    if not isinstance(pipelines, list):
+        return []
+    problems = []
+    for index, item in enumerate(pipelines):
+        try:
+            pipeline = Pipeline.model_validate(item)
+        except ValidationError:
+            continue  # its field errors are already listed
+        problems += [
+            ConfigError(message, source=source, pipeline=pipeline.name, field=f"pipelines[{index}].{field}")
+            for field, message in pipeline_problems(pipeline)
+        ]
+    return problems
+
+
+def _unique(problems: list[ConfigError]) -> list[ConfigError]:
+    """``problems`` without repeats (a check can be reached both through ``Config`` and alone)."""
+    first: dict[str, ConfigError] = {}
+    for problem in problems:
+        first.setdefault(str(problem), problem)
+    return list(first.values())
 
 
 def _duplicate_names(raw: dict[Any, Any], source: str) -> list[ConfigError]:

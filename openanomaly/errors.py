@@ -3,40 +3,70 @@
 ::
 
     OpenAnomalyError
-    ├── ConfigError            bad YAML / settings: names file, pipeline and field
-    ├── TSDBError              carries url (and status, query where known)
-    │   ├── QueryError         a read failed (bad PromQL, unreachable server, 5xx after retries)
-    │   └── RemoteWriteError   a write failed (4xx rejected, or 5xx/connection after retries)
-    ├── DataError              the data cannot be scored (no series, all-NaN series, too short)
-    │   └── NoSeries           the query returned no series at all
-    ├── ModelError             a model could not be loaded or returned a broken forecast
-    │   └── UnknownModelSpec   the spec string names no known adapter
-    └── ArtifactError          the artifact store could not read or write a fitted model
-        └── ArtifactNotFound   the key holds no artifact (the store itself answered)
+    ├── ConfigError              bad YAML / settings: names file, pipeline and field
+    │   └── ConfigValidationError  several problems in one file, one ConfigError each
+    ├── UsageError               a command-line argument is wrong (bad date, unknown pipeline)
+    ├── PlaygroundInputError     a playground form field is wrong; names the field
+    ├── TSDBError                carries url (and status, query where known)
+    │   ├── QueryError           a read failed (bad PromQL, unreachable server, 5xx after retries)
+    │   └── RemoteWriteError     a write failed (4xx rejected, or 5xx/connection after retries)
+    ├── DataError                the data cannot be scored (no series, all-NaN series, too short)
+    │   └── NoSeries             the query returned no series at all
+    ├── ModelError               a model could not be loaded or returned a broken forecast
+    │   └── UnknownModelSpec     the spec string names no known adapter
+    ├── ArtifactError            the artifact store could not read or write a fitted model
+    │   └── ArtifactNotFound     the key holds no artifact (the store itself answered)
+    ├── SchedulerUnavailable     the HTTP API found no scheduler actor (503)
+    └── WindowTimeout            a scheduled window or fit ran past its time limit
 
 Every message names the input at fault; the same values are kept as attributes so
 programs need not parse messages.
+
+Every one of them pickles with its attributes (:meth:`OpenAnomalyError.__reduce__`):
+Ray ships exceptions between processes by pickling, and one that cannot be rebuilt
+reaches the caller as ``UnserializableException`` with the cause lost.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "ArtifactError",
     "ArtifactNotFound",
     "ConfigError",
+    "ConfigValidationError",
     "DataError",
     "ModelError",
     "NoSeries",
     "OpenAnomalyError",
+    "PlaygroundInputError",
     "QueryError",
     "RemoteWriteError",
+    "SchedulerUnavailable",
     "TSDBError",
     "UnknownModelSpec",
+    "UsageError",
+    "WindowTimeout",
 ]
+
+
+def _rebuild(cls: type[OpenAnomalyError], args: tuple[Any, ...]) -> OpenAnomalyError:
+    """An instance of ``cls`` with ``args`` set, without calling ``cls.__init__``."""
+    return cls.__new__(cls, *args)
 
 
 class OpenAnomalyError(Exception):
     """Base of every error OpenAnomaly raises on purpose (user or environment errors)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as (class, message args, attributes), not by calling ``__init__`` again.
+
+        The default (``cls(*self.args)``) fails for subclasses whose ``__init__`` has
+        keyword-only arguments (``TSDBError(message, url=…)``), which is what made Ray
+        report ``UnserializableException`` instead of the error.
+        """
+        return _rebuild, (type(self), self.args), self.__dict__
 
 
 class ConfigError(OpenAnomalyError):
@@ -69,6 +99,32 @@ class ConfigError(OpenAnomalyError):
             if part
         ]
         super().__init__(f"{': '.join(where)}: {message}" if where else message)
+
+
+class ConfigValidationError(ConfigError):
+    """Several problems in one file; ``errors`` holds one :class:`ConfigError` per problem.
+
+    The message lists them all, one per line; ``source``/``pipeline``/``field`` are the
+    first problem's.
+    """
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        Exception.__init__(self, "\n".join(str(error) for error in errors))
+        self.source, self.pipeline, self.field = first.source, first.pipeline, first.field
+
+
+class UsageError(OpenAnomalyError):
+    """A command-line argument is wrong (bad date, unknown pipeline, bad --out suffix)."""
+
+
+class PlaygroundInputError(OpenAnomalyError):
+    """A playground form field is wrong. ``field`` names it (as labelled in the form)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
 
 
 class TSDBError(OpenAnomalyError):
@@ -134,3 +190,11 @@ class ArtifactError(OpenAnomalyError):
 
 class ArtifactNotFound(ArtifactError):
     """The store answered, and the key holds nothing (unlike an outage, which is an ArtifactError)."""
+
+
+class SchedulerUnavailable(OpenAnomalyError):
+    """The pipeline endpoints were called but no scheduler actor is running (HTTP 503)."""
+
+
+class WindowTimeout(OpenAnomalyError):
+    """A window or fit did not finish within its time limit (e.g. its model actor could not be placed)."""

@@ -73,6 +73,7 @@ from openanomaly.errors import (
     ModelError,
     NoSeries,
     OpenAnomalyError,
+    WindowTimeout,
 )
 from openanomaly.models.base import Forecaster
 from openanomaly.series import SeriesMatrix
@@ -84,7 +85,6 @@ __all__ = [
     "JobRunner",
     "ModelFactory",
     "WindowScorer",
-    "WindowTimeout",
     "fit_job",
     "matrix_from_table",
     "plan_shards",
@@ -103,10 +103,6 @@ _BIG_JOB = threading.Semaphore(1)
 
 ModelFactory = Callable[[Pipeline], Forecaster]
 """Builds a zero-shot pipeline's forecaster in the model actor (see ``JobOptions.model_factory``)."""
-
-
-class WindowTimeout(OpenAnomalyError):
-    """A window or fit did not finish within its time limit (e.g. its model actor could not be placed)."""
 
 
 @dataclass(frozen=True)
@@ -442,15 +438,10 @@ def _gpus(pipeline: Pipeline, options: JobOptions) -> float:
         return options.num_gpus
     import ray
 
-    prefix = pipeline.model.spec.split(":", 1)[0]
-    if prefix == "neuralforecast":
-        from openanomaly.models.neural import GPU_ACCELERATORS
+    from openanomaly.models.registry import model_info
 
-        # NHITS runs where lightning's accelerator says (CPU by default): a GPU
-        # reserved for a CPU model would only starve the Chronos actors.
-        gpu_model = str(pipeline.model.params.get("accelerator", "cpu")) in GPU_ACCELERATORS
-    else:
-        gpu_model = prefix == "chronos"
+    # A GPU reserved for a model that runs on CPU would only starve the ones that use it.
+    gpu_model = model_info(pipeline.model.spec, pipeline.model.params).gpu
     return 1.0 if gpu_model and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 

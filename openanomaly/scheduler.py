@@ -57,7 +57,7 @@ from typing import Any
 from openanomaly.artifacts import ArtifactStore, MemoryStore, load_json, open_store, save_json
 from openanomaly.config import Config, Pipeline, Settings
 from openanomaly.configstore import ConfigStore, YamlConfigStore
-from openanomaly.errors import ConfigError, NoSeries, OpenAnomalyError
+from openanomaly.errors import ConfigError, NoSeries, OpenAnomalyError, WindowTimeout
 
 __all__ = [
     "DEFAULT_NAME",
@@ -416,8 +416,6 @@ class Scheduler:
 
     @staticmethod
     def _record_failure(status: PipelineStatus, error: Exception) -> None:
-        from openanomaly.jobs import WindowTimeout
-
         status.last_error = f"{type(error).__name__}: {error}"
         if isinstance(error, NoSeries):
             status.no_data_total += 1

@@ -3,10 +3,13 @@
 import textwrap
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from openanomaly.cli import EXAMPLES_DIR, UsageError, _parser, main, parse_time
+from openanomaly.cli import EXAMPLES_DIR, _parser, main
+from openanomaly.errors import UsageError
+from openanomaly.times import parse_time
 
 VALID = """\
 settings: {tsdb: {url: "http://127.0.0.1:1"}}
@@ -56,6 +59,41 @@ def test_validate_lists_every_error_without_traceback(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_validate_reports_what_a_run_would_reject(tmp_path, capsys, monkeypatch):
+    """Quantiles, context, params, fit schedule and an unset variable: all listed, exit 2."""
+    monkeypatch.delenv("QUERY", raising=False)
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            settings: {tsdb: {url: "http://127.0.0.1:1"}}
+            pipelines:
+              - {name: bolt, query: up, model: "chronos:amazon/chronos-bolt-small"}
+              - name: naive
+                query: ${QUERY}
+                model: {spec: "statsforecast:SeasonalNaive", params: {season_length: 1440}}
+              - {name: dflt, query: up, model: {spec: default, params: {histroy: 100}}}
+              - {name: nhits, query: up, model: "neuralforecast:NHITS"}
+            """
+        )
+    )
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    expected = [
+        ("bolt", "pipelines[0].scoring.quantiles", "0.1..0.9 only"),
+        ("naive", "pipelines[1].query", "'QUERY' is not set"),
+        ("naive", "pipelines[1].schedule.context", "needs at least 1441"),
+        ("dflt", "pipelines[2].model.params", "unknown params ['histroy']"),
+        ("nhits", "pipelines[3].schedule.fit_every", "must be trained"),
+    ]
+    assert len(lines) == len(expected), err
+    for pipeline, field, message in expected:
+        prefix = f"error: {path}: pipeline {pipeline!r}: field {field!r}: "
+        assert any(line.startswith(prefix) and message in line for line in lines), (prefix, err)
+
+
 def test_validate_malformed_yaml(tmp_path, capsys):
     path = tmp_path / "p.yaml"
     path.write_text("pipelines: [\n  {name: a\n")
@@ -74,6 +112,7 @@ def test_validate_malformed_yaml(tmp_path, capsys):
         (["backtest", "-c", "{cfg}", "--start", "now-1h", "--end", "now-2h"], "is not after --start"),
         (["backtest", "-c", "{cfg}", "--start", "now-1h", "--out", "x.json"], "must end in .csv or .parquet"),
         (["backtest", "-c", "{cfg}", "--start", "soon"], "invalid time 'soon'"),
+        (["backtest", "-c", "{cfg}", "--start", "now-5q"], "invalid time 'now-5q'"),
         (["validate", "{dir}/missing.yaml"], "missing.yaml: file not found"),
         (["example", "--model", "prophet"], "--model 'prophet': model 'prophet': unknown model"),
     ],
@@ -122,6 +161,34 @@ def test_bundled_pipelines_file_validates(capsys, monkeypatch):
     assert main(["validate", str(EXAMPLES_DIR / "pipelines.yaml")]) == 0
     assert main(["validate", str(EXAMPLES_DIR / "example.yaml")]) == 0
     assert capsys.readouterr().out.count(": OK (") == 2
+
+
+def test_bundled_pipelines_file_runs(monkeypatch, tiny_chronos_bolt):
+    """What validate accepts in the shipped file also runs: every pipeline scores a window.
+
+    The Chronos hub id is swapped for a tiny local Bolt checkpoint (no hub here); it
+    has the released Bolt's quantile levels, which is what validate checked.
+    """
+    from openanomaly.configstore import YamlConfigStore
+    from openanomaly.detect import backtest
+    from openanomaly.models.registry import load_forecaster
+    from openanomaly.series import SeriesMatrix
+
+    config = YamlConfigStore(EXAMPLES_DIR / "pipelines.yaml", env={}).load()
+    step = 60_000
+    points = 1440 + 20
+    t = np.arange(points, dtype=np.int64) * step + 1_700_000_000_000 // step * step
+    noise = np.random.default_rng(0).normal(0, 0.1, (2, points))
+    values = 10 + np.sin(np.arange(points) / 30)[None, :] + noise
+    series = SeriesMatrix(({"instance": "a"}, {"instance": "b"}), t, values)
+    for pipeline in config.pipelines:
+        spec = pipeline.model.spec
+        if spec.startswith("chronos:"):
+            spec = f"chronos:{tiny_chronos_bolt}"
+        forecaster = load_forecaster(spec, **pipeline.model.params)
+        start = int(t[-1]) - 10 * pipeline.step_ms
+        detection = backtest(series, pipeline, forecaster, start_ms=start, end_ms=int(t[-1]))
+        assert np.isfinite(detection.anomaly_score).all(), pipeline.name
 
 
 @pytest.mark.parametrize(

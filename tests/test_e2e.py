@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import yaml
 
-from openanomaly.cli import main, parse_time, read_csv_series
+from openanomaly.cli import main
 from openanomaly.config import Pipeline
+from openanomaly.csvseries import read_csv_series
 from openanomaly.models.registry import load_forecaster
 from openanomaly.series import SeriesMatrix
+from openanomaly.times import parse_time
 from openanomaly.tsdb import PrometheusClient
 from openanomaly.window import fetch, score_range
 from tests.fixtures.servers import TSDBServer, unique_metric

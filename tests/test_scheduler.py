@@ -186,17 +186,25 @@ def test_config_reload_adds_pipelines_and_keeps_last_good(tmp_path) -> None:
     assert len(status["pipelines"]) == 2
 
 
-def test_unfittable_pipeline_is_disabled_with_reason(tmp_path) -> None:
+def test_unfittable_pipeline_is_refused_at_load_and_the_last_good_config_runs(tmp_path) -> None:
+    """Config loading rejects what a run would (openanomaly.checks); the scheduler keeps going."""
+    path = tmp_path / "p.yaml"
+    recorder = Recorder()
+    scheduler = _scheduler(_yaml(path, PIPE.format(name="ok", query="b")), recorder)
+    scheduler.tick(T0 + 10 * MIN, wait=True)
     pipe = PIPE.format(name="naive", query="a").replace(
         "model: mad", "model:\n      spec: statsforecast:SeasonalNaive\n      params: {season_length: 6}"
     )
     pipe += "      fit_every: 30m\n      fit_window: 2h\n"
-    recorder = Recorder()
-    scheduler = _scheduler(_yaml(tmp_path / "p.yaml", pipe + PIPE.format(name="ok", query="b")), recorder)
-    scheduler.tick(T0 + 10 * MIN, wait=True)
-    status = {p["name"]: p for p in scheduler.status()["pipelines"]}
-    assert "no fitted form" in status["naive"]["disabled_reason"]
-    assert [name for name, *_ in recorder.windows] == ["ok"]
+    _yaml(path, pipe + PIPE.format(name="ok", query="b"))
+    scheduler.tick(T0 + 20 * MIN, wait=True)
+    status = scheduler.status()
+    assert (
+        "'pipelines[0].schedule.fit_every': model 'statsforecast:SeasonalNaive' has no fitted form"
+        in (status["config_error"])
+    )
+    assert [p["name"] for p in status["pipelines"]] == ["ok"]
+    assert [name for name, *_ in recorder.windows] == ["ok", "ok"]
 
 
 def test_metrics_text(tmp_path) -> None:

@@ -6,15 +6,21 @@ convention Chronos uses), so adapters never see per-series Python objects.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from openanomaly.errors import ModelError
 
-__all__ = ["Forecaster", "QuantileForecast", "check_forecast", "validate_quantile_levels"]
+__all__ = [
+    "Forecaster",
+    "QuantileForecast",
+    "check_forecast",
+    "reject_unknown_params",
+    "validate_quantile_levels",
+]
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,18 @@ class Forecaster(Protocol):
             ModelError: when the model cannot forecast this batch.
         """
         ...
+
+
+def reject_unknown_params(params: Mapping[str, Any], known: Iterable[str], *, spec: str) -> None:
+    """Every adapter's ``check_params`` starts here: a misspelt option is an error, not ignored.
+
+    Raises:
+        ModelError: naming the unknown options and listing the known ones.
+    """
+    known = tuple(known)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ModelError(f"unknown params {unknown}; known: {', '.join(known)}", spec=spec)
 
 
 def validate_quantile_levels(quantiles: Sequence[float]) -> np.ndarray:

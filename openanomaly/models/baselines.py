@@ -26,7 +26,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from openanomaly.errors import ModelError
-from openanomaly.models.base import QuantileForecast, check_forecast, validate_quantile_levels
+from openanomaly.models.base import (
+    QuantileForecast,
+    check_forecast,
+    reject_unknown_params,
+    validate_quantile_levels,
+)
 
 __all__ = ["MadForecaster", "ZScoreForecaster", "as_contexts", "normal_ppf"]
 
@@ -91,9 +96,7 @@ class _DistributionForecaster:
         """
         if name:
             raise ModelError(f"takes no model name, got {name!r}", spec=cls.spec)
-        unknown = set(params) - {"window"}
-        if unknown:
-            raise ModelError(f"unknown params {sorted(unknown)}; known: window", spec=cls.spec)
+        reject_unknown_params(params, ("window",), spec=cls.spec)
         _check_window(params.get("window"), spec=cls.spec)
 
     def _location_scale(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -31,9 +31,10 @@ Behaviour made explicit here (the pipelines would warn and carry on):
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Literal
@@ -41,13 +42,37 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from openanomaly.errors import ModelError
-from openanomaly.models.base import QuantileForecast, check_forecast, validate_quantile_levels
+from openanomaly.models.base import (
+    QuantileForecast,
+    check_forecast,
+    reject_unknown_params,
+    validate_quantile_levels,
+)
 from openanomaly.models.baselines import as_contexts
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ChronosForecaster", "check_levels", "map_levels", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "BOLT_PREDICTION_LENGTH",
+    "BOLT_QUANTILES",
+    "CHRONOS2_QUANTILES",
+    "ChronosForecaster",
+    "check_levels",
+    "longest_horizon",
+    "map_levels",
+    "native_horizon",
+    "producible_levels",
+    "resolve_device",
+    "resolve_dtype",
+    "trained_levels",
+]
+
+# The levels the released checkpoints were trained on (their config.json
+# ``chronos_config.quantiles``); used for hub ids, whose config is not read before loading.
+BOLT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+CHRONOS2_QUANTILES = (0.01, *(round(0.05 * i, 2) for i in range(1, 20)), 0.99)  # 21 levels
+BOLT_PREDICTION_LENGTH = 64
 
 TailPolicy = Literal["error", "clamp", "normal"]
 _TAILS = ("error", "clamp", "normal")
@@ -144,6 +169,82 @@ def _at(values: np.ndarray, grid: np.ndarray, level: float) -> np.ndarray:
     return np.apply_along_axis(lambda row: np.interp(level, grid, row), -1, values)
 
 
+def _checkpoint_config(name: str) -> dict[str, Any] | None:
+    """The ``config.json`` of a checkpoint directory; None for a hub id or an unreadable file."""
+    path = Path(name).expanduser() / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # not a checkpoint we can read: loading it reports the problem
+    return config if isinstance(config, dict) else None
+
+
+def _family(name: str) -> str:
+    """``amazon/chronos-bolt-small`` → ``chronos-bolt-small``: how a hub id says what it is."""
+    return name.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def trained_levels(name: str) -> tuple[float, ...] | None:
+    """The quantile levels checkpoint ``name`` was trained on, without loading it.
+
+    A directory: its ``config.json`` (``chronos_config.quantiles``; the sample-based
+    ``ChronosPipeline`` has none, it estimates any level). A hub id: by name family
+    (``chronos-bolt``: 0.1…0.9, ``chronos-2``: 0.01…0.99; ``chronos-t5`` is sample-based).
+    None when any level is possible or it cannot be told before loading (a missing
+    directory, an unknown family): the load itself then checks.
+    """
+    config = _checkpoint_config(name)
+    if config is not None:
+        levels = (config.get("chronos_config") or {}).get("quantiles")
+        if config.get("chronos_pipeline_class") == "ChronosPipeline" or not levels:
+            return None
+        return tuple(float(q) for q in levels)
+    if _family(name).startswith("chronos-bolt"):
+        return BOLT_QUANTILES
+    if _family(name).startswith("chronos-2"):
+        return CHRONOS2_QUANTILES
+    return None
+
+
+def native_horizon(name: str) -> int | None:
+    """Steps checkpoint ``name`` forecasts in one pass, without loading it (None: unknown).
+
+    ``chronos_config.prediction_length`` (Bolt, original Chronos), or Chronos-2's
+    ``max_output_patches`` x ``output_patch_size``; for a hub id only the Bolt family (64).
+    """
+    config = _checkpoint_config(name)
+    if config is not None:
+        chronos = config.get("chronos_config") or {}
+        if "prediction_length" in chronos:
+            return int(chronos["prediction_length"])
+        if "max_output_patches" in chronos and "output_patch_size" in chronos:
+            return int(chronos["max_output_patches"]) * int(chronos["output_patch_size"])
+        return None
+    return BOLT_PREDICTION_LENGTH if _family(name).startswith("chronos-bolt") else None
+
+
+def longest_horizon(name: str, params: Mapping[str, Any]) -> int | None:
+    """The longest horizon the adapter forecasts with ``params`` (registry fact; None: any).
+
+    Past the native horizon it raises unless ``allow_long_horizon`` rolls the forecast out.
+    """
+    return None if params.get("allow_long_horizon", False) else native_horizon(name)
+
+
+def producible_levels(name: str, params: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The range of levels the adapter can forecast with ``params`` (registry fact).
+
+    ``tail_quantiles: clamp | normal`` answers any level; with ``error`` (the default)
+    only levels inside the trained range. None: any level (or unknown before loading).
+    """
+    levels = trained_levels(name)
+    if levels is None or params.get("tail_quantiles", "error") != "error":
+        return None
+    return levels[0], levels[-1]
+
+
 def _is_local(name: str) -> bool:
     """A spec name that can only mean a directory (not a hub ``org/model`` id)."""
     return name.startswith(("/", "./", "../", "~", "\\")) or (len(name) > 1 and name[1] == ":")
@@ -235,9 +336,7 @@ class ChronosForecaster:
             ModelError: unknown option or value out of range.
         """
         spec = f"chronos:{name}"
-        unknown = set(params) - set(_PARAMS)
-        if unknown:
-            raise ModelError(f"unknown params {sorted(unknown)}; known: {', '.join(_PARAMS)}", spec=spec)
+        reject_unknown_params(params, _PARAMS, spec=spec)
         device = params.get("device", "auto")
         if not isinstance(device, str) or not (
             device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())

@@ -57,6 +57,7 @@ forecast): that is what makes the record and the sustained test exact.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from statistics import NormalDist
 from typing import Any, ClassVar
@@ -64,7 +65,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from openanomaly.errors import ModelError
-from openanomaly.models.base import QuantileForecast, check_forecast, validate_quantile_levels
+from openanomaly.models.base import (
+    QuantileForecast,
+    check_forecast,
+    reject_unknown_params,
+    validate_quantile_levels,
+)
 from openanomaly.models.baselines import as_contexts
 
 __all__ = ["DefaultForecaster", "candidate_periods", "detect_period"]
@@ -287,9 +293,20 @@ class DefaultForecaster:
     @classmethod
     def from_spec(cls, name: str, **params: Any) -> DefaultForecaster:
         """Registry factory: ``default`` takes no model name."""
+        cls.check_params(name, **params)
+        return cls(**params)
+
+    @classmethod
+    def check_params(cls, name: str, **params: Any) -> None:
+        """Validate options at config load: the constructor's checks, nothing loaded.
+
+        Raises:
+            ModelError: a model name, an unknown option, or a value out of range.
+        """
         if name:
             raise ModelError(f"takes no model name, got {name!r}", spec=cls.spec)
-        return cls(**params)
+        reject_unknown_params(params, inspect.signature(cls).parameters, spec=cls.spec)
+        cls(**params)
 
     def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
         """Forecast ``horizon`` points after each context row, with a record-residual band.

@@ -31,10 +31,9 @@ import numpy as np
 from openanomaly.config import Pipeline
 from openanomaly.errors import ConfigError, ModelError
 from openanomaly.models.base import Forecaster, QuantileForecast, check_forecast, validate_quantile_levels
-from openanomaly.models.registry import split_spec
+from openanomaly.models.registry import model_info
 
 __all__ = [
-    "FITTED_STATSFORECAST",
     "StatsForward",
     "check_fittable",
     "fit_global",
@@ -45,71 +44,49 @@ __all__ = [
     "min_fit_points",
 ]
 
-# statsforecast models with a ``forward`` method (apply fitted parameters to new data).
-FITTED_STATSFORECAST = ("AutoETS", "AutoARIMA", "MSTL")
-_GLOBAL_PREFIXES = ("neuralforecast",)
 _PICKLE_PROTOCOL = 5
 
 
 def is_global(pipeline: Pipeline) -> bool:
-    """True when the pipeline's model is one model for all series (neuralforecast)."""
-    return split_spec(pipeline.model.spec)[0] in _GLOBAL_PREFIXES
+    """True when the pipeline's model is one model for all series (registry fit kind ``global``)."""
+    return model_info(pipeline.model.spec, pipeline.model.params).fit == "global"
 
 
 def check_fittable(pipeline: Pipeline) -> None:
     """Refuse configurations that cannot be fitted, before any job runs.
 
+    Config loading runs the same check (:func:`openanomaly.checks.fit_problems`), so a
+    loaded configuration passes; this guards pipelines built in code.
+
     Raises:
-        ConfigError: ``fit_every`` set on a model with nothing to fit, a neuralforecast
-            model without ``fit_every``, or ``fit_window`` missing / shorter than the context.
+        ConfigError: ``fit_every`` set on a model with nothing to fit, a global model
+            without ``fit_every``, or ``fit_window`` missing / too short.
     """
-    prefix, name = split_spec(pipeline.model.spec)
-    fit_every, fit_window = pipeline.schedule.fit_every, pipeline.schedule.fit_window
-    if fit_every is None:
-        if prefix in _GLOBAL_PREFIXES:
-            raise ConfigError(
-                f"model {pipeline.model.spec!r} must be trained: set schedule.fit_every and fit_window",
-                pipeline=pipeline.name,
-                field="schedule.fit_every",
-            )
-        return
-    if prefix == "statsforecast" and name not in FITTED_STATSFORECAST:
-        raise ConfigError(
-            f"statsforecast:{name} has no fitted form; fit_every works with "
-            f"{', '.join('statsforecast:' + m for m in FITTED_STATSFORECAST)} and neuralforecast:NHITS "
-            "(remove schedule.fit_every to fit on each window's context instead)",
-            pipeline=pipeline.name,
-            field="schedule.fit_every",
-        )
-    if prefix not in ("statsforecast", *_GLOBAL_PREFIXES):
-        raise ConfigError(
-            f"model {pipeline.model.spec!r} is zero-shot and is never fitted; remove schedule.fit_every",
-            pipeline=pipeline.name,
-            field="schedule.fit_every",
-        )
-    if fit_window is None or fit_window < pipeline.schedule.context:
-        raise ConfigError(
-            "schedule.fit_window must be set and at least as long as schedule.context",
-            pipeline=pipeline.name,
-            field="schedule.fit_window",
-        )
+    from openanomaly.checks import fit_problems
+
+    problems = fit_problems(pipeline)
+    if problems:
+        field, message = problems[0]
+        raise ConfigError(message, pipeline=pipeline.name, field=field)
 
 
 def min_fit_points(pipeline: Pipeline) -> int:
-    """Finite points a series needs in ``fit_window`` to be fitted (2 seasons, at least 10)."""
-    season = int(pipeline.model.params.get("season_length", 1))
-    return max(10, 2 * season)
+    """Finite points a series needs in ``fit_window`` to be fitted (2 longest seasons, at least 10)."""
+    from openanomaly.models.stats import season_lengths
+
+    seasons = season_lengths(pipeline.model.params.get("season_length"), spec=pipeline.model.spec)
+    return max(10, 2 * max(seasons))
 
 
 def _stats_model(pipeline: Pipeline) -> Any:
     from statsforecast import models as sf_models
 
-    _, name = split_spec(pipeline.model.spec)
-    params = dict(pipeline.model.params)
-    params.setdefault("season_length", 1)
+    info = model_info(pipeline.model.spec, pipeline.model.params)
+    season = pipeline.model.params.get("season_length", 1)
+    params = {"season_length": season, **pipeline.model.params.get("model_params", {})}
     try:
-        return getattr(sf_models, name)(**params)
-    except TypeError as error:
+        return getattr(sf_models, info.name)(**params)
+    except (TypeError, ValueError) as error:
         raise ModelError(f"bad model params {params!r}: {error}", spec=pipeline.model.spec) from error
 
 
@@ -215,8 +192,7 @@ def fit_global(pipeline: Pipeline, values: np.ndarray, *, horizon: int) -> bytes
     Raises:
         ModelError: the spec is not a global model, or training failed.
     """
-    prefix, _ = split_spec(pipeline.model.spec)
-    if prefix == "neuralforecast":
+    if is_global(pipeline):  # NHITS is the one global adapter
         from openanomaly.models.neural import NHITSForecaster
 
         low, high = pipeline.scoring.quantiles
@@ -234,8 +210,7 @@ def fit_global(pipeline: Pipeline, values: np.ndarray, *, horizon: int) -> bytes
 
 def load_global(pipeline: Pipeline, blob: bytes) -> Forecaster:
     """The batch forecaster from a stored global model."""
-    prefix, _ = split_spec(pipeline.model.spec)
-    if prefix == "neuralforecast":
+    if is_global(pipeline):  # NHITS is the one global adapter
         from openanomaly.models.neural import NHITSForecaster
 
         return NHITSForecaster.from_bytes(blob, spec=pipeline.model.spec)

@@ -27,7 +27,12 @@ from typing import Any
 import numpy as np
 
 from openanomaly.errors import ModelError
-from openanomaly.models.base import QuantileForecast, check_forecast, validate_quantile_levels
+from openanomaly.models.base import (
+    QuantileForecast,
+    check_forecast,
+    reject_unknown_params,
+    validate_quantile_levels,
+)
 
 __all__ = ["GPU_ACCELERATORS", "NHITSForecaster"]
 
@@ -42,8 +47,42 @@ _DEFAULTS: dict[str, Any] = {
     # in seconds on CPU, and lightning's "auto" would grab any visible GPU, also in tests.
     "accelerator": "cpu",
 }
-# accelerator values that make the job request a GPU for NHITS actors (jobs._gpus).
+# accelerator values that make the job request a GPU for NHITS actors (registry fact ``gpu``).
 GPU_ACCELERATORS = ("gpu", "cuda", "auto")
+_ACCELERATORS = ("cpu", *GPU_ACCELERATORS)
+# NHITS constructor options that make sense in YAML (h, input_size and loss are set from
+# the pipeline; exogenous lists, optimiser classes and callbacks do not fit a config file),
+# plus lightning Trainer options that are passed through.
+_PARAMS = (
+    "max_steps",
+    "mlp_units",
+    "batch_size",
+    "scaler_type",
+    "learning_rate",
+    "random_seed",
+    "stack_types",
+    "n_blocks",
+    "n_pool_kernel_size",
+    "n_freq_downsample",
+    "pooling_mode",
+    "interpolation_mode",
+    "dropout_prob_theta",
+    "activation",
+    "num_lr_decays",
+    "early_stop_patience_steps",
+    "val_check_steps",
+    "valid_batch_size",
+    "windows_batch_size",
+    "inference_windows_batch_size",
+    "start_padding_enabled",
+    "step_size",
+    "drop_last_loader",
+    "optimizer_kwargs",
+    "lr_scheduler_kwargs",
+    "dataloader_kwargs",
+    "accelerator",
+    "precision",
+)
 
 
 def _long_frame(values: np.ndarray) -> Any:
@@ -77,6 +116,24 @@ class NHITSForecaster:
         )
 
     @classmethod
+    def check_params(cls, name: str, **params: Any) -> None:
+        """Validate options at config load, without importing neuralforecast or torch.
+
+        Raises:
+            ModelError: an unknown option, a bad ``accelerator`` or ``max_steps``.
+        """
+        spec = f"neuralforecast:{name}"
+        reject_unknown_params(params, _PARAMS, spec=spec)
+        accelerator = params.get("accelerator", "cpu")
+        if accelerator not in _ACCELERATORS:
+            raise ModelError(
+                f"accelerator must be one of {', '.join(_ACCELERATORS)}, got {accelerator!r}", spec=spec
+            )
+        steps = params.get("max_steps", 1)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ModelError(f"max_steps must be a positive integer, got {steps!r}", spec=spec)
+
+    @classmethod
     def fit(
         cls,
         values: np.ndarray,
@@ -107,7 +164,6 @@ class NHITSForecaster:
                 f"no series has {input_size + horizon} points (context + horizon) to train on", spec=spec
             )
         options = {**_DEFAULTS, **params}
-        options.pop("season_length", None)
         for logger in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
             logging.getLogger(logger).setLevel(logging.ERROR)
         try:

@@ -28,13 +28,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
 from openanomaly.errors import DataError, ModelError
-from openanomaly.models.base import QuantileForecast, check_forecast, validate_quantile_levels
+from openanomaly.models.base import (
+    QuantileForecast,
+    check_forecast,
+    reject_unknown_params,
+    validate_quantile_levels,
+)
 from openanomaly.models.baselines import as_contexts
 from openanomaly.models.registry import STATSFORECAST_MODELS
 
@@ -42,6 +47,7 @@ __all__ = ["STATS_MODELS", "StatsForecaster", "clean_context", "interval_keys", 
 
 STATS_MODELS = STATSFORECAST_MODELS
 
+_PARAMS = ("season_length", "too_short", "model_params")
 # Models that cannot run without a season length.
 _NEEDS_SEASON = {"MSTL", "SeasonalNaive"}
 
@@ -172,15 +178,20 @@ class StatsForecaster:
         Raises:
             ModelError: unknown option, unknown model, bad ``season_length``/``too_short``.
         """
-        unknown = set(params) - {"season_length", "too_short", "model_params"}
-        if unknown:
-            raise ModelError(
-                f"unknown params {sorted(unknown)}; known: season_length, too_short, model_params",
-                spec=f"statsforecast:{name}",
-            )
+        reject_unknown_params(params, _PARAMS, spec=f"statsforecast:{name}")
         cls._checked(
             name, season_length=params.get("season_length"), too_short=params.get("too_short", "error")
         )
+
+    @classmethod
+    def context_needed(cls, name: str, params: Mapping[str, Any]) -> int:
+        """Fewest context points ``name`` with ``params`` forecasts from (registry fact).
+
+        Config validation compares it with ``schedule.context``: a shorter context would
+        make every window fail (or, with ``too_short: nan``, score nothing).
+        """
+        spec = f"statsforecast:{name}"
+        return min_context(name, season_lengths(params.get("season_length"), spec=spec))
 
     @staticmethod
     def _checked(model: str, *, season_length: Any, too_short: Any) -> list[int]:

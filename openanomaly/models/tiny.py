@@ -18,11 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["BOLT_QUANTILES", "CHRONOS2_QUANTILES", "build_tiny_chronos"]
+from openanomaly.models.chronos import BOLT_QUANTILES, CHRONOS2_QUANTILES
 
-# The levels the released checkpoints were trained on.
-BOLT_QUANTILES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-CHRONOS2_QUANTILES = [0.01, *(round(0.05 * i, 2) for i in range(1, 20)), 0.99]  # 21 levels
+__all__ = ["BOLT_QUANTILES", "CHRONOS2_QUANTILES", "build_tiny_chronos"]
 
 
 def build_tiny_chronos(
@@ -111,7 +109,7 @@ def _tiny_bolt(*, prediction_length: int, context_length: int, size: str):  # ty
             "prediction_length": prediction_length,
             "input_patch_size": 16,
             "input_patch_stride": 16,
-            "quantiles": BOLT_QUANTILES,
+            "quantiles": list(BOLT_QUANTILES),
             "use_reg_token": True,
         },
     )
@@ -136,7 +134,7 @@ def _tiny_chronos2(*, prediction_length: int, context_length: int, size: str):  
             "input_patch_size": patch,
             "input_patch_stride": patch,
             "output_patch_size": patch,
-            "quantiles": CHRONOS2_QUANTILES,
+            "quantiles": list(CHRONOS2_QUANTILES),
             "use_reg_token": True,
             "use_arcsinh": True,
             "max_output_patches": -(-prediction_length // patch),

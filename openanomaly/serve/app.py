@@ -41,7 +41,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from openanomaly.config import Pipeline
-from openanomaly.errors import ConfigError, DataError, ModelError
+from openanomaly.errors import ConfigError, DataError, ModelError, SchedulerUnavailable
 from openanomaly.models.base import QuantileForecast
 from openanomaly.scheduler import DEFAULT_NAME, DEFAULT_NAMESPACE, ensure_scheduler
 from openanomaly.series import SeriesMatrix
@@ -247,10 +247,6 @@ def _bearer_user(token: str) -> Callable[[Request], str | None]:
         return "api" if hmac.compare_digest(given.encode(), token.encode()) else None
 
     return user
-
-
-class SchedulerUnavailable(Exception):
-    """The pipeline endpoints were called but no scheduler actor is running (503)."""
 
 
 @fastapi_app.exception_handler(SchedulerUnavailable)

@@ -35,7 +35,7 @@ from ray import serve
 
 from openanomaly.errors import ConfigError, ModelError
 from openanomaly.models.base import Forecaster, QuantileForecast, check_forecast
-from openanomaly.models.registry import load_forecaster, split_spec, validate_params
+from openanomaly.models.registry import load_forecaster, model_info, validate_params
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",
@@ -215,15 +215,14 @@ def forecast_batch(
 
 
 def model_params(spec: str, params: dict[str, Any], *, device: str) -> dict[str, Any]:
-    """The adapter params with the replica's device filled in (Chronos only).
+    """The adapter params with the replica's device filled in (adapters with a ``device`` param).
 
     The Chronos adapter's ``dtype: auto`` then picks bfloat16 on CUDA (half the memory,
     about twice the throughput, forecasts indistinguishable at metric scale) and float32
     on CPU; ``params`` can still set ``device``/``dtype`` explicitly.
     """
-    prefix, _ = split_spec(spec)
     out = dict(params)
-    if prefix == "chronos":
+    if model_info(spec, params).device_param:
         out.setdefault("device", device)
     return out
 

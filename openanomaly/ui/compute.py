@@ -25,9 +25,11 @@ import numpy as np
 from pydantic import ValidationError
 
 from openanomaly.config import Pipeline, parse_duration
+from openanomaly.csvseries import read_csv_series
 from openanomaly.detect import Detection
-from openanomaly.errors import OpenAnomalyError
+from openanomaly.errors import OpenAnomalyError, PlaygroundInputError
 from openanomaly.series import format_labels
+from openanomaly.times import format_iso, parse_time
 from openanomaly.window import fetch, score_range, scored_range
 
 if TYPE_CHECKING:
@@ -74,14 +76,6 @@ MODEL_CHOICES = (
 """Specs offered in the model picker; any registry spec (``chronos:/models/bolt-small``) can be typed."""
 
 _AD_HOC = "playground"
-
-
-class PlaygroundInputError(OpenAnomalyError):
-    """A playground form field is wrong. ``field`` names it (as labelled in the form)."""
-
-    def __init__(self, message: str, *, field: str) -> None:
-        self.field = field
-        super().__init__(f"{field}: {message}")
 
 
 @dataclass(frozen=True)
@@ -168,7 +162,7 @@ def _duration(value: Any) -> str:
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return format_iso(ms, sep=" ")
 
 
 def _check_duration(text: str, *, field: str) -> str:
@@ -245,8 +239,6 @@ def resolve_range(choice: str, *, start: str = "", end: str = "", now_ms: int) -
     Raises:
         PlaygroundInputError: unknown preset, unparsable time, or end not after start.
     """
-    from openanomaly.cli import parse_time
-
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
     if choice != "custom":
         if not choice.startswith("last "):
@@ -348,8 +340,6 @@ def run_csv(
             than the context plus one step, or longer than ``max_points``.
         DataError, ModelError: as :func:`run_query`.
     """
-    from openanomaly.cli import read_csv_series
-
     path = Path(path)
     try:
         series = read_csv_series(path, step_ms=pipeline.step_ms, name="value")
