@@ -405,11 +405,11 @@ def _result(
 def _episodes(detection: Detection, *, step_ms: int) -> pd.DataFrame:
     import pandas as pd
 
-    from openanomaly.cli import EpisodeCollector
+    from openanomaly.episodes import EpisodeCollector, by_peak
 
-    collector = EpisodeCollector(step_ms=step_ms)
+    collector = EpisodeCollector(pipeline=_AD_HOC, step_ms=step_ms)
     collector.add(detection)
-    episodes = sorted(collector.episodes, key=lambda e: e.max_score, reverse=True)
+    episodes = by_peak(collector.episodes)
     return pd.DataFrame(
         {
             "start": [_iso(e.start_ms) for e in episodes],
