@@ -17,7 +17,7 @@ import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from openanomaly.models.base import Forecaster
 
 __all__ = [
+    "AD_HOC_FORM",
     "DEFAULT_MAX_POINTS",
     "DEFAULT_MAX_SERIES",
     "MODEL_CHOICES",
@@ -45,6 +46,7 @@ __all__ = [
     "PlaygroundResult",
     "build_pipeline",
     "chart_json",
+    "infer_step",
     "load_model",
     "make_chart",
     "resolve_range",
@@ -73,6 +75,20 @@ MODEL_CHOICES = (
 """Specs offered in the model picker; any registry spec (``chronos:/models/bolt-small``) can be typed."""
 
 _AD_HOC = "playground"
+
+AD_HOC_FORM: Mapping[str, Any] = {
+    "query": "",
+    "model": "default",
+    "step": "1m",
+    "context": "2d",
+    "infer_every": "1m",
+    "q_low": 0.05,
+    "q_high": 0.95,
+}
+"""Form values when no configured pipeline is picked. ``default`` is the model a user
+should try first, and it needs days of context: its band is the record residual of the
+last 576 points and its seasons need three cycles, so the config's 1h default would leave
+it guessing. A CSV upload replaces the step with the file's own (:func:`infer_step`)."""
 
 
 class PlaygroundInputError(OpenAnomalyError):
@@ -280,6 +296,29 @@ def load_model(pipeline: Pipeline) -> Forecaster:
     """
     params = json.dumps(pipeline.model.params, sort_keys=True, default=str)
     return _cached_model(pipeline.model.spec, params)
+
+
+def infer_step(path: str | Path) -> str:
+    """The sampling interval of a ``timestamp,value`` CSV: the median spacing of its
+    timestamps, as a duration string (``5m``). Gaps and jitter do not change the median.
+
+    Raises:
+        PlaygroundInputError: unreadable file, wrong columns, or fewer than two timestamps.
+    """
+    import pandas as pd
+
+    from openanomaly.config import format_duration
+
+    path = Path(path)
+    try:
+        stamps = pd.to_datetime(pd.read_csv(path, usecols=["timestamp"])["timestamp"], utc=True)
+    except (OSError, ValueError) as error:
+        message = f"cannot read timestamps from {path.name!r}: {error}"
+        raise PlaygroundInputError(message, field="CSV file") from None
+    spacing = np.diff(np.unique(stamps.dt.as_unit("ms").astype("int64").to_numpy()))
+    if spacing.size == 0:
+        raise PlaygroundInputError(f"{path.name!r} needs at least two timestamps", field="CSV file")
+    return format_duration(timedelta(milliseconds=int(np.median(spacing))))
 
 
 # ----------------------------------------------------------------------------- runs
