@@ -545,8 +545,13 @@ def make_chart(result: PlaygroundResult, *, width: int = 820) -> alt.VConcatChar
 
 def chart_json(chart: alt.TopLevelMixin) -> str:
     """The chart's Vega-Lite JSON with no row limit (Altair refuses > 5000 rows by default;
-    the playground bounds points with ``max_points`` instead)."""
+    the playground bounds points with ``max_points`` instead).
+
+    It asks vega-embed for the SVG renderer (``usermeta.embedOptions``): each mark is then
+    an element with an ``aria-label`` naming its time and value, which screen readers and
+    the real-browser test (``tests/test_ui_browser.py``) can read; a canvas is opaque.
+    """
     import altair as alt
 
     with alt.data_transformers.disable_max_rows():
-        return chart.to_json()
+        return chart.properties(usermeta={"embedOptions": {"renderer": "svg"}}).to_json()
