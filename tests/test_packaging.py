@@ -60,7 +60,9 @@ def test_compose_openanomaly_serves_on_all_interfaces_and_runs_the_scheduler() -
     assert serve["http_options"]["host"] == "0.0.0.0"  # the published port must reach it
     (app,) = serve["applications"]
     assert app["import_path"] == "openanomaly.serve.app:build_app"
-    AppSettings.model_validate(app["args"])
+    settings = AppSettings.model_validate(app["args"])
+    deployments = {"Ingress"} | {f"Forecaster-{name}" for name in settings.models}
+    assert {d["name"] for d in app["deployments"]} <= deployments  # Serve rejects unknown names
     pipelines = mounts["/etc/openanomaly/pipelines.yaml"]
     config = load_config(pipelines.read_text(), source=str(pipelines), env={})
     assert config.pipelines[0].model.spec == "default"
