@@ -85,13 +85,14 @@ def test_compose_victoriametrics_dedups_and_grafana_gets_the_dashboard() -> None
 @pytest.mark.integration
 def test_demo_writer_backfills_and_appends_live_points(victoria_metrics: TSDBServer) -> None:
     # 1-second steps so that two live steps take two seconds; the compose demo uses 1m.
+    # (job="": not the copies tests/test_dashboard.py writes with a job label.)
     written = run(victoria_metrics.settings, history_ms=600_000, step_ms=1000, iterations=2)
     assert written >= len(LABELS) * 603
     victoria_metrics.flush()
     response = httpx.get(
         f"{victoria_metrics.url}/api/v1/query",
         params={
-            "query": 'count_over_time({__name__=~"demo_.+"}[1h]) keep_metric_names',
+            "query": 'count_over_time({__name__=~"demo_.+", job=""}[1h]) keep_metric_names',
             "time": time.time() + 5,
         },
     )
