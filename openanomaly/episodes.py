@@ -184,8 +184,10 @@ def print_label_check(check: LabelCheck, *, top: int, stream: TextIO | None = No
     else:
         print("false alarms: none (no episode outside the windows)", file=stream)
     true, false = check.true_episodes, len(check.false_alarms)
+    false_points = sum(e.points for e in check.false_alarms)
     print(
         f"precision {true}/{true + false} episodes = {check.precision:.2f}, "
-        f"recall {check.detected}/{len(check.windows)} windows = {check.recall:.2f}",
+        f"recall {check.detected}/{len(check.windows)} windows = {check.recall:.2f}; "
+        f"{false_points} flagged points are false alarms",
         file=stream,
     )

@@ -118,7 +118,7 @@ def test_example_parquet_and_other_model(tmp_path, capsys):
     assert "with model mad" in text
     # The baseline's false alarms are shown, not hidden behind "all windows detected".
     assert "false alarms (outside every window)" in text
-    assert "precision 28/291 episodes = 0.10, recall 3/3 windows = 1.00" in text
+    assert "precision 28/291 episodes = 0.10, recall 3/3 windows = 1.00; 322 flagged points" in text
     assert len(pd.read_parquet(out)) == 2591
 
 
