@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
-from openanomaly.config import Config, Pipeline
+from openanomaly.config import Config, Pipeline, format_duration
 from openanomaly.configstore import YamlConfigStore
 from openanomaly.csvseries import read_csv_series
 from openanomaly.detect import check_input
+from openanomaly.episodes import EpisodeCollector, check_labels, print_episodes, print_label_check
 from openanomaly.errors import ConfigError, OpenAnomalyError, UsageError
 from openanomaly.series import format_labels
 from openanomaly.times import format_iso as _iso
@@ -44,83 +43,6 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 """Bundled example pipelines and data (present in a source checkout)."""
 
 EXIT_USER_ERROR = 2
-
-
-# --------------------------------------------------------------------------- episodes
-
-
-@dataclass
-class Episode:
-    """A run of consecutive anomalous points (score > 1) of one series."""
-
-    series: str
-    start_ms: int
-    end_ms: int
-    points: int
-    max_score: float
-    peak_ms: int
-    peak_value: float
-
-
-class EpisodeCollector:
-    """Collects anomaly episodes batch by batch, merging runs that cross a batch edge."""
-
-    def __init__(self, *, step_ms: int) -> None:
-        self.step_ms = step_ms
-        self.episodes: list[Episode] = []
-        self._open: dict[str, Episode] = {}
-
-    def add(self, detection: Detection) -> None:
-        with np.errstate(invalid="ignore"):
-            flags = detection.anomaly_score > 1
-        ts = detection.timestamps
-        for row in np.flatnonzero(flags.any(axis=1)):
-            series = format_labels(detection.labels[row])
-            hits = np.flatnonzero(flags[row])
-            breaks = np.flatnonzero(np.diff(hits) > 1)
-            for run in np.split(hits, breaks + 1):
-                scores = detection.anomaly_score[row, run]
-                peak = int(run[np.argmax(scores)])
-                episode = Episode(
-                    series,
-                    int(ts[run[0]]),
-                    int(ts[run[-1]]),
-                    len(run),
-                    float(scores.max()),
-                    int(ts[peak]),
-                    float(detection.actual[row, peak]),
-                )
-                previous = self._open.get(series)
-                if previous is not None and previous.end_ms + self.step_ms == episode.start_ms:
-                    previous.end_ms, previous.points = episode.end_ms, previous.points + episode.points
-                    if episode.max_score > previous.max_score:
-                        previous.max_score, previous.peak_ms = episode.max_score, episode.peak_ms
-                        previous.peak_value = episode.peak_value
-                    continue
-                self.episodes.append(episode)
-                self._open[series] = episode
-
-    def top(self, count: int) -> list[Episode]:
-        return sorted(self.episodes, key=lambda e: e.max_score, reverse=True)[:count]
-
-
-def _print_episodes(episodes: Sequence[Episode], *, total: int, stream: Any = None) -> None:
-    stream = stream or sys.stdout
-    if not total:
-        print("no anomalies (no point scored above 1)", file=stream)
-        return
-    if not episodes:
-        print(f"{total} anomaly episodes (none listed: raise --top to see them)", file=stream)
-        return
-    print(f"top {len(episodes)} of {total} anomaly episodes (by peak score):", file=stream)
-    header = f"  {'start (UTC)':<20} {'end (UTC)':<20} {'points':>6} {'peak':>8} {'value':>12}  series"
-    print(header, file=stream)
-    for e in episodes:
-        print(
-            f"  {_iso(e.start_ms):<20} {_iso(e.end_ms):<20} {e.points:>6} {e.max_score:>8.2f} "
-            f"{e.peak_value:>12.6g}  {e.series}",
-            file=stream,
-        )
 
 
 # --------------------------------------------------------------------------- tables for --out
@@ -391,7 +313,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     forecasters = {p.name: _forecaster(p) for p in pipelines}
 
     collectors = [FrameCollector(p.name) for p in pipelines]
-    episodes = [EpisodeCollector(step_ms=p.step_ms) for p in pipelines]
+    episodes = [EpisodeCollector(pipeline=p.name, step_ms=p.step_ms) for p in pipelines]
     tallies = [Tally() for _ in pipelines]
     ranges = [(start_ms // p.step_ms * p.step_ms, end_ms // p.step_ms * p.step_ms) for p in pipelines]
     with PrometheusClient(config.settings.tsdb) as client, _progress_bar("backtest") as progress:
@@ -433,7 +355,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         rows = _write_out(out, collectors)
         print(f"wrote {rows} scored points to {out}")
     every = [episode for collector in episodes for episode in collector.episodes]
-    _print_episodes(sorted(every, key=lambda e: e.max_score, reverse=True)[: args.top], total=len(every))
+    print_episodes(every, top=args.top)
     return 0
 
 
@@ -469,34 +391,21 @@ def cmd_example(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_out(out)
     rows = _write_out(out, [frame])
-    episodes = EpisodeCollector(step_ms=pipeline.step_ms)
+    episodes = EpisodeCollector(pipeline=pipeline.name, step_ms=pipeline.step_ms)
     episodes.add(detection)
-    print(
-        f"scored {detection.points_scored} points, {_count_above_one(detection)} above 1; "
-        f"wrote {rows} rows to {out}"
-    )
-    _print_episodes(episodes.top(args.top), total=len(episodes.episodes))
-    labels_path = EXAMPLES_DIR / "data" / "labels.json"
-    if labels_path.exists():
-        windows = json.loads(labels_path.read_text()).get(data.name, [])
-        _print_label_check(windows, episodes.episodes)
-    return 0
-
-
-def _count_above_one(detection: Detection) -> int:
     with np.errstate(invalid="ignore"):
-        return int(np.count_nonzero(detection.anomaly_score > 1))
-
-
-def _print_label_check(windows: Sequence[Sequence[str]], episodes: Sequence[Episode]) -> None:
-    """Which labelled anomaly windows (NAB) an episode falls into."""
-    print("labelled anomaly windows (NAB):")
-    for begin, end in windows:
-        lo, hi = parse_time(begin), parse_time(end)
-        inside = [e for e in episodes if e.start_ms <= hi and e.end_ms >= lo]
-        peak = max((e.max_score for e in inside), default=math.nan)
-        verdict = f"detected, peak score {peak:.2f}" if inside else "missed"
-        print(f"  {_iso(lo)} .. {_iso(hi)}: {verdict}")
+        flagged = int(np.count_nonzero(detection.anomaly_score > 1))
+    context = format_duration(pipeline.schedule.context)
+    print(
+        f"scored {detection.points_scored} points after {context} of context, "
+        f"{flagged} above 1 in {len(episodes.episodes)} episodes; wrote {rows} rows to {out}"
+    )
+    print_episodes(episodes.episodes, top=args.top)
+    labels = json.loads((EXAMPLES_DIR / "data" / "labels.json").read_text())[data.name]
+    windows = [(parse_time(begin), parse_time(end)) for begin, end in labels]
+    print(f"\nagainst the NAB labels (examples/data/labels.json, {len(windows)} windows):")
+    print_label_check(check_labels(episodes.episodes, windows), top=args.top)
+    return 0
 
 
 # --------------------------------------------------------------------------- entry point

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -196,7 +197,7 @@ def test_rendered_pipelines_load_as_openanomaly_config(
     """pipelines.yaml loads the way the pods load it: ${VAR}s from the Secret's keys."""
     docs = rendered[case]
     env = _by_name(docs, "Secret")[f"{RELEASE}-openanomaly-env"]["stringData"]
-    text = _one(docs, "ConfigMap")["data"]["pipelines.yaml"]
+    text = _by_name(docs, "ConfigMap")[f"{RELEASE}-openanomaly-config"]["data"]["pipelines.yaml"]
     config = load_config(text, source="pipelines.yaml", env=env)
     if case == "inline-pipelines":
         assert [p.name for p in config.pipelines] == ["node-cpu"]
@@ -218,7 +219,8 @@ def test_every_ray_container_gets_config_and_credentials(
         "AWS_SECRET_ACCESS_KEY",
         "OPENANOMALY_API_TOKEN",
     }
-    config_map = _one(docs, "ConfigMap")["metadata"]["name"]
+    config_map = f"{RELEASE}-openanomaly-config"
+    assert config_map in _by_name(docs, "ConfigMap")
     for group, template in _pod_templates(_one(docs, "RayService")):
         (container,) = template["spec"]["containers"]
         assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}], group
@@ -243,7 +245,8 @@ def test_token_auth_on_by_default_with_chart_made_secret(
 
 def test_gpu_group_and_existing_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["gpu-existing-secrets"]
-    assert not [d for d in docs if d["kind"] in ("Secret", "ConfigMap")], "existing objects reused"
+    made = [d["metadata"]["name"] for d in docs if d["kind"] in ("Secret", "ConfigMap")]
+    assert made == [f"{RELEASE}-openanomaly-dashboard"], "existing objects reused"
     cluster = _one(docs, "RayService")["spec"]["rayClusterConfig"]
     assert cluster["authOptions"] == {"mode": "token", "secretName": "ray-auth-token"}
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
@@ -335,3 +338,17 @@ def test_stack_chart_conditions_and_wiring(tmp_path: Path) -> None:
         "name": f"{RELEASE}-minio",
         "key": "rootUser",
     }
+
+
+def test_grafana_dashboard_configmap_for_the_sidecar(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    dashboard = _by_name(rendered["defaults"], "ConfigMap")[f"{RELEASE}-openanomaly-dashboard"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = (CHART / "files" / "openanomaly-dashboard.json").read_text()
+    assert json.loads(dashboard["data"]["openanomaly-dashboard.json"]) == json.loads(shipped)
+    off = _template(CHART, "--set", "grafanaDashboard.enabled=false")
+    assert f"{RELEASE}-openanomaly-dashboard" not in _by_name(off, "ConfigMap")
+
+
+def test_stack_victoriametrics_deduplicates_retried_writes() -> None:
+    values = yaml.safe_load((STACK / "values.yaml").read_text())
+    assert values["victoria-metrics-single"]["server"]["extraArgs"]["dedup.minScrapeInterval"] == "1ms"

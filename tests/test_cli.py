@@ -131,8 +131,11 @@ def test_example_runs_without_tsdb(tmp_path, capsys):
     out = tmp_path / "example.csv"
     assert main(["example", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "top 5 of" in text
-    assert text.count("detected, peak score") == 3  # all three labelled NAB windows
+    assert "with model default" in text  # the quick start runs the tuned detector
+    assert "top 4 of 4 anomaly episodes" in text
+    assert text.count(": detected by ") == 3  # all three labelled NAB windows
+    assert "false alarms: none" in text
+    assert "precision 4/4 episodes = 1.00, recall 3/3 windows = 1.00" in text
     frame = pd.read_csv(out)
     assert list(frame.columns) == [
         "timestamp",
@@ -144,15 +147,19 @@ def test_example_runs_without_tsdb(tmp_path, capsys):
         "yhat_lower",
         "yhat_upper",
     ]
-    assert len(frame) > 3000
+    assert len(frame) == 2591  # 14 days less 5 days of context, at 5 min
     assert (frame["yhat_lower"] <= frame["yhat_upper"]).all()
 
 
 def test_example_parquet_and_other_model(tmp_path, capsys):
     out = tmp_path / "example.parquet"
-    assert main(["example", "--out", str(out), "--model", "zscore"]) == 0
-    assert "with model zscore" in capsys.readouterr().out
-    assert len(pd.read_parquet(out)) > 3000
+    assert main(["example", "--out", str(out), "--model", "mad"]) == 0
+    text = capsys.readouterr().out
+    assert "with model mad" in text
+    # The baseline's false alarms are shown, not hidden behind "all windows detected".
+    assert "false alarms (outside every window)" in text
+    assert "precision 28/291 episodes = 0.10, recall 3/3 windows = 1.00; 322 flagged points" in text
+    assert len(pd.read_parquet(out)) == 2591
 
 
 def test_bundled_pipelines_file_validates(capsys, monkeypatch):

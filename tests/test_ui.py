@@ -4,6 +4,7 @@ errors, and the page built and mounted on a FastAPI app (no browser)."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import gradio as gr
@@ -13,7 +14,7 @@ import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from openanomaly.config import TSDBSettings
+from openanomaly.config import TSDBSettings, parse_duration
 from openanomaly.errors import DataError, QueryError
 from openanomaly.series import SeriesMatrix
 from openanomaly.tsdb import PrometheusClient
@@ -23,6 +24,7 @@ from openanomaly.ui.compute import (
     PlaygroundInputError,
     build_pipeline,
     chart_json,
+    infer_step,
     resolve_range,
 )
 from tests.fixtures.servers import TSDBServer, free_port, unique_metric
@@ -248,6 +250,30 @@ def test_csv_mode_scores_an_uploaded_file_without_a_tsdb(tmp_path: Path) -> None
         *_form(source=SOURCES[1], csv_path=str(path), step="5m", context="2h", infer_every="5m")
     )
     assert plot is not None and "1/1 series scored" in summary and len(episodes) >= 1
+
+
+def test_csv_step_is_inferred_from_the_file(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "five-minutes.csv")
+    assert infer_step(path) == "5m"
+    # A blank step (what the upload handler would have filled in) takes the file's own.
+    plot, summary, _ = Playground().handle(
+        *_form(source=SOURCES[1], csv_path=str(path), step="", infer_every="", context="2h")
+    )
+    assert plot is not None and "step 5m" in summary and "0/1 series" not in summary
+    single = tmp_path / "one.csv"
+    single.write_text("timestamp,value\n2024-01-01 00:00:00,1\n")
+    with pytest.raises(PlaygroundInputError, match=r"CSV file: 'one\.csv' needs at least two timestamps"):
+        infer_step(single)
+
+
+def test_ad_hoc_form_defaults_give_default_days_of_context() -> None:
+    form = Playground().form_for(AD_HOC)
+    assert form["model"] == "default"
+    assert parse_duration(form["context"]) >= timedelta(days=2)  # not the config's 1h
+    pipeline = build_pipeline(
+        **{key: form[key] for key in ("model", "step", "context", "infer_every")}, query="up"
+    )
+    assert pipeline.context_points >= 576  # default's record window (history) fits in the context
 
 
 def test_csv_mode_errors_name_the_file_or_field(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from openanomaly.config import Config, Pipeline, TSDBSettings
 from openanomaly.configstore import ConfigStore, YamlConfigStore
 from openanomaly.errors import OpenAnomalyError
 from openanomaly.ui.compute import (
+    AD_HOC_FORM,
     DEFAULT_MAX_SERIES,
     MODEL_CHOICES,
     RANGE_CHOICES,
@@ -30,6 +31,7 @@ from openanomaly.ui.compute import (
     PlaygroundResult,
     build_pipeline,
     chart_json,
+    infer_step,
     load_model,
     make_chart,
     resolve_range,
@@ -147,15 +149,7 @@ class Playground:
         """Form values for a pipeline choice (query, model, step, context, forecast every, band)."""
         pipeline = self.pipeline(name)
         if pipeline is None:
-            return {
-                "query": "",
-                "model": "default",
-                "step": "1m",
-                "context": "1h",
-                "infer_every": "1m",
-                "q_low": 0.05,
-                "q_high": 0.95,
-            }
+            return dict(AD_HOC_FORM)
         from openanomaly.config import format_duration
 
         low, high = pipeline.scoring.quantiles
@@ -195,6 +189,9 @@ class Playground:
                 (:class:`PlaygroundInputError`, ``QueryError``, ``DataError``, ``ModelError``).
         """
         base = self.pipeline(pipeline_name) if source == SOURCES[0] else None
+        if source == SOURCES[1] and csv_path and not (step or "").strip():
+            step = infer_step(csv_path)
+            infer_every = infer_every if (infer_every or "").strip() else step
         if q_low is None or q_high is None:
             raise PlaygroundInputError("set both band quantiles", field="Band quantiles")
         pipeline = build_pipeline(
@@ -363,7 +360,22 @@ def build_playground(
                 values["q_high"],
             )
 
+        def pick_csv(path: str | None) -> tuple[Any, Any]:
+            # The file's own interval: a 5-minute CSV at the default 1m step would be 80 % gaps.
+            if not path:
+                return gr.update(), gr.update()
+            try:
+                inferred = infer_step(path)
+            except OpenAnomalyError as error:
+                raise gr.Error(str(error), print_exception=False) from None
+            return inferred, inferred
+
+        def clear() -> tuple[None, str, None]:
+            # Before every run, so a failed run leaves no chart or table of the previous one.
+            return None, "Running…", None
+
         source.change(pick_source, source, [tsdb_group, csv_group])
+        csv_file.upload(pick_csv, csv_file, [step, infer_every])
         range_choice.change(pick_range, range_choice, custom_row)
         pipeline.change(pick_pipeline, pipeline, [query, model, step, context, infer_every, q_low, q_high])
         inputs = [
@@ -383,8 +395,11 @@ def build_playground(
             q_high,
             max_series,
         ]
-        run.click(playground.handle, inputs, [plot, summary, episodes], concurrency_limit=1)
-        query.submit(playground.handle, inputs, [plot, summary, episodes], concurrency_limit=1)
+        outputs = [plot, summary, episodes]
+        for trigger in (run.click, query.submit):
+            trigger(clear, None, outputs, queue=False).then(
+                playground.handle, inputs, outputs, concurrency_limit=1
+            )
     return blocks
 
 

@@ -17,7 +17,7 @@ import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from openanomaly.window import TSDBClient
 
 __all__ = [
+    "AD_HOC_FORM",
     "DEFAULT_MAX_POINTS",
     "DEFAULT_MAX_SERIES",
     "MODEL_CHOICES",
@@ -48,6 +49,7 @@ __all__ = [
     "PlaygroundResult",
     "build_pipeline",
     "chart_json",
+    "infer_step",
     "load_model",
     "make_chart",
     "resolve_range",
@@ -76,6 +78,20 @@ MODEL_CHOICES = (
 """Specs offered in the model picker; any registry spec (``chronos:/models/bolt-small``) can be typed."""
 
 _AD_HOC = "playground"
+
+AD_HOC_FORM: Mapping[str, Any] = {
+    "query": "",
+    "model": "default",
+    "step": "1m",
+    "context": "2d",
+    "infer_every": "1m",
+    "q_low": 0.05,
+    "q_high": 0.95,
+}
+"""Form values when no configured pipeline is picked. ``default`` is the model a user
+should try first, and it needs days of context: its band is the record residual of the
+last 576 points and its seasons need three cycles, so the config's 1h default would leave
+it guessing. A CSV upload replaces the step with the file's own (:func:`infer_step`)."""
 
 
 @dataclass(frozen=True)
@@ -275,6 +291,29 @@ def load_model(pipeline: Pipeline) -> Forecaster:
     return _cached_model(pipeline.model.spec, params)
 
 
+def infer_step(path: str | Path) -> str:
+    """The sampling interval of a ``timestamp,value`` CSV: the median spacing of its
+    timestamps, as a duration string (``5m``). Gaps and jitter do not change the median.
+
+    Raises:
+        PlaygroundInputError: unreadable file, wrong columns, or fewer than two timestamps.
+    """
+    import pandas as pd
+
+    from openanomaly.config import format_duration
+
+    path = Path(path)
+    try:
+        stamps = pd.to_datetime(pd.read_csv(path, usecols=["timestamp"])["timestamp"], utc=True)
+    except (OSError, ValueError) as error:
+        message = f"cannot read timestamps from {path.name!r}: {error}"
+        raise PlaygroundInputError(message, field="CSV file") from None
+    spacing = np.diff(np.unique(stamps.dt.as_unit("ms").astype("int64").to_numpy()))
+    if spacing.size == 0:
+        raise PlaygroundInputError(f"{path.name!r} needs at least two timestamps", field="CSV file")
+    return format_duration(timedelta(milliseconds=int(np.median(spacing))))
+
+
 # ----------------------------------------------------------------------------- runs
 
 
@@ -396,11 +435,11 @@ def _result(
 def _episodes(detection: Detection, *, step_ms: int) -> pd.DataFrame:
     import pandas as pd
 
-    from openanomaly.cli import EpisodeCollector
+    from openanomaly.episodes import EpisodeCollector, by_peak
 
-    collector = EpisodeCollector(step_ms=step_ms)
+    collector = EpisodeCollector(pipeline=_AD_HOC, step_ms=step_ms)
     collector.add(detection)
-    episodes = sorted(collector.episodes, key=lambda e: e.max_score, reverse=True)
+    episodes = by_peak(collector.episodes)
     return pd.DataFrame(
         {
             "start": [_iso(e.start_ms) for e in episodes],
@@ -497,8 +536,13 @@ def make_chart(result: PlaygroundResult, *, width: int = 820) -> alt.VConcatChar
 
 def chart_json(chart: alt.TopLevelMixin) -> str:
     """The chart's Vega-Lite JSON with no row limit (Altair refuses > 5000 rows by default;
-    the playground bounds points with ``max_points`` instead)."""
+    the playground bounds points with ``max_points`` instead).
+
+    It asks vega-embed for the SVG renderer (``usermeta.embedOptions``): each mark is then
+    an element with an ``aria-label`` naming its time and value, which screen readers and
+    the real-browser test (``tests/test_ui_browser.py``) can read; a canvas is opaque.
+    """
     import altair as alt
 
     with alt.data_transformers.disable_max_rows():
-        return chart.to_json()
+        return chart.properties(usermeta={"embedOptions": {"renderer": "svg"}}).to_json()

@@ -1,0 +1,87 @@
+"""The playground in a real browser: Debian's chromium driven by Playwright (no browser download).
+
+It runs the page as a user would on the bundled example CSV: upload, the step is
+inferred (5m), Run with the form defaults (`default`, 2 days of context), then finds the
+anomaly markers in the rendered chart (SVG marks with their aria-labels), checks they
+agree with the summary, saves the README screenshot (docs/playground.png), and checks
+that a failed run clears the previous chart.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openanomaly.cli import EXAMPLES_DIR
+from openanomaly.ui import build_playground
+from tests.fixtures.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOT = ROOT / "docs" / "playground.png"
+EXAMPLE_CSV = EXAMPLES_DIR / "data" / "ec2_request_latency_system_failure.csv"
+TIMEOUT_MS = 180_000  # a run on 2 shared cores
+
+
+@pytest.fixture(scope="module")
+def page_url() -> Iterator[str]:
+    blocks = build_playground()
+    blocks.queue(default_concurrency_limit=1)
+    _, url, _ = blocks.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True
+    )
+    try:
+        yield url
+    finally:
+        blocks.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium not found: apt-get install -y chromium (see .ci/run)", pytrace=False)
+    with sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_playground_finds_the_example_anomalies_in_a_real_browser(browser, page_url: str) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(page_url)
+    page.get_by_label("CSV upload").check()
+    page.locator("input[type=file][accept='.csv']").set_input_files(str(EXAMPLE_CSV))
+    step = page.get_by_label("Step")
+    page.wait_for_function("el => el.value === '5m'", arg=step.element_handle(), timeout=30_000)
+    assert page.get_by_label("Forecast every").input_value() == "5m"
+    assert page.get_by_label("Context").input_value() == "2d"
+
+    page.get_by_role("button", name="Run").click()
+    summary = page.get_by_text(re.compile(r"series scored, \d+ points")).first
+    summary.wait_for(timeout=TIMEOUT_MS)
+    anomalous = int(re.search(r"(\d+) anomalous", summary.inner_text()).group(1))
+    markers = page.locator("svg.marks g.mark-symbol.role-mark path[aria-label*='kind: anomaly (score > 1)']")
+    markers.first.wait_for(timeout=30_000)
+    labels = markers.evaluate_all("paths => paths.map(p => p.getAttribute('aria-label'))")
+    assert anomalous >= 3 and len(labels) == anomalous  # one red marker per point scoring above 1
+    # The largest labelled incident (2014-03-18 22:41, latency 99.248) is among them.
+    assert any("Mar 18 22:41; value: 99.248;" in label for label in labels), labels
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # A failed run leaves no stale chart: the error shows and the previous result is gone.
+    page.get_by_label("Context").fill("bogus")
+    page.get_by_role("button", name="Run").click()
+    page.get_by_text(re.compile(r"Context: ")).first.wait_for(timeout=30_000)
+    assert page.locator("svg.marks").count() == 0
+    assert page.get_by_text(re.compile(r"series scored")).count() == 0
+    page.close()
