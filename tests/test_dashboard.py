@@ -22,11 +22,11 @@ import pytest
 
 from openanomaly.config import Pipeline
 from openanomaly.demo import INCIDENTS, demo_series
-from openanomaly.detect import backtest_tsdb
 from openanomaly.models.registry import load_forecaster
 from openanomaly.scheduler import PipelineStatus, metrics_text
 from openanomaly.series import SeriesMatrix
 from openanomaly.tsdb import PrometheusClient
+from openanomaly.window import Tally, iter_range, local_scorer, write
 from tests.fixtures.servers import TSDBServer, unique_metric
 
 DASHBOARD = (
@@ -66,9 +66,11 @@ def scored(victoria_metrics: TSDBServer) -> dict[str, Any]:
     with PrometheusClient(victoria_metrics.settings) as client:
         client.remote_write(data)
         victoria_metrics.flush()
-        result = backtest_tsdb(
-            client, pipeline, load_forecaster("default"), start_ms=now - 90 * MINUTE, end_ms=now
-        )
+        tally = Tally()
+        scorer = local_scorer(pipeline, load_forecaster("default"))
+        for detection in iter_range(client, pipeline, scorer, start_ms=now - 90 * MINUTE, end_ms=now):
+            tally.add(detection, *write(client, pipeline, detection))
+        result = tally.result(pipeline, now - 90 * MINUTE, now)
     assert result.anomalies >= len(INCIDENTS)  # every injected incident scores above 1
     for minutes_ago, errors in ((10, 0), (5, 1), (0, 2)):
         status = PipelineStatus(
