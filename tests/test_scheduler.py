@@ -7,6 +7,7 @@ the tests drive time through ``tick(now_ms=...)`` and never sleep.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,44 @@ def test_scheduler_actor_survives_a_bad_file(ray_cluster, tmp_path) -> None:
         assert status["config_error"] is None and [p["name"] for p in status["pipelines"]] == ["cpu"]
     finally:
         ray.kill(actor, no_restart=True)
+
+
+def test_a_run_past_the_time_limit_shows_as_stalled(tmp_path) -> None:
+    release = threading.Event()
+
+    def stuck(settings, pipeline, *, start_ms, end_ms, fit_time_ms):
+        release.wait(30)
+        return type("R", (), {"series_scored": 1, "samples_written": 4})()
+
+    config = _yaml(tmp_path / "p.yaml", PIPE.format(name="slow", query="a"))
+    scheduler = Scheduler(config, store=MemoryStore(), run_window=stuck, now=lambda: T0, window_timeout=0.2)
+    scheduler.tick(T0 + 10 * MIN)
+    try:
+        time.sleep(0.5)
+        (status,) = scheduler.status()["pipelines"]
+        assert status["running"] and status["state"] == "stalled"
+        assert "limit 0.2s" in status["reason"]
+        assert 'openanomaly_pipeline_state{pipeline="slow",state="stalled"} 1.0' in scheduler.metrics()
+    finally:
+        release.set()
+        assert scheduler.wait_idle(30)
+    assert scheduler.status()["pipelines"][0]["state"] == "idle"
+
+
+@pytest.mark.integration
+def test_a_model_that_cannot_be_placed_times_out_visibly(ray_cluster, tmp_path) -> None:
+    """A model actor asking for a GPU the cluster lacks: the window fails with a reason, it never hangs."""
+    from openanomaly.jobs import JobOptions
+
+    config = _yaml(tmp_path / "p.yaml", PIPE.format(name="gpu", query="up"))
+    scheduler = Scheduler(
+        config, store=MemoryStore(), job_options=JobOptions(num_gpus=1), now=lambda: T0, window_timeout=3
+    )
+    try:
+        scheduler.tick(T0 + 10 * MIN, wait=True)
+        (status,) = scheduler.status()["pipelines"]
+        assert status["state"] == "failed" and status["timeouts_total"] == 1
+        assert "WindowTimeout" in status["reason"] and "waiting for resources" in status["reason"]
+        assert status["last_end_ms"] is None  # the window is retried, not skipped
+    finally:
+        scheduler.stop(wait=True)
