@@ -147,7 +147,7 @@ def test_example_runs_without_tsdb(tmp_path, capsys):
         "yhat_lower",
         "yhat_upper",
     ]
-    assert len(frame) == 2591  # 14 days less 5 days of context, at 5 min
+    assert len(frame) == 2592  # 14 days less 5 days of context, at 5 min
     assert (frame["yhat_lower"] <= frame["yhat_upper"]).all()
 
 
@@ -159,7 +159,7 @@ def test_example_parquet_and_other_model(tmp_path, capsys):
     # The baseline's false alarms are shown, not hidden behind "all windows detected".
     assert "false alarms (outside every window)" in text
     assert "precision 28/291 episodes = 0.10, recall 3/3 windows = 1.00; 322 flagged points" in text
-    assert len(pd.read_parquet(out)) == 2591
+    assert len(pd.read_parquet(out)) == 2592
 
 
 def test_bundled_pipelines_file_validates(capsys, monkeypatch):

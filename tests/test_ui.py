@@ -286,7 +286,13 @@ def test_csv_mode_errors_name_the_file_or_field(tmp_path: Path) -> None:
         playground.handle(*_form(source=SOURCES[1], csv_path=str(wrong)))
     short = _write_csv(tmp_path / "short.csv")
     with pytest.raises(gr.Error, match="needs more than the context"):
-        playground.handle(*_form(source=SOURCES[1], csv_path=str(short), step="5m", context="1d"))
+        playground.handle(
+            *_form(source=SOURCES[1], csv_path=str(short), step="5m", infer_every="5m", context="1d")
+        )
+    with pytest.raises(gr.Error, match=r"Forecast every: schedule.infer_every .* whole multiple of step"):
+        playground.handle(
+            *_form(source=SOURCES[1], csv_path=str(short), step="5m", infer_every="1m", context="1d")
+        )
 
 
 # ----------------------------------------------------------------------------- form checks

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
-from openanomaly.config import Pipeline, parse_duration
+from openanomaly.config import Pipeline, Schedule, parse_duration
 from openanomaly.csvseries import read_csv_series
 from openanomaly.detect import Detection
 from openanomaly.errors import OpenAnomalyError, PlaygroundInputError
@@ -227,6 +227,12 @@ def build_pipeline(
         schedule["context"] = _check_duration(context, field="Context")
     if infer_every.strip():
         schedule["infer_every"] = _check_duration(infer_every, field="Forecast every")
+    elif step.strip():
+        # A new step the kept forecast cadence does not fit (1m cadence, 5m CSV): forecast
+        # every point, the finest cadence the grid allows, rather than refuse the form.
+        every = parse_duration(schedule.get("infer_every") or Schedule().infer_every)
+        if every % parse_duration(raw["step"]):
+            schedule["infer_every"] = raw["step"]
     raw["schedule"] = schedule
     if quantiles is not None:
         raw["scoring"] = dict(raw.get("scoring") or {}) | {"quantiles": [float(q) for q in quantiles]}
@@ -244,6 +250,8 @@ def build_pipeline(
         message = problem["msg"].removeprefix("Value error, ")
         if field == "Pipeline" and "schedule.context" in message:  # the step/context cross-check
             field = "Context"
+        elif field == "Pipeline" and "schedule.infer_every" in message:  # the step/cadence cross-check
+            field = "Forecast every"
         raise PlaygroundInputError(message, field=field) from None
 
 
