@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
 
-from openanomaly.errors import ConfigError, ModelError
+from openanomaly.errors import ConfigError, ModelError, OpenAnomalyError
 from openanomaly.models.base import Forecaster, QuantileForecast, check_forecast
 from openanomaly.models.registry import load_forecaster, split_spec, validate_params
 
@@ -198,7 +198,7 @@ def forecast_batch(
                 spec=spec,
             )
         except Exception as error:
-            failure = _Failed(error)
+            failure = _Failed(_as_domain_error(error, spec=spec))
             for i in members:
                 results[i] = failure
             continue
@@ -212,6 +212,18 @@ def forecast_batch(
             )
             row += rows
     return results
+
+
+def _as_domain_error(error: Exception, *, spec: str) -> OpenAnomalyError:
+    """A model's own exception (statsforecast's ValueError...) as a one-line ``ModelError``.
+
+    The ingress answers ``OpenAnomalyError`` messages to clients; anything else would
+    reach them only as an opaque 500, and its text can run to pages.
+    """
+    if isinstance(error, OpenAnomalyError):
+        return error
+    line = (str(error).strip().splitlines() or [""])[0][:300]
+    return ModelError(f"forecast failed: {type(error).__name__}: {line}", spec=spec)
 
 
 def model_params(spec: str, params: dict[str, Any], *, device: str) -> dict[str, Any]:
