@@ -116,7 +116,8 @@ class GuardSettings:
 
 
 class _BodyTooLarge(Exception):
-    pass
+    """Raised into the app from ``receive`` when a body without (or with a false)
+    ``Content-Length`` passes the limit mid-read."""
 
 
 class Guard:
@@ -151,13 +152,14 @@ class Guard:
             await _send_error(send, 413, f"the body is over the limit of {limit} bytes", "body")
             return
         received = 0
-        started = False
+        started = overflowed = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, overflowed
             message = await receive()
             received += len(message.get("body", b""))
-            if received > limit:
+            overflowed = received > limit
+            if overflowed:
                 raise _BodyTooLarge
             return message
 
@@ -168,9 +170,10 @@ class Guard:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await _send_error(send, 413, f"the body is over the limit of {limit} bytes", "body")
+        except BaseException:  # _BodyTooLarge, maybe inside an ExceptionGroup from a task group
+            if not overflowed or started:
+                raise
+            await _send_error(send, 413, f"the body is over the limit of {limit} bytes", "body")
 
 
 def _route(scope: Scope) -> str:
