@@ -166,7 +166,7 @@ def test_model_error_message(api: httpx.Client) -> None:
         ({"series": [{"values": [1, 2, 3]}], "horizon": 0}, 422, "horizon"),
         ({"series": [{"values": [1, 2, 3]}], "horizon": -2}, 422, "horizon"),
         ({"series": [{"values": [1, 2, 3]}], "horizon": 65}, 422, "horizon"),
-        ({"series": [{"values": [1, 2, 3]}], "horizon": 1, "quantiles": [0.5, 0.1]}, 422, "quantiles"),
+        ({"series": [{"values": [1, 2, 3]}], "horizon": 1, "quantiles": [0.5, 0.5]}, 422, "quantiles"),
         ({"series": [{"values": [1, 2]}] * 6, "horizon": 1}, 413, "series"),
         ({"series": [{"values": [1.0] * 601}], "horizon": 1}, 413, "series[0].values"),
         ({"values": [1, 2, 3], "horizon": 1}, 422, "series"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ import psutil
 import pytest
 import schemathesis
 import yaml
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.fixtures.servers import free_port
 
@@ -134,9 +137,11 @@ def _healthz_while(root: str, send: Any) -> tuple[list[float], httpx.Response]:
     return latencies, result["r"]
 
 
-@pytest.mark.parametrize("chunked", [False, True])
-def test_healthz_answers_while_a_15mb_body_is_refused(root: str, chunked: bool) -> None:
-    body = _tiny_series_body(15)
+@pytest.mark.parametrize(("size_mb", "chunked"), [(15, False), (15, True), (7, False)])
+def test_healthz_answers_while_a_large_body_is_refused(root: str, size_mb: int, chunked: bool) -> None:
+    """15 MB: over the body limit, refused unread. 7 MB (500k series): under it, refused
+    by the object count before pydantic builds 500k objects."""
+    body = _tiny_series_body(size_mb)
 
     def send() -> httpx.Response:
         content: Any = iter([body[i : i + 2**16] for i in range(0, len(body), 2**16)]) if chunked else body
@@ -149,10 +154,10 @@ def test_healthz_answers_while_a_15mb_body_is_refused(root: str, chunked: bool) 
         return response
 
     latencies, response = _healthz_while(root, send)
-    _assert_error_shape(response, 413, "body")
+    _assert_error_shape(response, 413, "body" if size_mb > 8 else "series")
     p50, p99 = np.percentile(latencies, [50, 99])
     print(
-        f"15 MB body ({'chunked' if chunked else 'content-length'}): 413 in "
+        f"{size_mb} MB body ({'chunked' if chunked else 'content-length'}): 413 in "
         f"{response.extensions['seconds']:.2f} s; /healthz p50 {1000 * p50:.1f} ms, "
         f"p99 {1000 * p99:.1f} ms over {len(latencies)} requests"
     )
@@ -236,21 +241,40 @@ def test_model_errors_from_the_replica_are_one_line(api: httpx.Client) -> None:
         assert "Traceback" not in message and "RayTaskError" not in message
 
 
-@pytest.fixture(scope="module")
-def served_schema(root: str) -> Any:
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_schemathesis(root: str, mode: str) -> None:
+    """Bounded schemathesis run: no 5xx, no traceback, every answer as documented.
+
+    Driven through ``schema.as_strategy`` rather than the pytest plugin (which does
+    not run under this pytest). Invalid requests (negative) must be refused with a 4xx
+    in the error shape. Valid ones (positive) must mostly be accepted: JSON Schema
+    cannot state the cross-field rules (one timestamp per value, ``score_last`` below
+    the series length), so schemathesis' all-or-nothing acceptance check is replaced
+    by a floor on the share accepted (it was 0 of 121 forecasts before).
+    """
     schema = schemathesis.openapi.from_url(f"{root}/openapi.json", headers=AUTH)
     # The pipeline endpoints answer 503 without a scheduler by design (tested elsewhere).
-    return schema.exclude(path_regex="^/v1/pipelines")
+    schema = schema.exclude(path_regex="^/v1/pipelines")
+    excluded = [positive_data_acceptance] if mode == "positive" else []
+    posts: list[int] = []
+    statuses: list[int] = []
 
+    @given(case=schema.as_strategy(generation_mode=GenerationMode(mode)))
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    def check(case: Any) -> None:
+        response = case.call_and_validate(headers=AUTH, timeout=120, excluded_checks=excluded)
+        statuses.append(response.status_code)
+        if case.method == "POST":
+            posts.append(response.status_code)
+        assert "Traceback" not in response.text
+        if response.status_code >= 400:
+            assert set(json.loads(response.text)) == {"error", "message", "field"}
 
-schema = schemathesis.pytest.from_fixture("served_schema")
-
-
-@schema.parametrize()
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-def test_schemathesis(case: Any) -> None:
-    response = case.call_and_validate(headers=AUTH, timeout=120)
-    assert "Traceback" not in response.text
-    if response.status_code >= 400:
-        body = json.loads(response.text)
-        assert set(body) == {"error", "message", "field"}
+    check()
+    accepted = sum(status == 200 for status in posts) / max(1, len(posts))
+    print(
+        f"schemathesis {mode}: {len(statuses)} requests, statuses {sorted(Counter(statuses).items())}, "
+        f"{accepted:.0%} of {len(posts)} POSTs accepted"
+    )
+    if mode == "positive":
+        assert accepted >= 0.5

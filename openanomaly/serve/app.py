@@ -315,16 +315,18 @@ def _openapi() -> dict[str, Any]:
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     limits: Limits = getattr(fastapi_app.state, "limits", None) or Limits()
-    series = schemas["SeriesIn"]["properties"]
-    _bound(series["values"], maxItems=limits.max_points)
-    _bound(series["timestamps_ms"], maxItems=limits.max_points)
+    for name in ("SeriesIn", "DetectSeriesIn"):
+        _bound(schemas[name]["properties"]["values"], maxItems=limits.max_points)
+        _bound(schemas[name]["properties"]["timestamps_ms"], maxItems=limits.max_points)
+    # ScoringConfig (the pipelines' model) checks 0 < low < 0.5 < high < 1 in code.
+    band = schemas["ScoringConfig"]["properties"]["quantiles"]["prefixItems"]
+    band[0].update(exclusiveMinimum=0, exclusiveMaximum=0.5)
+    band[1].update(exclusiveMinimum=0.5, exclusiveMaximum=1)
     for name in ("ForecastRequest", "DetectRequest"):
         _bound(schemas[name]["properties"]["series"], maxItems=limits.max_series)
     _bound(schemas["ForecastRequest"]["properties"]["horizon"], maximum=limits.max_horizon)
     detect_props = schemas["DetectRequest"]["properties"]
     _bound(detect_props["score_last"], maximum=limits.max_scored_points)
-    _bound(detect_props["context_length"], maximum=limits.max_points)
-    _bound(detect_props["infer_every"], maximum=limits.max_points)
     doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     for path, operations in doc["paths"].items():
         if path not in OPEN_PATHS:

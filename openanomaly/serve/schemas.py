@@ -30,6 +30,7 @@ from typing import Annotated, Any, NamedTuple, TypeVar
 import numpy as np
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -46,6 +47,7 @@ __all__ = [
     "DetectRequest",
     "DetectResponse",
     "DetectSeries",
+    "DetectSeriesIn",
     "ErrorBody",
     "ForecastRequest",
     "ForecastResponse",
@@ -68,6 +70,7 @@ MAX_ID_CHARS = 200
 
 # 1e13 ms is the year 2286: any real timestamp, and far from int64 and timedelta overflow.
 _MAX_TIMESTAMP_MS = 10**13
+_MAX_STEPS = 100_000  # context_length, infer_every: the model input is bounded by Limits anyway
 _TOO_LARGE = "too_large"
 
 
@@ -151,7 +154,17 @@ def _too_large(count: int, limit: int, what: str) -> PydanticCustomError:
     )
 
 
-Timestamp = Annotated[int, Field(ge=0, le=_MAX_TIMESTAMP_MS)]
+def _not_bool_or_text(value: Any) -> Any:
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+_JSON_INT = BeforeValidator(_not_bool_or_text)
+Int = Annotated[int, Field(strict=False), _JSON_INT]
+"""A JSON integer as JSON Schema means it: ``3`` or ``3.0``; not ``true``, ``"3"`` or ``3.5``."""
+
+Timestamp = Annotated[int, Field(strict=False, ge=0, le=_MAX_TIMESTAMP_MS), _JSON_INT]
 
 
 class SeriesIn(_Body):
@@ -160,7 +173,11 @@ class SeriesIn(_Body):
     id: str | None = Field(
         default=None, max_length=MAX_ID_CHARS, description="Echoed back; default: the series' index"
     )
-    values: list[float | None] = Field(min_length=1, description="Oldest first; null = missing sample")
+    values: list[float | None] = Field(
+        min_length=1,
+        description="Oldest first; null = missing sample; at least one number",
+        json_schema_extra={"contains": {"type": "number"}},
+    )
     timestamps_ms: list[Timestamp] | None = Field(
         default=None, min_length=1, description="Unix milliseconds, strictly increasing, one per value"
     )
@@ -202,6 +219,16 @@ def values_array(series: list[SeriesIn]) -> np.ndarray:
     return out
 
 
+class DetectSeriesIn(SeriesIn):
+    """A series to score: at least one point to score and one before it."""
+
+    values: list[float | None] = Field(
+        min_length=2,
+        description="Oldest first; null = missing sample; more than score_last points",
+        json_schema_extra={"contains": {"type": "number"}},
+    )
+
+
 class _SeriesBody(_Body):
     series: list[SeriesIn] = Field(min_length=1, description="One or more series")
     model: str | None = Field(
@@ -222,14 +249,15 @@ class _SeriesBody(_Body):
 class ForecastRequest(_SeriesBody):
     """``POST /v1/forecast``: forecast ``horizon`` steps after each series."""
 
-    horizon: int = Field(gt=0, description="Steps to forecast")
-    quantiles: list[float] = Field(
+    horizon: Int = Field(gt=0, description="Steps to forecast")
+    quantiles: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
         default=[0.1, 0.5, 0.9],
         min_length=1,
         max_length=20,
-        description="Strictly increasing levels in (0, 1)",
+        json_schema_extra={"uniqueItems": True},
+        description="Distinct levels in (0, 1); answered in increasing order (quantile_levels)",
     )
-    step_ms: int | None = Field(
+    step_ms: Int | None = Field(
         default=None,
         gt=0,
         le=_MAX_TIMESTAMP_MS,
@@ -239,11 +267,9 @@ class ForecastRequest(_SeriesBody):
     @field_validator("quantiles")
     @classmethod
     def _levels(cls, levels: list[float]) -> list[float]:
-        if not all(0 < q < 1 for q in levels):
-            raise ValueError(f"quantile levels must lie in (0, 1), got {levels}")
-        if any(b <= a for a, b in itertools.pairwise(levels)):
-            raise ValueError(f"quantile levels must be strictly increasing, got {levels}")
-        return levels
+        if len(set(levels)) < len(levels):
+            raise ValueError(f"quantile levels must be distinct, got {levels}")
+        return sorted(levels)
 
 
 class ForecastSeries(BaseModel):
@@ -271,11 +297,17 @@ class DetectRequest(_SeriesBody):
     rolling scheme a scheduled pipeline runs.
     """
 
-    score_last: int = Field(default=1, gt=0, description="Points at the end of each series to score")
-    context_length: int = Field(default=512, gt=0, description="Points of history each forecast sees")
-    infer_every: int = Field(
-        default=1, gt=0, description="Points forecast per model call (1: strict one-step-ahead)"
+    score_last: Int = Field(default=1, gt=0, description="Points at the end of each series to score")
+    context_length: Int = Field(
+        default=512, gt=0, le=_MAX_STEPS, description="Points of history each forecast sees"
     )
+    infer_every: Int = Field(
+        default=1,
+        gt=0,
+        le=_MAX_STEPS,
+        description="Points forecast per model call (1: strict one-step-ahead)",
+    )
+    series: list[DetectSeriesIn] = Field(min_length=1, description="One or more series")  # type: ignore[assignment]
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
 
     @field_validator("scoring")
@@ -380,8 +412,6 @@ def check_limits(request: ForecastRequest | DetectRequest, limits: Limits) -> No
         _check(values, limits.max_response_values, "numbers in the response", field="horizon")
         return
     _check(request.score_last, limits.max_scored_points, "points to score", field="score_last", status=422)
-    _check(request.context_length, limits.max_points, "context points", field="context_length", status=422)
-    _check(request.infer_every, limits.max_points, "points per forecast", field="infer_every", status=422)
     for index, length in enumerate(lengths):
         if request.score_last >= length:
             raise RequestError(
@@ -414,6 +444,29 @@ def _field(loc: tuple[int | str, ...]) -> str:
     return out or "body"
 
 
+def _containers(body: bytes, *, max_objects: int, max_arrays: int) -> tuple[int, int] | None:
+    """Objects and arrays in a JSON text, if more than ``max_objects`` / ``max_arrays``.
+
+    pydantic-core builds every object of a body before any validator sees it, holding
+    the GIL: 500,000 ``{"values":[1]}`` take seconds and stall the event loop whatever
+    thread runs them. Counting first costs milliseconds: a count of ``{`` and ``[``
+    bytes, and only when that is over the bound (or a string holds such bytes), an
+    exact count outside strings, vectorised with numpy.
+    """
+    if body.count(b"{") <= max_objects and body.count(b"[") <= max_arrays:
+        return None
+    text = np.frombuffer(body, dtype=np.uint8)
+    positions = np.arange(len(text), dtype=np.int64)
+    # Run of backslashes ending just before each byte: odd means the byte is escaped.
+    last_plain = np.maximum.accumulate(np.where(text == ord("\\"), -1, positions))
+    quote = text == ord('"')
+    quote[1:] &= (positions[:-1] - last_plain[:-1]) % 2 == 0
+    outside = (np.cumsum(quote) % 2 == 0) & ~quote
+    objects = int(np.count_nonzero((text == ord("{")) & outside))
+    arrays = int(np.count_nonzero((text == ord("[")) & outside))
+    return (objects, arrays) if objects > max_objects or arrays > max_arrays else None
+
+
 def parse_request(model: type[_R], body: bytes, limits: Limits) -> _R:
     """Validate a raw JSON body against ``model`` and ``limits``; CPU-bound, so the app
     runs it in a worker thread.
@@ -422,6 +475,17 @@ def parse_request(model: type[_R], body: bytes, limits: Limits) -> _R:
         RequestError: the first problem, naming its field: 413 for a size limit, 422
             otherwise (malformed JSON included). Input is never quoted at length.
     """
+    # A request holds the root, one object per series and the scoring options; arrays:
+    # series, quantiles, the band, and values plus timestamps per series.
+    max_objects, max_arrays = limits.max_series + 2, 2 * limits.max_series + 3
+    counts = _containers(body, max_objects=max_objects, max_arrays=max_arrays)
+    if counts is not None:
+        raise RequestError(
+            f"the body holds {counts[0]} JSON objects and {counts[1]} arrays; {limits.max_series} series "
+            f"(the limit) take at most {max_objects} and {max_arrays}",
+            field="series",
+            status=413,
+        )
     try:
         request = model.model_validate_json(body, context=limits)
     except ValidationError as error:
