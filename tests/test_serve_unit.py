@@ -15,6 +15,7 @@ from openanomaly.serve.forecaster import (
     BatchStats,
     ForecasterConfig,
     ForecastItem,
+    ForecastRejected,
     forecast_batch,
     model_params,
     stack_left_padded,
@@ -248,7 +249,7 @@ def test_openapi_states_the_limits() -> None:
 
     fastapi_app.state.limits, fastapi_app.openapi_schema = Limits(max_series=7, max_horizon=9), None
     try:
-        schemas = _openapi()["components"]["schemas"]
+        schemas = _openapi(fastapi_app)["components"]["schemas"]
     finally:
         fastapi_app.state.limits, fastapi_app.openapi_schema = None, None
     assert schemas["ForecastRequest"]["properties"]["series"]["maxItems"] == 7
@@ -264,8 +265,8 @@ def test_model_exceptions_become_one_line_model_errors() -> None:
             raise ValueError("bad input\n  long detail on a second line")
 
     [result] = forecast_batch(Broken(), [_item([1, 2, 3])], spec="zscore")
-    assert isinstance(result.error, ModelError)
-    assert str(result.error) == "model 'zscore': forecast failed: ValueError: bad input"
+    assert isinstance(result.error, ForecastRejected)
+    assert str(result.error) == "model 'zscore': could not forecast these series: ValueError: bad input"
 
 
 def test_values_array_maps_null_to_nan_and_left_pads() -> None:

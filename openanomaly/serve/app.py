@@ -21,6 +21,7 @@ status and manual runs), ``GET /healthz``, ``GET /metrics``, OpenAPI at ``/docs`
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -52,7 +53,13 @@ from openanomaly.errors import ConfigError, DataError, ModelError
 from openanomaly.models.base import QuantileForecast
 from openanomaly.scheduler import DEFAULT_NAME, DEFAULT_NAMESPACE, start_scheduler
 from openanomaly.series import SeriesMatrix
-from openanomaly.serve.forecaster import ForecasterConfig, ForecasterDeployment, ForecastItem, ForecastReply
+from openanomaly.serve.forecaster import (
+    ForecasterConfig,
+    ForecasterDeployment,
+    ForecastItem,
+    ForecastRejected,
+    ForecastReply,
+)
 from openanomaly.serve.guard import (
     OPEN_PATHS,
     TOKEN_ENV,
@@ -246,7 +253,10 @@ async def _data_error(_: Request, error: DataError) -> JSONResponse:
 
 @fastapi_app.exception_handler(ModelError)
 async def _model_error(_: Request, error: ModelError) -> JSONResponse:
-    return _error(500, f"model failed: {_cause(error)}", kind="model_error")
+    cause = _cause(error)
+    if isinstance(cause, ForecastRejected):
+        return _error(422, str(cause), field="series", kind="model_rejected_input")
+    return _error(500, f"model failed: {cause}", kind="model_error")
 
 
 @fastapi_app.exception_handler(Exception)
@@ -298,23 +308,22 @@ def _bound(prop: dict[str, Any], **bounds: int) -> None:
             branch.update(bounds)
 
 
-def _openapi() -> dict[str, Any]:
+def _openapi(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document, with the deployment's ``Limits`` as ``maxItems``/``maximum``,
-    so a client (or schemathesis) knows every bound the server enforces."""
-    if fastapi_app.openapi_schema is not None:
-        return fastapi_app.openapi_schema
-    doc = get_openapi(
-        title=fastapi_app.title,
-        version=fastapi_app.version,
-        summary=fastapi_app.summary,
-        routes=fastapi_app.routes,
-    )
+    so a client (or schemathesis) knows every bound the server enforces.
+
+    Takes the app rather than reading the module's: ``serve.ingress`` serves a
+    cloudpickled copy of ``fastapi_app``, the one ``Ingress.__init__`` configures.
+    """
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for model in (ForecastRequest, DetectRequest):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    limits: Limits = getattr(fastapi_app.state, "limits", None) or Limits()
+    limits: Limits = getattr(app.state, "limits", None) or Limits()
     for name in ("SeriesIn", "DetectSeriesIn"):
         _bound(schemas[name]["properties"]["values"], maxItems=limits.max_points)
         _bound(schemas[name]["properties"]["timestamps_ms"], maxItems=limits.max_points)
@@ -332,11 +341,11 @@ def _openapi() -> dict[str, Any]:
         if path not in OPEN_PATHS:
             for operation in operations.values():
                 operation["security"] = [{"bearer": []}]
-    fastapi_app.openapi_schema = doc
+    app.openapi_schema = doc
     return doc
 
 
-fastapi_app.openapi = _openapi  # type: ignore[method-assign]
+fastapi_app.openapi = functools.partial(_openapi, fastapi_app)  # type: ignore[method-assign]
 
 _Body = TypeVar("_Body", ForecastRequest, DetectRequest)
 
@@ -432,6 +441,7 @@ class Ingress:
         fastapi_app.state.guard = GuardSettings(token=token, max_body_bytes=self.limits.max_body_bytes)
         fastapi_app.state.limits = self.limits
         fastapi_app.openapi_schema = None  # rebuilt with these limits on the next /openapi.json
+        fastapi_app.openapi = functools.partial(_openapi, fastapi_app)  # type: ignore[method-assign]
         fastapi_app.state.metrics = self.metrics
         self.scheduler = SchedulerLink.model_validate(scheduler or {})
         if self.scheduler.pipelines is not None:

@@ -41,6 +41,7 @@ __all__ = [
     "BATCH_SIZE_BUCKETS",
     "BatchStats",
     "ForecastItem",
+    "ForecastRejected",
     "ForecastReply",
     "ForecasterConfig",
     "ForecasterDeployment",
@@ -191,14 +192,13 @@ def forecast_batch(
     for (levels, horizon), members in groups.items():
         contexts = stack_left_padded([items[i].contexts for i in members])
         try:
-            out = check_forecast(
-                model.forecast(contexts, horizon, list(levels)),
-                n_series=contexts.shape[0],
-                horizon=horizon,
-                spec=spec,
-            )
-        except Exception as error:
-            failure = _Failed(_as_domain_error(error, spec=spec))
+            try:
+                raw = model.forecast(contexts, horizon, list(levels))
+            except Exception as error:
+                raise ForecastRejected(_first_line(error), spec=spec) from error
+            out = check_forecast(raw, n_series=contexts.shape[0], horizon=horizon, spec=spec)
+        except ModelError as error:
+            failure = _Failed(error)
             for i in members:
                 results[i] = failure
             continue
@@ -214,16 +214,21 @@ def forecast_batch(
     return results
 
 
-def _as_domain_error(error: Exception, *, spec: str) -> OpenAnomalyError:
-    """A model's own exception (statsforecast's ValueError...) as a one-line ``ModelError``.
+class ForecastRejected(ModelError):
+    """The model could not forecast a request's series (AutoETS finds no model to fit
+    9 points, Chronos refuses a horizon): the request's data, not the server, is at
+    fault, so the API answers 422. A forecast that breaks the contract stays a
+    ``ModelError`` (500)."""
 
-    The ingress answers ``OpenAnomalyError`` messages to clients; anything else would
-    reach them only as an opaque 500, and its text can run to pages.
-    """
-    if isinstance(error, OpenAnomalyError):
-        return error
+    def __init__(self, message: str, *, spec: str) -> None:
+        super().__init__(f"could not forecast these series: {message}", spec=spec)
+
+
+def _first_line(error: Exception) -> str:
+    """``Type: first line`` of an exception, cut to 300 characters: model libraries' texts
+    run to pages, and OpenAnomaly's own start with the model already named."""
     line = (str(error).strip().splitlines() or [""])[0][:300]
-    return ModelError(f"forecast failed: {type(error).__name__}: {line}", spec=spec)
+    return line if isinstance(error, OpenAnomalyError) else f"{type(error).__name__}: {line}"
 
 
 def model_params(spec: str, params: dict[str, Any], *, device: str) -> dict[str, Any]:
