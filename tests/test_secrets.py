@@ -13,6 +13,9 @@ of the Ray session. None may contain a secret.
 from __future__ import annotations
 
 import http.server
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +24,6 @@ from typing import Any
 import httpx
 import pytest
 
-from openanomaly.cli import main
 from tests.fixtures.servers import TSDBServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -39,12 +41,13 @@ SCHEDULER = {"name": "oa-secrets-scheduler", "namespace": "oa-secrets"}
 
 
 class _Reflect(http.server.BaseHTTPRequestHandler):
-    """Answers every request 400 with the request's headers in the body."""
+    """Answers every request with the request's headers in the body: 503 (retried, so
+    the retry warnings are exercised) to basic auth, 400 to anything else."""
 
     def _reflect(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
         body = "bad request; you sent:\n" + "".join(f"{k}: {v}\n" for k, v in self.headers.items())
-        self.send_response(400)
+        self.send_response(503 if self.headers.get("authorization", "").startswith("Basic") else 400)
         self.send_header("content-type", "text/plain")
         self.end_headers()
         self.wfile.write(body.encode())
@@ -89,39 +92,41 @@ def _assert_clean(what: str, text: str) -> None:
         assert secret not in text, f"{what} contains {secret!r}"
 
 
-def test_cli_outputs_hold_no_secret(
-    tmp_path: Path,
-    victoria_metrics: TSDBServer,
-    reflector: str,
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("VM_TOKEN", VM_TOKEN)
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """One ``openanomaly`` command in its own process, at debug log level (logs on stderr)."""
+    env = {**os.environ, "VM_TOKEN": VM_TOKEN}
+    command = [sys.executable, "-m", "openanomaly.cli", "-vv", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def test_cli_outputs_hold_no_secret(tmp_path: Path, victoria_metrics: TSDBServer, reflector: str) -> None:
     vm = victoria_metrics.url.removeprefix("http://")
     good = _config(tmp_path, "good", _with_token(vm))
-    numeric = _config(
-        tmp_path, "numeric", f"    url: http://{vm}\n    username: u\n    password: {NUMERIC_PASSWORD}"
-    )
+    basic = f"    username: u\n    password: {NUMERIC_PASSWORD}"
+    numeric = _config(tmp_path, "numeric", f"    url: http://{vm}\n{basic}")
     conflicting = _config(
         tmp_path, "conflict", f"    url: http://{vm}\n    bearer_token: {NUMERIC_PASSWORD}\n    username: u"
     )
     reflected = _config(tmp_path, "reflect", _with_token(reflector))
     in_url = _config(tmp_path, "in-url", _with_password(reflector))
-    codes = [
-        main(["-vv", "validate", str(good)]),
-        main(["-vv", "validate", str(numeric)]),
-        main(["-vv", "validate", str(conflicting)]),
-        main(["-vv", "run", "--once", "--config", str(good)]),
-        main(["-vv", "run", "--once", "--config", str(reflected)]),
-        main(["-vv", "run", "--once", "--config", str(in_url)]),
-    ]
-    out = capsys.readouterr()
-    assert codes[:2] == [0, 0] and codes[2] != 0 and codes[4] != 0 and codes[5] != 0, codes
-    assert "HTTP 400" in out.err and "***" in out.err  # the reflected body is quoted, masked
-    _assert_clean("stdout", out.out)
-    _assert_clean("stderr", out.err)
-    _assert_clean("log", caplog.text)
+    runs = {
+        "validate": _cli("validate", str(good)),
+        "validate numeric": _cli("validate", str(numeric)),
+        "validate conflicting": _cli("validate", str(conflicting)),
+        "run": _cli("run", "--once", "--config", str(good)),
+        "run reflected": _cli("run", "--once", "--config", str(reflected)),
+        "run userinfo": _cli("run", "--once", "--config", str(in_url)),
+    }
+    codes = {name: run.returncode for name, run in runs.items()}
+    assert codes["validate"] == codes["validate numeric"] == 0, runs
+    assert codes["validate conflicting"] and codes["run reflected"] and codes["run userinfo"], codes
+    # The reflected headers are quoted, masked; the userinfo run logs its retry.
+    assert "HTTP 400" in runs["run reflected"].stderr and "***" in runs["run reflected"].stderr
+    assert "retry 1/1" in runs["run userinfo"].stderr and "***" in runs["run userinfo"].stderr
+    assert "DEBUG" in runs["run"].stderr
+    for name, run in runs.items():
+        _assert_clean(f"{name} stdout", run.stdout)
+        _assert_clean(f"{name} stderr", run.stderr)
 
 
 @pytest.fixture(scope="module")

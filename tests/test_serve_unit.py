@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import pickle
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from openanomaly.errors import ModelError
+from openanomaly.errors import ConfigError, ModelError
 from openanomaly.models.baselines import ZScoreForecaster
 from openanomaly.serve.forecaster import (
     BatchStats,
@@ -20,6 +22,7 @@ from openanomaly.serve.forecaster import (
     model_params,
     stack_left_padded,
 )
+from openanomaly.serve.guard import TOKEN_ENV, TOKEN_FILE_ENV, GuardSettings, error_body, load_token
 from openanomaly.serve.metrics import ServeMetrics
 from openanomaly.serve.schemas import (
     DetectRequest,
@@ -267,6 +270,8 @@ def test_model_exceptions_become_one_line_model_errors() -> None:
     [result] = forecast_batch(Broken(), [_item([1, 2, 3])], spec="zscore")
     assert isinstance(result.error, ForecastRejected)
     assert str(result.error) == "model 'zscore': could not forecast these series: ValueError: bad input"
+    # It crosses from the replica to the ingress by pickle.
+    assert str(pickle.loads(pickle.dumps(result.error))) == str(result.error)
 
 
 def test_values_array_maps_null_to_nan_and_left_pads() -> None:
@@ -276,3 +281,36 @@ def test_values_array_maps_null_to_nan_and_left_pads() -> None:
     assert out.shape == (2, 3)
     assert np.isnan(out[0, 1]) and out[0, 2] == 3
     assert np.isnan(out[1, :2]).all() and out[1, 2] == 7
+
+
+def test_token_comes_from_a_file_first(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("from-file\n")
+    token = load_token({TOKEN_FILE_ENV: str(secret), TOKEN_ENV: "from-env"})
+    assert token is not None and token.get_secret_value() == "from-file"
+    assert "from-file" not in repr(token)
+    env = load_token({TOKEN_ENV: " from-env "})
+    assert env is not None and env.get_secret_value() == "from-env"
+    assert load_token({}) is None and load_token({TOKEN_ENV: ""}) is None
+
+
+@pytest.mark.parametrize("content", [None, "  \n"])
+def test_a_broken_token_file_stops_the_start(tmp_path: Path, content: str | None) -> None:
+    secret = tmp_path / "token"
+    if content is not None:
+        secret.write_text(content)
+    with pytest.raises(ConfigError, match="token file"):
+        load_token({TOKEN_FILE_ENV: str(secret)})
+
+
+def test_guard_settings_compare_bearer_tokens() -> None:
+    guard = GuardSettings(token=SecretStr("t0k"), max_body_bytes=10)
+    assert guard.authorized(b"Bearer t0k") and not guard.authorized(b"Bearer t0")
+    assert not guard.authorized(None) and not guard.authorized(b"Basic t0k")
+    assert GuardSettings(token=None, max_body_bytes=10).authorized(None)
+
+
+def test_error_body_is_one_short_line() -> None:
+    body = error_body(500, "boom\nTraceback (most recent call last):\n  ...")
+    assert body == {"error": "internal", "message": "boom", "field": None}
+    assert len(error_body(422, "x" * 5000, field="id")["message"]) == 1000

@@ -195,7 +195,8 @@ def forecast_batch(
             try:
                 raw = model.forecast(contexts, horizon, list(levels))
             except Exception as error:
-                raise ForecastRejected(_first_line(error), spec=spec) from error
+                message = f"could not forecast these series: {_first_line(error)}"
+                raise ForecastRejected(message, spec=spec) from error
             out = check_forecast(raw, n_series=contexts.shape[0], horizon=horizon, spec=spec)
         except ModelError as error:
             failure = _Failed(error)
@@ -218,10 +219,7 @@ class ForecastRejected(ModelError):
     """The model could not forecast a request's series (AutoETS finds no model to fit
     9 points, Chronos refuses a horizon): the request's data, not the server, is at
     fault, so the API answers 422. A forecast that breaks the contract stays a
-    ``ModelError`` (500)."""
-
-    def __init__(self, message: str, *, spec: str) -> None:
-        super().__init__(f"could not forecast these series: {message}", spec=spec)
+    ``ModelError`` (500). ``ModelError``'s own signature, so it pickles across Ray."""
 
 
 def _first_line(error: Exception) -> str:
