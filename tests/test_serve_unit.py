@@ -314,3 +314,16 @@ def test_error_body_is_one_short_line() -> None:
     body = error_body(500, "boom\nTraceback (most recent call last):\n  ...")
     assert body == {"error": "internal", "message": "boom", "field": None}
     assert len(error_body(422, "x" * 5000, field="id")["message"]) == 1000
+
+
+def test_serving_without_a_token_is_loud(caplog: pytest.LogCaptureFixture) -> None:
+    from openanomaly.serve.app import _warn_if_open
+
+    _warn_if_open(SecretStr("t"), "0.0.0.0")
+    assert not caplog.records
+    _warn_if_open(None, "127.0.0.1")
+    _warn_if_open(None, "0.0.0.0")
+    loopback, everywhere = caplog.records
+    assert loopback.levelname == "WARNING" and "auth is OFF" in loopback.getMessage()
+    assert everywhere.levelname == "ERROR" and "listens on 0.0.0.0" in everywhere.getMessage()
+    assert "OPENANOMALY_API_TOKEN_FILE" in everywhere.getMessage()

@@ -394,16 +394,20 @@ def _grid(request: DetectRequest) -> tuple[SeriesMatrix, int]:
     return SeriesMatrix(labels, timestamps, np.vstack(rows)), step
 
 
-def _warn_if_open(token: SecretStr | None) -> None:
+def _serve_host() -> str:
+    """The address Serve's HTTP proxies listen on, from the controller; ``unknown`` if none."""
+    with contextlib.suppress(Exception):
+        from ray.serve.context import _get_global_client
+
+        return str(_get_global_client().http_config.host)
+    return "unknown"
+
+
+def _warn_if_open(token: SecretStr | None, host: str) -> None:
     """Log loudly when the API has no token; an error-level banner if it also listens
     beyond loopback (a mis-indented ``runtime_env`` once served an open API silently)."""
     if token is not None:
         return
-    host = "unknown"
-    with contextlib.suppress(Exception):  # no Serve controller: a unit test or a bare replica
-        from ray.serve.context import _get_global_client
-
-        host = _get_global_client().http_config.host
     if host in ("127.0.0.1", "localhost", "::1"):
         _log.warning("API auth is OFF: set %s or %s to require a bearer token", TOKEN_FILE_ENV, TOKEN_ENV)
         return
@@ -437,7 +441,7 @@ class Ingress:
         self.forecasters = forecasters
         self.metrics = ServeMetrics()
         token = load_token()
-        _warn_if_open(token)
+        _warn_if_open(token, _serve_host() if token is None else "")
         fastapi_app.state.guard = GuardSettings(token=token, max_body_bytes=self.limits.max_body_bytes)
         fastapi_app.state.limits = self.limits
         fastapi_app.openapi_schema = None  # rebuilt with these limits on the next /openapi.json
