@@ -243,34 +243,38 @@ def test_schemathesis(root: str, mode: str) -> None:
 
     Driven through ``schema.as_strategy`` rather than the pytest plugin (which does
     not run under this pytest). Invalid requests (negative) must be refused with a 4xx
-    in the error shape. Valid ones (positive) must mostly be accepted: JSON Schema
+    in the error shape. Valid ones (positive) must mostly pass validation: JSON Schema
     cannot state the cross-field rules (one timestamp per value, ``score_last`` below
     the series length), so schemathesis' all-or-nothing acceptance check is replaced
-    by a floor on the share accepted (it was 0 of 121 forecasts before).
+    by a ceiling on the share refused as invalid (all 121 forecasts were, before).
     """
     schema = schemathesis.openapi.from_url(f"{root}/openapi.json", headers=AUTH)
     # The pipeline endpoints answer 503 without a scheduler by design (tested elsewhere).
     schema = schema.exclude(path_regex="^/v1/pipelines")
     excluded = [positive_data_acceptance] if mode == "positive" else []
-    posts: list[int] = []
     statuses: list[int] = []
+    posts: list[str] = []  # "ok" or the error kind, per POST
 
     @given(case=schema.as_strategy(generation_mode=GenerationMode(mode)))
     @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     def check(case: Any) -> None:
         response = case.call_and_validate(headers=AUTH, timeout=120, excluded_checks=excluded)
         statuses.append(response.status_code)
-        if case.method == "POST":
-            posts.append(response.status_code)
         assert "Traceback" not in response.text
+        kind = "ok"
         if response.status_code >= 400:
-            assert set(json.loads(response.text)) == {"error", "message", "field"}
+            body = json.loads(response.text)
+            assert set(body) == {"error", "message", "field"}
+            kind = body["error"]
+        if case.method == "POST":
+            posts.append(kind)
 
     check()
-    accepted = sum(status == 200 for status in posts) / max(1, len(posts))
+    kinds = Counter(posts)
     print(
-        f"schemathesis {mode}: {len(statuses)} requests, statuses {sorted(Counter(statuses).items())}, "
-        f"{accepted:.0%} of {len(posts)} POSTs accepted"
+        f"schemathesis {mode}: {len(statuses)} requests, "
+        f"statuses {sorted(Counter(statuses).items())}, POSTs {dict(kinds)}"
     )
     if mode == "positive":
-        assert accepted >= 0.5
+        # The model may refuse a valid series (AutoETS on 1 point): its call, not the schema's.
+        assert kinds["invalid_request"] <= 0.5 * len(posts)
