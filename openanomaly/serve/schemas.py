@@ -257,11 +257,8 @@ class ForecastRequest(_SeriesBody):
         json_schema_extra={"uniqueItems": True},
         description="Distinct levels in (0, 1); answered in increasing order (quantile_levels)",
     )
-    step_ms: Int | None = Field(
-        default=None,
-        gt=0,
-        le=_MAX_TIMESTAMP_MS,
-        description="Spacing of the forecast timestamps; default: inferred from timestamps_ms",
+    step_ms: Annotated[int, Field(strict=False, gt=0, le=_MAX_TIMESTAMP_MS), _JSON_INT] | None = Field(
+        default=None, description="Spacing of the forecast timestamps; default: inferred from timestamps_ms"
     )
 
     @field_validator("quantiles")
