@@ -248,7 +248,7 @@ async def _request_error(_: Request, error: RequestError) -> JSONResponse:
 
 @fastapi_app.exception_handler(DataError)
 async def _data_error(_: Request, error: DataError) -> JSONResponse:
-    return _error(422, str(_cause(error)), field="series")
+    return _error(422, str(_cause(error)), field="series", kind="data_error")
 
 
 @fastapi_app.exception_handler(ModelError)
@@ -301,7 +301,7 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def _bound(prop: dict[str, Any], **bounds: int) -> None:
+def _bound(prop: dict[str, Any], **bounds: Any) -> None:
     """Set JSON-schema bounds on a property, on its non-null branch if it is optional."""
     for branch in prop.get("anyOf", [prop]):
         if branch.get("type") != "null":
@@ -309,8 +309,9 @@ def _bound(prop: dict[str, Any], **bounds: int) -> None:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document, with the deployment's ``Limits`` as ``maxItems``/``maximum``,
-    so a client (or schemathesis) knows every bound the server enforces.
+    """The OpenAPI document, with the deployment's ``Limits`` as ``maxItems``/``maximum``
+    and its model names as the ``model`` enum, so a client (or schemathesis) knows every
+    bound the server enforces.
 
     Takes the app rather than reading the module's: ``serve.ingress`` serves a
     cloudpickled copy of ``fastapi_app``, the one ``Ingress.__init__`` configures.
@@ -331,8 +332,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     band = schemas["ScoringConfig"]["properties"]["quantiles"]["prefixItems"]
     band[0].update(exclusiveMinimum=0, exclusiveMaximum=0.5)
     band[1].update(exclusiveMinimum=0.5, exclusiveMaximum=1)
+    models: list[str] | None = getattr(app.state, "models", None)
     for name in ("ForecastRequest", "DetectRequest"):
         _bound(schemas[name]["properties"]["series"], maxItems=limits.max_series)
+        if models:
+            _bound(schemas[name]["properties"]["model"], enum=models)
     _bound(schemas["ForecastRequest"]["properties"]["horizon"], maximum=limits.max_horizon)
     detect_props = schemas["DetectRequest"]["properties"]
     _bound(detect_props["score_last"], maximum=limits.max_scored_points)
@@ -444,6 +448,7 @@ class Ingress:
         _warn_if_open(token, _serve_host() if token is None else "")
         fastapi_app.state.guard = GuardSettings(token=token, max_body_bytes=self.limits.max_body_bytes)
         fastapi_app.state.limits = self.limits
+        fastapi_app.state.models = sorted(forecasters)
         fastapi_app.openapi_schema = None  # rebuilt with these limits on the next /openapi.json
         fastapi_app.openapi = functools.partial(_openapi, fastapi_app)  # type: ignore[method-assign]
         fastapi_app.state.metrics = self.metrics
