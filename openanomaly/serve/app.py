@@ -251,6 +251,12 @@ async def _data_error(_: Request, error: DataError) -> JSONResponse:
     return _error(422, str(_cause(error)), field="series", kind="data_error")
 
 
+@fastapi_app.exception_handler(ConfigError)
+async def _config_error(_: Request, error: ConfigError) -> JSONResponse:
+    # A pipeline disabled by a bad config, asked to run: the state forbids it, not the request.
+    return _error(409, str(_cause(error)))
+
+
 @fastapi_app.exception_handler(ModelError)
 async def _model_error(_: Request, error: ModelError) -> JSONResponse:
     cause = _cause(error)
