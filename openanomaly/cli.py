@@ -266,7 +266,6 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         tick_s=args.tick,
         delay=round(args.delay * 1000),
-        runtime_env={"env_vars": _config_env(Path(path))},
     )
     print(f"scheduler {args.name!r} running in namespace {args.namespace!r} on {path}", flush=True)
     if args.detach:
@@ -279,19 +278,6 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
             _print_progress(ray.get(handle.status.remote()), seen)
     except KeyboardInterrupt:
         return 0
-
-
-def _config_env(path: Path) -> dict[str, str]:
-    """The environment the scheduler actor needs: ``${VAR}`` names of the file, and AWS_* for S3.
-
-    The actor runs in the cluster, not in this shell, so these go with it (runtime_env).
-    """
-    import os
-
-    from openanomaly.configstore import referenced_env
-
-    names = referenced_env(path.read_text()) | {name for name in os.environ if name.startswith("AWS_")}
-    return {name: os.environ[name] for name in sorted(names) if name in os.environ}
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:

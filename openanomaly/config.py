@@ -7,6 +7,7 @@ file, pipeline and field named, not hours later inside a scheduled job.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -37,6 +39,7 @@ __all__ = [
     "TSDBSettings",
     "format_duration",
     "parse_duration",
+    "redact_url",
 ]
 
 
@@ -67,18 +70,44 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _secret_text(value: Any) -> Any:
+    """YAML reads ``password: 8812771234567`` as an int; a secret is its text. Coercing
+    here, rather than failing, also keeps the value out of the validation error."""
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+Secret = Annotated[SecretStr, BeforeValidator(_secret_text)]
+"""A credential: shown as ``**********`` in reprs, logs, errors and dumps;
+``.get_secret_value()`` where it is sent."""
+
+_USERINFO = re.compile(r"^(https?://)([^/@\s]*)@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the userinfo of an ``http(s)://user:pass@host`` URL replaced by ``***``."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
 class TSDBSettings(_Strict):
-    """Where to read series and write scores. Works with Prometheus and VictoriaMetrics."""
+    """Where to read series and write scores. Works with Prometheus and VictoriaMetrics.
+
+    Credentials (``bearer_token``, ``password``) are ``SecretStr``. Userinfo in a URL
+    (``http://alice:pass@host``) is moved into ``username``/``password`` at load, so no
+    URL that ends up in a log line or error message carries it.
+    """
+
+    # The input of a failed validation may hold a credential: keep it out of messages.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     url: str = Field(description="Base URL of the Prometheus HTTP API, e.g. http://localhost:8428")
     write_url: str | None = Field(
         default=None,
         description="Remote-write endpoint; default: <url>/api/v1/write",
     )
-    bearer_token: str | None = None
+    bearer_token: Secret | None = None
     username: str | None = None
-    password: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    password: Secret | None = None
+    headers: dict[str, Annotated[str, BeforeValidator(_secret_text)]] = Field(default_factory=dict)
     timeout: PositiveDuration = timedelta(seconds=30)
     retries: int = Field(default=3, ge=0, le=20)
     backoff: PositiveDuration = timedelta(seconds=0.5)
@@ -89,11 +118,34 @@ class TSDBSettings(_Strict):
     )
     write_batch_samples: int = Field(default=50_000, gt=0, description="Samples per remote-write request")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _userinfo_to_basic_auth(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        found = set()
+        for key in ("url", "write_url"):
+            value = data.get(key)
+            match = _USERINFO.match(value) if isinstance(value, str) else None
+            if match:
+                found.add(urllib.parse.unquote(match.group(2)))
+                data[key] = redact_url(value).replace("***@", "", 1)
+        if not found:
+            return data
+        if len(found) > 1 or data.get("username") is not None or data.get("bearer_token"):
+            raise ValueError(
+                "credentials in the URL and in username/password/bearer_token (or different ones "
+                "in url and write_url): give them once, in username/password"
+            )
+        username, _, password = found.pop().partition(":")
+        return data | {"username": username, "password": password or None}
+
     @field_validator("url", "write_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"expected an http(s) URL, got {value!r}")
+            raise ValueError(f"expected an http(s) URL, got {redact_url(value)!r}")
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
@@ -107,6 +159,11 @@ class TSDBSettings(_Strict):
     @property
     def remote_write_url(self) -> str:
         return self.write_url or f"{self.url}/api/v1/write"
+
+    def secrets(self) -> list[str]:
+        """Every credential and header value, for scrubbing server replies that echo them."""
+        values = [secret.get_secret_value() for secret in (self.bearer_token, self.password) if secret]
+        return [value for value in (*values, *self.headers.values()) if value]
 
 
 class ArtifactSettings(_Strict):

@@ -42,7 +42,6 @@ __all__ = [
     "YamlConfigStore",
     "expand_env",
     "load_config",
-    "referenced_env",
 ]
 
 # ${NAME} or ${NAME:-default}; $${ escapes a literal ${.
@@ -64,11 +63,6 @@ class ConfigStore(Protocol):
     def changed(self) -> bool:
         """True when the source differs from what the last successful ``load`` returned."""
         ...
-
-
-def referenced_env(text: str) -> set[str]:
-    """The environment variable names ``${NAME}`` references in ``text`` (defaults or not)."""
-    return {match.group(1) for match in _ENV_REF.finditer(text) if match.group(0) != "$${"}
 
 
 def expand_env(text: str, *, env: Mapping[str, str]) -> str:

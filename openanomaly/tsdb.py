@@ -14,15 +14,25 @@ Why the details below:
   VictoriaMetrics: ``-search.maxPointsPerTimeseries``, 30,000 by default). Long ranges
   are split into requests of at most ``max_points_per_query`` points and stitched back
   on the one grid, with no duplicated or missing columns.
-* **Retries.** Connection errors, timeouts and 5xx are usually passing (restart, load),
-  so they are retried with exponential backoff; a 4xx means the request itself is wrong
-  (bad PromQL, rejected samples), so it fails at once with the server's message.
+* **Retries.** As the remote-write spec asks: connection errors, timeouts, 5xx and 429
+  are usually passing (restart, load, rate limit), so they are retried with capped
+  exponential backoff and full jitter (clients that failed together do not retry
+  together), waiting at least what a ``Retry-After`` header asks; any other 4xx means
+  the request itself is wrong (bad PromQL, rejected samples), so it fails at once with
+  the server's message.
+* **Secrets.** The token and password are ``SecretStr`` and sent only in headers. A
+  server's error text is quoted in errors and logs cut to 300 characters, with every
+  credential and header value the client sends replaced by ``***`` (a proxy that
+  echoes request headers must not put the token into ``last_error`` or a log).
 """
 
 from __future__ import annotations
 
+import base64
+import email.utils
 import json
 import logging
+import random
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -38,12 +48,14 @@ from openanomaly.config import TSDBSettings
 from openanomaly.errors import QueryError, RemoteWriteError, TSDBError
 from openanomaly.series import SeriesMatrix
 
-__all__ = ["PrometheusClient"]
+__all__ = ["PrometheusClient", "backoff_delay"]
 
 _log = logging.getLogger(__name__)
 
 USER_AGENT = f"openanomaly/{version('openanomaly')}"
 _MAX_BACKOFF_S = 30.0
+_MAX_RETRY_AFTER_S = 300.0
+_SERVER_TEXT_CHARS = 300
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _WRITE_HEADERS = {
     "Content-Encoding": "snappy",
@@ -73,12 +85,13 @@ class PrometheusClient:
         self.settings = settings
         headers = {"User-Agent": USER_AGENT, **settings.headers}
         if settings.bearer_token:
-            headers["Authorization"] = f"Bearer {settings.bearer_token}"
+            headers["Authorization"] = f"Bearer {settings.bearer_token.get_secret_value()}"
         auth = (
-            httpx.BasicAuth(settings.username, settings.password)
+            httpx.BasicAuth(settings.username, settings.password.get_secret_value())
             if settings.username is not None and settings.password is not None
             else None
         )
+        self._secrets = _secrets(settings)
         self._client = httpx.Client(
             headers=headers,
             auth=auth,
@@ -204,20 +217,21 @@ class PrometheusClient:
             body = json.loads(response.content)
         except ValueError as error:
             raise QueryError(
-                f"{url} returned a body that is not JSON for query {query!r}: {response.text[:200]!r}",
+                f"{url} returned a body that is not JSON for query {query!r}: {self._scrub(response.text)!r}",
                 url=url,
                 status=response.status_code,
                 query=query,
             ) from error
         if body.get("status") != "success":
             raise QueryError(
-                f"{url} answered status {body.get('status')!r} for query {query!r}: {body.get('error')}",
+                f"{url} answered status {body.get('status')!r} for query {query!r}: "
+                f"{self._scrub(str(body.get('error')))}",
                 url=url,
                 status=response.status_code,
                 query=query,
             )
         for warning in body.get("warnings") or ():
-            _log.warning("%s warns for query %r: %s", url, query, warning)
+            _log.warning("%s warns for query %r: %s", url, query, self._scrub(str(warning)))
         if body.get("isPartial"):  # VictoriaMetrics cluster: some storage nodes did not answer
             _log.warning("%s returned a partial result for query %r", url, query)
         return body["data"]
@@ -281,50 +295,51 @@ class PrometheusClient:
     def _send(
         self, error: type[TSDBError], method: str, url: str, *, query: str | None = None, **kwargs: Any
     ) -> httpx.Response:
-        """Send with retries on connection errors, timeouts and 5xx; raise ``error`` otherwise."""
+        """Send; retry connection errors, timeouts, 5xx and 429; raise ``error`` otherwise."""
         attempts = self.settings.retries + 1
         tries = f"{attempts} attempt" + ("s" if attempts > 1 else "")
-        backoff = self.settings.backoff.total_seconds()
+        suffix = f"; query: {query!r}" if query else ""
         for attempt in range(1, attempts + 1):
+            retry_after = None
             try:
                 response = self._client.request(method, url, **kwargs)
             except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = f"{type(exc).__name__}: {self._scrub(str(exc))}"
                 if attempt == attempts:
                     raise error(
-                        f"could not connect to {url} after {tries} ({problem})"
-                        + (f"; query: {query!r}" if query else ""),
-                        url=url,
-                        query=query,
-                    ) from exc
+                        f"could not connect to {url} after {tries} ({problem}){suffix}", url=url, query=query
+                    ) from None
             else:
                 if response.is_success:
                     return response
-                message = _server_message(response)
-                if response.status_code < 500:
+                status = response.status_code
+                problem = f"HTTP {status}: {self._scrub(_server_message(response))}"
+                if status < 500 and status != 429:
                     verb = "rejected the query" if error is QueryError else "rejected the write"
-                    raise error(
-                        f"{url} {verb} with HTTP {response.status_code}: {message}"
-                        + (f"; query: {query!r}" if query else ""),
-                        url=url,
-                        status=response.status_code,
-                        query=query,
-                    )
-                problem = f"HTTP {response.status_code}: {message}"
+                    raise error(f"{url} {verb} with {problem}{suffix}", url=url, status=status, query=query)
                 if attempt == attempts:
                     raise error(
-                        f"{url} failed after {tries}, last with {problem}"
-                        + (f"; query: {query!r}" if query else ""),
+                        f"{url} failed after {tries}, last with {problem}{suffix}",
                         url=url,
-                        status=response.status_code,
+                        status=status,
                         query=query,
                     )
-            delay = min(backoff * 2 ** (attempt - 1), _MAX_BACKOFF_S)
+                retry_after = _retry_after(response)
+            delay = backoff_delay(
+                attempt, base=self.settings.backoff.total_seconds(), retry_after=retry_after
+            )
             _log.warning(
                 "%s %s failed (%s); retry %d/%d in %.2fs", method, url, problem, attempt, attempts - 1, delay
             )
             time.sleep(delay)
         raise AssertionError("unreachable")  # the loop always returns or raises
+
+    def _scrub(self, text: str) -> str:
+        """A server's text fit to quote: credentials and header values masked, cut short."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        text = " ".join(text.split())
+        return text if len(text) <= _SERVER_TEXT_CHARS else f"{text[: _SERVER_TEXT_CHARS - 3]}..."
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -378,6 +393,38 @@ def _points(
     return columns, np.fromiter(map(float, texts), dtype=np.float64, count=len(texts))
 
 
+def backoff_delay(attempt: int, *, base: float, retry_after: float | None = None) -> float:
+    """Seconds to wait before retry ``attempt`` (1-based): full jitter over a capped
+    exponential, ``uniform(0, min(30, base * 2**(attempt-1)))``, but never less than
+    the server's ``Retry-After`` (itself capped at 5 minutes)."""
+    delay = random.uniform(0, min(base * 2 ** (attempt - 1), _MAX_BACKOFF_S))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, _MAX_RETRY_AFTER_S))
+    return delay
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date); None if absent or bad."""
+    value = response.headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _secrets(settings: TSDBSettings) -> list[str]:
+    """The strings a server must never get to show back: credentials, header values, and
+    the basic-auth header value; longest first, so a secret inside another is masked whole."""
+    values = settings.secrets()
+    if settings.username is not None and settings.password is not None:
+        pair = f"{settings.username}:{settings.password.get_secret_value()}"
+        values.append(base64.b64encode(pair.encode()).decode())
+    return sorted(set(values), key=len, reverse=True)
+
+
 def _server_message(response: httpx.Response) -> str:
     """The server's own reason: the ``error`` field of a Prometheus JSON error, else the text."""
     try:
@@ -391,7 +438,7 @@ def _server_message(response: httpx.Response) -> str:
             f"{kind}: {body['error']}" if kind and kind != str(response.status_code) else str(body["error"])
         )
     text = response.text.strip()
-    return text[:1000] if text else response.reason_phrase
+    return text[: _SERVER_TEXT_CHARS * 4] if text else response.reason_phrase
 
 
 def _check_labels(labels: Mapping[str, str], *, url: str) -> None:

@@ -202,7 +202,7 @@ def test_rendered_pipelines_load_as_openanomaly_config(
     if case == "inline-pipelines":
         assert [p.name for p in config.pipelines] == ["node-cpu"]
         assert "not-a-real-token" not in text
-        assert config.settings.tsdb.bearer_token == "not-a-real-token"
+        assert config.settings.tsdb.bearer_token.get_secret_value() == "not-a-real-token"
         # tpl ran: settings may name the release's services.
         assert config.settings.tsdb.url == f"http://{RELEASE}-victoria-metrics-single-server:8428"
         assert config.settings.artifacts.endpoint_url == f"http://{RELEASE}-minio:9000"

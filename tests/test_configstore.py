@@ -42,7 +42,7 @@ def test_loads_a_valid_file_and_expands_env(tmp_path):
     assert isinstance(store, ConfigStore)
     config = store.load()
     assert config.settings.tsdb.url == "http://localhost:8428"
-    assert config.settings.tsdb.bearer_token == "s3cret"
+    assert config.settings.tsdb.bearer_token.get_secret_value() == "s3cret"
     cpu = config.pipeline("cpu")
     assert cpu.model.label == "robust"
     assert cpu.scoring.direction == "above"

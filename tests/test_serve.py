@@ -166,7 +166,7 @@ def test_model_error_message(api: httpx.Client) -> None:
         ({"series": [{"values": [1, 2, 3]}], "horizon": 0}, 422, "horizon"),
         ({"series": [{"values": [1, 2, 3]}], "horizon": -2}, 422, "horizon"),
         ({"series": [{"values": [1, 2, 3]}], "horizon": 65}, 422, "horizon"),
-        ({"series": [{"values": [1, 2, 3]}], "horizon": 1, "quantiles": [0.5, 0.1]}, 422, "quantiles"),
+        ({"series": [{"values": [1, 2, 3]}], "horizon": 1, "quantiles": [0.5, 0.5]}, 422, "quantiles"),
         ({"series": [{"values": [1, 2]}] * 6, "horizon": 1}, 413, "series"),
         ({"series": [{"values": [1.0] * 601}], "horizon": 1}, 413, "series[0].values"),
         ({"values": [1, 2, 3], "horizon": 1}, 422, "series"),
@@ -191,6 +191,11 @@ def test_bad_detect_input(api: httpx.Client) -> None:
 def test_malformed_json(api: httpx.Client) -> None:
     response = api.post("/v1/forecast", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 422
+    assert response.json() == {
+        "error": "invalid_request",
+        "message": "body: malformed JSON: key must be a string at line 1 column 2",
+        "field": "body",
+    }
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}])
@@ -255,10 +260,17 @@ def test_metrics_exposition(api: httpx.Client) -> None:
     assert "openanomaly_points_scored_total" in text
 
 
-def test_openapi_docs(api: httpx.Client) -> None:
-    spec = httpx.get(f"{_root(api)}/openapi.json").json()
+def test_openapi_docs_follow_the_token_and_state_the_limits(api: httpx.Client) -> None:
+    spec = api.get("/openapi.json").json()
     assert {"/v1/forecast", "/v1/detect", "/v1/models", "/healthz", "/metrics"} <= set(spec["paths"])
-    assert httpx.get(f"{_root(api)}/docs").status_code == 200
+    assert api.get("/docs").status_code == 200
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(f"{_root(api)}{path}").status_code == 401, path
+    schemas = spec["components"]["schemas"]
+    assert schemas["ForecastRequest"]["properties"]["series"]["maxItems"] == LIMITS["max_series"]
+    assert schemas["ForecastRequest"]["properties"]["horizon"]["maximum"] == LIMITS["max_horizon"]
+    values = schemas["SeriesIn"]["properties"]["values"]
+    assert values["maxItems"] == LIMITS["max_points"] and values["minItems"] == 1
 
 
 def test_reconfigure_in_place(api: httpx.Client) -> None:

@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from openanomaly.errors import ModelError
+from openanomaly.errors import ConfigError, ModelError
 from openanomaly.models.baselines import ZScoreForecaster
 from openanomaly.serve.forecaster import (
     BatchStats,
     ForecasterConfig,
     ForecastItem,
+    ForecastRejected,
     forecast_batch,
     model_params,
     stack_left_padded,
 )
+from openanomaly.serve.guard import TOKEN_ENV, TOKEN_FILE_ENV, GuardSettings, error_body, load_token
 from openanomaly.serve.metrics import ServeMetrics
 from openanomaly.serve.schemas import (
     DetectRequest,
     ForecastRequest,
+    Grid,
     Limits,
     RequestError,
-    check_limits,
+    grid_of,
+    parse_request,
     values_array,
 )
 
@@ -111,7 +120,7 @@ def test_forecaster_config_rejects_unknown_spec() -> None:
         ({"series": [{"values": [None, None]}], "horizon": 3}, "values"),
         ({"series": [{"values": ["a", 1]}], "horizon": 3}, "values"),
         ({"series": [{"values": [1, 2]}], "horizon": 0}, "horizon"),
-        ({"series": [{"values": [1, 2]}], "horizon": 3, "quantiles": [0.9, 0.1]}, "quantiles"),
+        ({"series": [{"values": [1, 2]}], "horizon": 3, "quantiles": [0.5, 0.5]}, "quantiles"),
         ({"series": [{"values": [1, 2], "timestamps_ms": [5]}], "horizon": 3}, "timestamps_ms"),
         ({"series": [{"values": [1, 2]}], "horizon": 3, "colour": "red"}, "colour"),
     ],
@@ -122,21 +131,147 @@ def test_forecast_request_rejects(body: dict, field: str) -> None:
     assert field in str(error.value)
 
 
+def _parse(body: dict | bytes, limits: Limits, model: type = ForecastRequest) -> Any:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return parse_request(model, raw, limits)
+
+
 def test_limits_name_the_field() -> None:
     limits = Limits(max_series=2, max_points=3, max_horizon=10)
-    too_many = ForecastRequest.model_validate({"series": [{"values": [1]}] * 3, "horizon": 1})
     with pytest.raises(RequestError) as error:
-        check_limits(too_many, limits)
+        _parse({"series": [{"values": [1]}] * 3, "horizon": 1}, limits)
     assert (error.value.field, error.value.status) == ("series", 413)
-    two = {"series": [{"values": [1, 2]}, {"values": [1] * 4}], "horizon": 1}
-    too_long = ForecastRequest.model_validate(two)
     with pytest.raises(RequestError) as error:
-        check_limits(too_long, limits)
-    assert error.value.field == "series[1].values"
+        _parse({"series": [{"values": [1, 2]}, {"values": [1] * 4}], "horizon": 1}, limits)
+    assert (error.value.field, error.value.status) == ("series[1].values", 413)
     with pytest.raises(RequestError, match="horizon"):
-        check_limits(ForecastRequest.model_validate({"series": [{"values": [1]}], "horizon": 11}), limits)
+        _parse({"series": [{"values": [1]}], "horizon": 11}, limits)
     with pytest.raises(RequestError, match="no context"):
-        check_limits(DetectRequest.model_validate({"series": [{"values": [1, 2]}], "score_last": 2}), limits)
+        _parse({"series": [{"values": [1, 2]}], "score_last": 2}, limits, DetectRequest)
+
+
+def test_series_count_is_checked_before_the_series_are_built() -> None:
+    """10^5 series against a limit of 1000: refused on a count of the body's objects."""
+    body = b'{"horizon":1,"series":[' + b'{"values":[1]},' * 99_999 + b'{"values":[1]}]}'
+    with pytest.raises(RequestError) as error:
+        _parse(body, Limits())
+    assert (error.value.field, error.value.status) == ("series", 413)
+    assert "100001 JSON objects" in str(error.value)  # counted, not built
+
+
+def test_braces_inside_strings_are_not_objects() -> None:
+    ids = [{"id": f'cpu{{host="{i}"}}[0]\\', "values": [1, 2]} for i in range(3)]
+    request = _parse({"series": ids, "horizon": 1}, Limits(max_series=3))
+    assert [s.id for s in request.series] == [s["id"] for s in ids]
+
+
+_SPREAD = [{"values": [1, 2], "timestamps_ms": [i * 1000, i * 1000 + 100]} for i in range(20)]
+
+
+@pytest.mark.parametrize(
+    ("series", "limits", "field", "what"),
+    [
+        # The issue's probe: 8 series of 2 points spanning 10^7 ms at a 1 ms step.
+        (
+            [{"values": [1, 2], "timestamps_ms": [0, 1]}]
+            + [{"values": [1, 2], "timestamps_ms": [0, 10**7]}] * 7,
+            Limits(),
+            "series[0].timestamps_ms",
+            "grid points implied",
+        ),
+        (
+            [{"values": [1, 2, 3], "timestamps_ms": [0, 1, 10**12]}],
+            Limits(),
+            "series[0].timestamps_ms",
+            "grid",
+        ),
+        # 40 points sent, but 20 series x 1,901 grid points to align them on.
+        (_SPREAD, Limits(max_total_points=1000), "series", "grid points in all"),
+    ],
+)
+def test_grid_size_is_checked_from_the_timestamps(
+    series: list, limits: Limits, field: str, what: str
+) -> None:
+    with pytest.raises(RequestError) as error:
+        _parse({"series": series}, limits, DetectRequest)
+    assert (error.value.field, error.value.status) == (field, 413) and what in str(error.value)
+
+
+def test_grid_of_matches_the_alignment() -> None:
+    body = {
+        "series": [
+            {"values": [1, 2, 3], "timestamps_ms": [100, 160, 220]},
+            {"values": [4, 5], "timestamps_ms": [40, 340]},
+        ]
+    }
+    request = _parse(body, Limits(), DetectRequest)
+    assert grid_of(request) == Grid(40, 340, 60) and grid_of(request).length == 6
+
+
+def test_response_and_model_input_sizes_are_bounded() -> None:
+    limits = Limits(max_response_values=1000, max_context_values=5000)
+    with pytest.raises(RequestError, match="numbers in the response") as error:
+        _parse({"series": [{"values": [1]}] * 10, "horizon": 30, "quantiles": [0.1, 0.5, 0.9]}, limits)
+    assert error.value.status == 413
+    values = list(range(600))
+    with pytest.raises(RequestError, match="context values") as error:
+        _parse(
+            {"series": [{"values": values}] * 2, "score_last": 10, "context_length": 500},
+            limits,
+            DetectRequest,
+        )
+    assert error.value.field == "context_length"
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"series":[{"values":[1,2]}],"horizon":true}', "horizon"),
+        (b'{"series":[{"values":[1,2]}],"horizon":"2"}', "horizon"),
+        (b'{"series":[{"values":[1,2]}],"horizon":1.5}', "horizon"),
+        (b'{"series":[{"values":[1,NaN]}],"horizon":1}', "series[0].values[1]"),
+        (b'{"series":[{"values":[1,-Infinity]}],"horizon":1}', "series[0].values[1]"),
+        (b'{"series":[{"values":[1,2],"id":"\\ud800"}],"horizon":1}', "body"),
+        (b'{"series":[{"values":[1,2],"id":"' + b"x" * 201 + b'"}],"horizon":1}', "series[0].id"),
+    ],
+)
+def test_strict_types(raw: bytes, field: str) -> None:
+    with pytest.raises(RequestError) as error:
+        _parse(raw, Limits())
+    assert (error.value.field, error.value.status) == (field, 422)
+    assert len(str(error.value)) < 300
+
+
+def test_integral_floats_are_integers_and_levels_are_sorted() -> None:
+    request = _parse(b'{"series":[{"values":[1,2]}],"horizon":3.0,"quantiles":[0.9,0.1]}', Limits())
+    assert request.horizon == 3 and request.quantiles == [0.1, 0.9]
+
+
+def test_openapi_states_the_limits() -> None:
+    from openanomaly.serve.app import _openapi, fastapi_app
+
+    fastapi_app.state.limits, fastapi_app.openapi_schema = Limits(max_series=7, max_horizon=9), None
+    try:
+        schemas = _openapi(fastapi_app)["components"]["schemas"]
+    finally:
+        fastapi_app.state.limits, fastapi_app.openapi_schema = None, None
+    assert schemas["ForecastRequest"]["properties"]["series"]["maxItems"] == 7
+    assert schemas["ForecastRequest"]["properties"]["horizon"]["maximum"] == 9
+    assert schemas["DetectRequest"]["properties"]["score_last"]["maximum"] == Limits().max_scored_points
+    assert schemas["SeriesIn"]["properties"]["values"]["maxItems"] == Limits().max_points
+    assert schemas["SeriesIn"]["properties"]["timestamps_ms"]["anyOf"][0]["items"]["minimum"] == 0
+
+
+def test_model_exceptions_become_one_line_model_errors() -> None:
+    class Broken(ZScoreForecaster):
+        def forecast(self, contexts, horizon, quantiles):
+            raise ValueError("bad input\n  long detail on a second line")
+
+    [result] = forecast_batch(Broken(), [_item([1, 2, 3])], spec="zscore")
+    assert isinstance(result.error, ForecastRejected)
+    assert str(result.error) == "model 'zscore': could not forecast these series: ValueError: bad input"
+    # It crosses from the replica to the ingress by pickle.
+    assert str(pickle.loads(pickle.dumps(result.error))) == str(result.error)
 
 
 def test_values_array_maps_null_to_nan_and_left_pads() -> None:
@@ -146,3 +281,49 @@ def test_values_array_maps_null_to_nan_and_left_pads() -> None:
     assert out.shape == (2, 3)
     assert np.isnan(out[0, 1]) and out[0, 2] == 3
     assert np.isnan(out[1, :2]).all() and out[1, 2] == 7
+
+
+def test_token_comes_from_a_file_first(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("from-file\n")
+    token = load_token({TOKEN_FILE_ENV: str(secret), TOKEN_ENV: "from-env"})
+    assert token is not None and token.get_secret_value() == "from-file"
+    assert "from-file" not in repr(token)
+    env = load_token({TOKEN_ENV: " from-env "})
+    assert env is not None and env.get_secret_value() == "from-env"
+    assert load_token({}) is None and load_token({TOKEN_ENV: ""}) is None
+
+
+@pytest.mark.parametrize("content", [None, "  \n"])
+def test_a_broken_token_file_stops_the_start(tmp_path: Path, content: str | None) -> None:
+    secret = tmp_path / "token"
+    if content is not None:
+        secret.write_text(content)
+    with pytest.raises(ConfigError, match="token file"):
+        load_token({TOKEN_FILE_ENV: str(secret)})
+
+
+def test_guard_settings_compare_bearer_tokens() -> None:
+    guard = GuardSettings(token=SecretStr("t0k"), max_body_bytes=10)
+    assert guard.authorized(b"Bearer t0k") and not guard.authorized(b"Bearer t0")
+    assert not guard.authorized(None) and not guard.authorized(b"Basic t0k")
+    assert GuardSettings(token=None, max_body_bytes=10).authorized(None)
+
+
+def test_error_body_is_one_short_line() -> None:
+    body = error_body(500, "boom\nTraceback (most recent call last):\n  ...")
+    assert body == {"error": "internal", "message": "boom", "field": None}
+    assert len(error_body(422, "x" * 5000, field="id")["message"]) == 1000
+
+
+def test_serving_without_a_token_is_loud(caplog: pytest.LogCaptureFixture) -> None:
+    from openanomaly.serve.app import _warn_if_open
+
+    _warn_if_open(SecretStr("t"), "0.0.0.0")
+    assert not caplog.records
+    _warn_if_open(None, "127.0.0.1")
+    _warn_if_open(None, "0.0.0.0")
+    loopback, everywhere = caplog.records
+    assert loopback.levelname == "WARNING" and "auth is OFF" in loopback.getMessage()
+    assert everywhere.levelname == "ERROR" and "listens on 0.0.0.0" in everywhere.getMessage()
+    assert "OPENANOMALY_API_TOKEN_FILE" in everywhere.getMessage()

@@ -5,6 +5,7 @@ Behaviour against real servers is in ``test_tsdb_integration.py``.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from urllib.parse import parse_qs
 
@@ -17,7 +18,7 @@ from openanomaly import _remote_write
 from openanomaly.config import TSDBSettings
 from openanomaly.errors import QueryError, RemoteWriteError
 from openanomaly.series import SeriesMatrix
-from openanomaly.tsdb import PrometheusClient
+from openanomaly.tsdb import PrometheusClient, backoff_delay
 
 URL = "http://tsdb.test:8428"
 STEP = 60_000
@@ -233,6 +234,90 @@ def test_remote_write_gives_up_after_retries() -> None:
     assert len(calls) == 3
     assert caught.value.status == 500
     assert "after 3 attempts" in str(caught.value) and "too old sample" in str(caught.value)
+
+
+def test_remote_write_retries_429_honouring_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The remote-write spec: 429 is retried, after at least the server's Retry-After."""
+    waits: list[float] = []
+    monkeypatch.setattr("openanomaly.tsdb.time.sleep", waits.append)
+    responses = iter(
+        [httpx.Response(429, headers={"Retry-After": "2"}), httpx.Response(429), httpx.Response(204)]
+    )
+    matrix = SeriesMatrix.from_rows([{"__name__": "m"}], [T0], [[1.0]])
+    with make_client(lambda request: next(responses), retries=3) as client:
+        assert client.remote_write(matrix) == 1
+    assert waits[0] >= 2.0 and waits[1] < 2.0
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413])
+def test_other_4xx_are_never_retried(status: int) -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(status, headers={"Retry-After": "1"})
+
+    matrix = SeriesMatrix.from_rows([{"__name__": "m"}], [T0], [[1.0]])
+    with make_client(handler, retries=5) as client, pytest.raises(RemoteWriteError):
+        client.remote_write(matrix)
+    assert len(calls) == 1
+
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    delays = [[backoff_delay(attempt, base=0.5) for _ in range(200)] for attempt in (1, 3, 10)]
+    assert max(delays[0]) <= 0.5 and max(delays[1]) <= 2.0 and max(delays[2]) <= 30.0
+    assert len(set(delays[2])) > 100 and max(delays[2]) > 15  # spread over (0, cap], not fixed
+    assert backoff_delay(1, base=0.5, retry_after=7.0) >= 7.0
+    assert backoff_delay(1, base=0.5, retry_after=10_000) == 300.0
+
+
+def test_server_text_is_cut_and_stripped_of_header_values() -> None:
+    """A proxy that reflects request headers must not put credentials into errors."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        echoed = "\n".join(f"{k}: {v}" for k, v in request.headers.items())
+        return httpx.Response(400, text=echoed + "\n" + "x" * 5000)
+
+    matrix = SeriesMatrix.from_rows([{"__name__": "m"}], [T0], [[1.0]])
+    for auth in ({"bearer_token": "tok-2718281828"}, {"username": "alice", "password": "pw-3141592653"}):
+        headers = {"X-Scope-OrgID": "tenant-secret-1618"}
+        with (
+            make_client(handler, headers=headers, **auth) as client,
+            pytest.raises(RemoteWriteError) as caught,
+        ):
+            client.remote_write(matrix)
+        message = str(caught.value)
+        assert len(message) < 500
+        for secret in (
+            "tok-2718281828",
+            "pw-3141592653",
+            "tenant-secret-1618",
+            "YWxpY2U6cHctMzE0MTU5MjY1Mw==",
+        ):
+            assert secret not in message
+        assert "***" in message
+
+
+def test_url_userinfo_becomes_basic_auth_and_never_shows(caplog: pytest.LogCaptureFixture) -> None:
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(503, text="busy")
+
+    settings = {"url": "http://alice:pw%2F123@tsdb.test:8428", "retries": 1}
+    matrix = SeriesMatrix.from_rows([{"__name__": "m"}], [T0], [[1.0]])
+    with make_client(handler, **settings) as client, pytest.raises(RemoteWriteError) as caught:
+        client.remote_write(matrix)
+    assert client.settings.url == URL and client.settings.username == "alice"
+    assert seen[0] == "Basic " + base64.b64encode(b"alice:pw/123").decode()
+    assert "pw" not in str(caught.value) and "pw" not in caplog.text and "alice" not in caplog.text
+
+
+def test_numeric_secrets_are_accepted_and_never_echoed() -> None:
+    settings = TSDBSettings(url=URL, bearer_token=8812771234567)
+    assert settings.bearer_token is not None and settings.bearer_token.get_secret_value() == "8812771234567"
+    assert "8812771234567" not in repr(settings) and "8812771234567" not in str(settings.model_dump())
 
 
 @pytest.mark.parametrize(

@@ -218,10 +218,19 @@ def test_credentials_stay_with_the_configured_tsdb() -> None:
     playground = Playground(tsdb=configured)
     assert playground.tsdb_settings("") is configured
     assert playground.tsdb_settings("http://vm.internal:8428/") is configured
-    other = playground.tsdb_settings("http://127.0.0.1:9090")
-    assert other.url == "http://127.0.0.1:9090" and other.bearer_token is None
-    with pytest.raises(PlaygroundInputError, match="TSDB URL"):
-        playground.tsdb_settings("localhost:9090")
+    for other in ("http://127.0.0.1:8428/metrics#", "localhost:9090", "file:///etc/passwd"):
+        with pytest.raises(PlaygroundInputError, match="only the configured TSDB"):
+            playground.tsdb_settings(other)
+    with pytest.raises(PlaygroundInputError, match="no TSDB is configured"):
+        Playground().tsdb_settings("http://127.0.0.1:8428")
+
+
+def test_only_listed_or_configured_models_run() -> None:
+    playground = Playground(tsdb=TSDBSettings(url="http://vm.internal:8428"))
+    playground.check_model("statsforecast:AutoETS")
+    for spec in ("chronos:/tmp/evil-checkpoint", "chronos:amazon/chronos-bolt-small", "neuralforecast:NHITS"):
+        with pytest.raises(PlaygroundInputError, match="pick a listed model"):
+            playground.check_model(spec)
 
 
 # ----------------------------------------------------------------------------- CSV mode

@@ -21,36 +21,60 @@ status and manual runs), ``GET /healthz``, ``GET /metrics``, OpenAPI at ``/docs`
 
 import asyncio
 import contextlib
-import hmac
+import functools
 import logging
-import os
 import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import Depends, FastAPI, Path, Request, Response
+from fastapi import FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 
 from openanomaly.config import Pipeline
 from openanomaly.errors import ConfigError, DataError, ModelError, SchedulerUnavailable
 from openanomaly.models.base import QuantileForecast
 from openanomaly.scheduler import DEFAULT_NAME, DEFAULT_NAMESPACE, ensure_scheduler
 from openanomaly.series import SeriesMatrix
-from openanomaly.serve.forecaster import ForecasterConfig, ForecasterDeployment, ForecastItem, ForecastReply
+from openanomaly.serve.forecaster import (
+    ForecasterConfig,
+    ForecasterDeployment,
+    ForecastItem,
+    ForecastRejected,
+    ForecastReply,
+)
+from openanomaly.serve.guard import (
+    OPEN_PATHS,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    Guard,
+    GuardSettings,
+    error_body,
+    load_token,
+)
 from openanomaly.serve.metrics import CONTENT_TYPE, ServeMetrics
 from openanomaly.serve.schemas import (
     DetectRequest,
     DetectResponse,
     DetectSeries,
+    ErrorBody,
     ForecastRequest,
     ForecastResponse,
     ForecastSeries,
@@ -59,7 +83,9 @@ from openanomaly.serve.schemas import (
     ModelsResponse,
     RequestError,
     SeriesIn,
-    check_limits,
+    clip,
+    grid_of,
+    parse_request,
     values_array,
 )
 from openanomaly.window import score_range
@@ -76,8 +102,7 @@ __all__ = [
     "fastapi_app",
 ]
 
-TOKEN_ENV = "OPENANOMALY_API_TOKEN"
-"""When set in the ingress replica's environment, requests need ``Authorization: Bearer <value>``."""
+_log = logging.getLogger(__name__)
 
 # Grid spacing used for series sent without timestamps: any value works, it only
 # converts point counts (context_length, infer_every) into durations for Pipeline.
@@ -166,7 +191,15 @@ fastapi_app = FastAPI(
     summary="Forecast and anomaly-score time series with batched models on Ray Serve.",
     version="0.1.0",
 )
-_bearer = HTTPBearer(auto_error=False)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in {
+        401: "Missing or wrong bearer token (when the API has one)",
+        413: "A size limit is exceeded (body, series, points, response); the field is named",
+        422: "The request does not validate; the field is named",
+        500: "The model failed on the batch",
+    }.items()
+}
 
 
 def _json_floats(values: np.ndarray) -> list[Any]:
@@ -175,34 +208,38 @@ def _json_floats(values: np.ndarray) -> list[Any]:
     return np.where(np.isfinite(array), array, None).tolist()
 
 
-def _error(status: int, message: str, *, field: str | None = None, detail: Any = None) -> JSONResponse:
-    body: dict[str, Any] = {"message": message}
-    if field is not None:
-        body["field"] = field
-    if detail is not None:
-        body["detail"] = detail
-    return JSONResponse(status_code=status, content=body)
+def _error(status: int, message: str, *, field: str | None = None, kind: str | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=error_body(status, message, field=field, kind=kind))
 
 
-def _message(error: dict[str, Any]) -> str:
-    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+def _cause(error: BaseException) -> BaseException:
+    """The exception raised inside a replica, out of Ray's ``RayTaskError`` wrapper.
 
+    A ``ModelError`` raised in the forecaster arrives as a ``RayTaskError`` subclass
+    whose ``str()`` is a Ray traceback (PIDs, node IP, actor id, paths); its ``cause``
+    is the original exception with its own one-line message.
+    """
+    from ray.exceptions import RayTaskError
 
-def _loc(loc: Sequence[Any]) -> str:
-    """``("body", "series", 0, "values")`` → ``series[0].values``."""
-    out = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
+    while isinstance(error, RayTaskError) and error.cause is not None:
+        error = error.cause
+    return error
 
 
 @fastapi_app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-    errors = error.errors()
-    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
-    field = _loc(first.get("loc", ()))
-    detail = [{"field": _loc(e.get("loc", ())), "message": _message(e)} for e in errors]
-    return _error(422, f"{field}: {_message(first)}", field=field, detail=detail)
+    # Only path parameters reach here: bodies are parsed by parse_request.
+    first = (error.errors() or [{"loc": ("body",), "msg": "invalid request"}])[0]
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "path", "query")]
+    field = ".".join(loc) or "body"
+    return _error(
+        422, f"{field}: {str(first.get('msg', 'invalid')).removeprefix('Value error, ')}", field=field
+    )
+
+
+@fastapi_app.exception_handler(HTTPException)
+async def _http_error(_: Request, error: HTTPException) -> JSONResponse:
+    return _error(error.status_code, str(error.detail), kind=None, field=None)
 
 
 @fastapi_app.exception_handler(RequestError)
@@ -212,53 +249,35 @@ async def _request_error(_: Request, error: RequestError) -> JSONResponse:
 
 @fastapi_app.exception_handler(DataError)
 async def _data_error(_: Request, error: DataError) -> JSONResponse:
-    return _error(422, str(error), field="series")
+    return _error(422, str(_cause(error)), field="series", kind="data_error")
+
+
+@fastapi_app.exception_handler(ConfigError)
+async def _config_error(_: Request, error: ConfigError) -> JSONResponse:
+    # A pipeline disabled by a bad config, asked to run: the state forbids it, not the request.
+    return _error(409, str(_cause(error)))
 
 
 @fastapi_app.exception_handler(ModelError)
 async def _model_error(_: Request, error: ModelError) -> JSONResponse:
-    return _error(500, f"model failed: {error}")
+    cause = _cause(error)
+    if isinstance(cause, ForecastRejected):
+        return _error(422, str(cause), field="series", kind="model_rejected_input")
+    return _error(500, f"model failed: {cause}", kind="model_error")
 
 
-async def _authorize(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    """Bearer-token check; a no-op when no token is configured."""
-    token: str | None = request.app.state.token
-    if token is None:
-        return
-    given = credentials.credentials if credentials is not None else ""
-    if credentials is None or not hmac.compare_digest(given.encode(), token.encode()):
-        raise _Unauthorized()
-
-
-class _Unauthorized(Exception):
-    pass
-
-
-def _bearer_user(token: str) -> Callable[[Request], str | None]:
-    """Gradio's auth hook for the playground: the API's bearer token, checked the same way.
-
-    A closure, not ``request.app.state``: the mounted Gradio app is its own sub-app.
-    """
-
-    def user(request: Request) -> str | None:
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return "api" if hmac.compare_digest(given.encode(), token.encode()) else None
-
-    return user
+@fastapi_app.exception_handler(Exception)
+async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    cause = _cause(error)
+    if isinstance(cause, DataError | ModelError):  # wrapped in something else by Ray
+        return await (_data_error if isinstance(cause, DataError) else _model_error)(request, cause)
+    _log.error("%s %s failed", request.method, request.url.path, exc_info=cause)
+    return _error(500, f"internal error ({type(cause).__name__}); see the ingress log")
 
 
 @fastapi_app.exception_handler(SchedulerUnavailable)
 async def _no_scheduler(_: Request, error: SchedulerUnavailable) -> JSONResponse:
     return _error(503, str(error))
-
-
-@fastapi_app.exception_handler(_Unauthorized)
-async def _unauthorized(_: Request, __: _Unauthorized) -> JSONResponse:
-    response = _error(401, f"missing or wrong bearer token (see {TOKEN_ENV})", field="Authorization")
-    response.headers["WWW-Authenticate"] = "Bearer"
-    return response
 
 
 @fastapi_app.middleware("http")
@@ -273,6 +292,76 @@ async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Re
         metrics.requests.labels(endpoint, model, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
     return response
+
+
+# Added last, so outermost: a request is refused before the body is read or routed.
+fastapi_app.add_middleware(Guard)
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for an endpoint that parses its own body (see ``_parse``)."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _bound(prop: dict[str, Any], **bounds: Any) -> None:
+    """Set JSON-schema bounds on a property, on its non-null branch if it is optional."""
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") != "null":
+            branch.update(bounds)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the deployment's ``Limits`` as ``maxItems``/``maximum``
+    and its model names as the ``model`` enum, so a client (or schemathesis) knows every
+    bound the server enforces.
+
+    Takes the app rather than reading the module's: ``serve.ingress`` serves a
+    cloudpickled copy of ``fastapi_app``, the one ``Ingress.__init__`` configures.
+    """
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ForecastRequest, DetectRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    limits: Limits = getattr(app.state, "limits", None) or Limits()
+    for name in ("SeriesIn", "DetectSeriesIn"):
+        _bound(schemas[name]["properties"]["values"], maxItems=limits.max_points)
+        _bound(schemas[name]["properties"]["timestamps_ms"], maxItems=limits.max_points)
+    # ScoringConfig (the pipelines' model) checks 0 < low < 0.5 < high < 1 in code.
+    band = schemas["ScoringConfig"]["properties"]["quantiles"]["prefixItems"]
+    band[0].update(exclusiveMinimum=0, exclusiveMaximum=0.5)
+    band[1].update(exclusiveMinimum=0.5, exclusiveMaximum=1)
+    models: list[str] | None = getattr(app.state, "models", None)
+    for name in ("ForecastRequest", "DetectRequest"):
+        _bound(schemas[name]["properties"]["series"], maxItems=limits.max_series)
+        if models:
+            _bound(schemas[name]["properties"]["model"], enum=models)
+    _bound(schemas["ForecastRequest"]["properties"]["horizon"], maximum=limits.max_horizon)
+    detect_props = schemas["DetectRequest"]["properties"]
+    _bound(detect_props["score_last"], maximum=limits.max_scored_points)
+    doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, operations in doc["paths"].items():
+        if path not in OPEN_PATHS:
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}]
+    app.openapi_schema = doc
+    return doc
+
+
+fastapi_app.openapi = functools.partial(_openapi, fastapi_app)  # type: ignore[method-assign]
+
+_Body = TypeVar("_Body", ForecastRequest, DetectRequest)
+
+
+async def _parse(model: type[_Body], request: Request, limits: Limits) -> _Body:
+    """Read and validate a body in a worker thread: a large body must not stall the
+    event loop (``/healthz``, other requests) while pydantic walks it."""
+    raw = await request.body()
+    return await asyncio.to_thread(parse_request, model, raw, limits)
 
 
 def _forecast_timestamps(series: SeriesIn, step_ms: int | None, horizon: int) -> list[int] | None:
@@ -297,29 +386,45 @@ def _grid(request: DetectRequest) -> tuple[SeriesMatrix, int]:
 
     series = request.series
     labels = tuple({"series": str(i)} for i in range(len(series)))
-    with_ts = [s.timestamps_ms is not None for s in series]
-    if not any(with_ts):
+    grid = grid_of(request)  # its size was checked by check_limits, before this allocates it
+    if grid is None:
         values = values_array(series)
         timestamps = np.arange(values.shape[1], dtype=np.int64) * _DEFAULT_STEP_MS
         return SeriesMatrix(labels, timestamps, values), _DEFAULT_STEP_MS
-    if not all(with_ts):
-        index = with_ts.index(False)
-        raise RequestError(
-            "give timestamps_ms for every series or for none", field=f"series[{index}].timestamps_ms"
-        )
-    first = series[0].timestamps_ms or []
-    if len(first) < 2:
-        raise RequestError("need at least 2 timestamps to infer the step", field="series[0].timestamps_ms")
-    step = int(np.min(np.diff(first)))
-    start = min(s.timestamps_ms[0] for s in series)  # type: ignore[index]
-    end = max(s.timestamps_ms[-1] for s in series)  # type: ignore[index]
+    start, end, step = grid
     rows = []
     for s in series:
         values = [[np.nan if v is None else v for v in s.values]]
         one = SeriesMatrix.from_rows([{}], s.timestamps_ms or [], values)
         rows.append(align_to_grid(one, step_ms=step, start_ms=start, end_ms=end).values[0])
-    grid = np.arange(start, end + 1, step, dtype=np.int64)
-    return SeriesMatrix(labels, grid, np.vstack(rows)), step
+    timestamps = np.arange(start, end + 1, step, dtype=np.int64)
+    return SeriesMatrix(labels, timestamps, np.vstack(rows)), step
+
+
+def _serve_host() -> str:
+    """The address Serve's HTTP proxies listen on, from the controller; ``unknown`` if none."""
+    with contextlib.suppress(Exception):
+        from ray.serve.context import _get_global_client
+
+        return str(_get_global_client().http_config.host)
+    return "unknown"
+
+
+def _warn_if_open(token: SecretStr | None, host: str) -> None:
+    """Log loudly when the API has no token; an error-level banner if it also listens
+    beyond loopback (a mis-indented ``runtime_env`` once served an open API silently)."""
+    if token is not None:
+        return
+    if host in ("127.0.0.1", "localhost", "::1"):
+        _log.warning("API auth is OFF: set %s or %s to require a bearer token", TOKEN_FILE_ENV, TOKEN_ENV)
+        return
+    _log.error(
+        "!!! API auth is OFF and Serve listens on %s: anyone who can reach it can use the API, "
+        "its docs and the playground. Set %s (a file, e.g. a Kubernetes Secret) or %s !!!",
+        host,
+        TOKEN_FILE_ENV,
+        TOKEN_ENV,
+    )
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
@@ -342,8 +447,13 @@ class Ingress:
         self.limits = Limits.model_validate(limits)
         self.forecasters = forecasters
         self.metrics = ServeMetrics()
-        token = os.environ.get(TOKEN_ENV) or None
-        fastapi_app.state.token = token
+        token = load_token()
+        _warn_if_open(token, _serve_host() if token is None else "")
+        fastapi_app.state.guard = GuardSettings(token=token, max_body_bytes=self.limits.max_body_bytes)
+        fastapi_app.state.limits = self.limits
+        fastapi_app.state.models = sorted(forecasters)
+        fastapi_app.openapi_schema = None  # rebuilt with these limits on the next /openapi.json
+        fastapi_app.openapi = functools.partial(_openapi, fastapi_app)  # type: ignore[method-assign]
         fastapi_app.state.metrics = self.metrics
         self.scheduler = SchedulerLink.model_validate(scheduler or {})
         self.scheduler_error: str | None = None
@@ -355,13 +465,9 @@ class Ingress:
             from openanomaly.ui import mount_playground
 
             # Mounted per replica, after serve.ingress built the routes: Gradio is heavy,
-            # so only an app that asks for it pays the import.
-            mount_playground(
-                fastapi_app,
-                path="/playground",
-                config=self.scheduler.pipelines,
-                auth_dependency=None if token is None else _bearer_user(token),
-            )
+            # so only an app that asks for it pays the import. The Guard middleware
+            # applies the API's token to it like to every other path.
+            mount_playground(fastapi_app, path="/playground", config=self.scheduler.pipelines)
 
     def _start_scheduler(self) -> None:
         assert self.scheduler.pipelines is not None
@@ -391,7 +497,7 @@ class Ingress:
         model = name or self.default_model
         if model not in self.forecasters:
             known = sorted(self.forecasters)
-            raise RequestError(f"unknown model {model!r}; deployed: {known}", field="model")
+            raise RequestError(f"unknown model {clip(model)}; deployed: {known}", field="model")
         request.state.model = model
         return model, self.forecasters[model]
 
@@ -400,7 +506,7 @@ class Ingress:
         """Liveness: the ingress answers (model replicas have their own health checks)."""
         return {"status": "ok", "models": sorted(self.forecasters)}
 
-    @fastapi_app.get("/v1/models", response_model=ModelsResponse, dependencies=[Depends(_authorize)])
+    @fastapi_app.get("/v1/models", response_model=ModelsResponse, responses=_ERRORS)
     async def models(self) -> ModelsResponse:
         """The deployed models, their specs and batching settings."""
         names = list(self.forecasters)
@@ -419,14 +525,19 @@ class Ingress:
             ]
         )
 
-    @fastapi_app.post("/v1/forecast", response_model=ForecastResponse, dependencies=[Depends(_authorize)])
-    async def forecast(self, body: ForecastRequest, request: Request) -> ForecastResponse:
+    @fastapi_app.post(
+        "/v1/forecast",
+        response_model=ForecastResponse,
+        responses=_ERRORS,
+        openapi_extra=_body(ForecastRequest),
+    )
+    async def forecast(self, request: Request) -> ForecastResponse:
         """Forecast ``horizon`` steps of every series: median plus the requested quantiles.
 
         The series of one request go to the model as one block; concurrent requests are
         batched together by the model deployment.
         """
-        check_limits(body, self.limits)
+        body = await _parse(ForecastRequest, request, self.limits)
         name, handle = self._handle(body.model, request)
         contexts = values_array(body.series)
         item = ForecastItem(contexts, body.horizon, tuple(body.quantiles))
@@ -448,15 +559,17 @@ class Ingress:
             ],
         )
 
-    @fastapi_app.post("/v1/detect", response_model=DetectResponse, dependencies=[Depends(_authorize)])
-    async def detect(self, body: DetectRequest, request: Request) -> DetectResponse:
+    @fastapi_app.post(
+        "/v1/detect", response_model=DetectResponse, responses=_ERRORS, openapi_extra=_body(DetectRequest)
+    )
+    async def detect(self, request: Request) -> DetectResponse:
         """Score the last ``score_last`` points of every series, each against a forecast
         made from the ``context_length`` points before it (rolling, no look-ahead).
 
         Runs ``openanomaly.window.score_range``, what every scheduled window runs: the
         request's (series, chunk) contexts go to the model in batched calls.
         """
-        check_limits(body, self.limits)
+        body = await _parse(DetectRequest, request, self.limits)
         name, handle = self._handle(body.model, request)
         matrix, step = _grid(body)
         spec = (await handle.info.remote())["spec"]
@@ -472,8 +585,10 @@ class Ingress:
                 },
                 scoring=body.scoring,
             )
-        except ValidationError as error:  # pragma: no cover - fields are validated above
-            raise ConfigError(str(error), source="request") from error
+        except ValidationError as error:  # e.g. a schedule the pipeline model refuses
+            problem = error.errors(include_url=False, include_input=False)[0]
+            field = ".".join(str(part) for part in problem["loc"]) or "body"
+            raise RequestError(problem["msg"].removeprefix("Value error, "), field=field) from None
         t = matrix.timestamps
         start_ms = int(t[-body.score_last - 1]) if body.score_last < len(t) else int(t[0]) - step
         result = await asyncio.to_thread(
@@ -502,18 +617,18 @@ class Ingress:
             ],
         )
 
-    @fastapi_app.get("/v1/pipelines", dependencies=[Depends(_authorize)])
+    @fastapi_app.get("/v1/pipelines", responses=_ERRORS)
     async def pipelines(self) -> dict[str, Any]:
         """Every pipeline's schedule state: last run, lag, series scored, last error."""
         return await self._scheduler_actor().status.remote()
 
-    @fastapi_app.post("/v1/pipelines/{name}/run", dependencies=[Depends(_authorize)])
+    @fastapi_app.post("/v1/pipelines/{name}/run", responses=_ERRORS)
     async def run_pipeline(self, name: Annotated[str, Path(max_length=200)]) -> dict[str, Any]:
         """Run the pipeline's due windows now (``started``, ``already_running`` or ``up_to_date``)."""
         try:
             return await self._scheduler_actor().trigger.remote(name)
         except KeyError:
-            raise RequestError(f"no pipeline named {name!r}", field="name", status=404) from None
+            raise RequestError(f"no pipeline named {clip(name)}", field="name", status=404) from None
 
     @fastapi_app.get("/metrics", response_class=Response)
     async def prometheus(self) -> Response:

@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
 
-from openanomaly.errors import ConfigError, ModelError
+from openanomaly.errors import ConfigError, ModelError, OpenAnomalyError
 from openanomaly.models.base import Forecaster, QuantileForecast, check_forecast
 from openanomaly.models.registry import load_forecaster, model_info, validate_params
 
@@ -41,6 +41,7 @@ __all__ = [
     "BATCH_SIZE_BUCKETS",
     "BatchStats",
     "ForecastItem",
+    "ForecastRejected",
     "ForecastReply",
     "ForecasterConfig",
     "ForecasterDeployment",
@@ -191,13 +192,13 @@ def forecast_batch(
     for (levels, horizon), members in groups.items():
         contexts = stack_left_padded([items[i].contexts for i in members])
         try:
-            out = check_forecast(
-                model.forecast(contexts, horizon, list(levels)),
-                n_series=contexts.shape[0],
-                horizon=horizon,
-                spec=spec,
-            )
-        except Exception as error:
+            try:
+                raw = model.forecast(contexts, horizon, list(levels))
+            except Exception as error:
+                message = f"could not forecast these series: {_first_line(error)}"
+                raise ForecastRejected(message, spec=spec) from error
+            out = check_forecast(raw, n_series=contexts.shape[0], horizon=horizon, spec=spec)
+        except ModelError as error:
             failure = _Failed(error)
             for i in members:
                 results[i] = failure
@@ -212,6 +213,20 @@ def forecast_batch(
             )
             row += rows
     return results
+
+
+class ForecastRejected(ModelError):
+    """The model could not forecast a request's series (AutoETS finds no model to fit
+    9 points, Chronos refuses a horizon): the request's data, not the server, is at
+    fault, so the API answers 422. A forecast that breaks the contract stays a
+    ``ModelError`` (500). ``ModelError``'s own signature, so it pickles across Ray."""
+
+
+def _first_line(error: Exception) -> str:
+    """``Type: first line`` of an exception, cut to 300 characters: model libraries' texts
+    run to pages, and OpenAnomaly's own start with the model already named."""
+    line = (str(error).strip().splitlines() or [""])[0][:300]
+    return line if isinstance(error, OpenAnomalyError) else f"{type(error).__name__}: {line}"
 
 
 def model_params(spec: str, params: dict[str, Any], *, device: str) -> dict[str, Any]:

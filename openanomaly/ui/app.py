@@ -122,23 +122,44 @@ class Playground:
             ) from None
 
     def tsdb_settings(self, url: str) -> TSDBSettings:
-        """Settings for ``url``: the configured ones (with their credentials) when the URL is
-        the configured one, else plain settings (credentials never go to another host).
+        """The configured TSDB's settings; ``url`` may only name that TSDB.
+
+        A URL from the page never becomes a server-side request (it could read any
+        internal service): the playground queries only what its operator configured.
 
         Raises:
-            PlaygroundInputError: the URL is not an http(s) URL.
+            PlaygroundInputError: no TSDB is configured, or ``url`` names another one.
         """
-        url = (url or "").strip().rstrip("/")
         config = self.current_config()
         configured = config.settings.tsdb if config else self.tsdb
-        if configured is not None and (not url or url == configured.url):
-            return configured
-        if not url:
-            raise PlaygroundInputError("enter the Prometheus / VictoriaMetrics URL", field="TSDB URL")
-        try:
-            return TSDBSettings(url=url)
-        except ValueError as error:
-            raise PlaygroundInputError(f"expected an http(s) URL, got {url!r}", field="TSDB URL") from error
+        if configured is None:
+            raise PlaygroundInputError(
+                "no TSDB is configured: start the playground with a pipelines file or --tsdb-url",
+                field="TSDB URL",
+            )
+        url = (url or "").strip().rstrip("/")
+        if url and url != configured.url:
+            raise PlaygroundInputError(
+                f"the playground queries only the configured TSDB, {configured.url}", field="TSDB URL"
+            )
+        return configured
+
+    def check_model(self, spec: str) -> None:
+        """Only the offered specs and the configured pipelines' models may run here.
+
+        A typed spec such as ``chronos:<path>`` would load a checkpoint from a path of
+        the user's choosing inside the server (a pickle there runs code).
+
+        Raises:
+            PlaygroundInputError: any other spec.
+        """
+        config = self.current_config()
+        allowed = {*MODEL_CHOICES, *(p.model.spec for p in (config.pipelines if config else ()))}
+        if spec not in allowed:
+            raise PlaygroundInputError(
+                f"pick a listed model ({', '.join(sorted(allowed))}); other specs are not loaded here",
+                field="Model",
+            )
 
     def default_url(self) -> str:
         config = self.current_config()
@@ -189,6 +210,7 @@ class Playground:
                 (:class:`PlaygroundInputError`, ``QueryError``, ``DataError``, ``ModelError``).
         """
         base = self.pipeline(pipeline_name) if source == SOURCES[0] else None
+        self.check_model(model)
         if source == SOURCES[1] and csv_path and not (step or "").strip():
             step = infer_step(csv_path)
             infer_every = infer_every if (infer_every or "").strip() else step
@@ -319,7 +341,7 @@ def build_playground(
                     value=form["model"],
                     allow_custom_value=True,
                     label="Model",
-                    info="registry spec; type e.g. chronos:/models/chronos-bolt-small",
+                    info="the listed specs and the configured pipelines' models",
                 )
                 with gr.Row():
                     step = gr.Textbox(form["step"], label="Step", min_width=80)

@@ -75,7 +75,7 @@ MODEL_CHOICES = (
     "statsforecast:MSTL",
     "statsforecast:SeasonalNaive",
 )
-"""Specs offered in the model picker; any registry spec (``chronos:/models/bolt-small``) can be typed."""
+"""Specs offered in the model picker; the configured pipelines' models run too, nothing else."""
 
 _AD_HOC = "playground"
 
