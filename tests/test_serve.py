@@ -389,3 +389,39 @@ def test_detect_scores_what_the_window_path_scores(api: httpx.Client) -> None:
         assert series["timestamps_ms"] == expected.timestamps.tolist()
         for name in ("anomaly_score", "yhat", "yhat_lower", "yhat_upper"):
             np.testing.assert_array_equal(np.array(series[name], dtype=float), getattr(expected, name)[row])
+
+
+def test_a_bad_pipelines_file_never_takes_the_api_down(api: httpx.Client, tmp_path: Any) -> None:
+    """The ingress starts the scheduler in the background; an unset ${VAR} only shows as config_error."""
+    import time
+    import uuid
+
+    import ray
+    from ray import serve
+
+    from openanomaly.scheduler import get_scheduler
+    from openanomaly.serve.app import AppSettings, build
+
+    config = tmp_path / "pipelines.yaml"
+    config.write_text("settings:\n  tsdb:\n    url: ${OA_NEVER_SET_URL}\npipelines: []\n")
+    link = {"pipelines": str(config), "name": f"bad-{uuid.uuid4().hex[:6]}", "namespace": "oa-serve-bad"}
+    settings = AppSettings.model_validate({"models": {"z": {"spec": "zscore"}}, "scheduler": link})
+    app, prefix = "oa-badfile", "/oa-badfile"
+    serve.run(
+        build(settings, ingress_options=INGRESS, forecaster_options=SMALL), name=app, route_prefix=prefix
+    )
+    root = _root(api).removesuffix(PREFIX) + prefix
+    try:
+        assert httpx.get(f"{root}/healthz", timeout=30).status_code == 200
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        deadline = time.monotonic() + 120
+        while (reply := httpx.get(f"{root}/v1/pipelines", headers=headers, timeout=30)).status_code == 503:
+            assert time.monotonic() < deadline, reply.text
+            time.sleep(1)
+        assert reply.status_code == 200, reply.text
+        assert "OA_NEVER_SET_URL" in reply.json()["config_error"]
+        off = httpx.get(f"{root}/playground/", headers=headers, timeout=30)
+        assert off.status_code == 503 and "OA_NEVER_SET_URL" in off.json()["message"]
+    finally:
+        serve.delete(app)
+        ray.kill(get_scheduler(name=link["name"], namespace=link["namespace"]), no_restart=True)

@@ -467,7 +467,15 @@ class Ingress:
             # Mounted per replica, after serve.ingress built the routes: Gradio is heavy,
             # so only an app that asks for it pays the import. The Guard middleware
             # applies the API's token to it like to every other path.
-            mount_playground(fastapi_app, path="/playground", config=self.scheduler.pipelines)
+            try:
+                mount_playground(fastapi_app, path="/playground", config=self.scheduler.pipelines)
+            except ConfigError as error:  # a bad pipelines file must not take the API down
+                logging.getLogger(__name__).error("playground not mounted: %s", error)
+                message = f"the playground is off: the pipelines file does not load ({error})"
+
+                @fastapi_app.get("/playground{rest:path}", include_in_schema=False)
+                async def playground_off(rest: str) -> JSONResponse:
+                    return _error(503, message, kind="playground_unavailable")
 
     def _start_scheduler(self) -> None:
         assert self.scheduler.pipelines is not None
