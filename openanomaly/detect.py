@@ -34,10 +34,10 @@ from typing import Protocol
 
 import numpy as np
 
+from openanomaly.calibration import score_chunks
 from openanomaly.config import Pipeline
 from openanomaly.errors import DataError
 from openanomaly.models.base import Forecaster, check_forecast
-from openanomaly.scoring import score_forecast
 from openanomaly.series import SeriesMatrix
 
 __all__ = [
@@ -265,23 +265,26 @@ def _detect_columns(
     starts = np.arange(a, b, c)  # (k,) first column of each chunk
     k = len(starts)
     # Context of the chunk starting at s: columns [s - length, s), NaN before column 0.
+    # A strided view (no copy for one series), and finite counts from a running sum,
+    # so a long backtest does not touch every context cell just to find empty ones.
     padded = np.concatenate([np.full((n, length), np.nan), values], axis=1)
-    contexts = padded[:, starts[:, None] + np.arange(length)[None, :]]  # (n, k, length)
+    contexts = np.lib.stride_tricks.sliding_window_view(padded, length, axis=1)[:, a:b:c]  # (n, k, length)
+    finite = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(np.isfinite(padded), axis=1)], axis=1)
     # Actuals of each chunk, NaN past the window end (the last chunk may be short).
     cols = starts[:, None] + np.arange(c)[None, :]  # (k, c)
     actual = np.where(cols < b, values[:, np.minimum(cols, b - 1)], np.nan)  # (n, k, c)
     contexts = contexts.reshape(n * k, length)
     actual = actual.reshape(n * k, c)
     has_actual = np.isfinite(actual).any(axis=1)
-    has_context = np.isfinite(contexts).any(axis=1)
+    has_context = (finite[:, starts + length] - finite[:, starts] > 0).reshape(n * k)
     skipped = (has_actual & ~has_context).reshape(n, k).any(axis=1)
     rows = np.flatnonzero(has_actual & has_context)
     if rows.size == 0:
         return out, skipped
     low, high = pipeline.scoring.quantiles
-    forecast = forecaster.forecast(contexts[rows], c, [low, 0.5, high])
+    forecast = forecaster.forecast(contexts if rows.size == n * k else contexts[rows], c, [low, 0.5, high])
     check_forecast(forecast, n_series=rows.size, horizon=c, spec=pipeline.model.spec)
-    score = score_forecast(actual[rows], forecast, pipeline.scoring)
+    score = score_chunks(values, starts, rows, actual[rows], forecast, pipeline.scoring, context=length)
     flat = np.full((4, n * k, c), np.nan)
     missing = np.isnan(actual[rows])
     for index, part in enumerate(score):

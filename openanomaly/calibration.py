@@ -1,0 +1,258 @@
+"""The calibration stage: turn any forecaster's residual into a score where ``> 1`` means rare.
+
+Why a stage and not a model: a forecaster's own quantile band says how wrong it expects
+to be, not how often its error is this large *for this series*. A 0.05/0.95 band marks
+10 % of points by construction, and a normal band on a spiky metric pages on every
+burst. So after every forecaster (``mad``, ``zscore``, statsforecast, NHITS, Chronos,
+``default``) the same stage sets the alert band from the series' own history, and ONE
+threshold, ``anomaly_score > 1``, means "rare for this series" for every model.
+
+It is **stateless**: a chunk's band is a function of the ``context`` points before it
+only (the history the forecaster sees), so the scheduler, which scores one window at a
+time, and a backtest, which scores a year at once, compute the same band. Every step is
+a fixed-length look-back that fits inside the context, which is what lets
+:func:`stage_bands` compute the bands of many consecutive chunks from one array
+(``O(points)``, not ``O(points x context)``) with results bit-identical to one chunk at
+a time.
+
+For the chunk that starts at position ``T`` (``x`` = the values, NaN = no sample):
+
+1. **Residual record** from a cheap reference forecast, the median of the
+   ``level_window`` points before each position: ``size[t] = |x[t] - median(x[t-w:t])|``.
+   The edge is the largest ``size`` over the last ``history`` points (the *record*), so
+   the score is the new deviation as a ratio to the worst one seen recently: each
+   series calibrates itself (a spiky metric tolerates its usual spikes, a smooth one
+   alerts on a small step) without a distributional assumption.
+2. **Sustained deviations** (``short_window`` k): when the sum of the last k sizes, the
+   new one included, would beat its own record over the history, the edge drops to
+   what makes it do so, but never below ``floor`` x the single-point record.
+3. **One alert per incident** (``cooldown``): the edge is worked out at every recent
+   position too; within ``cooldown`` points of an alert only a deviation worse than the
+   worst alerted one alerts again. A dip that keeps deepening pages once, not at every
+   point.
+4. **Model's band**: the alert half-width is ``gain x max(edge, model half-width)``, so a
+   model that knows a point is uncertain (a wide band) is listened to, and one that is
+   over-confident (Chronos' 0.05/0.95) is not believed. ``gain`` moves the threshold,
+   not the ranking.
+5. **Range cap** (``range_margin``, ``range_lag``): the band never reaches past the
+   context's range before its last ``range_lag`` points, widened by ``range_margin`` of
+   it, so a slow drift alerts when it leaves everything the context has seen (NAB's HTM
+   has the same "spatial anomaly" rule with the same 5 %); once a recent point has left
+   it, the recent points join the range.
+
+The score is then :func:`openanomaly.scoring.band_score` of the actual against
+``[yhat - half, yhat + half]`` (capped): ``|r| / half`` inside (continuous, so it ranks
+points for VUS-PR) and ``0.5 + |r| / (2 half)`` outside. ``yhat`` is the model's median;
+``yhat_lower``/``yhat_upper`` written to the TSDB are this alert band.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from openanomaly.config import CalibrationConfig, ScoringConfig
+from openanomaly.models.base import QuantileForecast
+from openanomaly.scoring import Score, band_score, score_forecast
+
+__all__ = ["StageBands", "calibrated_score", "lookbacks", "score_chunks", "stage_bands"]
+
+
+class StageBands(NamedTuple):
+    """What the stage knows before each chunk, all float64 ``(n, k)``.
+
+    ``edge``: the calibrated residual scale (before ``gain``); ``low``/``high``: the
+    range cap (``-inf``/``inf`` where there is none).
+    """
+
+    edge: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+class _Lookbacks(NamedTuple):
+    level_window: int
+    history: int
+    short_window: int
+    cooldown: int
+    range_lag: int
+
+
+def lookbacks(config: CalibrationConfig, context: int) -> _Lookbacks:
+    """The stage's windows shrunk to fit a ``context``-point history.
+
+    Everything the band of the chunk at ``T`` reads lies in ``[T - context, T)``:
+    ``cooldown + history + short_window - 1 + level_window <= context``. That is what
+    makes the band a function of the forecaster's context alone (stateless) and lets a
+    backtest share the work of consecutive chunks.
+    """
+    level = min(config.level_window, max(1, context // 4))
+    short = min(config.short_window, max(1, context // 8))
+    cool = min(config.cooldown, context // 4)
+    history = max(0, min(config.history, context - level - (short - 1) - cool))
+    lag = min(config.range_lag, context // 2)
+    return _Lookbacks(level, history, short, cool, lag)
+
+
+def _trailing_max(values: np.ndarray, size: int) -> np.ndarray:
+    """``out[:, t] = max(values[:, t - size + 1 : t + 1])`` (``-inf`` before column 0), same shape.
+
+    Doubling (a sparse table): ``log2(size)`` passes over the array, exact, any window.
+    """
+    m = values.shape[1]
+    span = np.concatenate([np.full((values.shape[0], size - 1), -np.inf), values], axis=1)
+    width = 1
+    while 2 * width <= size:
+        span = np.maximum(span[:, :-width], span[:, width:])
+        width *= 2
+    # span[:, i] = max over [i, i + width) of the padded row; two spans cover the window.
+    return np.maximum(span[:, :m], span[:, size - width : size - width + m])
+
+
+def _trailing(values: np.ndarray, size: int, reduce: str) -> np.ndarray:
+    """``out[:, t] = max/min/sum(values[:, t - size + 1 : t + 1])`` (pads: -inf/inf/0), same shape."""
+    if reduce == "max":
+        return _trailing_max(values, size)
+    if reduce == "min":
+        return -_trailing_max(-values, size)
+    padded = np.concatenate([np.zeros((values.shape[0], size - 1)), values], axis=1)
+    return np.lib.stride_tricks.sliding_window_view(padded, size, axis=1).sum(axis=-1)
+
+
+def _shift(values: np.ndarray, fill: float) -> np.ndarray:
+    """``out[:, t] = values[:, t - 1]``: turns "ending at t" into "ending before t"."""
+    return np.concatenate([np.full((values.shape[0], 1), fill), values[:, :-1]], axis=1)
+
+
+def _reference_sizes(x: np.ndarray, window: int) -> np.ndarray:
+    """``|x[t] - median(x[t - window : t])|`` ignoring NaN; 0 where either side is missing."""
+    n, m = x.shape
+    padded = np.concatenate([np.full((n, window), np.nan), x[:, :-1]], axis=1)
+    views = np.sort(np.lib.stride_tricks.sliding_window_view(padded, window, axis=1), axis=-1)
+    count = np.isfinite(views).sum(axis=-1)
+    low = np.take_along_axis(views, np.maximum((count - 1) // 2, 0)[..., None], axis=-1)[..., 0]
+    high = np.take_along_axis(views, np.minimum(count // 2, window - 1)[..., None], axis=-1)[..., 0]
+    reference = np.where(count > 0, 0.5 * (low + high), np.nan)
+    size = np.abs(x - reference)
+    return np.where(np.isfinite(size), size, 0.0)
+
+
+def stage_bands(
+    values: np.ndarray, starts: np.ndarray, *, context: int, config: CalibrationConfig
+) -> StageBands:
+    """The stage's edge and range cap before each chunk start (see the module docs).
+
+    Args:
+        values: float ``(n, m)`` grid values, NaN = no sample; columns before 0 count as
+            NaN, so a short array is a series that starts later.
+        starts: int ``(k,)`` column of each chunk's first point; only the ``context``
+            columns before a start are read.
+        context: the pipeline's context in points (the forecaster's history).
+        config: the stage's knobs.
+
+    Returns:
+        :class:`StageBands` ``(n, k)`` each. The same chunk gets bit-identical bands
+        whether it is passed alone (with its context) or among thousands.
+    """
+    look = lookbacks(config, context)
+    n = values.shape[0]
+    # NaN before column 0 so every start has a full context of columns to its left.
+    x = np.concatenate([np.full((n, context), np.nan), np.asarray(values, dtype=np.float64)], axis=1)
+    at = np.asarray(starts, dtype=np.int64) + context
+    size = _reference_sizes(x, look.level_window)
+    if look.history == 0:
+        edge = np.zeros((n, x.shape[1]))
+    else:
+        record = _shift(_trailing(size, look.history, "max"), 0.0)  # before t
+        edge = np.maximum(record, 0.0)
+        if look.short_window > 1:
+            k = look.short_window
+            sums = _trailing(size, k, "sum")  # the k sizes ending at t
+            sum_record = _shift(_trailing(sums, look.history, "max"), 0.0)
+            before = _shift(_trailing(size, k - 1, "sum"), 0.0)  # the k - 1 sizes before t
+            edge = np.minimum(edge, np.maximum(sum_record - before, config.floor * edge))
+        if look.cooldown:
+            alerted = np.where(size > config.gain * edge, size, 0.0)
+            worst = _shift(_trailing(alerted, look.cooldown, "max"), 0.0)
+            edge = np.maximum(edge, worst)
+    edge = edge[:, at]
+    if config.range_margin is None:
+        infinite = np.full(edge.shape, np.inf)
+        return StageBands(edge, -infinite, infinite)
+    span, lag = context - look.range_lag, look.range_lag
+    old_high = _trailing(np.where(np.isnan(x), -np.inf, x), span, "max")[:, at - lag - 1]
+    old_low = _trailing(np.where(np.isnan(x), np.inf, x), span, "min")[:, at - lag - 1]
+    if lag:
+        new_high = _trailing(np.where(np.isnan(x), -np.inf, x), lag, "max")[:, at - 1]
+        new_low = _trailing(np.where(np.isnan(x), np.inf, x), lag, "min")[:, at - 1]
+    else:
+        new_high, new_low = np.full(edge.shape, -np.inf), np.full(edge.shape, np.inf)
+    seen = np.isfinite(old_high)
+    with np.errstate(invalid="ignore"):
+        slack = np.where(seen, config.range_margin * (old_high - old_low), 0.0)
+        crossed = seen & ((new_high > old_high + slack) | (new_low < old_low - slack))
+    high = np.where(crossed, np.maximum(old_high, new_high), old_high) + slack
+    low = np.where(crossed, np.minimum(old_low, new_low), old_low) - slack
+    return StageBands(edge, np.where(seen, low, -np.inf), np.where(seen, high, np.inf))
+
+
+def calibrated_score(
+    actual: np.ndarray, forecast: QuantileForecast, bands: StageBands, scoring: ScoringConfig
+) -> Score:
+    """Score ``actual`` ``(r, h)`` against the model's median and the stage's band.
+
+    Args:
+        actual: the chunks' values, ``(r, h)``; NaN = no sample.
+        forecast: the model's forecast for those ``r`` chunks (median and the band at
+            ``scoring.quantiles``).
+        bands: :func:`stage_bands` for the same ``r`` chunks, each field ``(r,)``.
+        scoring: direction, ``min_deviation`` and the calibration's ``gain``.
+
+    Returns:
+        :class:`~openanomaly.scoring.Score` ``(r, h)``: the alert band is
+        ``yhat +- gain * max(edge, model half-width)``, clipped to the range cap but
+        always containing ``yhat``.
+    """
+    low_q, high_q = scoring.quantiles
+    yhat = forecast.median
+    model_half = 0.5 * (forecast.level(high_q) - forecast.level(low_q))
+    half = scoring.calibration.gain * np.fmax(bands.edge[:, None], model_half)
+    upper = np.minimum(yhat + half, np.maximum(bands.high[:, None], yhat))
+    lower = np.maximum(yhat - half, np.minimum(bands.low[:, None], yhat))
+    score = band_score(
+        actual,
+        yhat=yhat,
+        yhat_lower=lower,
+        yhat_upper=upper,
+        direction=scoring.direction,
+        min_deviation=scoring.min_deviation,
+    )
+    return Score(score, yhat, lower, upper)
+
+
+def score_chunks(
+    values: np.ndarray,
+    starts: np.ndarray,
+    rows: np.ndarray,
+    actual: np.ndarray,
+    forecast: QuantileForecast,
+    scoring: ScoringConfig,
+    *,
+    context: int,
+) -> Score:
+    """Score the forecast chunks ``rows`` of ``values``: calibrated, or the raw band when disabled.
+
+    Args:
+        values: float ``(n, m)`` grid values holding every chunk and its context.
+        starts: int ``(k,)`` first column of each chunk (the same for every series).
+        rows: int ``(r,)`` the forecast chunks, indices into the series-major ``n * k``.
+        actual: ``(r, h)`` their values; ``forecast``: the model's forecast for them.
+        scoring: the pipeline's scoring (``calibration.enabled`` switches the stage).
+        context: the pipeline's context in points.
+    """
+    if not scoring.calibration.enabled:
+        return score_forecast(actual, forecast, scoring)
+    bands = stage_bands(values, starts, context=context, config=scoring.calibration)
+    picked = StageBands(*(field.reshape(-1)[rows] for field in bands))
+    return calibrated_score(actual, forecast, picked, scoring)
