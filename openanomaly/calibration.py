@@ -60,15 +60,18 @@ __all__ = ["StageBands", "calibrated_score", "lookbacks", "score_chunks", "stage
 
 
 class StageBands(NamedTuple):
-    """What the stage knows before each chunk, all float64 ``(n, k)``.
+    """What the stage knows before each chunk.
 
-    ``edge``: the calibrated residual scale (before ``gain``); ``low``/``high``: the
-    range cap (``-inf``/``inf`` where there is none).
+    ``edge``: the calibrated residual scale (before ``gain``), ``(n, k)``; ``low``/``high``:
+    the range cap (``-inf``/``inf`` where there is none), ``(n, k)``; ``reference``: the
+    stage's own forecast of each chunk point (the reference it measures residuals
+    from, chosen per series), ``(n, k, h)``.
     """
 
     edge: np.ndarray
     low: np.ndarray
     high: np.ndarray
+    reference: np.ndarray
 
 
 class _Lookbacks(NamedTuple):
@@ -77,22 +80,87 @@ class _Lookbacks(NamedTuple):
     short_window: int
     cooldown: int
     range_lag: int
+    periods: tuple[tuple[int, int], ...]  # (period, seasons) of each seasonal reference
 
 
-def lookbacks(config: CalibrationConfig, context: int) -> _Lookbacks:
+def lookbacks(config: CalibrationConfig, context: int, step_s: float) -> _Lookbacks:
     """The stage's windows shrunk to fit a ``context``-point history.
 
     Everything the band of the chunk at ``T`` reads lies in ``[T - context, T)``:
-    ``cooldown + history + short_window - 1 + level_window <= context``. That is what
-    makes the band a function of the forecaster's context alone (stateless) and lets a
-    backtest share the work of consecutive chunks.
+    ``cooldown + history + short_window - 1 + reference look-back <= context``, where a
+    seasonal reference of period ``p`` over ``K`` seasons looks back ``K p + level_window``.
+    That is what makes the band a function of the forecaster's context alone
+    (stateless) and lets a backtest share the work of consecutive chunks. A daily or
+    weekly reference is offered only when at least 2 seasons of it fit.
     """
     level = min(config.level_window, max(1, context // 4))
     short = min(config.short_window, max(1, context // 8))
     cool = min(config.cooldown, context // 4)
     history = max(0, min(config.history, context - level - (short - 1) - cool))
     lag = min(config.range_lag, context // 2)
-    return _Lookbacks(level, history, short, cool, lag)
+    room = context - cool - history - (short - 1) - level
+    day = round(86_400 / step_s)
+    periods = []
+    for period in (day, 7 * day) if config.seasons else ():
+        seasons = min(config.seasons, room // period) if period >= 2 else 0
+        if seasons >= 2:
+            periods.append((period, seasons))
+    return _Lookbacks(level, history, short, cool, lag, tuple(periods))
+
+
+def _median(windows: np.ndarray) -> np.ndarray:
+    """Median along the last axis ignoring NaN (NaN where none), exact for identical windows."""
+    ordered = np.sort(windows, axis=-1)  # NaN sort last
+    count = np.isfinite(ordered).sum(axis=-1)
+    size = ordered.shape[-1]
+    low = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0)[..., None], axis=-1)[..., 0]
+    high = np.take_along_axis(ordered, np.minimum(count // 2, size - 1)[..., None], axis=-1)[..., 0]
+    return np.where(count > 0, 0.5 * (low + high), np.nan)
+
+
+def _lag(values: np.ndarray, by: int) -> np.ndarray:
+    """``out[:, t] = values[:, t - by]`` (NaN before column 0)."""
+    return np.concatenate([np.full((values.shape[0], by), np.nan), values[:, : values.shape[1] - by]], axis=1)
+
+
+def _before_median(values: np.ndarray, window: int) -> np.ndarray:
+    """``out[:, t] = median(values[:, t - window : t])`` ignoring NaN."""
+    padded = np.concatenate([np.full((values.shape[0], window), np.nan), values[:, :-1]], axis=1)
+    return _median(np.lib.stride_tricks.sliding_window_view(padded, window, axis=1))
+
+
+def _references(x: np.ndarray, look: _Lookbacks) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each candidate reference as ``(one-step forecast, seasonal profile)`` per position.
+
+    The level reference is the median of the ``level_window`` points before; a seasonal
+    one is the median of the same phase over the last ``K`` seasons plus the median of
+    its last ``level_window`` deviations (so a level shift is followed within a few
+    points). The profile alone (NaN for the level) extends the forecast over a chunk.
+    """
+    level = _before_median(x, look.level_window)
+    out = [(level, np.full(x.shape, np.nan))]
+    for period, seasons in look.periods:
+        profile = _median(np.stack([_lag(x, j * period) for j in range(1, seasons + 1)], axis=-1))
+        correction = _before_median(x - profile, look.level_window)
+        out.append((profile + np.nan_to_num(correction), profile))
+    return out
+
+
+def _edges(size: np.ndarray, look: _Lookbacks, config: CalibrationConfig) -> np.ndarray:
+    """The calibrated edge before every position of ``size`` (module docs, steps 1-3)."""
+    if look.history == 0:
+        return np.zeros(size.shape)
+    edge = _shift(_trailing(size, look.history, "max"), 0.0)  # the record before t
+    if look.short_window > 1:
+        k = look.short_window
+        sums = _trailing(size, k, "sum")  # the k sizes ending at t
+        sum_record = _shift(_trailing(sums, look.history, "max"), 0.0)
+        before = _shift(_trailing(size, k - 1, "sum"), 0.0)  # the k - 1 sizes before t
+        edge = np.minimum(edge, np.maximum(sum_record - before, config.floor * edge))
+    if look.cooldown:
+        alerted = np.where(size > config.gain * edge, size, 0.0)
+        edge = np.maximum(edge, _shift(_trailing(alerted, look.cooldown, "max"), 0.0))
+    return edge
 
 
 def _trailing_max(values: np.ndarray, size: int) -> np.ndarray:
@@ -125,80 +193,107 @@ def _shift(values: np.ndarray, fill: float) -> np.ndarray:
     return np.concatenate([np.full((values.shape[0], 1), fill), values[:, :-1]], axis=1)
 
 
-def _reference_sizes(x: np.ndarray, window: int) -> np.ndarray:
-    """``|x[t] - median(x[t - window : t])|`` ignoring NaN; 0 where either side is missing."""
-    n, m = x.shape
-    padded = np.concatenate([np.full((n, window), np.nan), x[:, :-1]], axis=1)
-    views = np.sort(np.lib.stride_tricks.sliding_window_view(padded, window, axis=1), axis=-1)
-    count = np.isfinite(views).sum(axis=-1)
-    low = np.take_along_axis(views, np.maximum((count - 1) // 2, 0)[..., None], axis=-1)[..., 0]
-    high = np.take_along_axis(views, np.minimum(count // 2, window - 1)[..., None], axis=-1)[..., 0]
-    reference = np.where(count > 0, 0.5 * (low + high), np.nan)
-    size = np.abs(x - reference)
-    return np.where(np.isfinite(size), size, 0.0)
-
-
 def stage_bands(
-    values: np.ndarray, starts: np.ndarray, *, context: int, config: CalibrationConfig
+    values: np.ndarray,
+    starts: np.ndarray,
+    *,
+    horizon: int,
+    context: int,
+    step_s: float,
+    config: CalibrationConfig,
 ) -> StageBands:
-    """The stage's edge and range cap before each chunk start (see the module docs).
+    """The stage's edge, range cap and reference forecast for each chunk (module docs).
 
     Args:
         values: float ``(n, m)`` grid values, NaN = no sample; columns before 0 count as
             NaN, so a short array is a series that starts later.
         starts: int ``(k,)`` column of each chunk's first point; only the ``context``
             columns before a start are read.
+        horizon: points per chunk.
         context: the pipeline's context in points (the forecaster's history).
+        step_s: the grid step in seconds (places the daily and weekly references).
         config: the stage's knobs.
 
     Returns:
-        :class:`StageBands` ``(n, k)`` each. The same chunk gets bit-identical bands
-        whether it is passed alone (with its context) or among thousands.
+        :class:`StageBands`. The same chunk gets bit-identical bands whether it is passed
+        alone (with its context) or among thousands.
     """
-    look = lookbacks(config, context)
+    look = lookbacks(config, context, step_s)
     n = values.shape[0]
-    # NaN before column 0 so every start has a full context of columns to its left.
-    x = np.concatenate([np.full((n, context), np.nan), np.asarray(values, dtype=np.float64)], axis=1)
-    at = np.asarray(starts, dtype=np.int64) + context
-    size = _reference_sizes(x, look.level_window)
-    if look.history == 0:
-        edge = np.zeros((n, x.shape[1]))
+    starts = np.asarray(starts, dtype=np.int64)
+    # NaN before column 0 so every start has a full context to its left, and after the
+    # end so every chunk has ``horizon`` columns.
+    pad = max(0, context - int(starts.min(initial=context)))
+    x = np.concatenate(
+        [np.full((n, pad), np.nan), np.asarray(values, dtype=np.float64), np.full((n, horizon), np.nan)], 1
+    )
+    at = starts + pad
+    references = _references(x, look)
+    forecast = np.stack([ref for ref, _ in references])  # (c, n, M)
+    size = np.abs(x[None] - forecast)
+    # A reference that could not forecast a sample it should have (too few seasons yet)
+    # never wins the choice below; in the record it counts as no deviation.
+    unfit = np.where(np.isnan(forecast) & np.isfinite(x[None]), np.inf, 0.0)
+    size = np.where(np.isfinite(size), size, 0.0)
+    c, m = size.shape[0], x.shape[1]
+    edges = _edges(size.reshape(c * n, m), look, config).reshape(c, n, m)[:, :, at]  # (c, n, k)
+    # Per series and chunk, the reference with the smallest mean residual over the history.
+    if c > 1 and look.history:
+        windows = np.lib.stride_tricks.sliding_window_view(size, look.history, axis=2)
+        fit = windows[:, :, at - look.history].sum(axis=-1)  # (c, n, k)
+        missing = np.lib.stride_tricks.sliding_window_view(unfit, look.history, axis=2)
+        fit = fit + missing[:, :, at - look.history].max(axis=-1)
+        choice = np.argmin(fit, axis=0)  # ties: the level reference
     else:
-        record = _shift(_trailing(size, look.history, "max"), 0.0)  # before t
-        edge = np.maximum(record, 0.0)
-        if look.short_window > 1:
-            k = look.short_window
-            sums = _trailing(size, k, "sum")  # the k sizes ending at t
-            sum_record = _shift(_trailing(sums, look.history, "max"), 0.0)
-            before = _shift(_trailing(size, k - 1, "sum"), 0.0)  # the k - 1 sizes before t
-            edge = np.minimum(edge, np.maximum(sum_record - before, config.floor * edge))
-        if look.cooldown:
-            alerted = np.where(size > config.gain * edge, size, 0.0)
-            worst = _shift(_trailing(alerted, look.cooldown, "max"), 0.0)
-            edge = np.maximum(edge, worst)
-    edge = edge[:, at]
-    if config.range_margin is None:
-        infinite = np.full(edge.shape, np.inf)
-        return StageBands(edge, -infinite, infinite)
-    span, lag = context - look.range_lag, look.range_lag
+        choice = np.zeros((n, at.size), dtype=np.int64)
+    edge = np.take_along_axis(edges, choice[None], axis=0)[0]
+    # The chosen reference over the chunk: its forecast at the start, plus the seasonal
+    # profile's change over the chunk (a profile only uses points a season before).
+    steps = np.arange(horizon)
+    reference = np.empty((n, at.size, horizon))
+    for index, (ref, profile) in enumerate(references):
+        if index == 0:
+            chunk = np.repeat(ref[:, at][:, :, None], horizon, axis=2)
+        else:
+            period = look.periods[index - 1][0]
+            ahead = profile[:, at[:, None] + steps[None, :] % period]
+            chunk = ahead + (ref[:, at] - profile[:, at])[:, :, None]
+        reference = np.where((choice == index)[:, :, None], chunk, reference)
+    low, high = _range_cap(x, at, context, look.range_lag, config.range_margin)
+    return StageBands(edge, low, high, reference)
+
+
+def _range_cap(
+    x: np.ndarray, at: np.ndarray, context: int, lag: int, margin: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The range cap before each ``at`` (module docs, step 5): ``(low, high)``, ``(n, k)`` each."""
+    n = x.shape[0]
+    if margin is None:
+        return np.full((n, at.size), -np.inf), np.full((n, at.size), np.inf)
+    span = context - lag
     old_high = _trailing(np.where(np.isnan(x), -np.inf, x), span, "max")[:, at - lag - 1]
     old_low = _trailing(np.where(np.isnan(x), np.inf, x), span, "min")[:, at - lag - 1]
     if lag:
         new_high = _trailing(np.where(np.isnan(x), -np.inf, x), lag, "max")[:, at - 1]
         new_low = _trailing(np.where(np.isnan(x), np.inf, x), lag, "min")[:, at - 1]
     else:
-        new_high, new_low = np.full(edge.shape, -np.inf), np.full(edge.shape, np.inf)
+        new_high, new_low = np.full(old_high.shape, -np.inf), np.full(old_high.shape, np.inf)
     seen = np.isfinite(old_high)
     with np.errstate(invalid="ignore"):
-        slack = np.where(seen, config.range_margin * (old_high - old_low), 0.0)
+        slack = np.where(seen, margin * (old_high - old_low), 0.0)
         crossed = seen & ((new_high > old_high + slack) | (new_low < old_low - slack))
     high = np.where(crossed, np.maximum(old_high, new_high), old_high) + slack
     low = np.where(crossed, np.minimum(old_low, new_low), old_low) - slack
-    return StageBands(edge, np.where(seen, low, -np.inf), np.where(seen, high, np.inf))
+    return np.where(seen, low, -np.inf), np.where(seen, high, np.inf)
 
 
 def calibrated_score(
-    actual: np.ndarray, forecast: QuantileForecast, bands: StageBands, scoring: ScoringConfig
+    actual: np.ndarray,
+    forecast: QuantileForecast,
+    bands: StageBands,
+    scoring: ScoringConfig,
+    *,
+    use_reference: bool = False,
 ) -> Score:
     """Score ``actual`` ``(r, h)`` against the model's median and the stage's band.
 
@@ -206,8 +301,10 @@ def calibrated_score(
         actual: the chunks' values, ``(r, h)``; NaN = no sample.
         forecast: the model's forecast for those ``r`` chunks (median and the band at
             ``scoring.quantiles``).
-        bands: :func:`stage_bands` for the same ``r`` chunks, each field ``(r,)``.
+        bands: :func:`stage_bands` for the same ``r`` chunks (``edge`` ``(r,)``...).
         scoring: direction, ``min_deviation`` and the calibration's ``gain``.
+        use_reference: score against the stage's reference forecast instead of the
+            model's median (the ``default`` model: a forecaster that *is* the reference).
 
     Returns:
         :class:`~openanomaly.scoring.Score` ``(r, h)``: the alert band is
@@ -215,7 +312,11 @@ def calibrated_score(
         always containing ``yhat``.
     """
     low_q, high_q = scoring.quantiles
-    yhat = forecast.median
+    yhat = (
+        np.where(np.isfinite(bands.reference), bands.reference, forecast.median)
+        if use_reference
+        else forecast.median
+    )
     model_half = 0.5 * (forecast.level(high_q) - forecast.level(low_q))
     half = scoring.calibration.gain * np.fmax(bands.edge[:, None], model_half)
     upper = np.minimum(yhat + half, np.maximum(bands.high[:, None], yhat))
@@ -240,6 +341,8 @@ def score_chunks(
     scoring: ScoringConfig,
     *,
     context: int,
+    step_s: float,
+    use_reference: bool = False,
 ) -> Score:
     """Score the forecast chunks ``rows`` of ``values``: calibrated, or the raw band when disabled.
 
@@ -249,10 +352,14 @@ def score_chunks(
         rows: int ``(r,)`` the forecast chunks, indices into the series-major ``n * k``.
         actual: ``(r, h)`` their values; ``forecast``: the model's forecast for them.
         scoring: the pipeline's scoring (``calibration.enabled`` switches the stage).
-        context: the pipeline's context in points.
+        context: the pipeline's context in points; ``step_s``: its step in seconds.
+        use_reference: see :func:`calibrated_score`.
     """
     if not scoring.calibration.enabled:
         return score_forecast(actual, forecast, scoring)
-    bands = stage_bands(values, starts, context=context, config=scoring.calibration)
-    picked = StageBands(*(field.reshape(-1)[rows] for field in bands))
-    return calibrated_score(actual, forecast, picked, scoring)
+    n, k = values.shape[0], len(starts)
+    bands = stage_bands(
+        values, starts, horizon=actual.shape[1], context=context, step_s=step_s, config=scoring.calibration
+    )
+    picked = StageBands(*(field.reshape(n * k, *field.shape[2:])[rows] for field in bands))
+    return calibrated_score(actual, forecast, picked, scoring, use_reference=use_reference)

@@ -228,6 +228,7 @@ class CalibrationConfig(_Strict):
 
     enabled: bool = True
     level_window: int = Field(default=6, ge=1)
+    seasons: int = Field(default=5, ge=0)
     history: int = Field(default=576, ge=1)
     short_window: int = Field(default=6, ge=1)
     floor: float = Field(default=0.4, ge=0, le=1)

@@ -284,7 +284,17 @@ def _detect_columns(
     low, high = pipeline.scoring.quantiles
     forecast = forecaster.forecast(contexts if rows.size == n * k else contexts[rows], c, [low, 0.5, high])
     check_forecast(forecast, n_series=rows.size, horizon=c, spec=pipeline.model.spec)
-    score = score_chunks(values, starts, rows, actual[rows], forecast, pipeline.scoring, context=length)
+    score = score_chunks(
+        values,
+        starts,
+        rows,
+        actual[rows],
+        forecast,
+        pipeline.scoring,
+        context=length,
+        step_s=pipeline.step.total_seconds(),
+        use_reference=getattr(forecaster, "is_calibration_reference", False),
+    )
     flat = np.full((4, n * k, c), np.nan)
     missing = np.isnan(actual[rows])
     for index, part in enumerate(score):

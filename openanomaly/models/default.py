@@ -44,6 +44,10 @@ class DefaultForecaster:
     """
 
     spec: ClassVar[str] = "default"
+    is_calibration_reference: ClassVar[bool] = True
+    """Tells the calibration stage to score against its own reference forecast (the level
+    median, or a daily/weekly seasonal profile where that predicts the series better),
+    which this class computes without knowing the step: the level median only."""
 
     def __init__(self, *, level_window: int = 6) -> None:
         if isinstance(level_window, bool) or not isinstance(level_window, int) or level_window < 1:
