@@ -54,7 +54,7 @@ import numpy as np
 
 from openanomaly.config import CalibrationConfig, ScoringConfig
 from openanomaly.models.base import QuantileForecast
-from openanomaly.scoring import Score, band_score, score_forecast
+from openanomaly.scoring import FLAT_BAND_REL, Score, band_score, score_forecast
 
 __all__ = ["StageBands", "calibrated_score", "lookbacks", "score_chunks", "stage_bands"]
 
@@ -65,13 +65,16 @@ class StageBands(NamedTuple):
     ``edge``: the calibrated residual scale (before ``gain``), ``(n, k)``; ``low``/``high``:
     the range cap (``-inf``/``inf`` where there is none), ``(n, k)``; ``reference``: the
     stage's own forecast of each chunk point (the reference it measures residuals
-    from, chosen per series), ``(n, k, h)``.
+    from, chosen per series), ``(n, k, h)``; ``centre``/``spread``: median and MAD of
+    the ranking window, ``(n, k)``.
     """
 
     edge: np.ndarray
     low: np.ndarray
     high: np.ndarray
     reference: np.ndarray
+    centre: np.ndarray
+    spread: np.ndarray
 
 
 class _Lookbacks(NamedTuple):
@@ -260,7 +263,25 @@ def stage_bands(
             chunk = ahead + (ref[:, at] - profile[:, at])[:, :, None]
         reference = np.where((choice == index)[:, :, None], chunk, reference)
     low, high = _range_cap(x, at, context, look.range_lag, config.range_margin)
-    return StageBands(edge, low, high, reference)
+    centre, spread = _rank_window(x, at, context, config)
+    return StageBands(edge, low, high, reference, centre, spread)
+
+
+_RANK_SAMPLES = 360
+"""At most this many points of the ranking window are used (evenly spaced): its median
+and MAD barely move, and the cost per chunk stays bounded."""
+
+
+def _rank_window(
+    x: np.ndarray, at: np.ndarray, context: int, config: CalibrationConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median and MAD of the ``rank_window`` points ending ``rank_lag`` before each ``at`` (step 6)."""
+    lag = min(config.rank_lag, context // 2)
+    window = min(config.rank_window, context - lag)
+    stride = max(1, window // _RANK_SAMPLES)
+    views = np.lib.stride_tricks.sliding_window_view(x, window, axis=1)[:, at - lag - window, ::stride]
+    centre = _median(views)
+    return centre, _median(np.abs(views - centre[..., None]))
 
 
 def _range_cap(
@@ -329,7 +350,29 @@ def calibrated_score(
         direction=scoring.direction,
         min_deviation=scoring.min_deviation,
     )
-    return Score(score, yhat, lower, upper)
+    return Score(_rank_inside(score, actual, bands, scoring.direction), yhat, lower, upper)
+
+
+def _rank_inside(score: np.ndarray, actual: np.ndarray, bands: StageBands, direction: str) -> np.ndarray:
+    """Inside the alert band, the score is the point's rarity against the ranking window.
+
+    ``z = |y - median| / MAD`` of the ``rank_window`` points before the chunk, mapped to
+    ``z / (z + 3)`` (in ``[0, 1)``, monotone): a sustained shift keeps ranking high for as
+    long as it lasts, where a one-step residual fades after a few points. Alerts
+    (``> 1``) are untouched: the alert policy decides what crosses 1, this only orders
+    the rest (what VUS-PR measures).
+    """
+    centre, spread = bands.centre[:, None], bands.spread[:, None]
+    floor = FLAT_BAND_REL * np.maximum(np.abs(centre), 1.0)
+    with np.errstate(invalid="ignore"):
+        deviation = actual - centre
+        if direction == "above":
+            deviation = np.maximum(deviation, 0.0)
+        elif direction == "below":
+            deviation = np.minimum(deviation, 0.0)
+        z = np.abs(deviation) / np.maximum(spread, floor)
+        rank = np.where(np.isfinite(z), z / (z + 3.0), 0.0)
+        return np.where(score > 1, score, np.where(np.isnan(score), np.nan, rank))
 
 
 def score_chunks(

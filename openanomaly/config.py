@@ -236,6 +236,8 @@ class CalibrationConfig(_Strict):
     range_margin: float | None = Field(default=0.05, ge=0)
     range_lag: int = Field(default=144, ge=0)
     gain: float = Field(default=1.88, gt=0)
+    rank_window: int = Field(default=1440, ge=2)
+    rank_lag: int = Field(default=60, ge=0)
 
 
 class ScoringConfig(_Strict):

@@ -90,8 +90,12 @@ def event_counts(scores: np.ndarray, windows: np.ndarray, threshold: float, *, s
             labelled[s : e + 1] = True
             kept.append((s, e))
     runs = _runs(alert)
-    true_alerts = sum(bool(labelled[s : e + 1].any()) for s, e in runs)
-    hit = sum(bool(alert[s : e + 1].any()) for s, e in kept)
+    # Rows labelled / alerting before each row, so every run and window is one subtraction.
+    labelled_before = np.concatenate([[0], np.cumsum(labelled)])
+    alert_before = np.concatenate([[0], np.cumsum(alert)])
+    true_alerts = int(np.count_nonzero(labelled_before[runs[:, 1] + 1] > labelled_before[runs[:, 0]]))
+    spans = np.asarray(kept, dtype=np.int64).reshape(-1, 2)
+    hit = int(np.count_nonzero(alert_before[spans[:, 1] + 1] > alert_before[spans[:, 0]]))
     true_rows = int(np.count_nonzero(alert & labelled))
     return EventCounts(true_alerts, len(runs) - true_alerts, hit, len(kept), true_rows, int(alert.sum()))
 
