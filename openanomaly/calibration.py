@@ -149,10 +149,11 @@ def _references(x: np.ndarray, look: _Lookbacks) -> list[tuple[np.ndarray, np.nd
     return out
 
 
-def _edges(size: np.ndarray, look: _Lookbacks, config: CalibrationConfig) -> np.ndarray:
-    """The calibrated edge before every position of ``size`` (module docs, steps 1-3)."""
+def _edges(size: np.ndarray, look: _Lookbacks, config: CalibrationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The edge before every position of ``size`` (module docs, steps 1-2) and the worst
+    alerted size of the last ``cooldown`` positions (step 3), both ``size``'s shape."""
     if look.history == 0:
-        return np.zeros(size.shape)
+        return np.zeros(size.shape), np.zeros(size.shape)
     edge = _shift(_trailing(size, look.history, "max"), 0.0)  # the record before t
     if look.short_window > 1:
         k = look.short_window
@@ -160,10 +161,10 @@ def _edges(size: np.ndarray, look: _Lookbacks, config: CalibrationConfig) -> np.
         sum_record = _shift(_trailing(sums, look.history, "max"), 0.0)
         before = _shift(_trailing(size, k - 1, "sum"), 0.0)  # the k - 1 sizes before t
         edge = np.minimum(edge, np.maximum(sum_record - before, config.floor * edge))
-    if look.cooldown:
-        alerted = np.where(size > config.gain * edge, size, 0.0)
-        edge = np.maximum(edge, _shift(_trailing(alerted, look.cooldown, "max"), 0.0))
-    return edge
+    if not look.cooldown:
+        return edge, np.zeros(size.shape)
+    alerted = np.where(size > config.gain * edge, size, 0.0)
+    return edge, _shift(_trailing(alerted, look.cooldown, "max"), 0.0)
 
 
 def _trailing_max(values: np.ndarray, size: int) -> np.ndarray:
@@ -194,6 +195,10 @@ def _trailing(values: np.ndarray, size: int, reduce: str) -> np.ndarray:
 def _shift(values: np.ndarray, fill: float) -> np.ndarray:
     """``out[:, t] = values[:, t - 1]``: turns "ending at t" into "ending before t"."""
     return np.concatenate([np.full((values.shape[0], 1), fill), values[:, :-1]], axis=1)
+
+
+_SEASONAL_MARGIN = 0.9
+"""A seasonal reference is chosen only when its residuals are at least 10 % smaller."""
 
 
 def stage_bands(
@@ -239,17 +244,21 @@ def stage_bands(
     unfit = np.where(np.isnan(forecast) & np.isfinite(x[None]), np.inf, 0.0)
     size = np.where(np.isfinite(size), size, 0.0)
     c, m = size.shape[0], x.shape[1]
-    edges = _edges(size.reshape(c * n, m), look, config).reshape(c, n, m)[:, :, at]  # (c, n, k)
-    # Per series and chunk, the reference with the smallest mean residual over the history.
+    edges, worst = (part.reshape(c, n, m)[:, :, at] for part in _edges(size.reshape(c * n, m), look, config))
+    # Per series and chunk, the reference with the smallest mean residual over the history;
+    # a seasonal one must beat the level by a margin, so noise does not flip between them.
     if c > 1 and look.history:
         windows = np.lib.stride_tricks.sliding_window_view(size, look.history, axis=2)
         fit = windows[:, :, at - look.history].sum(axis=-1)  # (c, n, k)
         missing = np.lib.stride_tricks.sliding_window_view(unfit, look.history, axis=2)
         fit = fit + missing[:, :, at - look.history].max(axis=-1)
+        fit[0] *= _SEASONAL_MARGIN
         choice = np.argmin(fit, axis=0)  # ties: the level reference
     else:
         choice = np.zeros((n, at.size), dtype=np.int64)
-    edge = np.take_along_axis(edges, choice[None], axis=0)[0]
+    # An alert seen through any reference starts the cooldown: the choice may change
+    # between two chunks, an incident must not page again because of that.
+    edge = np.maximum(np.take_along_axis(edges, choice[None], axis=0)[0], worst.max(axis=0))
     # The chosen reference over the chunk: its forecast at the start, plus the seasonal
     # profile's change over the chunk (a profile only uses points a season before).
     steps = np.arange(horizon)
@@ -263,6 +272,10 @@ def stage_bands(
             chunk = ahead + (ref[:, at] - profile[:, at])[:, :, None]
         reference = np.where((choice == index)[:, :, None], chunk, reference)
     low, high = _range_cap(x, at, context, look.range_lag, config.range_margin)
+    # During an incident the cap is off too: a new level keeps setting new highs, and
+    # each would page again.
+    incident = worst.max(axis=0) > 0
+    low, high = np.where(incident, -np.inf, low), np.where(incident, np.inf, high)
     centre, spread = _rank_window(x, at, context, config)
     return StageBands(edge, low, high, reference, centre, spread)
 
