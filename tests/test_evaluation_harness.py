@@ -112,3 +112,11 @@ def test_harness_cross_validates_over_groups(tmp_path: Path) -> None:
     assert np.isfinite(cv["held_out"]["nab_standard_at_1"])
     smd = harness.NabFile("smd_machine1/machine-1-2_dim01.csv", np.zeros(1), np.zeros(1), np.zeros((0, 2)))
     assert harness.group_of(smd) == "machine-1-2"
+
+
+def test_default_params_fail_at_config_load() -> None:
+    from openanomaly.models.registry import validate_params
+
+    with pytest.raises(ModelError, match=r"scoring\.calibration"):
+        validate_params("default", {"gain": 2.0})
+    validate_params("default", {"level_window": 12})

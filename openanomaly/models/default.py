@@ -61,6 +61,22 @@ class DefaultForecaster:
             raise ModelError(f"takes no model name, got {name!r}", spec=cls.spec)
         return cls(**params)
 
+    @classmethod
+    def check_params(cls, name: str, **params: Any) -> None:
+        """Validate ``params`` at config-load time (the band's knobs live under ``scoring.calibration``).
+
+        Raises:
+            ModelError: a name was given, an unknown option, or a bad ``level_window``.
+        """
+        unknown = set(params) - {"level_window"}
+        if unknown:
+            raise ModelError(
+                f"unknown params {sorted(unknown)}; known: level_window "
+                "(the alert band is set under scoring.calibration)",
+                spec=cls.spec,
+            )
+        cls.from_spec(name, **params)
+
     def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
         """Forecast the recent median for ``horizon`` steps after each context row.
 
