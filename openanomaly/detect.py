@@ -17,7 +17,10 @@ Rolling semantics (the same for one scheduled window and for a year-long backtes
   never the chunk's own. So a backtest writes what the scheduler would have written
   had it run every ``infer_every``.
 - All ``(series, chunk)`` contexts of one call go to ONE batched ``forecast`` call as a
-  2-D array left-padded with NaN.
+  2-D array left-padded with NaN, then through the calibration stage
+  (:mod:`openanomaly.calibration`), which reads only each chunk's context, so a
+  backtest scores thousands of chunks from shared arrays with the same result as one
+  window at a time.
 - A ``(series, chunk)`` with no actual value is not forecast (nothing to score). One
   whose context has no finite value cannot be forecast: it is skipped and its series
   is reported in :attr:`Detection.skipped` (the rest of the batch still runs).
