@@ -81,16 +81,30 @@ def _daily(step: timedelta) -> int:
     return max(2, round(DAY / step))
 
 
+STAGE_CONTEXT = 8064
+"""Points of history every pipeline fetches (28 days at 5 minutes): the calibration stage
+needs it ("never seen" needs a history); a model that should see less takes a ``window``."""
+
 MODELS: dict[str, ModelRun] = {
     "default": ModelRun(
-        "default", context=8064, note="production default detector, 28 days of 5-minute context"
+        "default", context=STAGE_CONTEXT, note="production default, 28 days of 5-minute context"
     ),
-    "zscore": ModelRun("zscore", context=288, note="mean +- k std of the last 288 points"),
-    "mad": ModelRun("mad", context=288, note="median +- k MAD of the last 288 points"),
+    "zscore": ModelRun(
+        "zscore",
+        context=STAGE_CONTEXT,
+        params=lambda step: {"window": 288},
+        note="mean +- k std of the last 288 points",
+    ),
+    "mad": ModelRun(
+        "mad",
+        context=STAGE_CONTEXT,
+        params=lambda step: {"window": 288},
+        note="median +- k MAD of the last 288 points",
+    ),
     "seasonal_naive": ModelRun(
         "statsforecast:SeasonalNaive",
         infer_every=12,
-        context=2016,
+        context=STAGE_CONTEXT,
         params=lambda step: {"season_length": _daily(step), "too_short": "nan"},
         note="daily season, 12-point chunks",
     ),
@@ -111,7 +125,7 @@ MODELS: dict[str, ModelRun] = {
     "chronos_tiny": ModelRun(
         "chronos:<tiny>",
         infer_every=64,
-        context=512,
+        context=STAGE_CONTEXT,
         params=lambda step: {"device": "cpu", "tail_quantiles": "normal"},
         note="tiny RANDOM Chronos: plumbing only, not a real model",
     ),

@@ -30,20 +30,23 @@ For the chunk that starts at position ``T`` (``x`` = the values, NaN = no sample
    position too; within ``cooldown`` points of an alert only a deviation worse than the
    worst alerted one alerts again. A dip that keeps deepening pages once, not at every
    point.
-4. **Model's band**: the alert half-width is ``gain x max(edge, model half-width)``, so a
-   model that knows a point is uncertain (a wide band) is listened to, and one that is
-   over-confident (Chronos' 0.05/0.95) is not believed. ``gain`` moves the threshold,
-   not the ranking.
+4. **The model's say**: the model's band is ``yhat +- gain x max(edge, model
+   half-width)``, and a point alerts only when it is outside both that band and the
+   reference's (``reference +- gain x edge``): the stage knows the reference's error
+   record, not the model's, so a model can veto an alert (it predicted the value) but
+   not flood (a 0.05/0.95 band marks 10 % of points by construction). ``gain`` moves
+   the threshold, not the ranking. ``default`` *is* the reference.
 5. **Range cap** (``range_margin``, ``range_lag``): the band never reaches past the
    context's range before its last ``range_lag`` points, widened by ``range_margin`` of
    it, so a slow drift alerts when it leaves everything the context has seen (NAB's HTM
    has the same "spatial anomaly" rule with the same 5 %); once a recent point has left
    it, the recent points join the range.
 
-The score is then :func:`openanomaly.scoring.band_score` of the actual against
-``[yhat - half, yhat + half]`` (capped): ``|r| / half`` inside (continuous, so it ranks
-points for VUS-PR) and ``0.5 + |r| / (2 half)`` outside. ``yhat`` is the model's median;
-``yhat_lower``/``yhat_upper`` written to the TSDB are this alert band.
+The score is then :func:`openanomaly.scoring.band_score` against those bands (the
+smaller of the two), ``0.5 + |r| / (2 half)`` outside; inside, the point's rarity
+against a lagged long window (step 6 in :func:`calibrated_score`), so sustained
+shifts keep ranking high (VUS-PR). ``yhat`` is the model's median and
+``yhat_lower``/``yhat_upper`` its calibrated band.
 """
 
 from __future__ import annotations
@@ -346,24 +349,34 @@ def calibrated_score(
         always containing ``yhat``.
     """
     low_q, high_q = scoring.quantiles
-    yhat = (
-        np.where(np.isfinite(bands.reference), bands.reference, forecast.median)
-        if use_reference
-        else forecast.median
-    )
+    reference = np.where(np.isfinite(bands.reference), bands.reference, forecast.median)
+    gain = scoring.calibration.gain
+
+    def band(centre: np.ndarray, half: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        upper = np.minimum(centre + half, np.maximum(bands.high[:, None], centre))
+        lower = np.maximum(centre - half, np.minimum(bands.low[:, None], centre))
+        score = band_score(
+            actual,
+            yhat=centre,
+            yhat_lower=lower,
+            yhat_upper=upper,
+            direction=scoring.direction,
+            min_deviation=scoring.min_deviation,
+        )
+        return score, lower, upper
+
+    stage_score, stage_lower, stage_upper = band(reference, gain * bands.edge[:, None])
+    if use_reference:
+        return Score(
+            _rank_inside(stage_score, actual, bands, scoring.direction), reference, stage_lower, stage_upper
+        )
     model_half = 0.5 * (forecast.level(high_q) - forecast.level(low_q))
-    half = scoring.calibration.gain * np.fmax(bands.edge[:, None], model_half)
-    upper = np.minimum(yhat + half, np.maximum(bands.high[:, None], yhat))
-    lower = np.maximum(yhat - half, np.minimum(bands.low[:, None], yhat))
-    score = band_score(
-        actual,
-        yhat=yhat,
-        yhat_lower=lower,
-        yhat_upper=upper,
-        direction=scoring.direction,
-        min_deviation=scoring.min_deviation,
-    )
-    return Score(_rank_inside(score, actual, bands, scoring.direction), yhat, lower, upper)
+    score, lower, upper = band(forecast.median, gain * np.fmax(bands.edge[:, None], model_half))
+    # The stage knows the reference's error record, not the model's: a point is rare only
+    # when it is outside both bands, so a model can veto the reference's alerts (it
+    # predicted the value) but cannot flood (its residuals are not calibrated).
+    score = np.fmin(score, stage_score)
+    return Score(_rank_inside(score, actual, bands, scoring.direction), forecast.median, lower, upper)
 
 
 def _rank_inside(score: np.ndarray, actual: np.ndarray, bands: StageBands, direction: str) -> np.ndarray:
