@@ -16,14 +16,16 @@ STEP_MS = 300_000  # 5 minutes: a day is 288 points
 DAY = 288
 
 
-def pipeline(model: str | dict = "default", *, infer_every: str = "5m", **scoring) -> Pipeline:
+def pipeline(
+    model: str | dict = "default", *, infer_every: str = "5m", context: str = "7d", **scoring
+) -> Pipeline:
     return Pipeline.model_validate(
         {
             "name": "p",
             "query": "m",
             "step": "5m",
             "model": model,
-            "schedule": {"infer_every": infer_every, "context": "7d"},
+            "schedule": {"infer_every": infer_every, "context": context},
             "scoring": scoring,
         }
     )
@@ -173,8 +175,8 @@ def test_tiny_chronos_on_pure_noise_rarely_alerts(tiny_chronos_bolt: str) -> Non
 
 
 def test_nhits_on_pure_noise_rarely_alerts() -> None:
-    x = np.stack([noise(2500, seed=s) for s in range(4)])
-    p = pipeline("neuralforecast:NHITS", infer_every="1h")
+    x = np.stack([noise(2000, seed=s) for s in range(4)])
+    p = pipeline("neuralforecast:NHITS", infer_every="1h", context="1d")  # a small network to train
     model = NHITSForecaster.fit(x, horizon=12, input_size=p.context_points, quantiles=[0.05, 0.5, 0.95])
     grid = STEP_MS * np.arange(x.shape[1], dtype=np.int64)
     series = SeriesMatrix(tuple({"i": str(i)} for i in range(4)), grid, x)
