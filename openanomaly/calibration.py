@@ -124,31 +124,38 @@ def _median(windows: np.ndarray) -> np.ndarray:
     return np.where(count > 0, 0.5 * (low + high), np.nan)
 
 
-def _lag(values: np.ndarray, by: int) -> np.ndarray:
-    """``out[:, t] = values[:, t - by]`` (NaN before column 0)."""
-    return np.concatenate([np.full((values.shape[0], by), np.nan), values[:, : values.shape[1] - by]], axis=1)
+def _columns(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``values[:, lo:hi]``, NaN where ``lo`` reaches before column 0."""
+    if lo >= 0:
+        return values[:, lo:hi]
+    return np.concatenate([np.full((values.shape[0], -lo), np.nan), values[:, : max(hi, 0)]], axis=1)
 
 
-def _before_median(values: np.ndarray, window: int) -> np.ndarray:
-    """``out[:, t] = median(values[:, t - window : t])`` ignoring NaN."""
-    padded = np.concatenate([np.full((values.shape[0], window), np.nan), values[:, :-1]], axis=1)
-    return _median(np.lib.stride_tricks.sliding_window_view(padded, window, axis=1))
+def _before_median(values: np.ndarray, start: int, window: int) -> np.ndarray:
+    """``out[:, i] = median(values[:, t - window : t])`` ignoring NaN, for ``t = start + i``."""
+    before = _columns(values, start - window, values.shape[1] - 1)
+    return _median(np.lib.stride_tricks.sliding_window_view(before, window, axis=1))
 
 
-def _references(x: np.ndarray, look: _Lookbacks) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each candidate reference as ``(one-step forecast, seasonal profile)`` per position.
+def _references(x: np.ndarray, look: _Lookbacks, start: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each candidate reference as ``(one-step forecast, seasonal profile)`` at columns ``start...``.
 
     The level reference is the median of the ``level_window`` points before; a seasonal
     one is the median of the same phase over the last ``K`` seasons plus the median of
     its last ``level_window`` deviations (so a level shift is followed within a few
     points). The profile alone (NaN for the level) extends the forecast over a chunk.
+    Only the columns from ``start`` are computed: one scheduled window costs its
+    history, not its whole context.
     """
-    level = _before_median(x, look.level_window)
-    out = [(level, np.full(x.shape, np.nan))]
+    m, w = x.shape[1], look.level_window
+    level = _before_median(x, start, w)
+    out = [(level, np.full(level.shape, np.nan))]
     for period, seasons in look.periods:
-        profile = _median(np.stack([_lag(x, j * period) for j in range(1, seasons + 1)], axis=-1))
-        correction = _before_median(x - profile, look.level_window)
-        out.append((profile + np.nan_to_num(correction), profile))
+        lags = [_columns(x, start - w - j * period, m - j * period) for j in range(1, seasons + 1)]
+        profile = _median(np.stack(lags, axis=-1))  # columns start - w ...
+        deviation = _columns(x, start - w, m) - profile
+        correction = _median(np.lib.stride_tricks.sliding_window_view(deviation[:, :-1], w, axis=1))
+        out.append((profile[:, w:] + np.nan_to_num(correction), profile[:, w:]))
     return out
 
 
@@ -183,6 +190,18 @@ def _trailing_max(values: np.ndarray, size: int) -> np.ndarray:
         width *= 2
     # span[:, i] = max over [i, i + width) of the padded row; two spans cover the window.
     return np.maximum(span[:, :m], span[:, size - width : size - width + m])
+
+
+def _window_max(values: np.ndarray, ends: np.ndarray, size: int) -> np.ndarray:
+    """``out[:, j] = max(values[:, ends[j] - size : ends[j]])``, ``(n, len(ends))``.
+
+    Few windows: reduced directly; many: from one doubling pass. Max is exact, so both
+    give the same numbers.
+    """
+    if len(ends) * size <= values.shape[1] * 2 * max(1, size.bit_length()):
+        views = np.lib.stride_tricks.sliding_window_view(values, size, axis=1)
+        return views[:, ends - size].max(axis=-1)
+    return _trailing_max(values, size)[:, ends - 1]
 
 
 def _trailing(values: np.ndarray, size: int, reduce: str) -> np.ndarray:
@@ -239,7 +258,14 @@ def stage_bands(
         [np.full((n, pad), np.nan), np.asarray(values, dtype=np.float64), np.full((n, horizon), np.nan)], 1
     )
     at = starts + pad
-    references = _references(x, look)
+    low, high = _range_cap(x, at, context, look.range_lag, config.range_margin)
+    centre, spread = _rank_window(x, at, context, config)
+    # The per-position steps need residuals from ``need`` columns before a start only:
+    # one scheduled window then costs its history, not its whole context.
+    need = look.cooldown + look.history + look.short_window - 1
+    first = max(0, int(at.min()) - need) if at.size else 0
+    references = _references(x, look, first)
+    x, at = x[:, first:], at - first
     forecast = np.stack([ref for ref, _ in references])  # (c, n, M)
     size = np.abs(x[None] - forecast)
     # A reference that could not forecast a sample it should have (too few seasons yet)
@@ -274,12 +300,10 @@ def stage_bands(
             ahead = profile[:, at[:, None] + steps[None, :] % period]
             chunk = ahead + (ref[:, at] - profile[:, at])[:, :, None]
         reference = np.where((choice == index)[:, :, None], chunk, reference)
-    low, high = _range_cap(x, at, context, look.range_lag, config.range_margin)
     # During an incident the cap is off too: a new level keeps setting new highs, and
     # each would page again.
     incident = worst.max(axis=0) > 0
     low, high = np.where(incident, -np.inf, low), np.where(incident, np.inf, high)
-    centre, spread = _rank_window(x, at, context, config)
     return StageBands(edge, low, high, reference, centre, spread)
 
 
@@ -308,11 +332,10 @@ def _range_cap(
     if margin is None:
         return np.full((n, at.size), -np.inf), np.full((n, at.size), np.inf)
     span = context - lag
-    old_high = _trailing(np.where(np.isnan(x), -np.inf, x), span, "max")[:, at - lag - 1]
-    old_low = _trailing(np.where(np.isnan(x), np.inf, x), span, "min")[:, at - lag - 1]
+    for_max, for_min = np.where(np.isnan(x), -np.inf, x), np.where(np.isnan(x), np.inf, x)
+    old_high, old_low = _window_max(for_max, at - lag, span), -_window_max(-for_min, at - lag, span)
     if lag:
-        new_high = _trailing(np.where(np.isnan(x), -np.inf, x), lag, "max")[:, at - 1]
-        new_low = _trailing(np.where(np.isnan(x), np.inf, x), lag, "min")[:, at - 1]
+        new_high, new_low = _window_max(for_max, at, lag), -_window_max(-for_min, at, lag)
     else:
         new_high, new_low = np.full(old_high.shape, -np.inf), np.full(old_high.shape, np.inf)
     seen = np.isfinite(old_high)
