@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import tempfile
 import time
@@ -39,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from openanomaly.config import ModelConfig, Pipeline, Schedule, ScoringConfig
+from openanomaly.config import CalibrationConfig, ModelConfig, Pipeline, Schedule, ScoringConfig
 from openanomaly.detect import backtest
 from openanomaly.evaluation import (
     PRODUCTION_THRESHOLD,
@@ -80,16 +81,30 @@ def _daily(step: timedelta) -> int:
     return max(2, round(DAY / step))
 
 
+STAGE_CONTEXT = 8064
+"""Points of history every pipeline fetches (28 days at 5 minutes): the calibration stage
+needs it ("never seen" needs a history); a model that should see less takes a ``window``."""
+
 MODELS: dict[str, ModelRun] = {
     "default": ModelRun(
-        "default", context=8064, note="production default detector, 28 days of 5-minute context"
+        "default", context=STAGE_CONTEXT, note="production default, 28 days of 5-minute context"
     ),
-    "zscore": ModelRun("zscore", context=288, note="mean +- k std of the last 288 points"),
-    "mad": ModelRun("mad", context=288, note="median +- k MAD of the last 288 points"),
+    "zscore": ModelRun(
+        "zscore",
+        context=STAGE_CONTEXT,
+        params=lambda step: {"window": 288},
+        note="mean +- k std of the last 288 points",
+    ),
+    "mad": ModelRun(
+        "mad",
+        context=STAGE_CONTEXT,
+        params=lambda step: {"window": 288},
+        note="median +- k MAD of the last 288 points",
+    ),
     "seasonal_naive": ModelRun(
         "statsforecast:SeasonalNaive",
         infer_every=12,
-        context=2016,
+        context=STAGE_CONTEXT,
         params=lambda step: {"season_length": _daily(step), "too_short": "nan"},
         note="daily season, 12-point chunks",
     ),
@@ -110,7 +125,7 @@ MODELS: dict[str, ModelRun] = {
     "chronos_tiny": ModelRun(
         "chronos:<tiny>",
         infer_every=64,
-        context=512,
+        context=STAGE_CONTEXT,
         params=lambda step: {"device": "cpu", "tail_quantiles": "normal"},
         note="tiny RANDOM Chronos: plumbing only, not a real model",
     ),
@@ -126,15 +141,36 @@ def _tiny_chronos_dir() -> str:
     return str(built or folder)
 
 
-def _pipeline(name: str, run: ModelRun, step: timedelta, spec: str) -> Pipeline:
+VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "gain 1.5": {"gain": 1.5},
+    "gain 2.5": {"gain": 2.5},
+    "gain 3.5": {"gain": 3.5},
+    "no sustained test": {"short_window": 1},
+    "no cooldown": {"cooldown": 0},
+    "history 1440": {"history": 1440},
+    "no range cap": {"range_margin": None},
+}
+"""Global calibration knobs that ``--cv`` chooses among (the same for every file)."""
+
+
+def _pipeline(
+    name: str, run: ModelRun, step: timedelta, spec: str, calibration: dict[str, Any] | None = None
+) -> Pipeline:
     return Pipeline(
         name=f"nab-{name}",
         query="nab",
         step=step,
         model=ModelConfig(spec=spec, params=run.params(step)),
         schedule=Schedule(infer_every=step * run.infer_every, context=step * run.context),
-        scoring=ScoringConfig(quantiles=run.quantiles),
+        scoring=ScoringConfig(quantiles=run.quantiles, calibration=CalibrationConfig(**(calibration or {}))),
     )
+
+
+def group_of(item: NabFile) -> str:
+    """The cross-validation group: the machine for SMD files (``machine-1-2_dim01``), else the category."""
+    machine = re.search(r"(machine-\d+-\d+)_dim", item.path)
+    return machine.group(1) if machine else item.category
 
 
 def _file_step(item: NabFile) -> timedelta:
@@ -143,10 +179,17 @@ def _file_step(item: NabFile) -> timedelta:
     return timedelta(seconds=max(1.0, round(seconds)))
 
 
-def score_file(item: NabFile, name: str, run: ModelRun, spec: str, cache: dict[str, Any]) -> np.ndarray:
+def score_file(
+    item: NabFile,
+    name: str,
+    run: ModelRun,
+    spec: str,
+    cache: dict[str, Any],
+    calibration: dict[str, Any] | None = None,
+) -> np.ndarray:
     """Backtest one file with the production path; returns ``anomaly_score`` ``(n,)``."""
     step = _file_step(item)
-    pipeline = _pipeline(name, run, step, spec)
+    pipeline = _pipeline(name, run, step, spec, calibration)
     key = json.dumps(pipeline.model.params, sort_keys=True)
     if key not in cache:
         cache[key] = load_forecaster(spec, **pipeline.model.params)
@@ -230,16 +273,91 @@ def evaluate(corpus: list[NabFile], scores: list[np.ndarray]) -> dict[str, Any]:
     return {"overall": overall, "per_category": per_category, "per_file": per_file}
 
 
-def run_model(name: str, corpus: list[NabFile]) -> dict[str, Any]:
-    run = MODELS[name]
-    spec = run.spec.replace("<tiny>", _tiny_chronos_dir()) if "<tiny>" in run.spec else run.spec
+def _score_corpus(
+    name: str, run: ModelRun, spec: str, corpus: list[NabFile], calibration: dict[str, Any] | None = None
+) -> list[np.ndarray]:
     cache: dict[str, Any] = {}
-    started = time.perf_counter()
     scores = []
     for item in corpus:
         t = time.perf_counter()
-        scores.append(score_file(item, name, run, spec, cache))
+        scores.append(score_file(item, name, run, spec, cache, calibration))
         print(f"  {name:<15} {item.path:<60} {time.perf_counter() - t:7.1f}s", file=sys.stderr)
+    return scores
+
+
+def _vus(item: NabFile, scores: np.ndarray) -> float:
+    first = probationary_length(item.values.size)
+    labels = np.zeros(item.values.size, dtype=bool)
+    for a, b in item.windows:
+        labels[a : b + 1] = True
+    return vus_pr(labels[first:], scores[first:]) if labels[first:].any() else math.nan
+
+
+def _subset_metrics(corpus: list[NabFile], scores: list[np.ndarray], members: list[int]) -> dict[str, float]:
+    """The production-threshold metrics of the files ``members`` (no threshold tuning)."""
+    files = [corpus[i] for i in members]
+    sub = [scores[i] for i in members]
+    windows = [f.windows for f in files]
+    starts = [probationary_length(f.values.size) for f in files]
+    at_one = score_at_threshold(sub, windows, PRODUCTION_THRESHOLD, PROFILES["standard"])
+    return {
+        "nab_standard_at_1": at_one.normalised,
+        "f1": event_f1(sub, windows, PRODUCTION_THRESHOLD, starts=starts).f1,
+        "vus_pr": float(np.nanmean([_vus(f, s) for f, s in zip(files, sub, strict=True)])),
+        "files": len(members),
+    }
+
+
+def cross_validate(corpus: list[NabFile], by_variant: dict[str, list[np.ndarray]]) -> dict[str, Any]:
+    """Leave-one-group-out choice among ``VARIANTS`` by NAB standard at ``score > 1``.
+
+    For each group (NAB category, SMD machine) the variant is chosen on the *other*
+    groups and scored on this one (held-out), beside the variant chosen on all groups
+    (in-sample). ``held_out`` is the whole corpus scored that way: every file by a
+    variant chosen without its group.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(corpus):
+        groups.setdefault(group_of(item), []).append(i)
+
+    def choose(members: list[int]) -> str:
+        best, best_score = "defaults", -math.inf
+        for variant, scores in by_variant.items():  # ties keep the earlier (defaults first)
+            windows = [corpus[i].windows for i in members]
+            value = score_at_threshold(
+                [scores[i] for i in members], windows, PRODUCTION_THRESHOLD, PROFILES["standard"]
+            ).normalised
+            if value > best_score + 1e-9:
+                best, best_score = variant, value
+        return best
+
+    everything = list(range(len(corpus)))
+    in_sample = choose(everything)
+    held: list[np.ndarray] = [np.empty(0)] * len(corpus)
+    per_group = {}
+    for group, members in sorted(groups.items()):
+        chosen = choose([i for i in everything if i not in members])
+        for i in members:
+            held[i] = by_variant[chosen][i]
+        per_group[group] = {
+            "chosen": chosen,
+            "in_sample": _subset_metrics(corpus, by_variant[in_sample], members),
+            "held_out": _subset_metrics(corpus, by_variant[chosen], members),
+        }
+    return {
+        "variants": {v: VARIANTS[v] for v in by_variant},
+        "chosen_in_sample": in_sample,
+        "groups": per_group,
+        "in_sample": evaluate(corpus, by_variant[in_sample])["overall"],
+        "held_out": evaluate(corpus, held)["overall"],
+    }
+
+
+def run_model(name: str, corpus: list[NabFile], *, cv: bool = False) -> dict[str, Any]:
+    run = MODELS[name]
+    spec = run.spec.replace("<tiny>", _tiny_chronos_dir()) if "<tiny>" in run.spec else run.spec
+    started = time.perf_counter()
+    scores = _score_corpus(name, run, spec, corpus)
     runtime = time.perf_counter() - started
     result = evaluate(corpus, scores)
     result["runtime_s"] = runtime
@@ -251,6 +369,12 @@ def run_model(name: str, corpus: list[NabFile]) -> dict[str, Any]:
         "note": run.note,
         "files": [item.path for item in corpus],
     }
+    if cv:
+        by_variant = {"defaults": scores}
+        for variant, knobs in VARIANTS.items():
+            if knobs:
+                by_variant[variant] = _score_corpus(name, run, spec, corpus, knobs)
+        result["cv"] = cross_validate(corpus, by_variant)
     return result
 
 
@@ -280,6 +404,27 @@ def _table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cv_table(name: str, cv: dict[str, Any]) -> str:
+    head = (
+        f"{name} cross-validation (in-sample choice: {cv['chosen_in_sample']})\n"
+        f"{'group':<22} {'held-out choice':<18} {'std@1 in':>8} {'std@1 out':>9} "
+        f"{'F1 in':>6} {'F1 out':>6} {'VUS in':>6} {'VUS out':>7}"
+    )
+    lines = [head, "-" * len(head.splitlines()[-1])]
+    for group, g in cv["groups"].items():
+        i, o = g["in_sample"], g["held_out"]
+        lines.append(
+            f"{group:<22} {g['chosen']:<18} {i['nab_standard_at_1']:8.1f} {o['nab_standard_at_1']:9.1f} "
+            f"{i['f1']:6.3f} {o['f1']:6.3f} {i['vus_pr']:6.3f} {o['vus_pr']:7.3f}"
+        )
+    i, o = cv["in_sample"], cv["held_out"]
+    lines.append(
+        f"{'all (pooled)':<22} {'':<18} {i['nab_standard_at_1']:8.1f} {o['nab_standard_at_1']:9.1f} "
+        f"{i['f1']:6.3f} {o['f1']:6.3f} {i['vus_pr']:6.3f} {o['vus_pr']:7.3f}"
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="NAB-format data folder")
@@ -290,6 +435,11 @@ def main(argv: list[str] | None = None) -> int:
         "--files",
         default="",
         help="comma list of label-key prefixes: run on that subset only (recorded in each model's config)",
+    )
+    parser.add_argument(
+        "--cv",
+        action="store_true",
+        help="also run every calibration variant and report leave-one-group-out (category / machine) scores",
     )
     parser.add_argument(
         "--merge",
@@ -320,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name in names:
         try:
-            results[name] = run_model(name, corpus)
+            results[name] = run_model(name, corpus, cv=args.cv)
         except Exception as error:  # a missing optional model must not hide the others' results
             failed = True
             results[name] = {"error": f"{type(error).__name__}: {error}"}
@@ -328,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     results = {**previous.get("models", {}), **results}
     print(_table(results))
+    cv_tables = [_cv_table(name, r["cv"]) for name, r in results.items() if "cv" in r and name in names]
+    if cv_tables:
+        print("\n\n".join(cv_tables))
     payload = {
         "data": source[0],
         "labels": source[1],

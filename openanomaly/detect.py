@@ -21,8 +21,11 @@ Rolling semantics (the same for one scheduled window and for a year-long backtes
   values just before its first point, which include earlier chunks' actual values but
   never the chunk's own.
 - All ``(series, chunk)`` contexts of one call go to ONE batched ``forecast`` call as a
-  2-D array left-padded with NaN; :func:`backtest` splits a long range into batches of
-  whole chunks, which gives the same numbers (each chunk sees the same context).
+  2-D array left-padded with NaN, then through the calibration stage
+  (:mod:`openanomaly.calibration`), which reads only each chunk's context, so a
+  backtest scores thousands of chunks from shared arrays with the same result as one
+  window at a time. :func:`backtest` splits a long range into batches of whole chunks,
+  which gives the same numbers (each chunk sees the same context).
 - A ``(series, chunk)`` with no actual value is not forecast (nothing to score). One
   whose context has no finite value cannot be forecast: it is skipped and its series
   is reported in :attr:`Detection.skipped` (the rest of the batch still runs).
@@ -38,10 +41,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from openanomaly.calibration import score_chunks
 from openanomaly.config import Pipeline
 from openanomaly.errors import DataError, NoSeries
 from openanomaly.models.base import Forecaster, check_forecast
-from openanomaly.scoring import score_forecast
 from openanomaly.series import SeriesMatrix
 
 __all__ = [
@@ -206,27 +209,42 @@ def _detect_chunks(
     c, length = chunk_points(pipeline), pipeline.context_points
     k = len(starts)
     # Work on the columns this batch needs only, so a batch costs O(its size), not O(t);
-    # NaN-pad on the left for contexts (and chunk heads) before column 0.
+    # NaN-pad on the left for contexts (and chunk heads) before column 0. Contexts are a
+    # strided view and their finite counts come from a running sum, so a long backtest
+    # does not touch every context cell just to find empty ones.
     first = max(0, int(starts[0]) - length)
     pad = length + max(0, -int(starts[0]))
-    padded = np.concatenate([np.full((n, pad), np.nan), values[:, first:b]], axis=1)
-    rel = starts - first + pad  # (k,) chunk starts in `padded`
-    contexts = padded[:, rel[:, None] - length + np.arange(length)[None, :]]  # (n, k, length)
+    window = values[:, first:b]
+    padded = np.concatenate([np.full((n, pad), np.nan), window], axis=1)
+    rel = starts - first + pad  # (k,) chunk starts in `padded`, an arithmetic progression
+    view = np.lib.stride_tricks.sliding_window_view(padded, length, axis=1)
+    contexts = view[:, int(rel[0]) - length : int(rel[-1]) - length + 1 : c]  # (n, k, length)
+    finite = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(np.isfinite(padded), axis=1)], axis=1)
     cols = starts[:, None] + np.arange(c)[None, :]  # (k, c) absolute columns
     inside = cols < b  # points past the range end do not exist yet
     actual = np.where(inside, padded[:, np.minimum(rel[:, None] + np.arange(c), padded.shape[1] - 1)], np.nan)
     contexts = contexts.reshape(n * k, length)
     actual = actual.reshape(n * k, c)
     has_actual = np.isfinite(actual).any(axis=1)
-    has_context = np.isfinite(contexts).any(axis=1)
+    has_context = (finite[:, rel] - finite[:, rel - length] > 0).reshape(n * k)
     skipped = (has_actual & ~has_context).reshape(n, k).any(axis=1)
     rows = np.flatnonzero(has_actual & has_context)
     if rows.size == 0:
         return out, skipped
     low, high = pipeline.scoring.quantiles
-    forecast = forecaster.forecast(contexts[rows], c, [low, 0.5, high])
+    forecast = forecaster.forecast(contexts if rows.size == n * k else contexts[rows], c, [low, 0.5, high])
     check_forecast(forecast, n_series=rows.size, horizon=c, spec=pipeline.model.spec)
-    score = score_forecast(actual[rows], forecast, pipeline.scoring)
+    score = score_chunks(
+        window,
+        starts - first,
+        rows,
+        actual[rows],
+        forecast,
+        pipeline.scoring,
+        context=length,
+        step_s=pipeline.step.total_seconds(),
+        use_reference=getattr(forecaster, "is_calibration_reference", False),
+    )
     flat = np.full((4, n * k, c), np.nan)
     missing = np.isnan(actual[rows])
     for index, part in enumerate(score):

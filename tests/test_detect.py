@@ -71,7 +71,8 @@ def test_chunks_and_batch_defaults():
 def test_rolling_forecast_has_no_look_ahead():
     series = matrix([np.arange(20.0)])
     model = LastValue()
-    result = detect(series, pipeline(), model, start_ms=9 * STEP, end_ms=19 * STEP)
+    raw_band = pipeline(scoring={"calibration": {"enabled": False}})  # the model's own band
+    result = detect(series, raw_band, model, start_ms=9 * STEP, end_ms=19 * STEP)
     # window (9, 19] → columns 10..19, chunks [10,11,12] [13,14,15] [16,17,18] [19]
     assert result.timestamps.tolist() == (STEP * np.arange(10, 20)).tolist()
     assert result.yhat[0].tolist() == [9, 9, 9, 12, 12, 12, 15, 15, 15, 18]

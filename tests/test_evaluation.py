@@ -10,6 +10,7 @@ import pytest
 from openanomaly.evaluation import (
     PRODUCTION_THRESHOLD,
     PROFILES,
+    best_event_f1,
     event_counts,
     file_score,
     optimise_threshold,
@@ -140,8 +141,19 @@ def test_event_counts_merge_consecutive_alerts() -> None:
     scores[5] = 2.0  # in probation: ignored
     counts = event_counts(scores, WINDOW, 1.5, start=15)
     assert (counts.true_alerts, counts.false_alerts, counts.windows_hit, counts.windows) == (1, 1, 1, 1)
-    assert counts.precision == 0.5 and counts.recall == 1.0
-    assert counts.f1 == pytest.approx(2 / 3)
+    assert (counts.true_rows, counts.alert_rows) == (2, 5)  # precision is per row
+    assert counts.precision == 0.4 and counts.recall == 1.0
+    assert counts.f1 == pytest.approx(2 * 0.4 / 1.4)
+
+
+def test_best_event_f1_of_a_constant_detector_is_the_labelled_fraction() -> None:
+    # Alerting on every row hits every window but is precise only on labelled rows.
+    files = [np.zeros(N), np.ones(N)]
+    windows = [WINDOW, WINDOW]
+    threshold, counts = best_event_f1(files, windows, starts=[15, 15])
+    labelled = (WINDOW[0, 1] - WINDOW[0, 0] + 1) / (N - 15)
+    assert counts.recall == 1.0 and counts.precision == pytest.approx(labelled)
+    assert threshold == 0.0  # the sweep starts at the lowest score
 
 
 def test_vus_pr_perfect_random_and_inverted() -> None:

@@ -1,15 +1,18 @@
-"""Event-wise precision, recall and F1: counting incidents, not points.
+"""Event-wise recall, point-wise precision and their F1 (the "composite" F1): counting incidents.
 
 Why events: one incident lasts many points, and a pager cares whether it fired for the
-incident (recall over labelled windows) and how many of its alerts were about a real
-incident (precision over alert events), not how many points were flagged.
+incident (recall over labelled windows). Why point-wise precision (Garg et al. 2021,
+"composite F1"): counting alert *events* for precision lets a detector that alerts on
+every row score a perfect 1.0 (one alert run per file, overlapping every window); per
+row, it scores the labelled fraction of the data, as it should.
 
 Definitions (pooled over files, so a file with many windows weighs more):
 
 * an **alert event** is a maximal run of consecutive rows with ``score >= threshold``;
-* it is a true alert when it overlaps a labelled window, a false alert otherwise;
-* ``precision = true alerts / all alerts``, ``recall = windows overlapped by an alert /
-  windows``, ``F1 = 2 P R / (P + R)`` (0 when both are 0).
+  it is a true alert when it overlaps a labelled window (reported, not used in F1);
+* ``recall = windows overlapped by an alert / windows``;
+* ``precision = alerting rows inside windows / alerting rows``;
+* ``F1 = 2 P R / (P + R)`` (0 when both are 0).
 
 Rows before ``start`` (NAB's probationary period) are ignored.
 """
@@ -32,11 +35,12 @@ class EventCounts:
     false_alerts: int
     windows_hit: int
     windows: int
+    true_rows: int = 0
+    alert_rows: int = 0
 
     @property
     def precision(self) -> float:
-        alerts = self.true_alerts + self.false_alerts
-        return self.true_alerts / alerts if alerts else 0.0
+        return self.true_rows / self.alert_rows if self.alert_rows else 0.0
 
     @property
     def recall(self) -> float:
@@ -53,6 +57,8 @@ class EventCounts:
             self.false_alerts + other.false_alerts,
             self.windows_hit + other.windows_hit,
             self.windows + other.windows,
+            self.true_rows + other.true_rows,
+            self.alert_rows + other.alert_rows,
         )
 
 
@@ -84,9 +90,14 @@ def event_counts(scores: np.ndarray, windows: np.ndarray, threshold: float, *, s
             labelled[s : e + 1] = True
             kept.append((s, e))
     runs = _runs(alert)
-    true_alerts = sum(bool(labelled[s : e + 1].any()) for s, e in runs)
-    hit = sum(bool(alert[s : e + 1].any()) for s, e in kept)
-    return EventCounts(true_alerts, len(runs) - true_alerts, hit, len(kept))
+    # Rows labelled / alerting before each row, so every run and window is one subtraction.
+    labelled_before = np.concatenate([[0], np.cumsum(labelled)])
+    alert_before = np.concatenate([[0], np.cumsum(alert)])
+    true_alerts = int(np.count_nonzero(labelled_before[runs[:, 1] + 1] > labelled_before[runs[:, 0]]))
+    spans = np.asarray(kept, dtype=np.int64).reshape(-1, 2)
+    hit = int(np.count_nonzero(alert_before[spans[:, 1] + 1] > alert_before[spans[:, 0]]))
+    true_rows = int(np.count_nonzero(alert & labelled))
+    return EventCounts(true_alerts, len(runs) - true_alerts, hit, len(kept), true_rows, int(alert.sum()))
 
 
 def event_f1(
@@ -104,22 +115,22 @@ def best_event_f1(
     windows: Sequence[np.ndarray],
     *,
     starts: Sequence[int],
-    n_thresholds: int = 200,
+    n_thresholds: int = 400,
 ) -> tuple[float, EventCounts]:
-    """The corpus-wide threshold (among score quantiles) with the best pooled event F1.
+    """The corpus-wide threshold with the best pooled F1, searched from the lowest score up.
 
-    Returns ``(threshold, counts)``. Candidate thresholds are ``n_thresholds`` quantiles of
-    the pooled finite scores after ``starts``, so the search costs a bounded number of passes.
+    Returns ``(threshold, counts)``. Candidates are every distinct finite score after
+    ``starts`` when there are at most ``n_thresholds`` of them, else that many quantiles
+    from the minimum to the maximum (a bounded number of passes), plus ``+inf``.
     """
     pooled = np.concatenate(
         [np.asarray(s, dtype=np.float64)[first:] for s, first in zip(scores, starts, strict=True)]
     )
-    pooled = pooled[np.isfinite(pooled)]
-    if pooled.size == 0:
-        return float("inf"), event_f1(scores, windows, float("inf"), starts=starts)
-    candidates = np.unique(np.quantile(pooled, np.linspace(0.5, 1.0, n_thresholds)))
+    distinct = np.unique(pooled[np.isfinite(pooled)])
+    if distinct.size > n_thresholds:
+        distinct = np.unique(np.quantile(distinct, np.linspace(0.0, 1.0, n_thresholds)))
     best_t, best = float("inf"), event_f1(scores, windows, float("inf"), starts=starts)
-    for t in candidates:
+    for t in distinct:
         counts = event_f1(scores, windows, float(t), starts=starts)
         if counts.f1 > best.f1:
             best_t, best = float(t), counts

@@ -311,25 +311,27 @@ def score_at_threshold(
     )
 
 
-def _score_curve(
-    scores: np.ndarray, windows: np.ndarray, profile: NabProfile, candidates: np.ndarray
-) -> np.ndarray:
-    """Raw score of one file at every candidate threshold (ascending), vectorised."""
+def _score_steps(scores: np.ndarray, windows: np.ndarray, profile: NabProfile) -> tuple[np.ndarray, ...]:
+    """One file's raw score as a step function of the threshold.
+
+    Returns ``(values, deltas, base)``: lowering the threshold to ``values[i]``
+    (descending) adds ``deltas[i]`` to the score; ``base`` is the score when nothing is
+    detected. Linear in the file's rows, so the corpus sweep is one sort, not one pass
+    per distinct score.
+    """
     weight, window_id = sweep_weights(scores.size, windows, profile)
     finite = np.nan_to_num(scores, nan=-np.inf)
-    scored = window_id != -2
+    scored = (window_id != -2) & np.isfinite(finite)
     values, ids, weights = finite[scored], window_id[scored], weight[scored]
     order = np.argsort(-values, kind="stable")
     values, ids, weights = values[order], ids[order], weights[order]
-    # Rows detected at threshold t: the first m(t) rows of this descending order.
-    m = np.searchsorted(-values, -candidates, side="right")
-    fp_cum = np.concatenate([[0.0], np.cumsum(np.where(ids == -1, weights, 0.0))])
-    curve = fp_cum[m]
-    for j in np.unique(ids[ids >= 0]):
+    # curve[i]: the raw score when the first i rows of this descending order are detected.
+    curve = np.concatenate([[0.0], np.cumsum(np.where(ids == -1, weights, 0.0))])
+    present = np.unique(window_id[window_id >= 0])
+    for j in present:
         best = np.maximum.accumulate(np.where(ids == j, weights, -np.inf))
-        best = np.concatenate([[-np.inf], best])
-        curve = curve + np.maximum(best[m], -profile.fn_weight)
-    return curve
+        curve = curve + np.maximum(np.concatenate([[-np.inf], best]), -profile.fn_weight)
+    return values, np.diff(curve), float(curve[0])
 
 
 def optimise_threshold(
@@ -341,10 +343,16 @@ def optimise_threshold(
     nothing); ties go to the highest threshold (fewest alerts).
     """
     pooled = [np.asarray(s, dtype=np.float64) for s in scores]
-    finite = np.concatenate([s[np.isfinite(s)] for s in pooled]) if pooled else np.empty(0)
-    candidates = np.unique(np.concatenate([finite, [np.inf]]))
-    total = np.zeros(candidates.size)
-    for s, w in zip(pooled, windows, strict=True):
-        total += _score_curve(s, np.asarray(w).reshape(-1, 2), profile, candidates)
-    best = np.flatnonzero(total >= total.max() - 1e-12)[-1]
+    steps = [
+        _score_steps(s, np.asarray(w).reshape(-1, 2), profile) for s, w in zip(pooled, windows, strict=True)
+    ]
+    values = np.concatenate([[np.inf], *(v for v, _, _ in steps)])
+    deltas = np.concatenate([[0.0], *(d for _, d, _ in steps)])
+    order = np.argsort(-values, kind="stable")
+    values = values[order]
+    running = sum(base for _, _, base in steps) + np.cumsum(deltas[order])
+    # A threshold detects every row at or above it: read the sum after the last tie.
+    last = np.flatnonzero(np.concatenate([values[1:] != values[:-1], [True]]))
+    candidates, total = values[last], running[last]
+    best = np.flatnonzero(total >= total.max() - 1e-12)[0]  # candidates descend: the highest
     return score_at_threshold(pooled, windows, float(candidates[best]), profile)

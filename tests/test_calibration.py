@@ -1,0 +1,184 @@
+"""The calibration stage through the production detect path, with the scoring defaults a user gets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from openanomaly.calibration import lookbacks
+from openanomaly.config import CalibrationConfig, Pipeline
+from openanomaly.detect import backtest, detect
+from openanomaly.models.neural import NHITSForecaster
+from openanomaly.models.registry import load_forecaster
+from openanomaly.series import SeriesMatrix
+
+STEP_MS = 300_000  # 5 minutes: a day is 288 points
+DAY = 288
+
+
+def pipeline(
+    model: str | dict = "default", *, infer_every: str = "5m", context: str = "7d", **scoring
+) -> Pipeline:
+    return Pipeline.model_validate(
+        {
+            "name": "p",
+            "query": "m",
+            "step": "5m",
+            "model": model,
+            "schedule": {"infer_every": infer_every, "context": context},
+            "scoring": scoring,
+        }
+    )
+
+
+def scores(values: np.ndarray, model: str | dict = "default", *, first: int = 0, **kwargs) -> np.ndarray:
+    """``anomaly_score`` ``(n, t)`` by column, of every point after column ``first`` (NaN before)."""
+    values = np.atleast_2d(values)
+    grid = STEP_MS * np.arange(values.shape[1], dtype=np.int64)
+    series = SeriesMatrix(tuple({"i": str(i)} for i in range(len(values))), grid, values)
+    p = pipeline(model, **kwargs)
+    forecaster = load_forecaster(p.model.spec, **p.model.params)
+    result = backtest(series, p, forecaster, start_ms=int(grid[first]), end_ms=int(grid[-1]))
+    out = np.full(values.shape, np.nan)
+    out[:, first + 1 :] = result.anomaly_score
+    return out
+
+
+def noise(n: int = 3000, seed: int = 0) -> np.ndarray:
+    return 10 + np.random.default_rng(seed).standard_normal(n)
+
+
+def test_defaults_are_on_and_fit_the_context() -> None:
+    assert pipeline().scoring.calibration.enabled
+    look = lookbacks(CalibrationConfig(), context=2016, step_s=300)
+    assert look.periods == ((DAY, 4),)  # 4 days fit beside the history; a week does not fit twice
+    assert look.cooldown + look.history + look.short_window - 1 + DAY * 4 + look.level_window <= 2016
+    tiny = lookbacks(CalibrationConfig(), context=12, step_s=60)
+    assert tiny.history + tiny.short_window - 1 + tiny.cooldown + tiny.level_window <= 12
+    assert tiny.periods == ()
+
+
+def test_flat_series_never_alerts_and_any_departure_does() -> None:
+    flat = np.full(2500, 7.0)
+    quiet = scores(flat, first=100)
+    assert np.all(np.isfinite(quiet[:, 101:])) and not (quiet > 1).any()
+    flat[2000] = 7.5
+    moved = scores(flat, first=100)
+    assert np.flatnonzero(moved[0] > 1).tolist() == [2000]
+
+
+def test_a_spike_alerts_at_that_point_only() -> None:
+    x = noise()
+    x[2500] += 12
+    s = scores(x, first=500)[0]
+    assert s[2500] > 2
+    assert np.count_nonzero(s > 1) == 1
+
+
+def test_a_level_shift_alerts_once() -> None:
+    x = noise()
+    x[2500:] += 8
+    alerts = np.flatnonzero(scores(x, first=500)[0] > 1)
+    assert alerts.tolist() == [2500]
+
+
+def test_a_slow_drift_alerts_when_it_leaves_the_range() -> None:
+    # One-step residuals of a slow ramp are tiny: only the range cap sees it.
+    x = noise(seed=1)
+    x[2400:] += np.linspace(0, 12, 600)
+    capped = scores(x, first=500)[0]
+    uncapped = scores(x, first=500, calibration={"range_margin": None})[0]
+    # Pure noise leaves a young range now and then; the drift does so for sure.
+    assert np.mean(capped[501:2400] > 1) < 0.003
+    in_drift = np.flatnonzero(capped[2400:] > 1)
+    assert in_drift.size
+    assert not (uncapped[2400 : 2400 + in_drift[0] + 1] > 1).any()  # the range saw it first
+
+
+def test_a_seasonal_series_is_quiet_until_its_pattern_breaks() -> None:
+    t = np.arange(DAY * 12)
+    x = 50 + 20 * np.sin(2 * np.pi * t / DAY) + np.random.default_rng(2).standard_normal(t.size)
+    quiet = scores(x, first=DAY * 7)[0]
+    assert not (quiet > 1).any()
+    broken = x.copy()
+    broken[DAY * 10 : DAY * 10 + 48] = broken[DAY * 10]  # the cycle stops for 4 hours
+    alerts = np.flatnonzero(scores(broken, first=DAY * 7)[0] > 1)
+    # The stall is followed by the level correction (one-step residuals stay small);
+    # the restart of the cycle is the alert.
+    assert alerts.tolist() and DAY * 10 <= alerts[0] <= DAY * 10 + 48
+
+
+def test_nan_gaps_are_not_scored_and_do_not_alert() -> None:
+    x = noise(seed=3)
+    x[1500:1560] = np.nan  # a 5-hour gap
+    x[2200:2202] = np.nan
+    s = scores(x, first=500)[0, 501:]
+    missing = np.isnan(x[501:])
+    assert np.isnan(s[missing]).all() and np.isfinite(s[~missing]).all()
+    assert np.mean(s > 1) < 0.003
+    assert not (s[1560 - 501 : 1580 - 501] > 1).any()  # no alert as the samples come back
+
+
+def test_rank_inside_the_band_follows_a_sustained_shift() -> None:
+    # The alert fires once, but the score stays high (if below 1) while the shift lasts.
+    x = noise(seed=4)
+    x[2500:2600] += 6
+    s = scores(x, first=500)[0]
+    during, before = s[2505:2600], s[1500:2490]
+    assert np.median(during) > np.quantile(before, 0.99)
+    assert (during <= 1).all()
+
+
+@pytest.mark.parametrize(("model", "infer_every"), [("default", "5m"), ("mad", "15m"), ("zscore", "5m")])
+def test_backtest_equals_scoring_one_window_at_a_time(model: str, infer_every: str) -> None:
+    # The scheduler scores one infer_every window per run; a backtest scores thousands of
+    # chunks per call from shared arrays. The results must be identical.
+    rng = np.random.default_rng(5)
+    values = np.stack([noise(1400, seed=6), 50 + np.sin(np.arange(1400) / 20) + rng.standard_normal(1400)])
+    values[0, 700:760] = np.nan
+    values[1, :300] = np.nan  # starts late
+    values[1, 1000] += 9
+    grid = STEP_MS * np.arange(1400, dtype=np.int64)
+    series = SeriesMatrix(({"i": "0"}, {"i": "1"}), grid, values)
+    p = pipeline(model, infer_every=infer_every)
+    forecaster = load_forecaster(model)
+    start, end = int(grid[199]), int(grid[-1])
+    whole = backtest(series, p, forecaster, start_ms=start, end_ms=end, batch_chunks=97)
+    window = int(p.schedule.infer_every.total_seconds() * 1000)
+    parts = [
+        detect(series, p, forecaster, start_ms=t, end_ms=min(t + window, end))
+        for t in range(start, end, window)
+    ]
+    for name in ("anomaly_score", "yhat", "yhat_lower", "yhat_upper"):
+        one_by_one = np.concatenate([getattr(part, name) for part in parts], axis=1)
+        np.testing.assert_array_equal(getattr(whole, name), one_by_one, err_msg=name)
+
+
+SEASONAL_NAIVE = {"spec": "statsforecast:SeasonalNaive", "params": {"season_length": DAY}}
+
+
+@pytest.mark.parametrize("model", ["default", "mad", "zscore", SEASONAL_NAIVE], ids=str)
+def test_pure_noise_rarely_alerts(model: str | dict) -> None:
+    rates = [np.mean(scores(noise(3000, seed=s), model, first=1000) > 1) for s in range(3)]
+    assert max(rates) < 0.005
+
+
+def test_tiny_chronos_on_pure_noise_rarely_alerts(tiny_chronos_bolt: str) -> None:
+    # Random weights: the forecasts are poor, the stage still keeps alerts rare.
+    x = np.stack([noise(2500, seed=s) for s in range(4)])
+    chronos = {
+        "spec": f"chronos:{tiny_chronos_bolt}",
+        "params": {"device": "cpu", "tail_quantiles": "normal"},
+    }
+    s = scores(x, chronos, first=1000, infer_every="1h")
+    assert np.mean(s > 1) < 0.005
+
+
+def test_nhits_on_pure_noise_rarely_alerts() -> None:
+    x = np.stack([noise(2000, seed=s) for s in range(4)])
+    p = pipeline("neuralforecast:NHITS", infer_every="1h", context="1d")  # a small network to train
+    model = NHITSForecaster.fit(x, horizon=12, input_size=p.context_points, quantiles=[0.05, 0.5, 0.95])
+    grid = STEP_MS * np.arange(x.shape[1], dtype=np.int64)
+    series = SeriesMatrix(tuple({"i": str(i)} for i in range(4)), grid, x)
+    result = backtest(series, p, model, start_ms=int(grid[1000]), end_ms=int(grid[-1]))
+    assert np.mean(result.anomaly_score > 1) < 0.005
