@@ -17,8 +17,12 @@ a time.
 
 For the chunk that starts at position ``T`` (``x`` = the values, NaN = no sample):
 
-1. **Residual record** from a cheap reference forecast, the median of the
-   ``level_window`` points before each position: ``size[t] = |x[t] - median(x[t-w:t])|``.
+1. **Residual record** from a cheap reference forecast: the median of the
+   ``level_window`` points before each position, or, where the step allows two or more
+   seasons in the context, a daily or weekly profile (median of the same phase over up
+   to ``seasons`` seasons plus the median of its last ``level_window`` deviations),
+   whichever has the smallest residuals over the history (a seasonal one must be 10 %
+   better): ``size[t] = |x[t] - reference[t]|``.
    The edge is the largest ``size`` over the last ``history`` points (the *record*), so
    the score is the new deviation as a ratio to the worst one seen recently: each
    series calibrates itself (a spiky metric tolerates its usual spikes, a smooth one
@@ -28,8 +32,8 @@ For the chunk that starts at position ``T`` (``x`` = the values, NaN = no sample
    what makes it do so, but never below ``floor`` x the single-point record.
 3. **One alert per incident** (``cooldown``): the edge is worked out at every recent
    position too; within ``cooldown`` points of an alert only a deviation worse than the
-   worst alerted one alerts again. A dip that keeps deepening pages once, not at every
-   point.
+   worst alerted one alerts again (an alert through any reference counts). A dip that
+   keeps deepening pages once, not at every point.
 4. **The model's say**: the model's band is ``yhat +- gain x max(edge, model
    half-width)``, and a point alerts only when it is outside both that band and the
    reference's (``reference +- gain x edge``): the stage knows the reference's error
@@ -40,11 +44,12 @@ For the chunk that starts at position ``T`` (``x`` = the values, NaN = no sample
    context's range before its last ``range_lag`` points, widened by ``range_margin`` of
    it, so a slow drift alerts when it leaves everything the context has seen (NAB's HTM
    has the same "spatial anomaly" rule with the same 5 %); once a recent point has left
-   it, the recent points join the range.
+   it, the recent points join the range. During an incident (step 3) the cap is off:
+   a new level would otherwise page at every new high.
 
 The score is then :func:`openanomaly.scoring.band_score` against those bands (the
 smaller of the two), ``0.5 + |r| / (2 half)`` outside; inside, the point's rarity
-against a lagged long window (step 6 in :func:`calibrated_score`), so sustained
+against a lagged long window (``rank_window``, ``rank_lag``), so sustained
 shifts keep ranking high (VUS-PR). ``yhat`` is the model's median and
 ``yhat_lower``/``yhat_upper`` its calibrated band.
 """

@@ -116,7 +116,10 @@ def test_backtest_finds_injected_spike_and_level_shift(server_name, request, tmp
     assert np.isfinite(scores.values).all()
     score = scores.values[0]
     truth = anomalous[-1440:]
-    assert (score[truth] > 1).all(), score[truth]
+    # The calibration stage alerts once per incident: the spike and the shift's first
+    # point cross 1, the rest of the shift still ranks above the normal points.
+    assert (score[np.flatnonzero(truth)[:2]] > 1).all(), score[truth]
+    assert score[truth].min() > np.quantile(score[~truth], 0.9), score[truth]
     normal = np.concatenate([score[~truth], scores.values[1], scores.values[2]])
     assert np.mean(normal > 1) < 0.02
 
