@@ -156,9 +156,9 @@ def test_example_parquet_and_other_model(tmp_path, capsys):
     assert main(["example", "--out", str(out), "--model", "mad"]) == 0
     text = capsys.readouterr().out
     assert "with model mad" in text
-    # The baseline's false alarms are shown, not hidden behind "all windows detected".
-    assert "false alarms (outside every window)" in text
-    assert "precision 28/291 episodes = 0.10, recall 3/3 windows = 1.00; 322 flagged points" in text
+    # Every model reports its false alarms next to its detections (mad goes through the
+    # calibration stage too, so it no longer floods).
+    assert "false alarms" in text and "precision" in text and "recall 3/3 windows" in text
     assert len(pd.read_parquet(out)) == 2592
 
 

@@ -75,7 +75,14 @@ class DefaultForecaster:
         """
         if name:
             raise ModelError(f"takes no model name, got {name!r}", spec=cls.spec)
-        reject_unknown_params(params, inspect.signature(cls).parameters, spec=cls.spec)
+        try:
+            reject_unknown_params(params, inspect.signature(cls).parameters, spec=cls.spec)
+        except ModelError as error:  # the old band knobs moved to the stage: say where
+            raise ModelError(
+                f"{str(error).removeprefix(f'model {cls.spec!r}: ')} (the alert band is set under "
+                "scoring.calibration)",
+                spec=cls.spec,
+            ) from None
         cls(**params)
 
     def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
