@@ -270,7 +270,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     print(f"scheduler {args.name!r} running in namespace {args.namespace!r} on {path}", flush=True)
     if args.detach:
         return 0
-    print("Ctrl-C leaves it running in the cluster; `ray kill` or a cluster restart stops it", flush=True)
+    print("Ctrl-C leaves it running in the cluster (it stops with the cluster: `ray stop`)", flush=True)
     seen: dict[str, tuple[int, int]] = {}
     try:
         while True:
