@@ -357,8 +357,6 @@ def calibrated_score(
     forecast: QuantileForecast,
     bands: StageBands,
     scoring: ScoringConfig,
-    *,
-    use_reference: bool = False,
 ) -> Score:
     """Score ``actual`` ``(r, h)`` against the model's median and the stage's band.
 
@@ -368,8 +366,6 @@ def calibrated_score(
             ``scoring.quantiles``).
         bands: :func:`stage_bands` for the same ``r`` chunks (``edge`` ``(r,)``...).
         scoring: direction, ``min_deviation`` and the calibration's ``gain``.
-        use_reference: score against the stage's reference forecast instead of the
-            model's median (the ``default`` model: a forecaster that *is* the reference).
 
     Returns:
         :class:`~openanomaly.scoring.Score` ``(r, h)``: the alert band is
@@ -393,11 +389,7 @@ def calibrated_score(
         )
         return score, lower, upper
 
-    stage_score, stage_lower, stage_upper = band(reference, gain * bands.edge[:, None])
-    if use_reference:
-        return Score(
-            _rank_inside(stage_score, actual, bands, scoring.direction), reference, stage_lower, stage_upper
-        )
+    stage_score, _, _ = band(reference, gain * bands.edge[:, None])
     model_half = 0.5 * (forecast.level(high_q) - forecast.level(low_q))
     score, lower, upper = band(forecast.median, gain * np.fmax(bands.edge[:, None], model_half))
     # The stage knows the reference's error record, not the model's: a point is rare only
@@ -439,7 +431,6 @@ def score_chunks(
     *,
     context: int,
     step_s: float,
-    use_reference: bool = False,
 ) -> Score:
     """Score the forecast chunks ``rows`` of ``values``: calibrated, or the raw band when disabled.
 
@@ -450,7 +441,6 @@ def score_chunks(
         actual: ``(r, h)`` their values; ``forecast``: the model's forecast for them.
         scoring: the pipeline's scoring (``calibration.enabled`` switches the stage).
         context: the pipeline's context in points; ``step_s``: its step in seconds.
-        use_reference: see :func:`calibrated_score`.
     """
     if not scoring.calibration.enabled:
         return score_forecast(actual, forecast, scoring)
@@ -459,4 +449,4 @@ def score_chunks(
         values, starts, horizon=actual.shape[1], context=context, step_s=step_s, config=scoring.calibration
     )
     picked = StageBands(*(field.reshape(n * k, *field.shape[2:])[rows] for field in bands))
-    return calibrated_score(actual, forecast, picked, scoring, use_reference=use_reference)
+    return calibrated_score(actual, forecast, picked, scoring)

@@ -45,6 +45,7 @@ from openanomaly.calibration import score_chunks
 from openanomaly.config import Pipeline
 from openanomaly.errors import DataError, NoSeries
 from openanomaly.models.base import Forecaster, check_forecast
+from openanomaly.scoring import score_forecast
 from openanomaly.series import SeriesMatrix
 
 __all__ = [
@@ -234,17 +235,19 @@ def _detect_chunks(
     low, high = pipeline.scoring.quantiles
     forecast = forecaster.forecast(contexts if rows.size == n * k else contexts[rows], c, [low, 0.5, high])
     check_forecast(forecast, n_series=rows.size, horizon=c, spec=pipeline.model.spec)
-    score = score_chunks(
-        window,
-        starts - first,
-        rows,
-        actual[rows],
-        forecast,
-        pipeline.scoring,
-        context=length,
-        step_s=pipeline.step.total_seconds(),
-        use_reference=getattr(forecaster, "is_calibration_reference", False),
-    )
+    if getattr(forecaster, "calibrated", False):  # its band is already the series' own
+        score = score_forecast(actual[rows], forecast, pipeline.scoring)
+    else:
+        score = score_chunks(
+            window,
+            starts - first,
+            rows,
+            actual[rows],
+            forecast,
+            pipeline.scoring,
+            context=length,
+            step_s=pipeline.step.total_seconds(),
+        )
     flat = np.full((4, n * k, c), np.nan)
     missing = np.isnan(actual[rows])
     for index, part in enumerate(score):

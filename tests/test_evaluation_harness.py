@@ -10,10 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from openanomaly.errors import ModelError
-from openanomaly.models.default import DefaultForecaster
-from openanomaly.models.registry import load_forecaster
-
 NAB = Path("/work/shared/benchmarks/nab")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,27 +20,6 @@ def _harness():
     sys.modules["accuracy"] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
-
-
-def test_default_forecaster_is_the_recent_median() -> None:
-    contexts = np.full((3, 50), np.nan)
-    contexts[0, -7:] = [100.0, 1.0, 9.0, 2.0, 3.0, 2.0, 4.0]  # the last 6: median 2.5
-    contexts[1, 10] = 5.0  # no sample in the last 6: the last sample
-    forecast = load_forecaster("default").forecast(contexts, 2, [0.05, 0.5, 0.95])
-    assert forecast.median[0].tolist() == [2.5, 2.5]
-    assert forecast.median[1].tolist() == [5.0, 5.0]
-    assert np.isnan(forecast.median[2]).all()
-    # A point forecast: the band comes from the calibration stage.
-    assert np.array_equal(forecast.quantiles[:2, :, 0], forecast.median[:2])
-
-
-def test_default_rejects_bad_params() -> None:
-    with pytest.raises(ModelError, match="level_window"):
-        DefaultForecaster(level_window=0)
-    with pytest.raises(ModelError, match="no model name"):
-        DefaultForecaster.from_spec("foo")
-    with pytest.raises(TypeError):
-        DefaultForecaster(gain=2.0)  # the band's knobs are scoring.calibration's now
 
 
 @pytest.mark.skipif(not NAB.is_dir(), reason="shared NAB data not present")
@@ -112,11 +87,3 @@ def test_harness_cross_validates_over_groups(tmp_path: Path) -> None:
     assert np.isfinite(cv["held_out"]["nab_standard_at_1"])
     smd = harness.NabFile("smd_machine1/machine-1-2_dim01.csv", np.zeros(1), np.zeros(1), np.zeros((0, 2)))
     assert harness.group_of(smd) == "machine-1-2"
-
-
-def test_default_params_fail_at_config_load() -> None:
-    from openanomaly.models.registry import validate_params
-
-    with pytest.raises(ModelError, match=r"scoring\.calibration"):
-        validate_params("default", {"gain": 2.0})
-    validate_params("default", {"level_window": 12})

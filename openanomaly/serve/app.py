@@ -177,9 +177,12 @@ class HandleForecaster:
     be called on the event loop thread (``DeploymentResponse.result`` blocks).
     """
 
-    def __init__(self, handle: DeploymentHandle, *, timeout_s: float | None = None) -> None:
+    def __init__(
+        self, handle: DeploymentHandle, *, calibrated: bool = False, timeout_s: float | None = None
+    ) -> None:
         self._handle = handle
         self._timeout_s = timeout_s
+        self.calibrated = calibrated  # the model's own flag (``info()``): detect treats it alike
 
     def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
         item = ForecastItem(np.asarray(contexts, dtype=np.float64), int(horizon), tuple(quantiles))
@@ -580,7 +583,8 @@ class Ingress:
         body = await _parse(DetectRequest, request, self.limits)
         name, handle = self._handle(body.model, request)
         matrix, step = _grid(body)
-        spec = (await handle.info.remote())["spec"]
+        info = await handle.info.remote()
+        spec = info["spec"]
         try:
             pipeline = Pipeline(
                 name="api",
@@ -600,7 +604,12 @@ class Ingress:
         t = matrix.timestamps
         start_ms = int(t[-body.score_last - 1]) if body.score_last < len(t) else int(t[0]) - step
         result = await asyncio.to_thread(
-            score_range, matrix, pipeline, HandleForecaster(handle), start_ms=start_ms, end_ms=int(t[-1])
+            score_range,
+            matrix,
+            pipeline,
+            HandleForecaster(handle, calibrated=info.get("calibrated", False)),
+            start_ms=start_ms,
+            end_ms=int(t[-1]),
         )
         self.metrics.series.labels("/v1/detect", name).inc(len(body.series))
         self.metrics.points_scored.labels(name).inc(result.points_scored)

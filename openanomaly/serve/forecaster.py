@@ -346,6 +346,8 @@ class ForecasterDeployment:
             "deployment": self._deployment,
             "replica": self._replica,
             "spec": config.spec if config else None,
+            # a model whose band is already calibrated skips the calibration stage (detect)
+            "calibrated": bool(getattr(self._model, "calibrated", False)),
             "device": self._device,
             "max_batch_size": config.max_batch_size if config else None,
             "batch_wait_timeout_s": config.batch_wait_timeout_s if config else None,

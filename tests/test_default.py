@@ -1,0 +1,118 @@
+"""The ``default`` detector: its own record band, one alert per incident, range cap.
+
+It is ``calibrated`` (the calibration stage passes its scores through); these tests pin
+its behaviour on the cases the stage tests cover for the other models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from openanomaly.errors import ModelError
+from openanomaly.models.default import DefaultForecaster, candidate_periods, detect_period
+from openanomaly.models.registry import load_forecaster
+
+
+def test_detect_period_finds_a_daily_cycle_and_none_in_a_random_walk() -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(2000)
+    seasonal = np.sin(2 * np.pi * t / 96) + 0.1 * rng.standard_normal(2000)
+    walk = np.cumsum(rng.standard_normal(2000))
+    assert detect_period(np.stack([seasonal, walk])).tolist() == [96, 0]
+
+
+def test_default_forecaster_band_is_calibrated_and_ordered() -> None:
+    rng = np.random.default_rng(1)
+    contexts = 10 + rng.standard_normal((50, 600))
+    forecast = load_forecaster("default").forecast(contexts, 1, [0.05, 0.5, 0.95])
+    assert forecast.quantiles.shape == (50, 1, 3)
+    assert np.all(np.diff(forecast.quantiles, axis=-1) >= 0)
+    assert np.median(forecast.median) == pytest.approx(10, abs=0.2)
+    nxt = 10 + rng.standard_normal(50)
+    outside = (nxt > forecast.quantiles[:, 0, 2]) | (nxt < forecast.quantiles[:, 0, 0])
+    assert outside.mean() < 0.3
+
+
+def test_candidate_periods_offers_daily_and_weekly_cycles() -> None:
+    t = np.arange(48 * 7 * 6)  # six weeks of 30-minute points
+    daily = np.sin(2 * np.pi * t / 48)
+    weekend = np.where((t // 48) % 7 >= 5, -1.5, 0.0)
+    daily_found, weekly_found = sorted(candidate_periods((daily + weekend)[None, :], count=2)[0].tolist())
+    assert abs(daily_found - 48) <= 1 and weekly_found == 336
+
+
+def test_default_forecaster_band_edge_is_the_record_residual_after_a_spike() -> None:
+    rng = np.random.default_rng(2)
+    context = 10 + rng.standard_normal((1, 600))
+    context[0, -5] = 30.0  # a 20-sigma spike 5 points ago: the same again must not alert
+    forecast = DefaultForecaster(gain=1.0, short_window=1).forecast(context, 1, [0.05, 0.5, 0.95])
+    upper = forecast.quantiles[0, 0, 2] - forecast.median[0, 0]
+    assert 19 < upper < 21
+    quiet = DefaultForecaster(gain=1.0, short_window=1).forecast(context[:, :-10], 1, [0.05, 0.5, 0.95])
+    assert quiet.quantiles[0, 0, 2] - quiet.median[0, 0] < 6
+
+
+def test_default_forecaster_alerts_on_a_step_but_not_on_noise() -> None:
+    rng = np.random.default_rng(3)
+    noise = 5 + rng.standard_normal(1500)
+    step = noise.copy()
+    step[1200:] += 8
+    model = DefaultForecaster()
+    contexts = np.stack([noise[:1200], step[:1200]])
+    forecast = model.forecast(contexts, 1, [0.05, 0.5, 0.95])
+    actual = np.array([noise[1200], step[1200]])
+    outside = actual > forecast.quantiles[:, 0, 2]
+    assert outside.tolist() == [False, True]
+
+
+def test_default_forecaster_alerts_once_per_accelerating_incident() -> None:
+    # A fall that keeps accelerating beats the sustained test at every point; the
+    # cooldown turns that into one alert for the incident.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(1200)
+    x[1100:1130] -= 0.29 * np.arange(30) ** 2 / 2
+    contexts = np.stack([x[t - 1000 : t] for t in range(1095, 1130)])
+    alerts = {}
+    for cooldown in (144, 0):
+        model = DefaultForecaster(cooldown=cooldown, range_margin=None)
+        lower = model.forecast(contexts, 1, [0.05, 0.5, 0.95]).quantiles[:, 0, 0]
+        alerts[cooldown] = int((x[1095:1130] < lower).sum())
+    assert alerts[144] == 1
+    assert alerts[0] > 4
+
+
+def test_default_forecaster_alerts_when_a_slow_drift_leaves_the_range() -> None:
+    # Residuals of a slow ramp are tiny, so only the range rule sees it leave everything
+    # the context has seen; the range is taken before the ramp (range_lag), so the
+    # ramp does not drag it along.
+    rng = np.random.default_rng(4)
+    context = rng.uniform(9.9, 10.1, 1100)
+    context[-100:] = np.linspace(10.0, 10.1, 100)
+    quantiles = [0.05, 0.5, 0.95]
+    capped = DefaultForecaster().forecast(context[None], 1, quantiles).quantiles[0, 0]
+    uncapped = DefaultForecaster(range_margin=None).forecast(context[None], 1, quantiles).quantiles[0, 0]
+    assert capped[2] == pytest.approx(10.1 + 0.05 * 0.2, abs=0.005)  # max + 5 % of the range
+    assert uncapped[2] > 10.3
+    assert np.all(np.diff(capped) >= 0) and capped[0] < 9.9
+
+
+def test_default_forecaster_handles_short_and_empty_rows() -> None:
+    contexts = np.full((2, 50), np.nan)
+    contexts[0, -3:] = [1.0, 2.0, 3.0]
+    forecast = DefaultForecaster().forecast(contexts, 2, [0.1, 0.5, 0.9])
+    assert np.isfinite(forecast.median[0]).all()
+    assert np.isnan(forecast.median[1]).all()
+
+
+def test_default_rejects_bad_params() -> None:
+    with pytest.raises(ModelError, match="short_window"):
+        DefaultForecaster(short_window=0)
+    with pytest.raises(ModelError, match="gain"):
+        DefaultForecaster(gain=0)
+    with pytest.raises(ModelError, match="cooldown"):
+        DefaultForecaster(cooldown=-1)
+    with pytest.raises(ModelError, match="range_margin"):
+        DefaultForecaster(range_margin=-0.1)
+    with pytest.raises(ModelError, match="no model name"):
+        DefaultForecaster.from_spec("foo")
