@@ -57,8 +57,10 @@ __all__ = [
     "BOLT_PREDICTION_LENGTH",
     "BOLT_QUANTILES",
     "CHRONOS2_QUANTILES",
+    "SHIPPED_MODELS",
     "ChronosForecaster",
     "check_levels",
+    "checkpoint_location",
     "longest_horizon",
     "map_levels",
     "native_horizon",
@@ -73,6 +75,9 @@ __all__ = [
 BOLT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CHRONOS2_QUANTILES = (0.01, *(round(0.05 * i, 2) for i in range(1, 20)), 0.99)  # 21 levels
 BOLT_PREDICTION_LENGTH = 64
+# Checkpoints shipped inside the package (pretrained on synthetic series, see
+# openanomaly.pretrain): ``chronos:<name>`` loads them offline like a local directory.
+SHIPPED_MODELS = {"openanomaly-bolt-mini": Path(__file__).parent / "weights" / "openanomaly-bolt-mini"}
 
 TailPolicy = Literal["error", "clamp", "normal"]
 _TAILS = ("error", "clamp", "normal")
@@ -169,9 +174,14 @@ def _at(values: np.ndarray, grid: np.ndarray, level: float) -> np.ndarray:
     return np.apply_along_axis(lambda row: np.interp(level, grid, row), -1, values)
 
 
+def checkpoint_location(name: str) -> str:
+    """A shipped model's name (:data:`SHIPPED_MODELS`) → its directory; other names unchanged."""
+    return str(SHIPPED_MODELS[name]) if name in SHIPPED_MODELS else name
+
+
 def _checkpoint_config(name: str) -> dict[str, Any] | None:
     """The ``config.json`` of a checkpoint directory; None for a hub id or an unreadable file."""
-    path = Path(name).expanduser() / "config.json"
+    path = Path(checkpoint_location(name)).expanduser() / "config.json"
     if not path.is_file():
         return None
     try:
@@ -359,6 +369,7 @@ class ChronosForecaster:
         from chronos import BaseChronosPipeline
 
         kwargs: dict[str, Any] = {"device_map": self.device, "torch_dtype": self.dtype}
+        name = checkpoint_location(name)
         path = Path(name).expanduser()
         if path.is_dir():
             return self._from_pretrained(BaseChronosPipeline, str(path), local_files_only=True, **kwargs)

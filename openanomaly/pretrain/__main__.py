@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prediction-length", type=int, default=defaults.prediction_length)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index>")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop early after this wall time")
     args = parser.parse_args(argv)
     config = TrainConfig(
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         prediction_length=args.prediction_length,
         seed=args.seed,
     )
-    print(train(config, args.out, device=args.device, max_minutes=args.max_minutes))
+    print(train(config, args.out, device=args.device, max_minutes=args.max_minutes, threads=args.threads))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,162 @@
+"""Forecast quality (MASE, WQL) and speed of the shipped Chronos-Bolt against the baselines.
+
+    uv run python benchmarks/forecast_quality.py [--origins 8] [--shipped chronos:openanomaly-bolt-mini]
+
+Series: every CSV under ``../shared/benchmarks/nab`` and ``../shared/benchmarks/smd``
+(NAB realKnownCause + artificialWithAnomaly, SMD machine-1; none of them is used in
+pretraining). Each series is cut at ``--origins`` rolling origins spread evenly over
+its length: the model sees the points before the origin (its context: 512 points, or
+two days when that is longer, so SeasonalNaive sees a full daily season; Chronos-Bolt
+reads only the last 512) and forecasts the next 64 points, levels 0.1 … 0.9.
+
+Metrics, pooled over all windows (each window weighs the same; windows whose scale is
+zero, a flat context or an all-zero future, are left out for every model):
+
+* MASE: mean absolute error of the median / mean absolute one-step change in the context.
+* WQL: weighted quantile loss, ``sum_t mean_q 2 * pinball_q / sum_t |y|``, per window.
+
+Speed: series/s of one batched ``forecast`` call over all windows on this machine's CPU
+(after a warm-up call), same run, same windows.
+
+Writes ``benchmarks/results/forecast_quality.json``:
+``{"shipped": spec, "models": {spec: {"mase", "wql", "series_per_s"}}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from openanomaly.models import load_forecaster
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+DEFAULT_OUT = Path(__file__).parent / "results" / "forecast_quality.json"
+SHIPPED = "chronos:openanomaly-bolt-mini"
+HORIZON = 64
+CONTEXT = 512
+LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+@dataclass(frozen=True)
+class Windows:
+    """All evaluation windows: contexts left-padded with NaN, futures, and their series."""
+
+    contexts: np.ndarray  # (w, longest context)
+    futures: np.ndarray  # (w, HORIZON)
+    seasons: np.ndarray  # (w,) steps per day of each window's series
+    names: list[str]
+
+
+def read_series(path: Path) -> tuple[np.ndarray, int]:
+    """A NAB-format CSV → (values, steps per day from the median sampling interval)."""
+    rows = np.loadtxt(path, delimiter=",", skiprows=1, dtype=str)
+    values = rows[:, 1].astype(np.float64)
+    stamps = np.array([datetime.fromisoformat(t).timestamp() for t in rows[:, 0]])
+    step = float(np.median(np.diff(stamps)))
+    return values, max(1, round(86400 / step))
+
+
+def build_windows(roots: list[Path], origins: int) -> Windows:
+    """``origins`` evenly spaced forecast origins per series of every CSV under ``roots``."""
+    contexts, futures, seasons, names = [], [], [], []
+    for root in roots:
+        for path in sorted(root.rglob("*.csv")):
+            values, day = read_series(path)
+            length = max(CONTEXT, 2 * day)
+            if values.size < length + HORIZON:
+                length = values.size - HORIZON * origins  # short series: what is there
+            for origin in np.linspace(length, values.size - HORIZON, origins).astype(int):
+                contexts.append(values[origin - length : origin])
+                futures.append(values[origin : origin + HORIZON])
+                seasons.append(day)
+                names.append(f"{path.parent.name}/{path.name}@{origin}")
+    longest = max(c.size for c in contexts)
+    padded = np.full((len(contexts), longest), np.nan)
+    for row, context in enumerate(contexts):
+        padded[row, longest - context.size :] = context
+    return Windows(padded, np.stack(futures), np.array(seasons), names)
+
+
+def scores(windows: Windows, median: np.ndarray, quantiles: np.ndarray, keep: np.ndarray) -> dict[str, float]:
+    """Pooled MASE and WQL over the windows in ``keep``."""
+    y = windows.futures[keep]
+    scale = _naive_scale(windows.contexts[keep])
+    mase = np.abs(median[keep] - y).mean(axis=1) / scale
+    levels = np.asarray(LEVELS)[None, None, :]
+    error = y[:, :, None] - quantiles[keep]
+    pinball = np.maximum(levels * error, (levels - 1) * error)
+    wql = (2 * pinball.mean(axis=2)).sum(axis=1) / np.abs(y).sum(axis=1)
+    return {"mase": round(float(mase.mean()), 4), "wql": round(float(wql.mean()), 4)}
+
+
+def _naive_scale(contexts: np.ndarray) -> np.ndarray:
+    return np.nanmean(np.abs(np.diff(contexts, axis=1)), axis=1)
+
+
+def run_model(spec: str, params: dict[str, Any], windows: Windows) -> tuple[np.ndarray, np.ndarray, float]:
+    """(median, quantiles, series/s) of one batched forecast over all windows."""
+    model = load_forecaster(spec, **params)
+    model.forecast(windows.contexts[:2], HORIZON, LEVELS)  # warm-up: numba JIT, torch threads
+    started = time.perf_counter()
+    forecast = model.forecast(windows.contexts, HORIZON, LEVELS)
+    seconds = time.perf_counter() - started
+    return forecast.median, forecast.quantiles, windows.contexts.shape[0] / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, nargs="+", default=[SHARED / "nab", SHARED / "smd"])
+    parser.add_argument("--origins", type=int, default=8, help="forecast origins per series")
+    parser.add_argument("--shipped", default=SHIPPED, help="the Chronos spec to evaluate")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+
+    windows = build_windows(args.data, args.origins)
+    future_weight = np.abs(windows.futures).sum(axis=1)
+    scale = _naive_scale(windows.contexts)
+    keep = (future_weight > 0) & (scale > 0) & np.isfinite(scale)
+    # SeasonalNaive repeats the last day; the day is per series, so one call per season.
+    models: dict[str, Any] = {}
+    for spec, params in [
+        (args.shipped, {"device": "cpu"}),
+        ("statsforecast:SeasonalNaive", None),
+        ("statsforecast:AutoETS", {}),
+        ("default", {}),
+    ]:
+        if params is None:
+            median, quantiles, rate = _per_season(spec, windows)
+        else:
+            median, quantiles, rate = run_model(spec, params, windows)
+        models[spec] = {**scores(windows, median, quantiles, keep), "series_per_s": round(rate, 1)}
+        print(f"{spec:40s} MASE {models[spec]['mase']:.4f}  WQL {models[spec]['wql']:.4f}  "
+              f"{models[spec]['series_per_s']:>9.1f} series/s", flush=True)
+    print(f"{windows.contexts.shape[0]} windows ({int(keep.sum())} scored) from "
+          f"{len({n.split('@')[0] for n in windows.names})} series, {args.origins} origins each")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"shipped": args.shipped, "models": models}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _per_season(spec: str, windows: Windows) -> tuple[np.ndarray, np.ndarray, float]:
+    """SeasonalNaive with each series' own daily season (one batched call per season)."""
+    median = np.full(windows.futures.shape, np.nan)
+    quantiles = np.full((*windows.futures.shape, len(LEVELS)), np.nan)
+    seconds = 0.0
+    for season in np.unique(windows.seasons):
+        rows = np.flatnonzero(windows.seasons == season)
+        part = Windows(windows.contexts[rows], windows.futures[rows], windows.seasons[rows], [])
+        m, q, rate = run_model(spec, {"season_length": int(season)}, part)
+        median[rows], quantiles[rows] = m, q
+        seconds += rows.size / rate
+    return median, quantiles, windows.contexts.shape[0] / seconds
+
+
+if __name__ == "__main__":
+    main()
