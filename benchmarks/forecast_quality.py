@@ -9,11 +9,15 @@ its length: the model sees the points before the origin (its context: 512 points
 two days when that is longer, so SeasonalNaive sees a full daily season; Chronos-Bolt
 reads only the last 512) and forecasts the next 64 points, levels 0.1 … 0.9.
 
-Metrics, pooled over all windows (each window weighs the same; windows whose scale is
-zero, a flat context or an all-zero future, are left out for every model):
+Metrics per series (over its windows), then pooled over series by the geometric mean
+(the Chronos papers' aggregate: scale-free, and one near-flat series cannot dominate):
 
-* MASE: mean absolute error of the median / mean absolute one-step change in the context.
-* WQL: weighted quantile loss, ``sum_t mean_q 2 * pinball_q / sum_t |y|``, per window.
+* MASE: mean absolute error of the median / the context's mean absolute one-step change.
+* WQL: weighted quantile loss, ``sum mean_q 2 * pinball_q / sum |y|``.
+
+Series whose scale is zero (flat contexts, an all-zero future) are left out for every
+model. A forecast step that some model leaves NaN (``default`` does for a few steps past
+what its seasonal history covers) is left out for every model too; the count is printed.
 
 Speed: series/s of one batched ``forecast`` call over all windows on this machine's CPU
 (after a warm-up call), same run, same windows.
@@ -51,7 +55,8 @@ class Windows:
     contexts: np.ndarray  # (w, longest context)
     futures: np.ndarray  # (w, HORIZON)
     seasons: np.ndarray  # (w,) steps per day of each window's series
-    names: list[str]
+    series: np.ndarray  # (w,) index of each window's series
+    names: list[str]  # one per series
 
 
 def read_series(path: Path) -> tuple[np.ndarray, int]:
@@ -65,9 +70,10 @@ def read_series(path: Path) -> tuple[np.ndarray, int]:
 
 def build_windows(roots: list[Path], origins: int) -> Windows:
     """``origins`` evenly spaced forecast origins per series of every CSV under ``roots``."""
-    contexts, futures, seasons, names = [], [], [], []
+    contexts, futures, seasons, series, names = [], [], [], [], []
     for root in roots:
         for path in sorted(root.rglob("*.csv")):
+            names.append(f"{path.parent.name}/{path.name}")
             values, day = read_series(path)
             length = max(CONTEXT, 2 * day)
             if values.size < length + HORIZON:
@@ -76,24 +82,35 @@ def build_windows(roots: list[Path], origins: int) -> Windows:
                 contexts.append(values[origin - length : origin])
                 futures.append(values[origin : origin + HORIZON])
                 seasons.append(day)
-                names.append(f"{path.parent.name}/{path.name}@{origin}")
+                series.append(len(names) - 1)
     longest = max(c.size for c in contexts)
     padded = np.full((len(contexts), longest), np.nan)
     for row, context in enumerate(contexts):
         padded[row, longest - context.size :] = context
-    return Windows(padded, np.stack(futures), np.array(seasons), names)
+    return Windows(padded, np.stack(futures), np.array(seasons), np.array(series), names)
 
 
-def scores(windows: Windows, median: np.ndarray, quantiles: np.ndarray, keep: np.ndarray) -> dict[str, float]:
-    """Pooled MASE and WQL over the windows in ``keep``."""
-    y = windows.futures[keep]
-    scale = _naive_scale(windows.contexts[keep])
-    mase = np.abs(median[keep] - y).mean(axis=1) / scale
-    levels = np.asarray(LEVELS)[None, None, :]
-    error = y[:, :, None] - quantiles[keep]
-    pinball = np.maximum(levels * error, (levels - 1) * error)
-    wql = (2 * pinball.mean(axis=2)).sum(axis=1) / np.abs(y).sum(axis=1)
-    return {"mase": round(float(mase.mean()), 4), "wql": round(float(wql.mean()), 4)}
+def scores(
+    windows: Windows, median: np.ndarray, quantiles: np.ndarray, scored: np.ndarray
+) -> dict[str, float]:
+    """Pooled MASE and WQL over the ``scored`` ``(window, step)`` points (module docstring)."""
+    y = np.where(scored, windows.futures, 0.0)
+    steps = scored.sum(axis=1)
+    error = np.where(scored, np.abs(median - windows.futures), 0.0).sum(axis=1)
+    levels = np.asarray(LEVELS)
+    gap = windows.futures[:, :, None] - quantiles
+    pinball = np.where(scored[:, :, None], np.maximum(levels * gap, (levels - 1) * gap), 0.0)
+    window_mase = error / np.maximum(steps, 1) / _naive_scale(windows.contexts)
+    mase, wql = [], []
+    for index in np.unique(windows.series[steps > 0]):
+        rows = (windows.series == index) & (steps > 0)
+        mase.append(window_mase[rows].mean())
+        wql.append(2 * pinball[rows].mean(axis=2).sum() / np.abs(y[rows]).sum())
+    return {"mase": round(_geometric_mean(mase), 4), "wql": round(_geometric_mean(wql), 4)}
+
+
+def _geometric_mean(values: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(values))))
 
 
 def _naive_scale(contexts: np.ndarray) -> np.ndarray:
@@ -119,29 +136,44 @@ def main() -> None:
     args = parser.parse_args()
 
     windows = build_windows(args.data, args.origins)
-    future_weight = np.abs(windows.futures).sum(axis=1)
-    scale = _naive_scale(windows.contexts)
-    keep = (future_weight > 0) & (scale > 0) & np.isfinite(scale)
-    # SeasonalNaive repeats the last day; the day is per series, so one call per season.
-    models: dict[str, Any] = {}
+    forecasts: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
     for spec, params in [
         (args.shipped, {"device": "cpu"}),
         ("statsforecast:SeasonalNaive", None),
         ("statsforecast:AutoETS", {}),
         ("default", {}),
     ]:
-        if params is None:
-            median, quantiles, rate = _per_season(spec, windows)
-        else:
-            median, quantiles, rate = run_model(spec, params, windows)
-        models[spec] = {**scores(windows, median, quantiles, keep), "series_per_s": round(rate, 1)}
-        print(f"{spec:40s} MASE {models[spec]['mase']:.4f}  WQL {models[spec]['wql']:.4f}  "
-              f"{models[spec]['series_per_s']:>9.1f} series/s", flush=True)
-    print(f"{windows.contexts.shape[0]} windows ({int(keep.sum())} scored) from "
-          f"{len({n.split('@')[0] for n in windows.names})} series, {args.origins} origins each")
+        # SeasonalNaive repeats the last day, which differs per series: one call per season.
+        forecasts[spec] = _per_season(spec, windows) if params is None else run_model(spec, params, windows)
+    scored = np.isfinite(windows.futures) & _usable(windows)[:, None]
+    for spec, (median, quantiles, _) in forecasts.items():
+        finite = np.isfinite(quantiles).all(axis=2) & np.isfinite(median)
+        print(f"{spec}: {int((scored & ~finite).sum())} scored points without a forecast")
+        scored &= finite
+    models = {}
+    for spec, (median, quantiles, rate) in forecasts.items():
+        models[spec] = {**scores(windows, median, quantiles, scored), "series_per_s": round(rate, 1)}
+    print(f"{'model':40s} {'MASE':>8s} {'WQL':>8s} {'series/s':>10s}")
+    for spec, row in models.items():
+        print(f"{spec:40s} {row['mase']:8.4f} {row['wql']:8.4f} {row['series_per_s']:10.1f}")
+    print(
+        f"{windows.contexts.shape[0]} windows of {len(windows.names)} series ({args.origins} origins each), "
+        f"{int(scored.sum())} of {scored.size} points scored"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"shipped": args.shipped, "models": models}, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def _usable(windows: Windows) -> np.ndarray:
+    """Windows of series with a non-zero scale and future: MASE and WQL are defined."""
+    usable = np.zeros(windows.contexts.shape[0], dtype=bool)
+    scale = _naive_scale(windows.contexts)
+    weight = np.nansum(np.abs(windows.futures), axis=1)
+    for index in np.unique(windows.series):
+        rows = windows.series == index
+        usable[rows] = (scale[rows] > 0).all() and weight[rows].sum() > 0
+    return usable
 
 
 def _per_season(spec: str, windows: Windows) -> tuple[np.ndarray, np.ndarray, float]:
@@ -151,7 +183,9 @@ def _per_season(spec: str, windows: Windows) -> tuple[np.ndarray, np.ndarray, fl
     seconds = 0.0
     for season in np.unique(windows.seasons):
         rows = np.flatnonzero(windows.seasons == season)
-        part = Windows(windows.contexts[rows], windows.futures[rows], windows.seasons[rows], [])
+        part = Windows(
+            windows.contexts[rows], windows.futures[rows], windows.seasons[rows], windows.series[rows], []
+        )
         m, q, rate = run_model(spec, {"season_length": int(season)}, part)
         median[rows], quantiles[rows] = m, q
         seconds += rows.size / rate

@@ -9,21 +9,35 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from openanomaly.models.chronos import BOLT_QUANTILES
+
 if TYPE_CHECKING:
     from chronos.chronos_bolt import ChronosBoltModelForForecasting
     from transformers import T5Config
 
 __all__ = ["BOLT_SIZES", "bolt_config", "build_bolt"]
 
-BOLT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
 # T5 layer sizes. tiny: tests (a few hundred KB); mini: the shipped model (about 8 MB),
 # small enough to learn something in half an hour on two CPU cores; base: the released
 # chronos-bolt-small, for measuring realistic speed and memory without the hub.
 BOLT_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2},
-    "mini": {"d_model": 128, "d_kv": 32, "d_ff": 512, "num_layers": 4, "num_decoder_layers": 2, "num_heads": 4},
-    "base": {"d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6, "num_decoder_layers": 6, "num_heads": 8},
+    "mini": {
+        "d_model": 128,
+        "d_kv": 32,
+        "d_ff": 512,
+        "num_layers": 4,
+        "num_decoder_layers": 2,
+        "num_heads": 4,
+    },
+    "base": {
+        "d_model": 512,
+        "d_kv": 64,
+        "d_ff": 2048,
+        "num_layers": 6,
+        "num_decoder_layers": 6,
+        "num_heads": 8,
+    },
 }
 
 

@@ -105,14 +105,18 @@ def train(
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=False)
         if state["config"] != config.model_dump():
-            raise ValueError(f"{state_path} was written with other settings {state['config']}; use another --out")
+            raise ValueError(
+                f"{state_path} was written with other settings {state['config']}; use another --out"
+            )
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
         step, elapsed = state["step"], state["elapsed"]
 
     length = config.context_length + config.prediction_length
-    held_out = [make_batch(config.seed, _HELD_OUT + i, config.batch_size, length) for i in range(held_out_batches)]
+    held_out = [
+        make_batch(config.seed, _HELD_OUT + i, config.batch_size, length) for i in range(held_out_batches)
+    ]
     log_path = directory / "loss.csv"
     started = time.monotonic()
     running: list[float] = []
@@ -134,7 +138,7 @@ def train(
             optimiser.step()
             schedule.step()
             step += 1
-            running.append(float(loss))
+            running.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{running[-1]:.3f}")
             out_of_time = max_minutes is not None and time.monotonic() - started > max_minutes * 60
@@ -142,7 +146,15 @@ def train(
             now = elapsed + time.monotonic() - started
             if step % log_every == 0 or done:
                 held = evaluate(model, held_out, config, device)
-                log.writerow([step, f"{np.mean(running):.5f}", f"{held:.5f}", f"{schedule.get_last_lr()[0]:.3g}", f"{now:.1f}"])
+                log.writerow(
+                    [
+                        step,
+                        f"{np.mean(running):.5f}",
+                        f"{held:.5f}",
+                        f"{schedule.get_last_lr()[0]:.3g}",
+                        f"{now:.1f}",
+                    ]
+                )
                 log_file.flush()
                 running.clear()
             if step % checkpoint_every == 0 or done:
@@ -192,7 +204,9 @@ def _lr_factor(config: TrainConfig, step: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _save_state(path: Path, model, optimiser, schedule, config: TrainConfig, step: int, elapsed: float) -> None:  # type: ignore[no-untyped-def]
+def _save_state(
+    path: Path, model, optimiser, schedule, config: TrainConfig, step: int, elapsed: float
+) -> None:  # type: ignore[no-untyped-def]
     import torch
 
     partial = path.with_suffix(".tmp")
