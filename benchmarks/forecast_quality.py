@@ -17,6 +17,9 @@ and ``default`` forecast NAB's artificial series exactly):
   contexts.
 * WQL: weighted quantile loss, ``sum mean_q 2 * pinball_q / sum |y|``.
 
+A few series near zero (SMD is min-max scaled) or a model's exploding band on one series
+can dominate a mean, so the table also prints the median over series (not in the JSON).
+
 Series whose scale is zero (flat contexts, an all-zero future) are left out for every
 model. A forecast step that some model leaves NaN (``default`` does for a few steps past
 what its seasonal history covers) is left out for every model too; the count is printed.
@@ -108,7 +111,12 @@ def scores(
         rows = (windows.series == index) & (steps > 0)
         mase.append(error[rows].sum() / scale[rows].sum())
         wql.append(2 * pinball[rows].mean(axis=2).sum() / np.abs(y[rows]).sum())
-    return {"mase": round(float(np.mean(mase)), 4), "wql": round(float(np.mean(wql)), 4)}
+    return {
+        "mase": round(float(np.mean(mase)), 4),
+        "wql": round(float(np.mean(wql)), 4),
+        "mase_median": round(float(np.median(mase)), 4),
+        "wql_median": round(float(np.median(wql)), 4),
+    }
 
 
 def _naive_scale(contexts: np.ndarray) -> np.ndarray:
@@ -149,11 +157,14 @@ def main() -> None:
         print(f"{spec}: {int((scored & ~finite).sum())} scored points without a forecast")
         scored &= finite
     models = {}
+    print(f"{'model':32s} {'MASE':>8s} {'WQL':>10s} {'MASE med':>9s} {'WQL med':>8s} {'series/s':>9s}")
     for spec, (median, quantiles, rate) in forecasts.items():
-        models[spec] = {**scores(windows, median, quantiles, scored), "series_per_s": round(rate, 1)}
-    print(f"{'model':40s} {'MASE':>8s} {'WQL':>8s} {'series/s':>10s}")
-    for spec, row in models.items():
-        print(f"{spec:40s} {row['mase']:8.4f} {row['wql']:8.4f} {row['series_per_s']:10.1f}")
+        row = scores(windows, median, quantiles, scored)
+        print(
+            f"{spec:32s} {row['mase']:8.4f} {row['wql']:10.4f} {row['mase_median']:9.4f} "
+            f"{row['wql_median']:8.4f} {rate:9.1f}"
+        )
+        models[spec] = {"mase": row["mase"], "wql": row["wql"], "series_per_s": round(rate, 1)}
     print(
         f"{windows.contexts.shape[0]} windows of {len(windows.names)} series ({args.origins} origins each), "
         f"{int(scored.sum())} of {scored.size} points scored"
