@@ -27,6 +27,9 @@ Behaviour made explicit here (the pipelines would warn and carry on):
   there, the hub is probed once (3 s) instead of letting ``huggingface_hub`` retry for
   half a minute, and an unreachable hub is a ``ModelError`` saying to download the model
   elsewhere and point the spec at the directory.
+* **Shipped weights.** ``chronos:openanomaly-bolt-mini`` is a small Chronos-Bolt
+  pretrained on synthetic series (:mod:`openanomaly.pretrain`) and stored in the
+  package; the name resolves to that directory (:data:`SHIPPED_MODELS`).
 """
 
 from __future__ import annotations
