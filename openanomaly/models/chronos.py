@@ -27,6 +27,9 @@ Behaviour made explicit here (the pipelines would warn and carry on):
   there, the hub is probed once (3 s) instead of letting ``huggingface_hub`` retry for
   half a minute, and an unreachable hub is a ``ModelError`` saying to download the model
   elsewhere and point the spec at the directory.
+* **Shipped weights.** ``chronos:openanomaly-bolt-mini`` is a small Chronos-Bolt
+  pretrained on synthetic series (:mod:`openanomaly.pretrain`) and stored in the
+  package; the name resolves to that directory (:data:`SHIPPED_MODELS`).
 """
 
 from __future__ import annotations
@@ -57,8 +60,10 @@ __all__ = [
     "BOLT_PREDICTION_LENGTH",
     "BOLT_QUANTILES",
     "CHRONOS2_QUANTILES",
+    "SHIPPED_MODELS",
     "ChronosForecaster",
     "check_levels",
+    "checkpoint_location",
     "longest_horizon",
     "map_levels",
     "native_horizon",
@@ -73,6 +78,9 @@ __all__ = [
 BOLT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CHRONOS2_QUANTILES = (0.01, *(round(0.05 * i, 2) for i in range(1, 20)), 0.99)  # 21 levels
 BOLT_PREDICTION_LENGTH = 64
+# Checkpoints shipped inside the package (pretrained on synthetic series, see
+# openanomaly.pretrain): ``chronos:<name>`` loads them offline like a local directory.
+SHIPPED_MODELS = {"openanomaly-bolt-mini": Path(__file__).parent / "weights" / "openanomaly-bolt-mini"}
 
 TailPolicy = Literal["error", "clamp", "normal"]
 _TAILS = ("error", "clamp", "normal")
@@ -169,9 +177,14 @@ def _at(values: np.ndarray, grid: np.ndarray, level: float) -> np.ndarray:
     return np.apply_along_axis(lambda row: np.interp(level, grid, row), -1, values)
 
 
+def checkpoint_location(name: str) -> str:
+    """A shipped model's name (:data:`SHIPPED_MODELS`) → its directory; other names unchanged."""
+    return str(SHIPPED_MODELS[name]) if name in SHIPPED_MODELS else name
+
+
 def _checkpoint_config(name: str) -> dict[str, Any] | None:
     """The ``config.json`` of a checkpoint directory; None for a hub id or an unreadable file."""
-    path = Path(name).expanduser() / "config.json"
+    path = Path(checkpoint_location(name)).expanduser() / "config.json"
     if not path.is_file():
         return None
     try:
@@ -359,6 +372,7 @@ class ChronosForecaster:
         from chronos import BaseChronosPipeline
 
         kwargs: dict[str, Any] = {"device_map": self.device, "torch_dtype": self.dtype}
+        name = checkpoint_location(name)
         path = Path(name).expanduser()
         if path.is_dir():
             return self._from_pretrained(BaseChronosPipeline, str(path), local_files_only=True, **kwargs)

@@ -70,18 +70,7 @@ def build_tiny_chronos(
     return directory
 
 
-# Layer sizes: tiny for tests; base = the released chronos-bolt-small / chronos-2.
-_BOLT_SIZES = {
-    "tiny": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2},
-    "base": {
-        "d_model": 512,
-        "d_kv": 64,
-        "d_ff": 2048,
-        "num_layers": 6,
-        "num_decoder_layers": 6,
-        "num_heads": 8,
-    },
-}
+# Layer sizes: tiny for tests; base = the released chronos-2 (Bolt's: openanomaly.pretrain.model).
 _CHRONOS2_SIZES = {
     "tiny": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 2},
     "base": {"d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12},
@@ -90,29 +79,12 @@ _CHRONOS2_SIZES = {
 
 def _tiny_bolt(*, prediction_length: int, context_length: int, size: str):  # type: ignore[no-untyped-def]
     from chronos.chronos_bolt import ChronosBoltModelForForecasting
-    from transformers import T5Config
 
-    if size not in _BOLT_SIZES:
+    from openanomaly.pretrain.model import bolt_config
+
+    if size not in ("tiny", "base"):
         raise ValueError(f"size must be 'tiny' or 'base', got {size!r}")
-    config = T5Config(
-        **_BOLT_SIZES[size],
-        dropout_rate=0.0,
-        feed_forward_proj="relu",
-        vocab_size=2,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-        architectures=["ChronosBoltModelForForecasting"],
-        chronos_pipeline_class="ChronosBoltPipeline",
-        chronos_config={
-            "context_length": context_length,
-            "prediction_length": prediction_length,
-            "input_patch_size": 16,
-            "input_patch_stride": 16,
-            "quantiles": list(BOLT_QUANTILES),
-            "use_reg_token": True,
-        },
-    )
+    config = bolt_config(size, context_length=context_length, prediction_length=prediction_length)
     return ChronosBoltModelForForecasting(config).eval()
 
 
