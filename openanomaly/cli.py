@@ -179,14 +179,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     now_ms = parse_time(args.now) if args.now else int(datetime.now(UTC).timestamp() * 1000)
     forecasters = {p.name: _forecaster(p) for p in pipelines}
     with PrometheusClient(config.settings.tsdb) as client:
-        # Check every pipeline's query before writing any, so a bad one leaves nothing half written.
+        # Check every pipeline's query before writing any, so a bad one leaves nothing half
+        # written; each window is fetched once and scored from that fetch.
+        windows = []
         for pipeline in pipelines:
             start_ms, end_ms = latest_window(pipeline, now_ms)
-            check_input(fetch(client, pipeline, start_ms=start_ms, end_ms=end_ms), pipeline)
-        for pipeline in pipelines:
-            start_ms, end_ms = latest_window(pipeline, now_ms)
+            series = fetch(client, pipeline, start_ms=start_ms, end_ms=end_ms)
+            check_input(series, pipeline)
+            windows.append((pipeline, start_ms, end_ms, series))
+        for pipeline, start_ms, end_ms, series in windows:
             scorer = local_scorer(pipeline, forecasters[pipeline.name])
-            _, result = run_window(client, pipeline, scorer, start_ms=start_ms, end_ms=end_ms)
+            window = {"start_ms": start_ms, "end_ms": end_ms, "series": series}
+            _, result = run_window(client, pipeline, scorer, **window)
             _print_result(result)
     return 0
 
@@ -210,7 +214,7 @@ def _run_scheduler(args: argparse.Namespace, config: Config) -> int:
         flush=True,
     )
     scheduler = Scheduler(args.config, delay=round(args.delay * 1000))
-    seen: dict[str, tuple[int, int]] = {}
+    seen: dict[str, Any] = {}
     try:
         while True:
             scheduler.tick()
@@ -225,13 +229,16 @@ def _run_scheduler(args: argparse.Namespace, config: Config) -> int:
         ray.shutdown()
 
 
-def _print_progress(status: dict[str, Any], seen: dict[str, tuple[int, int]]) -> None:
-    """One line per window completed or failed since the last call."""
-    if status.get("config_error"):
-        key = ("config", hash(status["config_error"]))
-        if seen.get("\0config") != key:
-            print(f"error: {status['config_error']}", file=sys.stderr, flush=True)
-            seen["\0config"] = key
+def _print_progress(status: dict[str, Any], seen: dict[str, Any]) -> None:
+    """One line per window completed or failed since the last call, and each new config error.
+
+    ``seen`` holds what was last printed: counts per pipeline name, and the config error
+    under ``"config error"`` (a space: no pipeline name can collide with it).
+    """
+    error = status.get("config_error")
+    if error and seen.get("config error") != error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    seen["config error"] = error
     for record in status["pipelines"]:
         counts = (record["windows_total"], record["errors_total"] + record["no_data_total"])
         if seen.get(record["name"]) == counts:
@@ -271,7 +278,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     if args.detach:
         return 0
     print("Ctrl-C leaves it running in the cluster (it stops with the cluster: `ray stop`)", flush=True)
-    seen: dict[str, tuple[int, int]] = {}
+    seen: dict[str, Any] = {}
     try:
         while True:
             time.sleep(args.tick)

@@ -29,6 +29,7 @@ playground and ``/v1/detect``. So they all compute and write the same samples::
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -303,21 +304,30 @@ class Tally:
 
 
 def run_window(
-    client: TSDBClient, pipeline: Pipeline, scorer: Scorer, *, start_ms: int, end_ms: int
+    client: TSDBClient,
+    pipeline: Pipeline,
+    scorer: Scorer,
+    *,
+    start_ms: int,
+    end_ms: int,
+    series: SeriesMatrix | None = None,
 ) -> tuple[Detection, RunResult]:
     """One window: fetch ``(start - context, end]``, score ``(start, end]``, write what is new.
 
     Nothing is written unless the whole window was fetched and scored.
+
+    Args:
+        series: the window's :func:`fetch`, when the caller already has it (``run --once``
+            fetches every pipeline first, to check them all before writing any).
 
     Raises:
         QueryError, RemoteWriteError: the TSDB failed.
         DataError: the query returned no series, or only NaN.
         ModelError: the model failed.
     """
-    import time
-
     began = time.perf_counter()
-    series = fetch(client, pipeline, start_ms=start_ms, end_ms=end_ms)
+    if series is None:
+        series = fetch(client, pipeline, start_ms=start_ms, end_ms=end_ms)
     check_input(series, pipeline)
     detection = scorer(series, start_ms, end_ms)
     written, present = write(client, pipeline, detection)
