@@ -666,8 +666,8 @@ def _fetch_dataset(
     start_ms: int,
     end_ms: int,
     options: JobOptions,
-    budget: _Budget,
-) -> tuple[Any, int]:
+) -> tuple[Any, _Budget]:
+    """The job's fetch stage, and the budget sized for its shard count (see :func:`_budget`)."""
     from openanomaly.tsdb import PrometheusClient
 
     data = _ray_data()
@@ -675,6 +675,7 @@ def _fetch_dataset(
         queries, listed = plan_shards(
             client, pipeline, start_ms=start_ms, end_ms=end_ms, series_per_shard=options.series_per_shard
         )
+    budget = _budget(options, shards=len(queries))
     # Enough blocks for every worker to get work, none larger than batch_size.
     rows_per_block = options.batch_size
     if listed is not None and len(queries) == 1:
@@ -693,7 +694,7 @@ def _fetch_dataset(
         compute=data.TaskPoolStrategy(size=budget.fetch_tasks),
         num_cpus=budget.fetch_cpus,
     )
-    return dataset, len(queries)
+    return dataset, budget
 
 
 def _restart_args(options: JobOptions) -> dict[str, int]:
@@ -787,14 +788,8 @@ def run_job(
     options = options or JobOptions()
     began = time.perf_counter()
     with _BIG_JOB:
-        budget = _budget(options, shards=1)
-        dataset, _ = _fetch_dataset(
-            settings,
-            pipeline,
-            start_ms=fetch_start(pipeline, start_ms),
-            end_ms=end_ms,
-            options=options,
-            budget=budget,
+        dataset, budget = _fetch_dataset(
+            settings, pipeline, start_ms=fetch_start(pipeline, start_ms), end_ms=end_ms, options=options
         )
         scored = dataset.map_batches(
             _BlockJob,
@@ -923,9 +918,8 @@ def _fit_job(
     if window is None:  # guarded by check_fittable; keeps the type checker informed
         raise ModelError("fit_window is not set", spec=pipeline.model.spec)
     fit_start = fit_time_ms - round(window.total_seconds() * 1000)
-    budget = _budget(options, shards=1)
-    dataset, _ = _fetch_dataset(
-        settings, pipeline, start_ms=fit_start, end_ms=fit_time_ms, options=options, budget=budget
+    dataset, budget = _fetch_dataset(
+        settings, pipeline, start_ms=fit_start, end_ms=fit_time_ms, options=options
     )
     if is_global(pipeline):
         blocks = [
