@@ -89,6 +89,7 @@ class ConfigError(OpenAnomalyError):
         self.source = source
         self.pipeline = pipeline
         self.field = field
+        self.message = message  # without the where-prefix, for callers that show ``field`` apart
         where = [
             part
             for part in (

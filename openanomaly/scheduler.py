@@ -173,6 +173,9 @@ class _Entry:
     future: Future[Any] | None = None
     started: float | None = None  # monotonic start of the run in flight
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Bumped when the pipeline is removed or its query/step change: a run in flight of
+    # the old definition stops after its current window and must not save its progress.
+    generation: int = 0
 
 
 class Scheduler:
@@ -299,24 +302,36 @@ class Scheduler:
             entry.status.state, entry.status.reason = "idle", None
         return True
 
-    def _save_progress(self, name: str, progress: PipelineProgress) -> None:
+    def _save_progress(self, entry: _Entry, generation: int, progress: PipelineProgress) -> None:
+        """Persist ``progress``, unless the entry moved on (see ``_Entry.generation``) meanwhile."""
         assert self._store is not None
-        save_json(self._store, f"{_STATE_PREFIX}/{name}.json", asdict(progress))
+        with self._lock:
+            if entry.generation == generation:
+                save_json(self._store, f"{_STATE_PREFIX}/{entry.pipeline.name}.json", asdict(progress))
 
     def _apply(self, config: Config) -> None:
+        """Make the entries match ``config``.
+
+        A removed pipeline stops (a run in flight ends after its current window) and its
+        progress is forgotten, so one created later under the same name starts fresh. A
+        changed one keeps its progress unless its query or step changed: then the old
+        windows say nothing about the new series, and it starts again from the current one.
+        """
         from openanomaly.models.fitted import check_fittable
 
         with self._lock:
             names = {pipeline.name for pipeline in config.pipelines}
-            for name in list(self._entries):
-                if name not in names and not self._running(self._entries[name]):
-                    del self._entries[name]
+            for name in [name for name in self._entries if name not in names]:
+                self._forget(self._entries.pop(name), "removed")
             for pipeline in config.pipelines:
                 entry = self._entries.get(pipeline.name)
                 if entry is None:
                     entry = self._entries[pipeline.name] = _Entry(
                         pipeline, None, PipelineStatus(pipeline.name)
                     )
+                elif (entry.pipeline.query, entry.pipeline.step) != (pipeline.query, pipeline.step):
+                    self._forget(entry, "query or step changed")
+                    entry.status = PipelineStatus(pipeline.name)
                 entry.pipeline = pipeline
                 entry.status.model = pipeline.model.label
                 entry.status.disabled_reason = None
@@ -329,6 +344,18 @@ class Scheduler:
                     entry.status.state, entry.status.reason = "disabled", str(error)
         if self._runner is not None:
             self._runner.prune(config.pipelines)
+
+    def _forget(self, entry: _Entry, why: str) -> None:
+        """Stop the entry's run in flight after its current window and drop its persisted progress."""
+        entry.generation += 1
+        entry.progress = PipelineProgress() if entry.progress is not None else None
+        name = entry.pipeline.name
+        log.info("pipeline %r %s: its progress starts over", name, why)
+        if self._store is not None:
+            try:
+                self._store.delete(f"{_STATE_PREFIX}/{name}.json")
+            except OpenAnomalyError as error:  # the next save overwrites it anyway
+                log.warning("pipeline %r: could not delete its old progress: %s", name, error)
 
     def reload(self) -> bool:
         """Re-read the configuration if it changed (or never loaded); True when a new one was applied.
@@ -369,13 +396,15 @@ class Scheduler:
         try:
             assert self.config is not None and entry.progress is not None
             pipeline, settings = entry.pipeline, self.config.settings
-            status, progress = entry.status, entry.progress
+            status, progress, generation = entry.status, entry.progress, entry.generation
             status.running, status.state, status.reason = True, "running", None
             status.last_run_started = time.time()
             entry.started = began = time.monotonic()
             ok = True
             try:
                 for start, end in windows:
+                    if entry.generation != generation:
+                        break  # removed, or its query/step changed: the rest is not ours to run
                     fit_every = pipeline.schedule.fit_every
                     if fit_every is not None and fit_due(
                         last_fit_ms=progress.last_fit_ms, window_start_ms=start, fit_every_ms=_ms(fit_every)
@@ -383,7 +412,7 @@ class Scheduler:
                         self._run_fit(settings, pipeline, fit_time_ms=start)
                         progress.last_fit_ms = start
                         status.fits_total += 1
-                        self._save_progress(pipeline.name, progress)
+                        self._save_progress(entry, generation, progress)
                     window_began = time.monotonic()
                     result = self._run_window(
                         settings,
@@ -393,7 +422,7 @@ class Scheduler:
                         fit_time_ms=progress.last_fit_ms if fit_every is not None else None,
                     )
                     progress.last_end_ms = end
-                    self._save_progress(pipeline.name, progress)
+                    self._save_progress(entry, generation, progress)
                     status.last_window_duration_s = time.monotonic() - window_began
                     status.series_in = int(getattr(result, "series_in", 0))
                     status.series_scored = int(getattr(result, "series_scored", 0))

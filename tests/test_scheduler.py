@@ -187,6 +187,49 @@ def test_config_reload_adds_pipelines_and_keeps_last_good(tmp_path) -> None:
     assert len(status["pipelines"]) == 2
 
 
+def test_an_edit_keeps_progress_unless_query_or_step_changed_and_a_removal_stops(tmp_path) -> None:
+    path = tmp_path / "p.yaml"
+    _yaml(path, PIPE.format(name="one", query="a") + PIPE.format(name="two", query="b"))
+    store, recorder = MemoryStore(), Recorder()
+    scheduler = _scheduler(str(path), recorder, store)
+    scheduler.tick(T0 + 10 * MIN, wait=True)
+    # "one" changes its model only: it resumes where it was; "two" changes its query: it
+    # starts again from the current window (its old windows scored other series).
+    edited = PIPE.format(name="one", query="a").replace("model: mad", "model: zscore")
+    _yaml(path, edited + PIPE.format(name="two", query="c"))
+    scheduler.tick(T0 + 40 * MIN, wait=True)
+    one = [(s, e) for name, s, e, _ in recorder.windows if name == "one"]
+    two = [(s, e) for name, s, e, _ in recorder.windows if name == "two"]
+    assert one == [(T0 + k * 10 * MIN, T0 + (k + 1) * 10 * MIN) for k in range(4)]
+    assert two == [(T0, T0 + 10 * MIN), (T0 + 30 * MIN, T0 + 40 * MIN)]
+    # "two" is removed while a run is in flight: that run stops after its current window,
+    # nothing of it is saved, and a pipeline re-created under the name starts fresh.
+    release, started = threading.Event(), threading.Event()
+
+    def slow(settings, pipeline, *, start_ms, end_ms, fit_time_ms):
+        started.set()
+        release.wait(10)
+        return recorder.run_window(settings, pipeline, start_ms=start_ms, end_ms=end_ms, fit_time_ms=None)
+
+    scheduler._run_window = slow
+    scheduler.tick(T0 + 70 * MIN)
+    assert started.wait(10)
+    _yaml(path, edited)
+    scheduler.reload()
+    assert [p["name"] for p in scheduler.status()["pipelines"]] == ["one"]
+    release.set()
+    assert scheduler.wait_idle(10)
+    time.sleep(0.2)  # the removed entry's run is not waited on by wait_idle
+    two_now = [e for name, _, e, _ in recorder.windows if name == "two"]
+    assert two_now == [T0 + 10 * MIN, T0 + 40 * MIN, T0 + 50 * MIN], "the removed run stops after its current window"
+    assert store.list("_scheduler/two") == []
+    scheduler._run_window = recorder.run_window
+    _yaml(path, edited + PIPE.format(name="two", query="c"))
+    scheduler.tick(T0 + 80 * MIN, wait=True)
+    assert [e for name, _, e, _ in recorder.windows if name == "two"][-1] == T0 + 80 * MIN
+    assert len([e for name, _, e, _ in recorder.windows if name == "two"]) == 4
+
+
 def test_unfittable_pipeline_is_refused_at_load_and_the_last_good_config_runs(tmp_path) -> None:
     """Config loading rejects what a run would (openanomaly.checks); the scheduler keeps going."""
     path = tmp_path / "p.yaml"
