@@ -67,8 +67,8 @@ from openanomaly.serve.guard import (
     Guard,
     GuardSettings,
     error_body,
-    load_token,
 )
+from openanomaly.serve.login import router as login_router
 from openanomaly.serve.metrics import CONTENT_TYPE, ServeMetrics
 from openanomaly.serve.schemas import (
     DetectRequest,
@@ -194,10 +194,12 @@ fastapi_app = FastAPI(
     summary="Forecast and anomaly-score time series with batched models on Ray Serve.",
     version="0.1.0",
 )
+fastapi_app.include_router(login_router)  # /login, /logout: the playground's browser sessions
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": what}
     for status, what in {
         401: "Missing or wrong bearer token (when the API has one)",
+        403: "The read-only token cannot change anything",
         413: "A size limit is exceeded (body, series, points, response); the field is named",
         422: "The request does not validate; the field is named",
         500: "The model failed on the batch",
@@ -450,9 +452,9 @@ class Ingress:
         self.limits = Limits.model_validate(limits)
         self.forecasters = forecasters
         self.metrics = ServeMetrics()
-        token = load_token()
-        _warn_if_open(token, _serve_host() if token is None else "")
-        fastapi_app.state.guard = GuardSettings(token=token, max_body_bytes=self.limits.max_body_bytes)
+        guard = GuardSettings.from_environ(max_body_bytes=self.limits.max_body_bytes)
+        _warn_if_open(guard.token, _serve_host() if guard.token is None else "")
+        fastapi_app.state.guard = guard
         fastapi_app.state.limits = self.limits
         fastapi_app.state.models = sorted(forecasters)
         fastapi_app.openapi_schema = None  # rebuilt with these limits on the next /openapi.json
