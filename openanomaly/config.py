@@ -19,6 +19,7 @@ from pydantic import (
     PlainSerializer,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "ArtifactSettings",
     "CalibrationConfig",
     "Config",
+    "ConfigStoreSettings",
     "Duration",
     "ModelConfig",
     "OutputConfig",
@@ -186,9 +188,32 @@ class ArtifactSettings(_Strict):
         return self
 
 
+class ConfigStoreSettings(_Strict):
+    """Where pipelines are kept and edited (``openanomaly.pipelinestore``); settings come from the file.
+
+    ``yaml``: the pipelines file itself (rewritten on each edit). ``s3``: one object per
+    pipeline in the artifacts bucket, every version kept, so a cluster whose file is a
+    read-only ConfigMap can still be edited; the file's own pipelines are a seed.
+    """
+
+    kind: Literal["yaml", "s3"] = "yaml"
+
+
 class Settings(_Strict):
     tsdb: TSDBSettings
     artifacts: ArtifactSettings = ArtifactSettings()
+    config_store: ConfigStoreSettings = ConfigStoreSettings()
+
+    @field_validator("config_store")
+    @classmethod
+    def _store_has_bucket(cls, store: ConfigStoreSettings, info: ValidationInfo) -> ConfigStoreSettings:
+        artifacts = info.data.get("artifacts")
+        if store.kind == "s3" and artifacts is not None and artifacts.kind != "s3":
+            raise ValueError(
+                f"config_store.kind 's3' keeps pipelines in the artifacts bucket: "
+                f"set artifacts.kind 's3' (got {artifacts.kind!r})"
+            )
+        return store
 
 
 class ModelConfig(_Strict):

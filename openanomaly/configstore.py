@@ -1,11 +1,11 @@
 """Where the configuration comes from, and how a running service notices it changed.
 
 ``ConfigStore`` is the port the scheduler and the CLI use; ``YamlConfigStore`` reads a
-YAML file (the only store so far; an S3- or API-backed store would implement the same
-two methods). Every problem becomes one :class:`~openanomaly.errors.ConfigError`
-that names the file, the pipeline (by name, else by index) and the field path, so
-``openanomaly validate`` can print it and a reloading scheduler can log it and keep
-the last good config.
+YAML file, and :mod:`openanomaly.pipelinestore` adds one that takes the settings from the
+file and the pipelines from S3 (:func:`config_from_tree` validates what it assembles).
+Every problem becomes one :class:`~openanomaly.errors.ConfigError` that names the file,
+the pipeline (by name, else by index) and the field path, so ``openanomaly validate``
+can print it and a reloading scheduler can log it and keep the last good config.
 
 File layout::
 
@@ -39,9 +39,12 @@ from openanomaly.errors import ConfigError, ConfigValidationError
 __all__ = [
     "ConfigStore",
     "ConfigValidationError",
+    "FileVersion",
     "YamlConfigStore",
+    "config_from_tree",
     "expand_env",
     "load_config",
+    "parse_config",
 ]
 
 # ${NAME} or ${NAME:-default}; $${ escapes a literal ${.
@@ -163,16 +166,12 @@ def _validation_errors(error: ValidationError, raw: Any, source: str) -> list[Co
     return problems
 
 
-def load_config(text: str, *, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
-    """Parse and validate a YAML configuration.
-
-    Beyond each field's own checks, a pipeline is checked against its model's facts
-    (:mod:`openanomaly.checks`): what a run would reject is refused here.
+def parse_config(text: str, *, source: str = "<string>") -> dict[str, Any]:
+    """The YAML ``text`` as a mapping, ``${VAR}`` not expanded (a writable store keeps it as written).
 
     Raises:
-        ConfigError: malformed YAML (with line and column), or invalid content
-            (:class:`ConfigValidationError` listing every problem, unset ``${VAR}``
-            included).
+        ConfigError: malformed YAML (with line and column), an empty file, or a top
+            level that is not a mapping.
     """
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
@@ -190,6 +189,33 @@ def load_config(text: str, *, source: str = "<string>", env: Mapping[str, str] |
             f"expected a mapping with 'settings:' and 'pipelines:' at the top, got {type(raw).__name__}",
             source=source,
         )
+    return raw
+
+
+def load_config(text: str, *, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate a YAML configuration (:func:`parse_config`, then :func:`config_from_tree`).
+
+    Raises:
+        ConfigError: malformed YAML (with line and column), or invalid content
+            (:class:`ConfigValidationError` listing every problem, unset ``${VAR}``
+            included).
+    """
+    return config_from_tree(parse_config(text, source=source), source=source, env=env)
+
+
+def config_from_tree(
+    raw: dict[str, Any], *, source: str = "<string>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate an already-parsed configuration (``${VAR}`` not yet expanded).
+
+    A store that assembles the tree itself (settings from a file, pipelines from S3)
+    gets exactly the checks and messages of a file. Beyond each field's own checks, a
+    pipeline is checked against its model's facts (:mod:`openanomaly.checks`): what a
+    run would reject is refused here.
+
+    Raises:
+        ConfigValidationError: every problem, unset ``${VAR}`` included.
+    """
     unset: list[tuple[tuple[int | str, ...], str]] = []
     raw = _expand_tree(raw, env=os.environ if env is None else env, unset=unset)
     problems = [
@@ -274,30 +300,17 @@ def _duplicate_names(raw: dict[Any, Any], source: str) -> list[ConfigError]:
     return problems
 
 
-class YamlConfigStore:
-    """Configuration from one YAML file, re-read when its content changes.
+class FileVersion:
+    """Which content of one file was last loaded, so polling it every few seconds is cheap.
 
-    ``changed()`` is cheap enough to poll every few seconds: it compares the file's
-    mtime and size first and hashes the content only when they moved, so touching
-    the file without editing it does not trigger a reload.
+    ``changed()`` compares the file's mtime and size first and hashes the content only
+    when they moved, so touching the file without editing it does not count as a change.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> None:
-        self.path = Path(path)
-        self._env = env
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self._stat: tuple[int, int] | None = None
         self._digest: str | None = None
-
-    def __repr__(self) -> str:
-        return f"YamlConfigStore({str(self.path)!r})"
-
-    def _read(self) -> bytes:
-        try:
-            return self.path.read_bytes()
-        except FileNotFoundError:
-            raise ConfigError("file not found", source=str(self.path)) from None
-        except OSError as error:
-            raise ConfigError(f"cannot read: {error.strerror}", source=str(self.path)) from None
 
     def _stat_key(self) -> tuple[int, int] | None:
         try:
@@ -306,26 +319,32 @@ class YamlConfigStore:
             return None
         return stat.st_mtime_ns, stat.st_size
 
-    def load(self) -> Config:
-        """Read and validate the file; remember its version for :meth:`changed`.
+    def read(self) -> tuple[str, tuple[tuple[int, int] | None, str]]:
+        """The file's text, and the version to :meth:`remember` once that text loaded.
 
         Raises:
-            ConfigError: missing, unreadable, malformed or invalid file.
+            ConfigError: missing, unreadable, or not UTF-8.
         """
         stat = self._stat_key()
-        data = self._read()
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError("file not found", source=str(self.path)) from None
+        except OSError as error:
+            raise ConfigError(f"cannot read: {error.strerror}", source=str(self.path)) from None
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
             raise ConfigError(
                 f"not UTF-8 text ({error.reason} at byte {error.start})", source=str(self.path)
             ) from None
-        config = load_config(text, source=str(self.path), env=self._env)
-        self._stat, self._digest = stat, hashlib.sha256(data).hexdigest()
-        return config
+        return text, (stat, hashlib.sha256(data).hexdigest())
+
+    def remember(self, version: tuple[tuple[int, int] | None, str]) -> None:
+        self._stat, self._digest = version
 
     def changed(self) -> bool:
-        """True if the file's content differs from the last successful :meth:`load` (or it vanished)."""
+        """True if the content differs from the last one remembered (or it vanished)."""
         if self._digest is None:
             return True
         stat = self._stat_key()
@@ -341,3 +360,30 @@ class YamlConfigStore:
             self._stat = stat  # touched, not edited
             return False
         return True
+
+
+class YamlConfigStore:
+    """Configuration from one YAML file, re-read when its content changes (see :class:`FileVersion`)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self._env = env
+        self._version = FileVersion(self.path)
+
+    def __repr__(self) -> str:
+        return f"YamlConfigStore({str(self.path)!r})"
+
+    def load(self) -> Config:
+        """Read and validate the file; remember its version for :meth:`changed`.
+
+        Raises:
+            ConfigError: missing, unreadable, malformed or invalid file.
+        """
+        text, version = self._version.read()
+        config = load_config(text, source=str(self.path), env=self._env)
+        self._version.remember(version)
+        return config
+
+    def changed(self) -> bool:
+        """True if the file's content differs from the last successful :meth:`load` (or it vanished)."""
+        return self._version.changed()

@@ -16,6 +16,8 @@
     │   └── UnknownModelSpec     the spec string names no known adapter
     ├── ArtifactError            the artifact store could not read or write a fitted model
     │   └── ArtifactNotFound     the key holds no artifact (the store itself answered)
+    ├── PipelineNotFound         the pipeline store holds no pipeline of that name
+    ├── PreconditionFailed       a conditional pipeline edit lost: it changed since it was read (HTTP 412)
     ├── SchedulerUnavailable     the HTTP API found no scheduler actor (503)
     └── WindowTimeout            a scheduled window or fit ran past its time limit
 
@@ -40,7 +42,9 @@ __all__ = [
     "ModelError",
     "NoSeries",
     "OpenAnomalyError",
+    "PipelineNotFound",
     "PlaygroundInputError",
+    "PreconditionFailed",
     "QueryError",
     "RemoteWriteError",
     "SchedulerUnavailable",
@@ -191,6 +195,38 @@ class ArtifactError(OpenAnomalyError):
 
 class ArtifactNotFound(ArtifactError):
     """The store answered, and the key holds nothing (unlike an outage, which is an ArtifactError)."""
+
+
+class PipelineNotFound(OpenAnomalyError):
+    """The pipeline store holds no pipeline of that name (HTTP 404). Carries the name and the store."""
+
+    def __init__(self, name: str, *, source: str) -> None:
+        self.name = name
+        self.source = source
+        super().__init__(f"pipeline {name!r}: not found in {source}")
+
+
+class PreconditionFailed(OpenAnomalyError):
+    """A conditional edit of a pipeline lost (HTTP 412): someone changed it since the caller read it.
+
+    Attributes:
+        name: the pipeline.
+        expected: the etag the caller sent (``If-Match``), or None for a create-only put
+            (``If-None-Match: *``).
+        current: the stored etag now, or None when the pipeline does not exist.
+    """
+
+    def __init__(self, name: str, *, expected: str | None, current: str | None) -> None:
+        self.name = name
+        self.expected = expected
+        self.current = current
+        if expected is None:
+            problem = f"already exists (etag {current})"
+        elif current is None:
+            problem = f"does not exist (If-Match etag {expected})"
+        else:
+            problem = f"changed since it was read (If-Match etag {expected}, current etag {current})"
+        super().__init__(f"pipeline {name!r}: {problem}")
 
 
 class SchedulerUnavailable(OpenAnomalyError):
