@@ -180,7 +180,7 @@ def test_yaml_two_processes_racing_never_lose_an_update(tmp_path: Path) -> None:
     path = yaml_file(tmp_path)
     store = YamlPipelineStore(path)
     store.put("shared", pipeline("shared", "count 0"), author="test")
-    rounds = 15
+    rounds = 10
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_race, args=(str(path), tag, rounds)) for tag in ("a", "b")]
     for worker in workers:
@@ -382,3 +382,42 @@ def test_s3_config_store_reports_a_missing_bucket_as_a_config_error(
         ConfigError, match=r"cannot read the pipelines: .*bucket 'no-such-bucket-here' does not exist"
     ):
         config_store.load()
+
+
+def test_s3_unreachable_is_an_outage_not_not_found(bucket: ArtifactSettings) -> None:
+    closed = bucket.model_copy(update={"endpoint_url": f"http://127.0.0.1:{_closed_port()}"})
+    store = S3PipelineStore(closed)
+    with pytest.raises(ArtifactError, match=r"reading from s3://.* failed: Could not connect"):
+        store.get("cpu")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_scheduler_runs_a_pipeline_created_in_s3_at_its_next_tick(
+    tmp_path: Path, bucket: ArtifactSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openanomaly.artifacts import MemoryStore
+    from openanomaly.scheduler import Scheduler
+
+    monkeypatch.setenv("VM_TOKEN", "t")
+    windows: list[str] = []
+
+    def run_window(settings, pipeline, *, start_ms, end_ms, fit_time_ms):
+        windows.append(pipeline.name)
+        return None
+
+    scheduler = Scheduler(str(s3_file(tmp_path, bucket)), store=MemoryStore(), run_window=run_window)
+    assert [p.name for p in scheduler.config.pipelines] == ["mem"]
+    S3PipelineStore(bucket).put("cpu", pipeline("cpu", schedule={"infer_every": "1m"}), author="admin")
+    try:
+        scheduler.tick(wait=True)
+        assert [p.name for p in scheduler.config.pipelines] == ["cpu", "mem"]
+        assert sorted(windows) == ["cpu", "mem"]
+    finally:
+        scheduler.stop(wait=True)
