@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import yaml
 
+from openanomaly.artifacts import S3Store, open_store
 from openanomaly.config import ArtifactSettings, Config
 from openanomaly.configstore import (
     ConfigStore,
@@ -404,8 +405,6 @@ class S3PipelineStore:
     """
 
     def __init__(self, settings: ArtifactSettings) -> None:
-        from openanomaly.artifacts import S3Store, open_store
-
         store = open_store(settings)
         if not isinstance(store, S3Store):
             raise ConfigError(f"the S3 pipeline store needs artifacts.kind 's3', not {settings.kind!r}")
