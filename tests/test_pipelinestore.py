@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from openanomaly.config import ArtifactSettings
-from openanomaly.configstore import ConfigValidationError, YamlConfigStore
+from openanomaly.configstore import ConfigStore, ConfigValidationError, YamlConfigStore
 from openanomaly.errors import ArtifactError, ConfigError, PipelineNotFound, PreconditionFailed
 from openanomaly.pipelinestore import (
     PipelineStore,
@@ -325,6 +325,7 @@ def test_open_stores_picks_the_store_the_settings_name(tmp_path: Path, bucket: A
 
     config_store, pipelines = open_stores(s3_file(tmp_path, bucket), env={"VM_TOKEN": "t"})
     assert isinstance(config_store, S3ConfigStore) and isinstance(pipelines, S3PipelineStore)
+    assert isinstance(config_store, ConfigStore) and isinstance(pipelines, PipelineStore)
     assert pipelines.settings_source() == f"s3://{bucket.bucket}/openanomaly/pipelines/"
 
     no_bucket = tmp_path / "no-bucket.yaml"
@@ -421,3 +422,19 @@ def test_the_scheduler_runs_a_pipeline_created_in_s3_at_its_next_tick(
         assert sorted(windows) == ["cpu", "mem"]
     finally:
         scheduler.stop(wait=True)
+
+
+def test_s3_an_invalid_file_seeds_nothing_and_says_why(tmp_path: Path, bucket: ArtifactSettings) -> None:
+    path = s3_file(tmp_path, bucket, "  - name: cpu\n    query: up\n    model: mad\n    step: 0s\n")
+    config_store, store = open_stores(path, env={"VM_TOKEN": "t"})  # starts, logs
+    assert store.list() == []
+    with pytest.raises(ConfigValidationError, match=rf"{path}: pipeline 'cpu': field 'pipelines\[1\]\.step'"):
+        config_store.load()
+
+    path.write_text(path.read_text().replace("step: 0s", "step: 1m"))
+    assert config_store.changed()
+    assert [p.name for p in config_store.load().pipelines] == ["cpu", "mem"]
+    assert not config_store.changed()
+    path.write_text(path.read_text().replace("${VM_TOKEN}", "${OTHER_TOKEN:-x}"))  # settings edited
+    assert config_store.changed()
+    assert config_store.load().settings.tsdb.bearer_token.get_secret_value() == "x"
