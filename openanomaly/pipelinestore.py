@@ -44,6 +44,7 @@ from openanomaly.configstore import (
     config_from_tree,
     expand_env,
     parse_config,
+    read_text,
 )
 from openanomaly.errors import ArtifactError, ConfigError, PipelineNotFound, PreconditionFailed
 
@@ -197,18 +198,9 @@ class YamlPipelineStore:
 
     def _read(self, path: Path) -> tuple[bytes, dict[str, Any]] | None:
         """The file's bytes and parsed tree, or None when it does not exist."""
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+        if not path.exists():
             return None
-        except OSError as error:
-            raise ConfigError(f"cannot read: {error.strerror}", source=str(path)) from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise ConfigError(
-                f"not UTF-8 text ({error.reason} at byte {error.start})", source=str(path)
-            ) from None
+        data, text = read_text(path)
         return data, parse_config(text, source=str(path))
 
     def _pipelines(self, tree: dict[str, Any], source: Path) -> list[Any]:
@@ -765,8 +757,7 @@ def open_stores(
 def _settings_tree(path: Path) -> dict[str, Any]:
     """The file's parsed tree, or an empty one when it cannot be read or parsed."""
     try:
-        text, _ = FileVersion(path).read()
-        return parse_config(text, source=str(path))
+        return parse_config(read_text(path)[1], source=str(path))
     except ConfigError:
         return {}
 
