@@ -319,6 +319,11 @@ class S3Store:
             config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}),
         )
 
+    @property
+    def client(self) -> Any:
+        """The boto3 client, for stores that need requests this class does not wrap (conditional writes)."""
+        return self._client
+
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 

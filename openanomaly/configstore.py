@@ -45,6 +45,7 @@ __all__ = [
     "expand_env",
     "load_config",
     "parse_config",
+    "read_text",
 ]
 
 # ${NAME} or ${NAME:-default}; $${ escapes a literal ${.
@@ -300,6 +301,26 @@ def _duplicate_names(raw: dict[Any, Any], source: str) -> list[ConfigError]:
     return problems
 
 
+def read_text(path: Path) -> tuple[bytes, str]:
+    """The file's bytes and its UTF-8 text.
+
+    Raises:
+        ConfigError: missing, unreadable, or not UTF-8.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=str(path)) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read: {error.strerror}", source=str(path)) from None
+    try:
+        return data, data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"not UTF-8 text ({error.reason} at byte {error.start})", source=str(path)
+        ) from None
+
+
 class FileVersion:
     """Which content of one file was last loaded, so polling it every few seconds is cheap.
 
@@ -326,18 +347,7 @@ class FileVersion:
             ConfigError: missing, unreadable, or not UTF-8.
         """
         stat = self._stat_key()
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            raise ConfigError("file not found", source=str(self.path)) from None
-        except OSError as error:
-            raise ConfigError(f"cannot read: {error.strerror}", source=str(self.path)) from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise ConfigError(
-                f"not UTF-8 text ({error.reason} at byte {error.start})", source=str(self.path)
-            ) from None
+        data, text = read_text(self.path)
         return text, (stat, hashlib.sha256(data).hexdigest())
 
     def remember(self, version: tuple[tuple[int, int] | None, str]) -> None:

@@ -56,8 +56,9 @@ from typing import Any
 
 from openanomaly.artifacts import ArtifactStore, MemoryStore, load_json, open_store, save_json
 from openanomaly.config import Config, Pipeline, Settings
-from openanomaly.configstore import ConfigStore, YamlConfigStore
+from openanomaly.configstore import ConfigStore
 from openanomaly.errors import ConfigError, NoSeries, OpenAnomalyError, WindowTimeout
+from openanomaly.pipelinestore import open_stores
 
 __all__ = [
     "DEFAULT_NAME",
@@ -214,7 +215,7 @@ class Scheduler:
         window_timeout: float = 300.0,
         autostart: bool = False,
     ) -> None:
-        self._source: ConfigStore = YamlConfigStore(config) if isinstance(config, str) else config
+        self._source: ConfigStore = open_stores(config)[0] if isinstance(config, str) else config
         self._now = now or (lambda: int(time.time() * 1000))
         self._job_options = job_options
         self._runner: Any | None = None
