@@ -53,6 +53,7 @@ from openanomaly.errors import ConfigError, DataError, ModelError, SchedulerUnav
 from openanomaly.models.base import QuantileForecast
 from openanomaly.scheduler import DEFAULT_NAME, DEFAULT_NAMESPACE, ensure_scheduler
 from openanomaly.series import SeriesMatrix
+from openanomaly.serve.bodies import parse_body
 from openanomaly.serve.forecaster import (
     ForecasterConfig,
     ForecasterDeployment,
@@ -85,7 +86,6 @@ from openanomaly.serve.schemas import (
     SeriesIn,
     clip,
     grid_of,
-    parse_request,
     values_array,
 )
 from openanomaly.window import score_range
@@ -363,10 +363,9 @@ _Body = TypeVar("_Body", ForecastRequest, DetectRequest)
 
 
 async def _parse(model: type[_Body], request: Request, limits: Limits) -> _Body:
-    """Read and validate a body in a worker thread: a large body must not stall the
-    event loop (``/healthz``, other requests) while pydantic walks it."""
-    raw = await request.body()
-    return await asyncio.to_thread(parse_request, model, raw, limits)
+    """Read and validate a body off the event loop (a thread, or a process for a large
+    one): it must not stall ``/healthz`` and other requests while pydantic walks it."""
+    return await parse_body(model, await request.body(), limits)
 
 
 def _forecast_timestamps(series: SeriesIn, step_ms: int | None, horizon: int) -> list[int] | None:
@@ -552,7 +551,7 @@ class Ingress:
         """
         body = await _parse(ForecastRequest, request, self.limits)
         name, handle = self._handle(body.model, request)
-        contexts = values_array(body.series)
+        contexts = await asyncio.to_thread(values_array, body.series)  # 10^6 values: ~50 ms
         item = ForecastItem(contexts, body.horizon, tuple(body.quantiles))
         reply: ForecastReply = await handle.forecast.remote(item)
         result, spec = reply.forecast, reply.spec
@@ -584,7 +583,7 @@ class Ingress:
         """
         body = await _parse(DetectRequest, request, self.limits)
         name, handle = self._handle(body.model, request)
-        matrix, step = _grid(body)
+        matrix, step = await asyncio.to_thread(_grid, body)
         info = await handle.info.remote()
         spec = info["spec"]
         try:
