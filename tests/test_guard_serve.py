@@ -136,7 +136,8 @@ def test_healthz_answers_while_a_large_valid_body_is_parsed(root: str) -> None:
     """Issue 11: the largest valid body the default limits admit must not stall /healthz.
 
     Only the pings sent while such requests are in flight count (five in a row, after
-    one to warm up): pings after the last one would dilute the percentile.
+    one that also starts the parsing process): pings after the last one would dilute
+    the percentile.
     """
     from openanomaly.serve.schemas import Limits
 
@@ -154,7 +155,7 @@ def test_healthz_answers_while_a_large_valid_body_is_parsed(root: str) -> None:
             )
             seconds.append(time.perf_counter() - start)
             assert response.status_code == 200, response.text[:300]
-            assert len(response.json()["series"]) == 1000
+            assert response.content.count(b'"median"') == 1000
 
     send(1)
     latencies: list[float] = []
@@ -166,6 +167,7 @@ def test_healthz_answers_while_a_large_valid_body_is_parsed(root: str) -> None:
             start = time.perf_counter()
             assert client.get("/healthz").status_code == 200
             latencies.append(time.perf_counter() - start)
+            time.sleep(0.01)  # a prober, not a second load on a 2-core machine
     thread.join()
     assert len(seconds) == 6, "a large request failed (see above)"
     p50, p99, worst = np.percentile(latencies, [50, 99, 100])
