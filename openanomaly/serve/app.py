@@ -16,7 +16,8 @@ annotations at run time, and Serve's class-based views need them as real types.
 
 Endpoints: ``POST /v1/forecast``, ``POST /v1/detect``, ``GET /v1/models``,
 ``GET /v1/pipelines``, ``POST /v1/pipelines/{name}/run`` (the cluster scheduler's
-status and manual runs), ``GET /healthz``, ``GET /metrics``, OpenAPI at ``/docs``.
+status and manual runs), ``GET /healthz``, ``GET /metrics``, OpenAPI at ``/docs``, and
+``/login`` / ``/logout`` (the playground's browser sessions, ``serve.login``).
 """
 
 import asyncio
@@ -478,7 +479,7 @@ class Ingress:
 
             # Mounted per replica, after serve.ingress built the routes: Gradio is heavy,
             # so only an app that asks for it pays the import. The Guard middleware
-            # applies the API's token to it like to every other path.
+            # applies the API's tokens to it, and the /login session cookie.
             try:
                 mount_playground(fastapi_app, path="/playground", config=self.scheduler.pipelines)
             except ConfigError as error:  # a bad pipelines file must not take the API down
