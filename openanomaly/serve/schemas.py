@@ -87,6 +87,7 @@ class RequestError(ValueError):
     Attributes:
         field: dotted path of the offending field, e.g. ``series[3].values``.
         status: the HTTP status the app answers with.
+        reason: the message without the field in front.
     """
 
     def __init__(self, message: str, *, field: str, status: int = 422) -> None:
