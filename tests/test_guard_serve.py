@@ -132,19 +132,37 @@ def _near_limit_body(limit: int) -> bytes:
     return body
 
 
+def _healthz_while(root: str, send: Any) -> list[float]:
+    """Latencies of /healthz, polled every 10 ms (a prober, not a second load on a small
+    machine) while ``send()`` runs in a thread."""
+    thread = threading.Thread(target=send)
+    latencies: list[float] = []
+    with httpx.Client(base_url=root, timeout=10) as client:
+        client.get("/healthz")
+        thread.start()
+        while thread.is_alive():
+            start = time.perf_counter()
+            assert client.get("/healthz").status_code == 200
+            latencies.append(time.perf_counter() - start)
+            time.sleep(0.01)
+    thread.join()
+    return latencies
+
+
 def test_healthz_answers_while_a_large_valid_body_is_parsed(root: str) -> None:
     """Issue 11: the largest valid body the default limits admit must not stall /healthz.
 
     Only the pings sent while such requests are in flight count (five in a row, after
-    one that also starts the parsing process): pings after the last one would dilute
-    the percentile.
+    one that also starts the parsing process). The same pings while small forecasts run
+    for as long give the machine's own tail: on a loaded shared machine that alone can
+    pass 100 ms, and then the large bodies may add at most 20 ms to it.
     """
     from openanomaly.serve.schemas import Limits
 
     body = _near_limit_body(Limits().max_body_bytes)
     seconds: list[float] = []
 
-    def send(times: int) -> None:
+    def send_large(times: int = 5) -> None:
         for _ in range(times):
             start = time.perf_counter()
             response = httpx.post(
@@ -157,23 +175,25 @@ def test_healthz_answers_while_a_large_valid_body_is_parsed(root: str) -> None:
             assert response.status_code == 200, response.text[:300]
             assert response.content.count(b'"median"') == 1000
 
-    send(1)
-    latencies: list[float] = []
-    thread = threading.Thread(target=send, args=(5,))
-    with httpx.Client(base_url=root, timeout=10) as client:
-        client.get("/healthz")
-        thread.start()
-        while thread.is_alive():
-            start = time.perf_counter()
-            assert client.get("/healthz").status_code == 200
-            latencies.append(time.perf_counter() - start)
-            time.sleep(0.01)  # a prober, not a second load on a 2-core machine
-    thread.join()
-    assert len(seconds) == 6, "a large request failed (see above)"
-    p50, p99, worst = np.percentile(latencies, [50, 99, 100])
+    send_large(1)
+    seconds.clear()
+    large = _healthz_while(root, send_large)
+    assert len(seconds) == 5, "a large request failed (see above)"
+    until = time.perf_counter() + sum(seconds)
+
+    def send_small() -> None:
+        while time.perf_counter() < until:
+            assert (
+                httpx.post(f"{root}/v1/forecast", json=FORECAST, headers=ADMIN, timeout=60).status_code == 200
+            )
+
+    small = _healthz_while(root, send_small)
+    p50, p99, worst = np.percentile(large, [50, 99, 100])
+    base_p99 = float(np.percentile(small, 99))
     print(
         f"{len(body) / 2**20:.1f} MiB valid forecast (1000 x 1000 points): 200 in "
-        f"{np.median(seconds[1:]):.2f} s (median of 5); /healthz while they ran: p50 {1000 * p50:.1f} ms, "
-        f"p99 {1000 * p99:.1f} ms, max {1000 * worst:.1f} ms over {len(latencies)} requests"
+        f"{np.median(seconds):.2f} s (median of 5); /healthz while they ran: p50 {1000 * p50:.1f} ms, "
+        f"p99 {1000 * p99:.1f} ms, max {1000 * worst:.1f} ms over {len(large)} requests; "
+        f"p99 under small forecasts for as long: {1000 * base_p99:.1f} ms"
     )
-    assert p99 < 0.1
+    assert p99 < max(0.1, base_p99 + 0.02)
