@@ -189,6 +189,8 @@ def test_wrong_token_shows_the_form_again(client: TestClient) -> None:
     response = client.post("/login", data={"token": "nope", "next": "/playground/"})
     assert response.status_code == 401 and "Wrong token." in response.text
     assert SESSION_COOKIE not in response.cookies
+    stuffed = client.post("/login", content="&".join(f"f{i}=x" for i in range(50)))
+    assert stuffed.status_code == 401 and "Wrong token." in stuffed.text
 
 
 @pytest.mark.parametrize(

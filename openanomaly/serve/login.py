@@ -107,7 +107,10 @@ async def login(request: Request) -> Response:
     """Check the form's token; set the session cookie and go to ``next``, or show the form again (401)."""
     root = request.scope.get("root_path", "")
     raw = await request.body()
-    form = parse_qs(raw[:_MAX_FORM_BYTES].decode("utf-8", "replace"), max_num_fields=4)
+    try:
+        form = parse_qs(raw[:_MAX_FORM_BYTES].decode("utf-8", "replace"), max_num_fields=4)
+    except ValueError:  # more fields than the form has: not our form, so no token in it
+        form = {}
     next_path = safe_next((form.get("next") or [request.query_params.get("next", "")])[0], root)
     settings = _settings(request)
     if settings is None or not settings.auth_on:

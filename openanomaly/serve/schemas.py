@@ -5,7 +5,7 @@ request's declared size is allocated:
 
 1. the ingress's ASGI guard refuses a body over ``Limits.max_body_bytes`` (413) before
    reading it;
-2. ``parse_request`` (run in a worker thread, off the event loop) validates the JSON
+2. ``parse_request`` (off the event loop: ``serve.bodies``) validates the JSON
    with pydantic in strict mode: ``true`` is not an integer, NaN and Infinity are not
    numbers, and the series count and per-series length are checked against ``Limits``
    *before* the items are built (a 10^6-series body fails on its length, not after
@@ -23,6 +23,7 @@ missing sample. Timestamps are integer milliseconds since the epoch, like
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Annotated, Any, NamedTuple, TypeVar
@@ -86,12 +87,19 @@ class RequestError(ValueError):
     Attributes:
         field: dotted path of the offending field, e.g. ``series[3].values``.
         status: the HTTP status the app answers with.
+        reason: the message without the field in front.
     """
 
     def __init__(self, message: str, *, field: str, status: int = 422) -> None:
         self.field = field
         self.status = status
+        self.reason = message
         super().__init__(f"{field}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled back from the parsing process (serve.bodies); the default, cls(*args),
+        # would lose the keyword-only field and status.
+        return (functools.partial(RequestError, field=self.field, status=self.status), (self.reason,))
 
 
 class ErrorBody(BaseModel):
@@ -214,8 +222,8 @@ def values_array(series: list[SeriesIn]) -> np.ndarray:
     """The series as one float64 ``(n, L)`` array left-padded with NaN (null → NaN)."""
     width = max(len(s.values) for s in series)
     out = np.full((len(series), width), np.nan)
-    for row, s in enumerate(series):
-        out[row, width - len(s.values) :] = [np.nan if v is None else v for v in s.values]
+    for row, s in enumerate(series):  # numpy reads None as NaN, in C: 10^6 values in ~20 ms
+        out[row, width - len(s.values) :] = np.asarray(s.values, dtype=np.float64)
     return out
 
 
