@@ -113,7 +113,10 @@ def _write_out(path: Path, collectors: Sequence[FrameCollector]) -> int:
 
 
 def _load_config(path: str) -> Config:
-    return YamlConfigStore(path).load()
+    """The file's settings with the pipelines of its store (the file, or S3: ``settings.config_store``)."""
+    from openanomaly.pipelinestore import open_stores
+
+    return open_stores(path)[0].load()
 
 
 def _select(config: Config, name: str | None, source: str) -> list[Pipeline]:

@@ -307,7 +307,9 @@ class YamlPipelineStore:
             lock = open(self._lock_path, "a")  # noqa: SIM115 - held for the whole edit
         except OSError as error:
             raise ConfigError(
-                f"cannot lock for writing: {error.strerror}", source=str(self._lock_path)
+                f"cannot write the pipelines file ({error.strerror}); where it is read-only, as a "
+                "Kubernetes ConfigMap is, keep the pipelines in S3: settings.config_store.kind: s3",
+                source=str(self._lock_path),
             ) from None
         with lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)

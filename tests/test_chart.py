@@ -184,6 +184,7 @@ def test_default_serve_applications_mirror_serve_config_yaml(
     chart = yaml.safe_load(_one(rendered["defaults"], "RayService")["spec"]["serveConfigV2"])
     scheduler = chart["applications"][0]["args"].pop("scheduler")
     assert scheduler == {"pipelines": "/etc/openanomaly/pipelines.yaml"}
+    assert repo["applications"][0]["args"].pop("scheduler") == {"pipelines": "pipelines.yaml"}
     assert chart["applications"] == repo["applications"]
     assert chart["http_options"]["host"] == "0.0.0.0"
     assert chart["http_options"]["port"] == repo["http_options"]["port"]
@@ -206,6 +207,7 @@ def test_rendered_pipelines_load_as_openanomaly_config(
         # tpl ran: settings may name the release's services.
         assert config.settings.tsdb.url == f"http://{RELEASE}-victoria-metrics-single-server:8428"
         assert config.settings.artifacts.endpoint_url == f"http://{RELEASE}-minio:9000"
+        assert config.settings.config_store.kind == "s3"  # editable although the ConfigMap is not
 
 
 def test_every_ray_container_gets_config_and_credentials(
@@ -218,6 +220,7 @@ def test_every_ray_container_gets_config_and_credentials(
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "OPENANOMALY_API_TOKEN",
+        "OPENANOMALY_READ_TOKEN",
     }
     config_map = f"{RELEASE}-openanomaly-config"
     assert config_map in _by_name(docs, "ConfigMap")

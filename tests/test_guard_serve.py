@@ -155,7 +155,9 @@ def test_healthz_answers_while_a_large_valid_body_is_parsed(root: str) -> None:
     Only the pings sent while such requests are in flight count (five in a row, after
     one that also starts the parsing process). The same pings while small forecasts run
     for as long give the machine's own tail: on a loaded shared machine that alone can
-    pass 100 ms, and then the large bodies may add at most 20 ms to it.
+    pass 100 ms, and then the large bodies may at most double it. (Before the bodies were
+    parsed in a worker process, the GIL held for ~0.2 s per body; the quiet-machine figure,
+    71-113 ms, is in docs/serve.md. Wall-clock thresholds here only catch that regression.)
     """
     from openanomaly.serve.schemas import Limits
 
@@ -196,4 +198,4 @@ def test_healthz_answers_while_a_large_valid_body_is_parsed(root: str) -> None:
         f"p99 {1000 * p99:.1f} ms, max {1000 * worst:.1f} ms over {len(large)} requests; "
         f"p99 under small forecasts for as long: {1000 * base_p99:.1f} ms"
     )
-    assert p99 < max(0.1, base_p99 + 0.02)
+    assert p99 < max(0.1, 2 * base_p99)

@@ -214,14 +214,15 @@ def test_an_edit_keeps_progress_unless_query_or_step_changed_and_a_removal_stops
     scheduler._run_window = slow
     scheduler.tick(T0 + 70 * MIN)
     assert started.wait(10)
+    in_flight = scheduler._entries["two"].future
     _yaml(path, edited)
     scheduler.reload()
     assert [p["name"] for p in scheduler.status()["pipelines"]] == ["one"]
     release.set()
     assert scheduler.wait_idle(10)
-    time.sleep(0.2)  # the removed entry's run is not waited on by wait_idle
+    in_flight.result(10)  # no longer an entry, so wait_idle does not wait for it
     two_now = [e for name, _, e, _ in recorder.windows if name == "two"]
-    assert two_now == [T0 + 10 * MIN, T0 + 40 * MIN, T0 + 50 * MIN], "the removed run stops after its current window"
+    assert two_now == [T0 + 10 * MIN, T0 + 40 * MIN, T0 + 50 * MIN], "stops after its current window"
     assert store.list("_scheduler/two") == []
     scheduler._run_window = recorder.run_window
     _yaml(path, edited + PIPE.format(name="two", query="c"))

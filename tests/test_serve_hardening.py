@@ -10,6 +10,7 @@ OpenAPI document the app serves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -63,12 +64,21 @@ def root(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "runtime_env": {"env_vars": {"OPENANOMALY_API_TOKEN_FILE": str(token_file)}},
         }
     }
-    app = build(
-        AppSettings.model_validate(_shipped_args()), ingress_options=ingress, forecaster_options=SMALL
-    )
+    # The shipped args, but the pipelines file in a temp dir, not the repository's directory.
+    args = _shipped_args()
+    args["scheduler"] = {
+        "pipelines": str(tmp_path_factory.mktemp("pipelines") / "pipelines.yaml"),
+        "name": "oa-hardening-scheduler",
+        "namespace": "oa-hardening",
+    }
+    app = build(AppSettings.model_validate(args), ingress_options=ingress, forecaster_options=SMALL)
     serve.run(app, name=APP, route_prefix=PREFIX)
     yield f"http://127.0.0.1:{port}{PREFIX}"
     serve.delete(APP)
+    import ray
+
+    with contextlib.suppress(ValueError):  # the ingress started it; it outlives the app
+        ray.kill(ray.get_actor(args["scheduler"]["name"], namespace=args["scheduler"]["namespace"]))
 
 
 @pytest.fixture(scope="module")

@@ -85,3 +85,88 @@ def test_playground_finds_the_example_anomalies_in_a_real_browser(browser, page_
     assert page.locator("svg.marks").count() == 0
     assert page.get_by_text(re.compile(r"series scored")).count() == 0
     page.close()
+
+
+ADMIN = "browser-admin-token"
+PIPELINES_SCREENSHOT = ROOT / "docs" / "pipelines.png"
+NEW_PIPELINE = """name: browser-cpu
+query: vector(1)
+step: 1m
+model: mad
+schedule:
+  infer_every: 5m
+  context: 1h
+"""
+
+
+@pytest.fixture(scope="module")
+def served_playground(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Serve app a user runs (API + playground + scheduler on a pipelines file), auth on."""
+    import contextlib
+    import uuid
+
+    import ray
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    from openanomaly.serve.app import AppSettings, build
+
+    path = tmp_path_factory.mktemp("browser-pipelines") / "pipelines.yaml"
+    path.write_text("settings:\n  tsdb:\n    url: http://127.0.0.1:9\npipelines: []\n")
+    link = {"pipelines": str(path), "name": f"oa-browser-{uuid.uuid4().hex[:6]}", "namespace": "oa-browser"}
+    settings = AppSettings.model_validate({"models": {"z": {"spec": "zscore"}}, "scheduler": link})
+    env = {"OPENANOMALY_API_TOKEN": ADMIN}
+    ingress = {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": env}}}
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    port = _get_global_client().http_config.port
+    name, prefix = "oa-browser", "/oa-browser"
+    small = {"ray_actor_options": {"num_cpus": 0.1}}
+    serve.run(
+        build(settings, ingress_options=ingress, forecaster_options=small), name=name, route_prefix=prefix
+    )
+    try:
+        yield f"http://127.0.0.1:{port}{prefix}"
+    finally:
+        serve.delete(name)
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(link["name"], namespace=link["namespace"]))
+
+
+def test_login_then_create_a_pipeline_in_the_pipelines_tab(browser, served_playground: str) -> None:
+    import httpx
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{served_playground}/playground/")
+    # Auth is on: the browser is sent to the login page, then back to the playground.
+    page.wait_for_url(re.compile(r"/login"), timeout=30_000)
+    page.get_by_label("Token").fill(ADMIN)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r"/playground/"), timeout=60_000)
+    page.get_by_role("tab", name="Pipelines").click()
+
+    editor = page.locator(".cm-content").first
+    editor.wait_for(timeout=60_000)
+    editor.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(NEW_PIPELINE)
+    page.get_by_role("button", name="Save").click()
+    created = page.get_by_text(re.compile(r"created; the scheduler picks it up"))
+    toast = page.locator(".toast-body")
+    created.or_(toast).first.wait_for(timeout=60_000)
+    assert toast.count() == 0, toast.first.inner_text()
+    page.get_by_role("button", name="Refresh").click()
+    # Listed: its row shows in the table, "pending" until the scheduler's next tick.
+    row = page.get_by_text(re.compile(r"^(pending|idle|running|no_data)$")).filter(visible=True)
+    row.first.wait_for(timeout=60_000)
+    PIPELINES_SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(PIPELINES_SCREENSHOT), full_page=True)
+    page.close()
+
+    # It is stored where the API reads it: the same pipeline over HTTP with the bearer token.
+    reply = httpx.get(
+        f"{served_playground}/v1/pipelines/browser-cpu",
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["definition"]["query"] == "vector(1)"

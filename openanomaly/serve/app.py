@@ -15,8 +15,8 @@ No ``from __future__ import annotations`` here: FastAPI reads the endpoint
 annotations at run time, and Serve's class-based views need them as real types.
 
 Endpoints: ``POST /v1/forecast``, ``POST /v1/detect``, ``GET /v1/models``,
-``GET /v1/pipelines``, ``POST /v1/pipelines/{name}/run`` (the cluster scheduler's
-status and manual runs), ``GET /healthz``, ``GET /metrics``, OpenAPI at ``/docs``, and
+``/v1/pipelines…`` (list, CRUD, versions and manual runs of the scheduler's pipelines,
+``serve.pipelines_api``), ``GET /healthz``, ``GET /metrics``, OpenAPI at ``/docs``, and
 ``/login`` / ``/logout`` (the playground's browser sessions, ``serve.login``).
 """
 
@@ -24,15 +24,16 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import FastAPI, Path, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -50,8 +51,16 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from openanomaly.config import Pipeline
-from openanomaly.errors import ConfigError, DataError, ModelError, SchedulerUnavailable
+from openanomaly.errors import (
+    ConfigError,
+    DataError,
+    ModelError,
+    PipelineNotFound,
+    PreconditionFailed,
+    SchedulerUnavailable,
+)
 from openanomaly.models.base import QuantileForecast
+from openanomaly.pipeline_admin import PipelineAdmin, PipelineInvalid, create_starter_file
 from openanomaly.scheduler import DEFAULT_NAME, DEFAULT_NAMESPACE, ensure_scheduler
 from openanomaly.series import SeriesMatrix
 from openanomaly.serve.bodies import parse_body
@@ -72,6 +81,7 @@ from openanomaly.serve.guard import (
 )
 from openanomaly.serve.login import router as login_router
 from openanomaly.serve.metrics import CONTENT_TYPE, ServeMetrics
+from openanomaly.serve.pipelines_api import router as pipelines_router
 from openanomaly.serve.schemas import (
     DetectRequest,
     DetectResponse,
@@ -113,17 +123,29 @@ _DEFAULT_STEP_MS = 60_000
 class SchedulerLink(BaseModel):
     """Which cluster scheduler ``/v1/pipelines`` talks to, and whether the app starts it.
 
-    With ``pipelines`` set (the chart points it at the mounted ConfigMap), the ingress
-    starts the named detached scheduler actor on that file, or finds the one already
-    running, so ``serve run`` / a RayService brings up scoring too. Without it the
-    endpoints talk to a scheduler started by ``openanomaly scheduler``.
+    With ``pipelines`` set (``serve_config.yaml`` sets ``pipelines.yaml``; the chart the
+    mounted ConfigMap), the ingress starts the named detached scheduler actor on that
+    file, or finds the one already running, so ``serve run`` / a RayService brings up
+    scoring too, and ``/v1/pipelines/{name}`` manages the pipelines of its store. Without
+    it ``GET /v1/pipelines`` shows a scheduler started by ``openanomaly scheduler``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    pipelines: str | None = Field(default=None, description="pipelines YAML the scheduler runs")
+    pipelines: str | None = Field(
+        default=None,
+        description="pipelines YAML the scheduler runs and /v1/pipelines manages; relative to the "
+        "directory `serve run` was started in; created with no pipelines if missing",
+    )
     name: str = DEFAULT_NAME
     namespace: str = DEFAULT_NAMESPACE
+
+    @field_validator("pipelines")
+    @classmethod
+    def _absolute(cls, path: str | None) -> str | None:
+        # Resolved where the app is built, so every replica and the scheduler actor,
+        # whatever their working directory, open the same file.
+        return os.path.abspath(path) if path else path
 
 
 class AppSettings(BaseModel):
@@ -264,6 +286,25 @@ async def _config_error(_: Request, error: ConfigError) -> JSONResponse:
     return _error(409, str(_cause(error)))
 
 
+@fastapi_app.exception_handler(PipelineInvalid)
+async def _pipeline_invalid(_: Request, error: PipelineInvalid) -> JSONResponse:
+    # Every problem, each with its field; "message"/"field" are the first one's, as everywhere.
+    first = error.problems[0]
+    body = error_body(422, first.message, field=first.field, kind="invalid_pipeline")
+    body["problems"] = [{"field": p.field, "message": p.message} for p in error.problems]
+    return JSONResponse(status_code=422, content=body)
+
+
+@fastapi_app.exception_handler(PreconditionFailed)
+async def _precondition_failed(_: Request, error: PreconditionFailed) -> JSONResponse:
+    return _error(412, str(error), field="If-Match", kind="precondition_failed")
+
+
+@fastapi_app.exception_handler(PipelineNotFound)
+async def _pipeline_not_found(_: Request, error: PipelineNotFound) -> JSONResponse:
+    return _error(404, str(error), field="name", kind="not_found")
+
+
 @fastapi_app.exception_handler(ModelError)
 async def _model_error(_: Request, error: ModelError) -> JSONResponse:
     cause = _cause(error)
@@ -299,6 +340,8 @@ async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Re
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
     return response
 
+
+fastapi_app.include_router(pipelines_router, responses=_ERRORS)
 
 # Added last, so outermost: a request is refused before the body is read or routed.
 fastapi_app.add_middleware(Guard)
@@ -470,7 +513,12 @@ class Ingress:
         fastapi_app.state.metrics = self.metrics
         self.scheduler = SchedulerLink.model_validate(scheduler or {})
         self.scheduler_error: str | None = None
+        self._admin: PipelineAdmin | None = None
+        fastapi_app.state.scheduler = self._scheduler_actor
+        fastapi_app.state.pipelines = None
         if self.scheduler.pipelines is not None:
+            create_starter_file(self.scheduler.pipelines)
+            fastapi_app.state.pipelines = self._pipeline_admin
             # In the background and never fatal: the API must come up (and stay up through a
             # rolling update) whatever the pipelines file or the cluster says.
             threading.Thread(target=self._start_scheduler, name="start-scheduler", daemon=True).start()
@@ -481,7 +529,14 @@ class Ingress:
             # so only an app that asks for it pays the import. The Guard middleware
             # applies the API's tokens to it, and the /login session cookie.
             try:
-                mount_playground(fastapi_app, path="/playground", config=self.scheduler.pipelines)
+                mount_playground(
+                    fastapi_app,
+                    path="/playground",
+                    config=self.scheduler.pipelines,
+                    admin=self._pipeline_admin if self.scheduler.pipelines is not None else None,
+                    writer=self._playground_writer,
+                    trigger=self._trigger,
+                )
             except ConfigError as error:  # a bad pipelines file must not take the API down
                 logging.getLogger(__name__).error("playground not mounted: %s", error)
                 message = f"the playground is off: the pipelines file does not load ({error})"
@@ -499,6 +554,36 @@ class Ingress:
         except Exception as error:  # shown on /v1/pipelines; the API itself keeps serving
             self.scheduler_error = f"{type(error).__name__}: {error}"
             logging.getLogger(__name__).exception("could not start the scheduler")
+
+    def _pipeline_admin(self) -> PipelineAdmin:
+        """The pipelines' admin, opened on first use and retried until the file's store opens.
+
+        Raises:
+            SchedulerUnavailable: the pipelines file does not load (the message says why).
+        """
+        if self._admin is None:
+            import ray
+
+            assert self.scheduler.pipelines is not None
+            try:
+                self._admin = PipelineAdmin(
+                    self.scheduler.pipelines,
+                    status=lambda: ray.get(self._scheduler_actor().status.remote()),
+                )
+            except ConfigError as error:
+                raise SchedulerUnavailable(f"pipelines cannot be managed: {error}") from None
+        return self._admin
+
+    @staticmethod
+    def _playground_writer(headers: Mapping[str, str], cookies: Mapping[str, str]) -> str | None:
+        """Who may change pipelines from the playground: its login's principal, if it may write."""
+        principal = fastapi_app.state.guard.principal_for(headers, cookies)
+        return principal.name if principal is not None and principal.can_write else None
+
+    def _trigger(self, name: str) -> Any:
+        import ray
+
+        return ray.get(self._scheduler_actor().trigger.remote(name))
 
     def _scheduler_actor(self) -> Any:
         """The scheduler actor, or a 503 that says how to start one."""
@@ -647,19 +732,6 @@ class Ingress:
                 ],
             )
         )
-
-    @fastapi_app.get("/v1/pipelines", responses=_ERRORS)
-    async def pipelines(self) -> dict[str, Any]:
-        """Every pipeline's schedule state: last run, lag, series scored, last error."""
-        return await self._scheduler_actor().status.remote()
-
-    @fastapi_app.post("/v1/pipelines/{name}/run", responses=_ERRORS)
-    async def run_pipeline(self, name: Annotated[str, Path(max_length=200)]) -> dict[str, Any]:
-        """Run the pipeline's due windows now (``started``, ``already_running`` or ``up_to_date``)."""
-        try:
-            return await self._scheduler_actor().trigger.remote(name)
-        except KeyError:
-            raise RequestError(f"no pipeline named {clip(name)}", field="name", status=404) from None
 
     @fastapi_app.get("/metrics", response_class=Response)
     async def prometheus(self) -> Response:

@@ -12,16 +12,19 @@ Three ways to serve it:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from openanomaly.config import Config, Pipeline, TSDBSettings
-from openanomaly.configstore import ConfigStore, YamlConfigStore
+from openanomaly.configstore import ConfigStore
 from openanomaly.errors import OpenAnomalyError
+from openanomaly.pipeline_admin import PipelineAdmin
+from openanomaly.pipelinestore import open_stores
 from openanomaly.ui.compute import (
     AD_HOC_FORM,
     DEFAULT_MAX_SERIES,
@@ -38,6 +41,7 @@ from openanomaly.ui.compute import (
     run_csv,
     run_query,
 )
+from openanomaly.ui.pipelines_tab import PipelinesPanel, Writer, pipelines_tab
 
 if TYPE_CHECKING:
     import fastapi
@@ -225,13 +229,38 @@ class Playground:
             infer_every=infer_every,
             quantiles=(float(q_low), float(q_high)),
         )
-        forecaster = self.forecaster_factory(pipeline)
         if source == SOURCES[1]:
             if not csv_path:
                 raise PlaygroundInputError("upload a timestamp,value CSV file", field="CSV file")
-            return run_csv(csv_path, pipeline, forecaster=forecaster)
+            return run_csv(csv_path, pipeline, forecaster=self.forecaster_factory(pipeline))
         if source != SOURCES[0]:
             raise PlaygroundInputError(f"unknown source {source!r}", field="Source")
+        return self.score_pipeline(
+            pipeline,
+            range_choice=range_choice,
+            start=start,
+            end=end,
+            tsdb_url=tsdb_url,
+            max_series=max_series,
+        )
+
+    def score_pipeline(
+        self,
+        pipeline: Pipeline,
+        *,
+        range_choice: str,
+        start: str = "",
+        end: str = "",
+        tsdb_url: str = "",
+        max_series: int = DEFAULT_MAX_SERIES,
+        forecaster: Forecaster | None = None,
+    ) -> PlaygroundResult:
+        """Score ``pipeline``'s query over the range from the configured TSDB (nothing is written).
+
+        Raises:
+            OpenAnomalyError: see :meth:`run`.
+        """
+        self.check_model(pipeline.model.spec)
         start_ms, end_ms = resolve_range(range_choice, start=start, end=end, now_ms=self.clock())
         from openanomaly.tsdb import PrometheusClient
 
@@ -241,7 +270,7 @@ class Playground:
                 pipeline,
                 start_ms=start_ms,
                 end_ms=end_ms,
-                forecaster=forecaster,
+                forecaster=forecaster or self.forecaster_factory(pipeline),
                 max_series=int(max_series),
             )
 
@@ -293,14 +322,21 @@ def build_playground(
     tsdb: TSDBSettings | None = None,
     forecaster_factory: ForecasterFactory | None = None,
     title: str = "OpenAnomaly playground",
+    admin: Callable[[], PipelineAdmin] | None = None,
+    writer: Writer | None = None,
+    trigger: Callable[[str], Mapping[str, Any]] | None = None,
 ) -> gr.Blocks:
-    """The playground as a ``gr.Blocks`` (not launched).
+    """The playground as a ``gr.Blocks`` (not launched): an Explore tab, and a Pipelines
+    tab when there is a pipelines file to manage.
 
     Args:
         config: a pipelines YAML path, a :class:`ConfigStore`, a loaded :class:`Config`,
             or ``None`` for ad-hoc queries and CSV uploads only.
         tsdb: TSDB for ad-hoc queries when there is no config.
         forecaster_factory: see :class:`Playground`.
+        admin: the pipelines' admin for the Pipelines tab; default: one on ``config``
+            when it is a path.
+        writer, trigger: see :class:`~openanomaly.ui.pipelines_tab.PipelinesPanel`.
 
     Raises:
         ConfigError: ``config`` is a path to a missing or invalid file.
@@ -314,114 +350,126 @@ def build_playground(
     first = names[1] if len(names) > 1 else AD_HOC
     form = playground.form_for(first)
 
-    with gr.Blocks(title=title) as blocks:
-        gr.Markdown(_INTRO)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=320):
-                source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Source")
-                with gr.Group(visible=True) as tsdb_group:
-                    pipeline = gr.Dropdown(names, value=first, label="Pipeline")
-                    query = gr.Textbox(
-                        form["query"], label="Query", placeholder="rate(http_requests_total[5m])"
-                    )
-                    tsdb_url = gr.Textbox(playground.default_url(), label="TSDB URL")
-                    range_choice = gr.Radio(list(RANGE_CHOICES), value="last 6h", label="Range")
-                    with gr.Row(visible=False) as custom_row:
-                        start = gr.Textbox(
-                            "now-1d", label="Start", placeholder="2024-05-01T12:00:00Z / now-2d"
+    if admin is None and isinstance(config, str | os.PathLike):
+        admin = functools.cache(functools.partial(PipelineAdmin, config))
+
+    with gr.Blocks(title=title) as blocks, gr.Tabs():
+        with gr.Tab("Explore"):
+            gr.Markdown(_INTRO)
+            with gr.Row():
+                with gr.Column(scale=1, min_width=320):
+                    source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Source")
+                    with gr.Group(visible=True) as tsdb_group:
+                        pipeline = gr.Dropdown(names, value=first, label="Pipeline")
+                        query = gr.Textbox(
+                            form["query"], label="Query", placeholder="rate(http_requests_total[5m])"
                         )
-                        end = gr.Textbox("now", label="End")
-                    max_series = gr.Slider(1, 20, value=DEFAULT_MAX_SERIES, step=1, label="Series shown")
-                with gr.Group(visible=False) as csv_group:
-                    csv_file = gr.File(
-                        label="CSV file (timestamp,value)", file_types=[".csv"], type="filepath"
+                        tsdb_url = gr.Textbox(playground.default_url(), label="TSDB URL")
+                        range_choice = gr.Radio(list(RANGE_CHOICES), value="last 6h", label="Range")
+                        with gr.Row(visible=False) as custom_row:
+                            start = gr.Textbox(
+                                "now-1d", label="Start", placeholder="2024-05-01T12:00:00Z / now-2d"
+                            )
+                            end = gr.Textbox("now", label="End")
+                        max_series = gr.Slider(1, 20, value=DEFAULT_MAX_SERIES, step=1, label="Series shown")
+                    with gr.Group(visible=False) as csv_group:
+                        csv_file = gr.File(
+                            label="CSV file (timestamp,value)", file_types=[".csv"], type="filepath"
+                        )
+                    model = gr.Dropdown(
+                        _model_choices(form["model"]),
+                        value=form["model"],
+                        allow_custom_value=True,
+                        label="Model",
+                        info="the listed specs and the configured pipelines' models",
                     )
-                model = gr.Dropdown(
-                    _model_choices(form["model"]),
-                    value=form["model"],
-                    allow_custom_value=True,
-                    label="Model",
-                    info="the listed specs and the configured pipelines' models",
+                    with gr.Row():
+                        step = gr.Textbox(form["step"], label="Step", min_width=80)
+                        context = gr.Textbox(form["context"], label="Context", min_width=80)
+                        infer_every = gr.Textbox(form["infer_every"], label="Forecast every", min_width=80)
+                    with gr.Row():
+                        q_low = gr.Number(form["q_low"], label="Band low quantile", minimum=0, maximum=0.5)
+                        q_high = gr.Number(form["q_high"], label="Band high quantile", minimum=0.5, maximum=1)
+                    run = gr.Button("Run", variant="primary")
+                with gr.Column(scale=3):
+                    summary = gr.Markdown("Press **Run** to score the range.")
+                    plot = gr.Plot(label="Forecast band and anomalies", show_label=False)
+                    episodes = gr.Dataframe(
+                        label="Anomaly episodes (consecutive points with score > 1)",
+                        headers=["start", "end", "points", "max_score", "peak_value", "series"],
+                        interactive=False,
+                        wrap=True,
+                    )
+
+            def pick_source(choice: str) -> tuple[Any, Any]:
+                return gr.update(visible=choice == SOURCES[0]), gr.update(visible=choice == SOURCES[1])
+
+            def pick_range(choice: str) -> Any:
+                return gr.update(visible=choice == "custom")
+
+            def pick_pipeline(name: str) -> tuple[Any, ...]:
+                try:
+                    values = playground.form_for(name)
+                except OpenAnomalyError as error:
+                    raise gr.Error(str(error), print_exception=False) from None
+                return (
+                    values["query"],
+                    gr.update(choices=_model_choices(values["model"]), value=values["model"]),
+                    values["step"],
+                    values["context"],
+                    values["infer_every"],
+                    values["q_low"],
+                    values["q_high"],
                 )
-                with gr.Row():
-                    step = gr.Textbox(form["step"], label="Step", min_width=80)
-                    context = gr.Textbox(form["context"], label="Context", min_width=80)
-                    infer_every = gr.Textbox(form["infer_every"], label="Forecast every", min_width=80)
-                with gr.Row():
-                    q_low = gr.Number(form["q_low"], label="Band low quantile", minimum=0, maximum=0.5)
-                    q_high = gr.Number(form["q_high"], label="Band high quantile", minimum=0.5, maximum=1)
-                run = gr.Button("Run", variant="primary")
-            with gr.Column(scale=3):
-                summary = gr.Markdown("Press **Run** to score the range.")
-                plot = gr.Plot(label="Forecast band and anomalies", show_label=False)
-                episodes = gr.Dataframe(
-                    label="Anomaly episodes (consecutive points with score > 1)",
-                    headers=["start", "end", "points", "max_score", "peak_value", "series"],
-                    interactive=False,
-                    wrap=True,
+
+            def pick_csv(path: str | None) -> tuple[Any, Any]:
+                # The file's own interval: a 5-minute CSV at the default 1m step would be 80 % gaps.
+                if not path:
+                    return gr.update(), gr.update()
+                try:
+                    inferred = infer_step(path)
+                except OpenAnomalyError as error:
+                    raise gr.Error(str(error), print_exception=False) from None
+                return inferred, inferred
+
+            def clear() -> tuple[None, str, None]:
+                # Before every run, so a failed run leaves no chart or table of the previous one.
+                return None, "Running…", None
+
+            source.change(pick_source, source, [tsdb_group, csv_group])
+            csv_file.upload(pick_csv, csv_file, [step, infer_every])
+            range_choice.change(pick_range, range_choice, custom_row)
+            pipeline.change(
+                pick_pipeline, pipeline, [query, model, step, context, infer_every, q_low, q_high]
+            )
+            inputs = [
+                source,
+                pipeline,
+                query,
+                tsdb_url,
+                range_choice,
+                start,
+                end,
+                csv_file,
+                model,
+                step,
+                context,
+                infer_every,
+                q_low,
+                q_high,
+                max_series,
+            ]
+            outputs = [plot, summary, episodes]
+            for trigger in (run.click, query.submit):
+                trigger(clear, None, outputs, queue=False).then(
+                    playground.handle, inputs, outputs, concurrency_limit=1
                 )
-
-        def pick_source(choice: str) -> tuple[Any, Any]:
-            return gr.update(visible=choice == SOURCES[0]), gr.update(visible=choice == SOURCES[1])
-
-        def pick_range(choice: str) -> Any:
-            return gr.update(visible=choice == "custom")
-
-        def pick_pipeline(name: str) -> tuple[Any, ...]:
-            try:
-                values = playground.form_for(name)
-            except OpenAnomalyError as error:
-                raise gr.Error(str(error), print_exception=False) from None
-            return (
-                values["query"],
-                gr.update(choices=_model_choices(values["model"]), value=values["model"]),
-                values["step"],
-                values["context"],
-                values["infer_every"],
-                values["q_low"],
-                values["q_high"],
-            )
-
-        def pick_csv(path: str | None) -> tuple[Any, Any]:
-            # The file's own interval: a 5-minute CSV at the default 1m step would be 80 % gaps.
-            if not path:
-                return gr.update(), gr.update()
-            try:
-                inferred = infer_step(path)
-            except OpenAnomalyError as error:
-                raise gr.Error(str(error), print_exception=False) from None
-            return inferred, inferred
-
-        def clear() -> tuple[None, str, None]:
-            # Before every run, so a failed run leaves no chart or table of the previous one.
-            return None, "Running…", None
-
-        source.change(pick_source, source, [tsdb_group, csv_group])
-        csv_file.upload(pick_csv, csv_file, [step, infer_every])
-        range_choice.change(pick_range, range_choice, custom_row)
-        pipeline.change(pick_pipeline, pipeline, [query, model, step, context, infer_every, q_low, q_high])
-        inputs = [
-            source,
-            pipeline,
-            query,
-            tsdb_url,
-            range_choice,
-            start,
-            end,
-            csv_file,
-            model,
-            step,
-            context,
-            infer_every,
-            q_low,
-            q_high,
-            max_series,
-        ]
-        outputs = [plot, summary, episodes]
-        for trigger in (run.click, query.submit):
-            trigger(clear, None, outputs, queue=False).then(
-                playground.handle, inputs, outputs, concurrency_limit=1
-            )
+        if admin is not None:
+            with gr.Tab("Pipelines"):
+                panel = PipelinesPanel(admin=admin, playground=playground, writer=writer, trigger=trigger)
+                pipelines_tab(blocks, panel)
+        # The file (or the Pipelines tab) may have changed since the page was built.
+        blocks.load(lambda: gr.update(choices=playground.pipeline_names()), None, pipeline)
     return blocks
 
 
@@ -432,7 +480,7 @@ def _model_choices(current: str) -> list[str]:
 def _store(config: ConfigSource) -> Config | ConfigStore | None:
     if config is None or isinstance(config, Config | ConfigStore):
         return config
-    return YamlConfigStore(config)
+    return open_stores(config)[0]
 
 
 def mount_playground(
@@ -443,13 +491,16 @@ def mount_playground(
     tsdb: TSDBSettings | None = None,
     forecaster_factory: ForecasterFactory | None = None,
     auth_dependency: Callable[[Any], str | Awaitable[str | None] | None] | None = None,
+    admin: Callable[[], PipelineAdmin] | None = None,
+    writer: Writer | None = None,
+    trigger: Callable[[str], Mapping[str, Any]] | None = None,
 ) -> fastapi.FastAPI:
     """Mount the playground on ``app`` at ``path`` (``gradio.mount_gradio_app``); returns ``app``.
 
     Args:
         auth_dependency: called with the ``fastapi.Request``; return a user name to allow
             the request, ``None`` to refuse it (Gradio's auth hook, e.g. a bearer check).
-        config, tsdb, forecaster_factory: see :func:`build_playground`.
+        config, tsdb, forecaster_factory, admin, writer, trigger: see :func:`build_playground`.
 
     Example::
 
@@ -458,7 +509,14 @@ def mount_playground(
     """
     import gradio as gr
 
-    blocks = build_playground(config=config, tsdb=tsdb, forecaster_factory=forecaster_factory)
+    blocks = build_playground(
+        config=config,
+        tsdb=tsdb,
+        forecaster_factory=forecaster_factory,
+        admin=admin,
+        writer=writer,
+        trigger=trigger,
+    )
     return gr.mount_gradio_app(app, blocks, path=path, auth_dependency=auth_dependency, footer_links=[])
 
 
