@@ -233,7 +233,11 @@ def _detect_chunks(
     if rows.size == 0:
         return out, skipped
     low, high = pipeline.scoring.quantiles
-    forecast = forecaster.forecast(contexts if rows.size == n * k else contexts[rows], c, [low, 0.5, high])
+    levels = [low, 0.5, high]
+    if hasattr(forecaster, "forecast_chunks"):  # the same forecasts, computed along each series
+        forecast = forecaster.forecast_chunks(padded, rel, rows, length, c, levels)
+    else:
+        forecast = forecaster.forecast(contexts if rows.size == n * k else contexts[rows], c, levels)
     check_forecast(forecast, n_series=rows.size, horizon=c, spec=pipeline.model.spec)
     if getattr(forecaster, "calibrated", False):  # its band is already the series' own
         score = score_forecast(actual[rows], forecast, pipeline.scoring)
