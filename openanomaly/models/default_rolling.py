@@ -162,24 +162,24 @@ def _block_periods(
         if size <= 0 or run[end - 1] >= size:  # empty or constant window: no season
             continue
         mean = (cumulative[end] - cumulative[first]) / size
-        top = min(half, size - 1)
-        for lag in range(top + 1):
+        last = min(half - 1, size // 3)  # the longest period with three cycles in the window
+        for lag in range(last + 2):
+            if lag >= size:  # no pair of points that far apart
+                acf[lag] = 0.0
+                continue
             head = cumulative[end - lag] - cumulative[first]
             tail = cumulative[end] - cumulative[first + lag]
             acf[lag] = products[lag] - mean * (head + tail) + mean * mean * (size - lag)
-        for lag in range(top + 1, half + 1):
-            acf[lag] = 0.0
         variance = acf[0]
         tolerance = 2.0 * tolerance_scale / variance if variance > 0 else np.inf
         if not tolerance < 0.01:
             fragile[i] = True
             continue
-        for lag in range(half + 1):
+        for lag in range(1, last + 2):
             acf[lag] = acf[lag] / variance
         acf[0] = 1.0
-        last = min(half - 1, size // 3)
         dip = 1.0
-        ok[:] = False
+        ok[: last + 1] = False
         for lag in range(1, last + 1):
             dip = min(dip, acf[lag])
             if lag < min_period:
@@ -216,6 +216,8 @@ def _block_periods(
             periods[i, j] = best
             # the reference's exclusion of 1-4x the chosen period (within 2 %)
             for lag in range(last + 1):
+                if not ok[lag]:
+                    continue
                 multiple = np.rint(lag / best)
                 slack = max(1.0, 0.02 * lag)
                 if 1 <= multiple <= 4 and abs(lag - multiple * best) <= slack:
@@ -303,6 +305,47 @@ def rolling_periods(
     return periods, fragile
 
 
+_SLOTS = 8
+"""Seasonal periods whose full-history baselines are cached at once (least recently used out)."""
+
+
+@njit(cache=True)
+def _sparse_table(values: np.ndarray, take_max: bool) -> np.ndarray:
+    """``table[j, a]`` = min (max) of ``values[a : a + 2**j]``: any range's extreme in O(1)."""
+    n = len(values)
+    levels = 1
+    while (1 << levels) <= n:
+        levels += 1
+    table = np.empty((levels, n))
+    table[0] = values
+    for j in range(1, levels):
+        width = 1 << (j - 1)
+        for a in range(n - (1 << j) + 1):
+            x, y = table[j - 1, a], table[j - 1, a + width]
+            table[j, a] = max(x, y) if take_max else min(x, y)
+    return table
+
+
+@njit(cache=True)
+def _extreme(table: np.ndarray, a: int, b: int, take_max: bool) -> float:
+    """Min (max) of ``values[a:b]`` from its sparse table; NaN when empty."""
+    if b <= a:
+        return np.nan
+    j = 0
+    while (1 << (j + 1)) <= b - a:
+        j += 1
+    x, y = table[j, a], table[j, b - (1 << j)]
+    return max(x, y) if take_max else min(x, y)
+
+
+@njit(cache=True)
+def _full_median(filled: np.ndarray, at: int, step: int, count: int, buffer: np.ndarray) -> float:
+    """Median of ``filled[at - step]``, ``filled[at - 2 step]``... (``count`` values, all finite)."""
+    for s in range(count):
+        buffer[s] = filled[at - (s + 1) * step]
+    return _median(buffer, count)
+
+
 @njit(cache=True)
 def rolling_rows(
     filled: np.ndarray,
@@ -323,7 +366,10 @@ def rolling_rows(
     """Forecast, record edge and ranges of the windows ``[ends[i] - context, ends[i])`` of ``filled``.
 
     The window's values are ``filled`` from ``firsts[i]`` (its first sample) on, NaN
-    before, exactly as the reference forward-fills the context.
+    before, exactly as the reference forward-fills the context. A baseline value whose
+    inputs all lie after the window's first sample does not depend on the window: those
+    (the level, each period's seasonal median and level correction) are cached per
+    position of the series and shared by every window; the others are computed per window.
 
     Returns:
         ``yhat`` ``(k, horizon)``, ``edge`` ``(k,)`` (before ``gain``) and ``ranges``
@@ -332,6 +378,7 @@ def rolling_rows(
     """
     k = len(ends)
     m = periods.shape[1]
+    total = len(filled)
     r = min(history, max(context - 1, 1))
     w = level_window
     yhat = np.full((k, horizon), np.nan)
@@ -343,6 +390,15 @@ def rolling_rows(
     deviation = np.empty(r)
     buffer = np.empty(max(w, seasons, r))
     size = np.empty(r)
+    lows, highs = _sparse_table(filled, False), _sparse_table(filled, True)
+    level_cache = np.empty(total + 1)
+    level_known = np.zeros(total + 1, dtype=np.bool_)
+    slot_period = np.full(_SLOTS, -1, dtype=np.int64)
+    slot_used = np.zeros(_SLOTS, dtype=np.int64)
+    seasonal_cache = np.empty((_SLOTS, total + 1))
+    seasonal_known = np.zeros((_SLOTS, total + 1), dtype=np.bool_)
+    correction_cache = np.empty((_SLOTS, total + 1))
+    correction_known = np.zeros((_SLOTS, total + 1), dtype=np.bool_)
     for i in range(k):
         end, first = ends[i], firsts[i]
         start = end - context
@@ -351,6 +407,12 @@ def rolling_rows(
         # level: median of the w values before each position (NaN before the first sample)
         for t in range(r + 1):
             at = end - r + t
+            if at - w >= first:
+                if not level_known[at]:
+                    level_cache[at] = _full_median(filled, at, 1, w, buffer)
+                    level_known[at] = True
+                baselines[0, t] = level_cache[at]
+                continue
             n = 0
             for u in range(at - w, at):
                 if u >= first:
@@ -364,8 +426,25 @@ def rolling_rows(
             if p <= 0:
                 baselines[1 + j, :] = np.nan
                 continue
+            slot = -1
+            for q in range(_SLOTS):
+                if slot_period[q] == p:
+                    slot = q
+            if slot < 0:
+                slot = np.argmin(slot_used)
+                slot_period[slot] = p
+                seasonal_known[slot, :] = False
+                correction_known[slot, :] = False
+            slot_used[slot] = i + 1
+            reach = seasons * p
             for t in range(r + horizon):
                 at = end - r + t
+                if t < r and at - reach >= first:
+                    if not seasonal_known[slot, at]:
+                        seasonal_cache[slot, at] = _full_median(filled, at, p, seasons, buffer)
+                        seasonal_known[slot, at] = True
+                    baselines[1 + j, t] = seasonal_cache[slot, at]
+                    continue
                 n = 0
                 for s in range(1, seasons + 1):
                     u = at - s * p
@@ -378,12 +457,21 @@ def rolling_rows(
                 deviation[t] = (filled[at] if at >= first else np.nan) - baselines[1 + j, t]
             correction = 0.0
             for t in range(r + 1):
-                n = 0
-                for u in range(max(t - w, 0), t):
-                    if np.isfinite(deviation[u]):
-                        buffer[n] = deviation[u]
-                        n += 1
-                value = _median(buffer, n)
+                at = end - r + t
+                if t >= w and at - w - reach >= first:  # w deviations from full seasonal medians
+                    if not correction_known[slot, at]:
+                        for u in range(w):
+                            buffer[u] = deviation[t - w + u]
+                        correction_cache[slot, at] = _median(buffer, w)
+                        correction_known[slot, at] = True
+                    value = correction_cache[slot, at]
+                else:
+                    n = 0
+                    for u in range(max(t - w, 0), t):
+                        if np.isfinite(deviation[u]):
+                            buffer[n] = deviation[u]
+                            n += 1
+                    value = _median(buffer, n)
                 correction = value if np.isfinite(value) else 0.0
                 if t < r:
                     baselines[1 + j, t] += correction
@@ -408,25 +496,24 @@ def rolling_rows(
             if np.isfinite(residuals[choice, t]):
                 buffer[n] = residuals[choice, t]
                 n += 1
-        centre = np.sort(buffer[:n])
-        middle = 0.5 * (centre[(n - 1) // 2] + centre[n // 2]) if n > 0 else np.nan
-        middle = middle if np.isfinite(middle) else 0.0
+        middle = 0.0
+        if n > 0:
+            ordered = np.partition(buffer[:n], (n - 1) // 2)
+            low_middle = ordered[(n - 1) // 2]
+            high_middle = low_middle if n % 2 else ordered[n // 2 :].min()
+            middle = 0.5 * (low_middle + high_middle)
+            middle = middle if np.isfinite(middle) else 0.0
         for t in range(horizon):
             yhat[i, t] = baselines[choice, r + t] + middle
         for t in range(r):
             size[t] = abs(residuals[choice, t] - middle)
         edges[i] = _edge(size, r, short_window, cooldown, gain, floor)
-        lag = min(range_lag, (end - first) // 2)
-        low, high, recent_low, recent_high = np.inf, -np.inf, np.inf, -np.inf
-        for u in range(max(first, start), end):
-            if u < end - lag:
-                low, high = min(low, filled[u]), max(high, filled[u])
-            else:
-                recent_low, recent_high = min(recent_low, filled[u]), max(recent_high, filled[u])
-        if low <= high:
-            ranges[i, 0], ranges[i, 1] = low, high
-        if recent_low <= recent_high:
-            ranges[i, 2], ranges[i, 3] = recent_low, recent_high
+        seen = max(first, start)
+        split = end - min(range_lag, (end - first) // 2)
+        ranges[i, 0] = _extreme(lows, seen, split, False)
+        ranges[i, 1] = _extreme(highs, seen, split, True)
+        ranges[i, 2] = _extreme(lows, max(seen, split), end, False)
+        ranges[i, 3] = _extreme(highs, max(seen, split), end, True)
     return yhat, edges, ranges
 
 
