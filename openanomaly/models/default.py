@@ -2,7 +2,9 @@
 
 Pick it when you do not know which model to use. It needs no fitting, no GPU and no
 per-metric tuning, runs as vectorised numpy over the whole batch, and is what
-``model: default`` runs. It is the model behind OpenAnomaly's NAB score
+``model: default`` runs. A backtest (thousands of overlapping contexts of one series)
+takes :meth:`DefaultForecaster.forecast_chunks` instead, which gives the same forecasts
+incrementally (:mod:`openanomaly.models.default_rolling`). It is the model behind OpenAnomaly's NAB score
 (``docs/accuracy.md``).
 
 For each context row (oldest first, NaN = no sample) it:
