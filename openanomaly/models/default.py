@@ -2,10 +2,10 @@
 
 Pick it when you do not know which model to use. It needs no fitting, no GPU and no
 per-metric tuning, runs as vectorised numpy over the whole batch, and is what
-``model: default`` runs. A backtest (thousands of overlapping contexts of one series)
+``model: default`` runs. It is the model behind OpenAnomaly's NAB score
+(``docs/accuracy.md``). A backtest (thousands of overlapping contexts of one series)
 takes :meth:`DefaultForecaster.forecast_chunks` instead, which gives the same forecasts
-incrementally (:mod:`openanomaly.models.default_rolling`). It is the model behind OpenAnomaly's NAB score
-(``docs/accuracy.md``).
+incrementally (:mod:`openanomaly.models.default_rolling`).
 
 For each context row (oldest first, NaN = no sample) it:
 
@@ -490,7 +490,8 @@ class DefaultForecaster:
         = values[i, ends[j] - context : ends[j]]`` (``k = len(ends)``); the backtest's path
         (:mod:`openanomaly.detect`). Each series is forward-filled once and its contexts'
         autocorrelations are updated point by point instead of recomputed
-        (:mod:`openanomaly.models.default_rolling`): ~100x faster on a long backtest.
+        (:mod:`openanomaly.models.default_rolling`): 30-70x faster on NAB and SMD
+        (``docs/accuracy.md``, Speed).
 
         Args:
             values: float ``(n, m)``, NaN-padded on the left so that ``ends - context >= 0``.
@@ -499,13 +500,11 @@ class DefaultForecaster:
         """
         ends = np.asarray(ends, dtype=np.int64)
         rows = np.asarray(rows, dtype=np.int64)
+        k = max(len(ends), 1)
+        series, last_of_row = rows // k, ends[rows % k] if len(ends) else rows
         if len(ends) < _ROLLING_MIN_CHUNKS:  # a scheduled window: nothing to share, no compiled code
-            chunk = ends[rows % len(ends)]
-            return self.forecast(
-                values[(rows // len(ends))[:, None], (chunk - context)[:, None] + np.arange(context)],
-                horizon,
-                quantiles,
-            )
+            columns = (last_of_row - context)[:, None] + np.arange(context)
+            return self.forecast(values[series[:, None], columns], horizon, quantiles)
         from openanomaly.models.default_rolling import rolling_periods, rolling_rows
 
         levels = validate_quantile_levels(quantiles)
@@ -513,10 +512,9 @@ class DefaultForecaster:
         edge = np.full(rows.size, np.nan)
         ranges = np.full((rows.size, 4), np.nan)
         empty = np.ones(rows.size, dtype=bool)
-        series = rows // len(ends) if len(ends) else rows
         for i in np.unique(series):
             picked = np.flatnonzero(series == i)
-            last = ends[rows[picked] % len(ends)]
+            last = last_of_row[picked]
             raw = np.asarray(values[i], dtype=np.float64)
             # first sample at or after each column (len(raw): none)
             after = np.flatnonzero(np.isfinite(raw))
