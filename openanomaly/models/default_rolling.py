@@ -19,11 +19,14 @@ module computes the same forecasts from the series itself:
   are therefore the reference's.
 * **Everything else exactly.** Baselines, residuals, record edge and range are computed per
   window in compiled loops with the reference's operations in the reference's order
-  (medians by sorting, numpy's pairwise sum for the RMS, sequential running sums), so
-  they are bit-identical; the band is then assembled by the reference's own numpy code.
+  (medians as the mean of the two middle order statistics, numpy's pairwise sum for the
+  RMS, sequential running sums), so they are bit-identical; a median whose inputs all lie
+  after the window's first sample is computed once per series position and shared. The
+  band is then assembled by the reference's own numpy code.
 
-``tests/test_default.py`` checks the result against ``DefaultForecaster.forecast`` on
-flat, spiky, shifted, seasonal and gappy series.
+``tests/test_default_rolling.py`` checks the result against ``DefaultForecaster.forecast``
+on flat, spiky, shifted, seasonal and gappy series; numba compiles the loops once and
+caches them next to this file (or in the user's cache folder).
 """
 
 from __future__ import annotations
