@@ -110,3 +110,24 @@ def test_a_backtest_scores_each_point_as_its_scheduled_window_does() -> None:
         for name in ("anomaly_score", "yhat", "yhat_lower", "yhat_upper"):
             np.testing.assert_array_equal(getattr(window, name), getattr(whole, name)[:, k - 700 : k - 696])
     assert np.isfinite(whole.anomaly_score).mean() > 0.8
+
+
+@pytest.mark.parametrize("context", [1, 5, 40])
+def test_rolling_forecasts_match_on_tiny_contexts_inf_and_sparse_samples(context: int) -> None:
+    """Contexts shorter than the detector's windows, inf (treated as missing), half the samples missing."""
+    rng = np.random.default_rng(7)
+    walk = rng.normal(size=300).cumsum()
+    sparse = np.where(rng.random(300) < 0.5, np.nan, walk)
+    with_inf = walk.copy()
+    with_inf[::7] = np.inf
+    for values in (walk, sparse, with_inf):
+        for horizon in (1, 7):
+            padded = np.concatenate([np.full(context, np.nan), values])[None, :]
+            ends = np.arange(context + 1, padded.shape[1] + 1, horizon)
+            contexts = np.stack([padded[0, end - context : end] for end in ends])
+            rows = np.flatnonzero(np.isfinite(contexts).any(axis=1))
+            model = DefaultForecaster()
+            reference = model.forecast(contexts[rows], horizon, LEVELS)
+            fast = model.forecast_chunks(padded, ends, rows, context, horizon, LEVELS)
+            np.testing.assert_array_equal(fast.median, reference.median)
+            np.testing.assert_array_equal(fast.quantiles, reference.quantiles)
