@@ -75,6 +75,9 @@ class ModelRun:
     quantiles: tuple[float, float] = (0.05, 0.95)
     params: Callable[[timedelta], dict[str, Any]] = field(default=lambda step: {})
     note: str = ""
+    own_band: bool = False
+    """The model calibrates itself (``calibrated``: the stage passes it through), so the
+    ``--cv`` knobs are its own parameters of the same names, not the stage's."""
 
 
 def _daily(step: timedelta) -> int:
@@ -87,7 +90,10 @@ needs it ("never seen" needs a history); a model that should see less takes a ``
 
 MODELS: dict[str, ModelRun] = {
     "default": ModelRun(
-        "default", context=STAGE_CONTEXT, note="production default, 28 days of 5-minute context"
+        "default",
+        context=STAGE_CONTEXT,
+        note="production default, 28 days of 5-minute context",
+        own_band=True,
     ),
     "zscore": ModelRun(
         "zscore",
@@ -151,19 +157,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "history 1440": {"history": 1440},
     "no range cap": {"range_margin": None},
 }
-"""Global calibration knobs that ``--cv`` chooses among (the same for every file)."""
+"""Global calibration knobs that ``--cv`` chooses among (the same for every file): the
+stage's, or for a model with its own band (``default``) its parameters of the same names."""
 
 
 def _pipeline(
     name: str, run: ModelRun, step: timedelta, spec: str, calibration: dict[str, Any] | None = None
 ) -> Pipeline:
+    knobs = calibration or {}
+    params = run.params(step) | (knobs if run.own_band else {})
     return Pipeline(
         name=f"nab-{name}",
         query="nab",
         step=step,
-        model=ModelConfig(spec=spec, params=run.params(step)),
+        model=ModelConfig(spec=spec, params=params),
         schedule=Schedule(infer_every=step * run.infer_every, context=step * run.context),
-        scoring=ScoringConfig(quantiles=run.quantiles, calibration=CalibrationConfig(**(calibration or {}))),
+        scoring=ScoringConfig(
+            quantiles=run.quantiles, calibration=CalibrationConfig(**({} if run.own_band else knobs))
+        ),
     )
 
 

@@ -25,7 +25,10 @@ Rolling semantics (the same for one scheduled window and for a year-long backtes
   (:mod:`openanomaly.calibration`), which reads only each chunk's context, so a
   backtest scores thousands of chunks from shared arrays with the same result as one
   window at a time. :func:`backtest` splits a long range into batches of whole chunks,
-  which gives the same numbers (each chunk sees the same context).
+  which gives the same numbers (each chunk sees the same context). A forecaster with a
+  ``forecast_chunks(values, ends, rows, context, horizon, quantiles)`` method (``default``)
+  gets the series and the chunk ends instead of the copied contexts, and must return
+  exactly what ``forecast`` would: it shares the work between overlapping contexts.
 - A ``(series, chunk)`` with no actual value is not forecast (nothing to score). One
   whose context has no finite value cannot be forecast: it is skipped and its series
   is reported in :attr:`Detection.skipped` (the rest of the batch still runs).
@@ -233,7 +236,11 @@ def _detect_chunks(
     if rows.size == 0:
         return out, skipped
     low, high = pipeline.scoring.quantiles
-    forecast = forecaster.forecast(contexts if rows.size == n * k else contexts[rows], c, [low, 0.5, high])
+    levels = [low, 0.5, high]
+    if hasattr(forecaster, "forecast_chunks"):  # the same forecasts, computed along each series
+        forecast = forecaster.forecast_chunks(padded, rel, rows, length, c, levels)
+    else:
+        forecast = forecaster.forecast(contexts if rows.size == n * k else contexts[rows], c, levels)
     check_forecast(forecast, n_series=rows.size, horizon=c, spec=pipeline.model.spec)
     if getattr(forecaster, "calibrated", False):  # its band is already the series' own
         score = score_forecast(actual[rows], forecast, pipeline.scoring)
