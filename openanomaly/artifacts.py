@@ -228,6 +228,30 @@ class MemoryStore:
             self._data.pop(key, None)
 
 
+def replace_atomically(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it over ``path``.
+
+    Beside it, so ``os.replace`` is a rename within one filesystem: a reader sees the old
+    file or the new one, never half of one. ``mode``: the new file's permission bits (a
+    temporary file starts as 0600).
+
+    Raises:
+        OSError: the write failed; nothing was replaced.
+    """
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
 class FileStore:
     """Artifacts as files under ``root/<prefix>/``; atomic via temp file + ``os.replace``."""
 
@@ -243,17 +267,7 @@ class FileStore:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Same directory as the target, so os.replace is a rename within one filesystem.
-            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temp, path)
-            except BaseException:
-                Path(temp).unlink(missing_ok=True)
-                raise
+            replace_atomically(path, data)
         except OSError as error:
             raise ArtifactError(f"write to {path} failed: {error}", key=key) from error
 

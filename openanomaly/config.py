@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     SecretStr,
+    StrictFloat,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -274,30 +275,32 @@ class Schedule(_Strict):
 class CalibrationConfig(_Strict):
     """The calibration stage after every forecaster (see ``openanomaly.calibration``).
 
+    Numbers are strict: ``true`` is not 1 (a YAML ``yes`` or a JSON ``false`` is a mistake).
+
     On by default, so ``anomaly_score > 1`` means "rare for this series" whatever the
     model. The windows are in points and shrink to fit the pipeline's ``context``.
     """
 
-    enabled: bool = True
-    level_window: int = Field(default=6, ge=1)
-    seasons: int = Field(default=5, ge=0)
-    history: int = Field(default=576, ge=1)
-    short_window: int = Field(default=6, ge=1)
-    floor: float = Field(default=0.4, ge=0, le=1)
-    cooldown: int = Field(default=144, ge=0)
-    range_margin: float | None = Field(default=0.05, ge=0)
-    range_lag: int = Field(default=144, ge=0)
-    gain: float = Field(default=1.88, gt=0)
-    rank_window: int = Field(default=1440, ge=2)
-    rank_lag: int = Field(default=60, ge=0)
+    enabled: bool = Field(default=True, strict=True)
+    level_window: int = Field(strict=True, default=6, ge=1)
+    seasons: int = Field(strict=True, default=5, ge=0)
+    history: int = Field(strict=True, default=576, ge=1)
+    short_window: int = Field(strict=True, default=6, ge=1)
+    floor: float = Field(strict=True, default=0.4, ge=0, le=1)
+    cooldown: int = Field(strict=True, default=144, ge=0)
+    range_margin: float | None = Field(strict=True, default=0.05, ge=0)
+    range_lag: int = Field(strict=True, default=144, ge=0)
+    gain: float = Field(strict=True, default=1.88, gt=0)
+    rank_window: int = Field(strict=True, default=1440, ge=2)
+    rank_lag: int = Field(strict=True, default=60, ge=0)
 
 
 class ScoringConfig(_Strict):
     """How forecasts turn into scores (see ``openanomaly.scoring`` and ``openanomaly.calibration``)."""
 
-    quantiles: tuple[float, float] = (0.05, 0.95)
+    quantiles: tuple[StrictFloat, StrictFloat] = (0.05, 0.95)
     direction: Literal["both", "above", "below"] = "both"
-    min_deviation: float = Field(default=0.0, ge=0)
+    min_deviation: float = Field(strict=True, default=0.0, ge=0)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
     @field_validator("quantiles")

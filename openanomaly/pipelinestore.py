@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
@@ -35,7 +34,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import yaml
 
-from openanomaly.artifacts import S3Store, open_store
+from openanomaly.artifacts import S3Store, open_store, replace_atomically
 from openanomaly.config import ArtifactSettings, Config
 from openanomaly.configstore import (
     ConfigStore,
@@ -334,23 +333,9 @@ def _mtime_ms(path: Path) -> int | None:
 
 
 def _replace_atomically(path: Path, data: bytes, *, like: Path) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it over ``path``.
-
-    The new file gets ``like``'s permission bits (a temporary file starts as 0600).
-    """
+    """:func:`~openanomaly.artifacts.replace_atomically` with ``like``'s permission bits."""
     try:
-        mode = stat.S_IMODE(like.stat().st_mode)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp, mode)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        replace_atomically(path, data, mode=stat.S_IMODE(like.stat().st_mode))
     except OSError as error:
         raise ConfigError(f"cannot write: {error.strerror}", source=str(path)) from None
 

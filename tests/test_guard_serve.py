@@ -17,10 +17,10 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 import pytest
-import yaml
 
 from openanomaly.serve.guard import SESSION_COOKIE
 from tests.fixtures.servers import free_port
+from tests.fixtures.shipped import shipped_args, stop_scheduler
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def root(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     }
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     port = _get_global_client().http_config.port
-    args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+    args = shipped_args(tmp_path_factory.mktemp("pipelines"), scheduler="oa-guard-serve-scheduler")
     app = build(
         AppSettings.model_validate(args),
         ingress_options={"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": env}}},
@@ -61,6 +61,7 @@ def root(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     serve.run(app, name=APP, route_prefix=PREFIX)
     yield f"http://127.0.0.1:{port}{PREFIX}"
     serve.delete(APP)
+    stop_scheduler(args)
 
 
 def _get(root: str, path: str, **kwargs: Any) -> httpx.Response:

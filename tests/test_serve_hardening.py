@@ -10,7 +10,6 @@ OpenAPI document the app serves.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -24,12 +23,12 @@ import numpy as np
 import psutil
 import pytest
 import schemathesis
-import yaml
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.fixtures.servers import free_port
+from tests.fixtures.shipped import shipped_args, stop_scheduler
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +38,6 @@ PREFIX = "/oa-hard"
 TOKEN = "hardening-token-9d1c7e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SMALL = {"ray_actor_options": {"num_cpus": 0.1}}
-
-
-def _shipped_args() -> dict[str, Any]:
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    return config["applications"][0]["args"]
 
 
 @pytest.fixture(scope="module")
@@ -64,21 +58,12 @@ def root(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "runtime_env": {"env_vars": {"OPENANOMALY_API_TOKEN_FILE": str(token_file)}},
         }
     }
-    # The shipped args, but the pipelines file in a temp dir, not the repository's directory.
-    args = _shipped_args()
-    args["scheduler"] = {
-        "pipelines": str(tmp_path_factory.mktemp("pipelines") / "pipelines.yaml"),
-        "name": "oa-hardening-scheduler",
-        "namespace": "oa-hardening",
-    }
+    args = shipped_args(tmp_path_factory.mktemp("pipelines"), scheduler="oa-hardening-scheduler")
     app = build(AppSettings.model_validate(args), ingress_options=ingress, forecaster_options=SMALL)
     serve.run(app, name=APP, route_prefix=PREFIX)
     yield f"http://127.0.0.1:{port}{PREFIX}"
     serve.delete(APP)
-    import ray
-
-    with contextlib.suppress(ValueError):  # the ingress started it; it outlives the app
-        ray.kill(ray.get_actor(args["scheduler"]["name"], namespace=args["scheduler"]["namespace"]))
+    stop_scheduler(args)
 
 
 @pytest.fixture(scope="module")

@@ -164,12 +164,15 @@ class PipelinesPanel:
         if not name or name == NEW:
             raise PlaygroundInputError("pick a saved pipeline to run", field="Pipeline")
         if self.trigger is None:
-            raise PlaygroundInputError("no scheduler runs here: the playground cannot run pipelines")
+            raise PlaygroundInputError(
+                "no scheduler runs here: the playground cannot run pipelines", field="Run now"
+            )
         try:
             result = self.trigger(name)
         except KeyError:
             raise PlaygroundInputError(
-                f"the scheduler has not picked {name!r} up yet; try again in a few seconds"
+                f"the scheduler has not picked {name!r} up yet; try again in a few seconds",
+                field="Run now",
             ) from None
         windows = len(result.get("windows") or [])
         return f"`{name}`: {result.get('status')} ({windows} windows)"
