@@ -184,7 +184,7 @@ def test_default_serve_applications_mirror_serve_config_yaml(
     chart = yaml.safe_load(_one(rendered["defaults"], "RayService")["spec"]["serveConfigV2"])
     scheduler = chart["applications"][0]["args"].pop("scheduler")
     assert scheduler == {"pipelines": "/etc/openanomaly/pipelines.yaml"}
-    assert repo["applications"][0]["args"].pop("scheduler") == {"pipelines": "pipelines.yaml"}
+    assert repo["applications"][0]["args"].pop("scheduler") == {"pipelines": "~/.openanomaly/pipelines.yaml"}
     assert chart["applications"] == repo["applications"]
     assert chart["http_options"]["host"] == "0.0.0.0"
     assert chart["http_options"]["port"] == repo["http_options"]["port"]

@@ -134,8 +134,8 @@ class SchedulerLink(BaseModel):
 
     pipelines: str | None = Field(
         default=None,
-        description="pipelines YAML the scheduler runs and /v1/pipelines manages; relative to the "
-        "directory `serve run` was started in; created with no pipelines if missing",
+        description="pipelines YAML the scheduler runs and /v1/pipelines manages: an absolute "
+        "path or ~/...; created with no pipelines if missing",
     )
     name: str = DEFAULT_NAME
     namespace: str = DEFAULT_NAMESPACE
@@ -143,9 +143,18 @@ class SchedulerLink(BaseModel):
     @field_validator("pipelines")
     @classmethod
     def _absolute(cls, path: str | None) -> str | None:
-        # Resolved where the app is built, so every replica and the scheduler actor,
-        # whatever their working directory, open the same file.
-        return os.path.abspath(path) if path else path
+        """A relative path would name a different file in every process: ``serve run``
+        starts the replicas in a copy of its working directory (Ray's ``working_dir``),
+        so pipelines saved there would vanish with it."""
+        if not path:
+            return path
+        expanded = os.path.expanduser(path)
+        if not os.path.isabs(expanded):
+            raise ValueError(
+                f"scheduler.pipelines must be an absolute path or start with ~/, got {path!r} "
+                "(serve run starts the replicas in a copy of the current directory)"
+            )
+        return expanded
 
 
 class AppSettings(BaseModel):
