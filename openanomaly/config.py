@@ -337,10 +337,14 @@ class OutputConfig(_Strict):
         return labels
 
 
+PIPELINE_NAME = r"^[a-zA-Z0-9_.-]+$"
+"""A pipeline's name: safe as a label value, an S3 key part and a URL path segment."""
+
+
 class Pipeline(_Strict):
     """One query, one model, one schedule: every series the query returns is scored alone."""
 
-    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]+$")
+    name: str = Field(pattern=PIPELINE_NAME)
     query: str = Field(min_length=1)
     step: PositiveDuration = timedelta(minutes=1)
     model: ModelConfig

@@ -244,6 +244,9 @@ def test_validate_matches_the_cli_and_yaml_bodies_work(app: dict[str, Any], tmp_
     with _client(app) as api:
         good = api.post("/v1/pipelines:validate", json={"name": "v", **DEFINITION})
     assert good.status_code == 200 and good.json()["pipeline"]["schedule"]["infer_every"] == "5m"
+    with _client(app) as api:  # a name that no pipeline can have never reaches the store
+        for reply in (api.get("/v1/pipelines/a b"), api.put("/v1/pipelines/a*b", json=DEFINITION)):
+            assert reply.status_code == 422 and reply.json()["field"] == "name", reply.text
 
 
 def test_the_read_token_reads_but_cannot_write(app: dict[str, Any]) -> None:
