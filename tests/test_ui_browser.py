@@ -160,6 +160,18 @@ def test_login_then_create_a_pipeline_in_the_pipelines_tab(browser, served_playg
     row.first.wait_for(timeout=60_000)
     PIPELINES_SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(PIPELINES_SCREENSHOT), full_page=True)
+
+    # Run now reaches the scheduler: it runs the windows, or says it has not seen it yet.
+    page.get_by_role("button", name="Run now").click()
+    answer = re.compile(r"browser-cpu.*(started|up_to_date|already_running|waiting|not picked)")
+    page.get_by_text(answer).first.wait_for(timeout=60_000)
+    assert page.locator(".toast-body").filter(has_text=re.compile("Error")).count() == 0
+
+    # Signing out clears the session: the playground asks for the token again.
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(re.compile(r"/login"), timeout=30_000)
+    page.goto(f"{served_playground}/playground/")
+    page.wait_for_url(re.compile(r"/login"), timeout=30_000)
     page.close()
 
     # It is stored where the API reads it: the same pipeline over HTTP with the bearer token.

@@ -545,6 +545,7 @@ class Ingress:
                     admin=self._pipeline_admin if self.scheduler.pipelines is not None else None,
                     writer=self._playground_writer,
                     trigger=self._trigger,
+                    sign_out=fastapi_app.state.guard.auth_on,
                 )
             except ConfigError as error:  # a bad pipelines file must not take the API down
                 logging.getLogger(__name__).error("playground not mounted: %s", error)

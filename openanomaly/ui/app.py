@@ -325,6 +325,7 @@ def build_playground(
     admin: Callable[[], PipelineAdmin] | None = None,
     writer: Writer | None = None,
     trigger: Callable[[str], Mapping[str, Any]] | None = None,
+    sign_out: bool = False,
 ) -> gr.Blocks:
     """The playground as a ``gr.Blocks`` (not launched): an Explore tab, and a Pipelines
     tab when there is a pipelines file to manage.
@@ -337,6 +338,8 @@ def build_playground(
         admin: the pipelines' admin for the Pipelines tab; default: one on ``config``
             when it is a path.
         writer, trigger: see :class:`~openanomaly.ui.pipelines_tab.PipelinesPanel`.
+        sign_out: show a "Sign out" button (``POST /logout`` of the Serve app, beside
+            the playground's path); the ingress sets it when auth is on.
 
     Raises:
         ConfigError: ``config`` is a path to a missing or invalid file.
@@ -346,14 +349,38 @@ def build_playground(
     playground = Playground(config=_store(config), tsdb=tsdb)
     if forecaster_factory is not None:
         playground.forecaster_factory = forecaster_factory
-    names = playground.pipeline_names()  # loads the config now: a bad file fails here
-    first = names[1] if len(names) > 1 else AD_HOC
-    form = playground.form_for(first)
-
+    playground.pipeline_names()  # loads the config now: a bad file fails here
     if admin is None and isinstance(config, str | os.PathLike):
         admin = functools.cache(functools.partial(PipelineAdmin, config))
 
-    with gr.Blocks(title=title) as blocks, gr.Tabs():
+    with gr.Blocks(title=title) as blocks:
+        if sign_out:
+            # A plain form: the session cookie is HttpOnly, so only the server can clear it.
+            gr.HTML(_SIGN_OUT)
+        _tabs(gr, blocks, playground, admin=admin, writer=writer, trigger=trigger)
+    return blocks
+
+
+_SIGN_OUT = (
+    '<form method="post" action="../logout" style="text-align:right;margin:0">'
+    '<button type="submit" style="cursor:pointer">Sign out</button></form>'
+)
+
+
+def _tabs(
+    gr: Any,
+    blocks: gr.Blocks,
+    playground: Playground,
+    *,
+    admin: Callable[[], PipelineAdmin] | None,
+    writer: Writer | None,
+    trigger: Callable[[str], Mapping[str, Any]] | None,
+) -> None:
+    """The Explore tab, and the Pipelines tab when there is an admin."""
+    names = playground.pipeline_names()
+    first = names[1] if len(names) > 1 else AD_HOC
+    form = playground.form_for(first)
+    with gr.Tabs():
         with gr.Tab("Explore"):
             gr.Markdown(_INTRO)
             with gr.Row():
@@ -460,8 +487,8 @@ def build_playground(
                 max_series,
             ]
             outputs = [plot, summary, episodes]
-            for trigger in (run.click, query.submit):
-                trigger(clear, None, outputs, queue=False).then(
+            for event in (run.click, query.submit):
+                event(clear, None, outputs, queue=False).then(
                     playground.handle, inputs, outputs, concurrency_limit=1
                 )
         if admin is not None:
@@ -470,7 +497,6 @@ def build_playground(
                 pipelines_tab(blocks, panel)
         # The file (or the Pipelines tab) may have changed since the page was built.
         blocks.load(lambda: gr.update(choices=playground.pipeline_names()), None, pipeline)
-    return blocks
 
 
 def _model_choices(current: str) -> list[str]:
@@ -494,13 +520,15 @@ def mount_playground(
     admin: Callable[[], PipelineAdmin] | None = None,
     writer: Writer | None = None,
     trigger: Callable[[str], Mapping[str, Any]] | None = None,
+    sign_out: bool = False,
 ) -> fastapi.FastAPI:
     """Mount the playground on ``app`` at ``path`` (``gradio.mount_gradio_app``); returns ``app``.
 
     Args:
         auth_dependency: called with the ``fastapi.Request``; return a user name to allow
             the request, ``None`` to refuse it (Gradio's auth hook, e.g. a bearer check).
-        config, tsdb, forecaster_factory, admin, writer, trigger: see :func:`build_playground`.
+        config, tsdb, forecaster_factory, admin, writer, trigger, sign_out: see
+            :func:`build_playground`.
 
     Example::
 
@@ -516,6 +544,7 @@ def mount_playground(
         admin=admin,
         writer=writer,
         trigger=trigger,
+        sign_out=sign_out,
     )
     return gr.mount_gradio_app(app, blocks, path=path, auth_dependency=auth_dependency, footer_links=[])
 
