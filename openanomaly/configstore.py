@@ -167,15 +167,14 @@ def _validation_errors(error: ValidationError, raw: Any, source: str) -> list[Co
     return problems
 
 
-def parse_config(text: str, *, source: str = "<string>") -> dict[str, Any]:
-    """The YAML ``text`` as a mapping, ``${VAR}`` not expanded (a writable store keeps it as written).
+def load_yaml(text: str, *, source: str | None = None) -> Any:
+    """``text`` as YAML, safely, with duplicate keys refused.
 
     Raises:
-        ConfigError: malformed YAML (with line and column), an empty file, or a top
-            level that is not a mapping.
+        ConfigError: ``malformed YAML: line L, column C: <problem>``.
     """
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -183,6 +182,16 @@ def parse_config(text: str, *, source: str = "<string>") -> dict[str, Any]:
         context = getattr(error, "context", None)
         detail = f"{context}, {problem}" if context else problem
         raise ConfigError(f"malformed YAML: {where}{detail}", source=source) from None
+
+
+def parse_config(text: str, *, source: str = "<string>") -> dict[str, Any]:
+    """The YAML ``text`` as a mapping, ``${VAR}`` not expanded (a writable store keeps it as written).
+
+    Raises:
+        ConfigError: malformed YAML (with line and column), an empty file, or a top
+            level that is not a mapping.
+    """
+    raw = load_yaml(text, source=source)
     if raw is None:
         raise ConfigError("the file is empty; expected 'settings:' and 'pipelines:'", source=source)
     if not isinstance(raw, dict):

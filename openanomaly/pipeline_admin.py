@@ -26,7 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from openanomaly.config import Pipeline, format_duration
-from openanomaly.configstore import _UniqueKeyLoader, load_config
+from openanomaly.configstore import load_config, load_yaml
 from openanomaly.errors import ConfigError, ConfigValidationError, SchedulerUnavailable
 from openanomaly.pipelinestore import PipelineVersion, StoredPipeline, open_stores
 
@@ -36,6 +36,7 @@ __all__ = [
     "PipelineInvalid",
     "Problem",
     "create_starter_file",
+    "definition_name",
     "parse_definition",
     "to_yaml",
 ]
@@ -80,23 +81,34 @@ def parse_definition(body: bytes | str, *, content_type: str = "application/yaml
     """The pipeline mapping of a request body or an editor's text (YAML, or JSON).
 
     Raises:
-        PipelineInvalid: not valid YAML/JSON, or not a mapping (field ``body``).
+        PipelineInvalid: malformed YAML/JSON, or not a mapping (field ``body``).
     """
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
     try:
         if content_type.split(";")[0].strip().lower() == "application/json":
             value = json.loads(text)
         else:
-            value = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except (ValueError, yaml.YAMLError) as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise PipelineInvalid("?", [Problem("body", f"not valid YAML or JSON{where}: {problem}")]) from None
+            value = load_yaml(text)  # the file's loader and its "malformed YAML: line, column" messages
+    except json.JSONDecodeError as error:
+        raise PipelineInvalid("?", [Problem("body", f"malformed JSON: {error}")]) from None
+    except ConfigError as error:
+        raise PipelineInvalid("?", [Problem("body", error.message)]) from None
     if not isinstance(value, dict):
         got = "nothing" if value is None else type(value).__name__
         raise PipelineInvalid("?", [Problem("body", f"expected a mapping of pipeline fields, got {got}")])
     return value
+
+
+def definition_name(definition: Mapping[str, Any]) -> str:
+    """The ``name`` a definition gives itself (the editor's text and ``:validate`` carry it).
+
+    Raises:
+        PipelineInvalid: it has none.
+    """
+    name = definition.get("name")
+    if not isinstance(name, str):
+        raise PipelineInvalid("?", [Problem("name", "the definition needs a name")])
+    return name
 
 
 def _env_references(node: Any, path: str = "") -> list[Problem]:

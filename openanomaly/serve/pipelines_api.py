@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 
 from openanomaly.config import PIPELINE_NAME
 from openanomaly.errors import SchedulerUnavailable
-from openanomaly.pipeline_admin import PipelineAdmin, parse_definition, to_yaml
+from openanomaly.pipeline_admin import PipelineAdmin, definition_name, parse_definition, to_yaml
 from openanomaly.pipelinestore import StoredPipeline
 from openanomaly.serve.guard import require_write
 from openanomaly.serve.schemas import RequestError, clip
@@ -95,10 +95,7 @@ async def list_pipelines(request: Request) -> dict[str, Any]:
 async def validate_pipeline(request: Request) -> dict[str, Any]:
     """Dry run: 200 with the pipeline as it would load (defaults filled in), or 422 naming the field."""
     definition = await _body(request)
-    name = definition.get("name")
-    if not isinstance(name, str):
-        raise RequestError("the definition needs a name", field="name")
-    pipeline = _admin(request).check(name, definition)
+    pipeline = _admin(request).check(definition_name(definition), definition)
     return {"valid": True, "pipeline": pipeline.model_dump(mode="json")}
 
 

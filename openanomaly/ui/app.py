@@ -349,7 +349,6 @@ def build_playground(
     playground = Playground(config=_store(config), tsdb=tsdb)
     if forecaster_factory is not None:
         playground.forecaster_factory = forecaster_factory
-    playground.pipeline_names()  # loads the config now: a bad file fails here
     if admin is None and isinstance(config, str | os.PathLike):
         admin = functools.cache(functools.partial(PipelineAdmin, config))
 
@@ -357,7 +356,7 @@ def build_playground(
         if sign_out:
             # A plain form: the session cookie is HttpOnly, so only the server can clear it.
             gr.HTML(_SIGN_OUT)
-        _tabs(gr, blocks, playground, admin=admin, writer=writer, trigger=trigger)
+        _tabs(blocks, playground, admin=admin, writer=writer, trigger=trigger)
     return blocks
 
 
@@ -368,7 +367,6 @@ _SIGN_OUT = (
 
 
 def _tabs(
-    gr: Any,
     blocks: gr.Blocks,
     playground: Playground,
     *,
@@ -377,7 +375,9 @@ def _tabs(
     trigger: Callable[[str], Mapping[str, Any]] | None,
 ) -> None:
     """The Explore tab, and the Pipelines tab when there is an admin."""
-    names = playground.pipeline_names()
+    import gradio as gr
+
+    names = playground.pipeline_names()  # loads the config now: a bad file fails the build
     first = names[1] if len(names) > 1 else AD_HOC
     form = playground.form_for(first)
     with gr.Tabs():

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from openanomaly.errors import OpenAnomalyError, PlaygroundInputError
-from openanomaly.pipeline_admin import PipelineAdmin, PipelineInvalid, parse_definition, to_yaml
+from openanomaly.pipeline_admin import (
+    PipelineAdmin,
+    PipelineInvalid,
+    definition_name,
+    parse_definition,
+    to_yaml,
+)
 from openanomaly.times import format_iso
 from openanomaly.ui.compute import RANGE_CHOICES, PlaygroundResult
 
@@ -121,9 +127,7 @@ class PipelinesPanel:
 
     def validate(self, text: str) -> str:
         definition = parse_definition(text)
-        name = definition.get("name")
-        if not isinstance(name, str):
-            raise PlaygroundInputError("the definition needs a name", field="name")
+        name = definition_name(definition)
         self.admin().check(name, definition)
         return f"`{name}` is valid."
 
@@ -138,9 +142,7 @@ class PipelinesPanel:
         """
         who = self._who(headers, cookies)
         definition = parse_definition(text)
-        name = definition.get("name")
-        if not isinstance(name, str):
-            raise PlaygroundInputError("the definition needs a name", field="name")
+        name = definition_name(definition)
         editing = selected == name and bool(etag)
         stored, created = self.admin().put(
             name,
@@ -180,9 +182,7 @@ class PipelinesPanel:
     def backtest(self, text: str, range_choice: str, start: str, end: str) -> PlaygroundResult:
         """Score the editor's pipeline over the range (saved or not); nothing is written."""
         definition = parse_definition(text)
-        name = definition.get("name")
-        if not isinstance(name, str):
-            raise PlaygroundInputError("the definition needs a name", field="name")
+        name = definition_name(definition)
         pipeline = self.admin().check(name, definition)
         return self.playground.score_pipeline(pipeline, range_choice=range_choice, start=start, end=end)
 
