@@ -28,12 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import re
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -157,24 +159,41 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "history 1440": {"history": 1440},
     "no range cap": {"range_margin": None},
 }
-"""Global calibration knobs that ``--cv`` chooses among (the same for every file): the
-stage's, or for a model with its own band (``default``) its parameters of the same names."""
+"""Global alert knobs that ``--cv`` chooses among by NAB standard at ``score > 1`` (the same
+for every file): the stage's, or for a model with its own band (``default``) its
+parameters of the same names."""
+
+RANK_VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "rank_lag 60": {"rank_lag": 60},
+    "rank_lag 1440": {"rank_lag": 1440},
+    "rank_mean 20": {"rank_mean": 20},
+    "rank_mean 120": {"rank_mean": 120},
+    "rank_window 4320": {"rank_window": 4320},
+}
+"""Global ranking knobs (how points inside the band are ordered) that ``--cv`` chooses among
+by VUS-PR: they never move an alert, so the alert metric cannot choose them."""
+
+CV_FAMILIES: dict[str, tuple[dict[str, dict[str, Any]], str]] = {
+    "alert": (VARIANTS, "nab_standard_at_1"),
+    "rank": (RANK_VARIANTS, "vus_pr"),
+}
 
 
 def _pipeline(
     name: str, run: ModelRun, step: timedelta, spec: str, calibration: dict[str, Any] | None = None
 ) -> Pipeline:
     knobs = calibration or {}
-    params = run.params(step) | (knobs if run.own_band else {})
+    # The ranking knobs are the stage's for every model; a model with its own band takes the rest.
+    own = {k: v for k, v in knobs.items() if run.own_band and not k.startswith("rank_")}
+    stage = {k: v for k, v in knobs.items() if k not in own}
     return Pipeline(
         name=f"nab-{name}",
         query="nab",
         step=step,
-        model=ModelConfig(spec=spec, params=params),
+        model=ModelConfig(spec=spec, params=run.params(step) | own),
         schedule=Schedule(infer_every=step * run.infer_every, context=step * run.context),
-        scoring=ScoringConfig(
-            quantiles=run.quantiles, calibration=CalibrationConfig(**({} if run.own_band else knobs))
-        ),
+        scoring=ScoringConfig(quantiles=run.quantiles, calibration=CalibrationConfig(**stage)),
     )
 
 
@@ -182,6 +201,11 @@ def group_of(item: NabFile) -> str:
     """The cross-validation group: the machine for SMD files (``machine-1-2_dim01``), else the category."""
     machine = re.search(r"(machine-\d+-\d+)_dim", item.path)
     return machine.group(1) if machine else item.category
+
+
+def dataset_of(item: NabFile) -> str:
+    """The data folder a file came from when several are scored together (``nab:…``), else ``""``."""
+    return item.path.split(":", 1)[0] if ":" in item.path else ""
 
 
 def _file_step(item: NabFile) -> timedelta:
@@ -284,16 +308,38 @@ def evaluate(corpus: list[NabFile], scores: list[np.ndarray]) -> dict[str, Any]:
     return {"overall": overall, "per_category": per_category, "per_file": per_file}
 
 
+def _score_one(job: tuple[NabFile, str, str, dict[str, Any] | None]) -> tuple[np.ndarray, float]:
+    item, name, spec, calibration = job
+    t = time.perf_counter()
+    scores = score_file(item, name, MODELS[name], spec, _WORKER_CACHE, calibration)
+    return scores, time.perf_counter() - t
+
+
+_WORKER_CACHE: dict[str, Any] = {}
+"""Forecasters loaded in this process (one per parameter set), kept across files."""
+
+
 def _score_corpus(
-    name: str, run: ModelRun, spec: str, corpus: list[NabFile], calibration: dict[str, Any] | None = None
+    name: str,
+    spec: str,
+    corpus: list[NabFile],
+    calibration: dict[str, Any] | None = None,
+    jobs: int = 1,
 ) -> list[np.ndarray]:
-    cache: dict[str, Any] = {}
-    scores = []
-    for item in corpus:
-        t = time.perf_counter()
-        scores.append(score_file(item, name, run, spec, cache, calibration))
-        print(f"  {name:<15} {item.path:<60} {time.perf_counter() - t:7.1f}s", file=sys.stderr)
-    return scores
+    """Backtest every file of ``MODELS[name]``, ``jobs`` files at a time (the results do not depend on it).
+
+    Worker processes are forked, so they see ``MODELS`` as it is (the runs' params are
+    functions, which do not pickle).
+    """
+    work = [(item, name, spec, calibration) for item in corpus]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            done = list(pool.map(_score_one, work))
+    else:
+        done = [_score_one(job) for job in work]
+    for item, (_, seconds) in zip(corpus, done, strict=True):
+        print(f"  {name:<15} {item.path:<60} {seconds:7.1f}s", file=sys.stderr)
+    return [scores for scores, _ in done]
 
 
 def _vus(item: NabFile, scores: np.ndarray) -> float:
@@ -319,27 +365,50 @@ def _subset_metrics(corpus: list[NabFile], scores: list[np.ndarray], members: li
     }
 
 
-def cross_validate(corpus: list[NabFile], by_variant: dict[str, list[np.ndarray]]) -> dict[str, Any]:
-    """Leave-one-group-out choice among ``VARIANTS`` by NAB standard at ``score > 1``.
+def cross_validate(
+    corpus: list[NabFile],
+    by_variant: dict[str, list[np.ndarray]],
+    variants: dict[str, dict[str, Any]] | None = None,
+    metric: str = "nab_standard_at_1",
+) -> dict[str, Any]:
+    """Leave-one-group-out choice among ``variants`` by ``metric`` (``nab_standard_at_1`` or ``vus_pr``).
 
     For each group (NAB category, SMD machine) the variant is chosen on the *other*
     groups and scored on this one (held-out), beside the variant chosen on all groups
     (in-sample). ``held_out`` is the whole corpus scored that way: every file by a
     variant chosen without its group.
     """
+    variants = VARIANTS if variants is None else variants
     groups: dict[str, list[int]] = {}
     for i, item in enumerate(corpus):
         groups.setdefault(group_of(item), []).append(i)
+    vus_cache: dict[tuple[str, int], float] = {}
+
+    def one_set(variant: str, members: list[int]) -> float:
+        scores = by_variant[variant]
+        if metric == "vus_pr":
+            for i in members:
+                if (variant, i) not in vus_cache:
+                    vus_cache[variant, i] = _vus(corpus[i], scores[i])
+            return float(np.nanmean([vus_cache[variant, i] for i in members]))
+        windows = [corpus[i].windows for i in members]
+        return score_at_threshold(
+            [scores[i] for i in members], windows, PRODUCTION_THRESHOLD, PROFILES["standard"]
+        ).normalised
+
+    def value(variant: str, members: list[int]) -> float:
+        # Several datasets: the worse of them, so no kind of data is given up for another.
+        by_set: dict[str, list[int]] = {}
+        for i in members:
+            by_set.setdefault(dataset_of(corpus[i]), []).append(i)
+        return min(one_set(variant, part) for part in by_set.values())
 
     def choose(members: list[int]) -> str:
         best, best_score = "defaults", -math.inf
-        for variant, scores in by_variant.items():  # ties keep the earlier (defaults first)
-            windows = [corpus[i].windows for i in members]
-            value = score_at_threshold(
-                [scores[i] for i in members], windows, PRODUCTION_THRESHOLD, PROFILES["standard"]
-            ).normalised
-            if value > best_score + 1e-9:
-                best, best_score = variant, value
+        for variant in by_variant:  # ties keep the earlier (defaults first)
+            score = value(variant, members)
+            if score > best_score + 1e-9:
+                best, best_score = variant, score
         return best
 
     everything = list(range(len(corpus)))
@@ -355,22 +424,38 @@ def cross_validate(corpus: list[NabFile], by_variant: dict[str, list[np.ndarray]
             "in_sample": _subset_metrics(corpus, by_variant[in_sample], members),
             "held_out": _subset_metrics(corpus, by_variant[chosen], members),
         }
+    by_dataset = {}
+    for dataset in sorted({dataset_of(item) for item in corpus}):
+        members = [i for i in everything if dataset_of(corpus[i]) == dataset]
+        by_dataset[dataset] = {
+            "in_sample": _subset_metrics(corpus, by_variant[in_sample], members),
+            "held_out": _subset_metrics(corpus, held, members),
+        }
     return {
-        "variants": {v: VARIANTS[v] for v in by_variant},
+        "metric": metric,
+        "variants": {v: variants[v] for v in by_variant},
         "chosen_in_sample": in_sample,
         "groups": per_group,
+        "datasets": by_dataset,
         "in_sample": evaluate(corpus, by_variant[in_sample])["overall"],
         "held_out": evaluate(corpus, held)["overall"],
     }
 
 
-def run_model(name: str, corpus: list[NabFile], *, cv: bool = False) -> dict[str, Any]:
+def run_model(name: str, corpus: list[NabFile], *, cv: bool = False, jobs: int = 1) -> dict[str, Any]:
     run = MODELS[name]
     spec = run.spec.replace("<tiny>", _tiny_chronos_dir()) if "<tiny>" in run.spec else run.spec
     started = time.perf_counter()
-    scores = _score_corpus(name, run, spec, corpus)
+    scores = _score_corpus(name, spec, corpus, jobs=jobs)
     runtime = time.perf_counter() - started
     result = evaluate(corpus, scores)
+    datasets = sorted({dataset_of(item) for item in corpus})
+    if len(datasets) > 1:  # each dataset graded alone too: pooled NAB scores mix two scales
+        result["per_dataset"] = {}
+        for dataset in datasets:
+            members = [i for i, item in enumerate(corpus) if dataset_of(item) == dataset]
+            subset = evaluate([corpus[i] for i in members], [scores[i] for i in members])
+            result["per_dataset"][dataset] = subset["overall"]
     result["runtime_s"] = runtime
     result["config"] = {
         "spec": run.spec,
@@ -381,11 +466,13 @@ def run_model(name: str, corpus: list[NabFile], *, cv: bool = False) -> dict[str
         "files": [item.path for item in corpus],
     }
     if cv:
-        by_variant = {"defaults": scores}
-        for variant, knobs in VARIANTS.items():
-            if knobs:
-                by_variant[variant] = _score_corpus(name, run, spec, corpus, knobs)
-        result["cv"] = cross_validate(corpus, by_variant)
+        result["cv"] = {}
+        for family, (variants, metric) in CV_FAMILIES.items():
+            by_variant = {"defaults": scores}
+            for variant, knobs in variants.items():
+                if knobs:
+                    by_variant[variant] = _score_corpus(name, spec, corpus, knobs, jobs)
+            result["cv"][family] = cross_validate(corpus, by_variant, variants, metric)
     return result
 
 
@@ -428,18 +515,44 @@ def _cv_table(name: str, cv: dict[str, Any]) -> str:
             f"{group:<22} {g['chosen']:<18} {i['nab_standard_at_1']:8.1f} {o['nab_standard_at_1']:9.1f} "
             f"{i['f1']:6.3f} {o['f1']:6.3f} {i['vus_pr']:6.3f} {o['vus_pr']:7.3f}"
         )
-    i, o = cv["in_sample"], cv["held_out"]
-    lines.append(
-        f"{'all (pooled)':<22} {'':<18} {i['nab_standard_at_1']:8.1f} {o['nab_standard_at_1']:9.1f} "
-        f"{i['f1']:6.3f} {o['f1']:6.3f} {i['vus_pr']:6.3f} {o['vus_pr']:7.3f}"
-    )
+    rows = [(f"all {name or 'files'}", d["in_sample"], d["held_out"]) for name, d in cv["datasets"].items()]
+    for label, i, o in rows if len(rows) > 1 else [("all (pooled)", cv["in_sample"], cv["held_out"])]:
+        lines.append(
+            f"{label:<22} {'':<18} {i['nab_standard_at_1']:8.1f} {o['nab_standard_at_1']:9.1f} "
+            f"{i['f1']:6.3f} {o['f1']:6.3f} {i['vus_pr']:6.3f} {o['vus_pr']:7.3f}"
+        )
     return "\n".join(lines)
+
+
+def _load(folders: list[str], labels: list[str]) -> list[NabFile]:
+    """One corpus; with several folders each file's path is prefixed ``<folder name>:`` (``dataset_of``)."""
+    if len(folders) == 1:
+        return load_nab_corpus(folders[0], labels[0])
+    corpus = []
+    for folder, table in zip(folders, labels, strict=True):
+        name = Path(folder).resolve().name
+        corpus += [replace(item, path=f"{name}:{item.path}") for item in load_nab_corpus(folder, table)]
+    return corpus
+
+
+def _resolved(paths: str | list[str]) -> list[str]:
+    return [str(Path(p).resolve()) for p in ([paths] if isinstance(paths, str) else paths)]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="NAB-format data folder")
-    parser.add_argument("--labels", required=True, help="NAB combined_windows.json (keys relative to --data)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="NAB-format data folder; repeat (with --labels) to score several together, e.g. for --cv",
+    )
+    parser.add_argument(
+        "--labels",
+        required=True,
+        action="append",
+        help="NAB combined_windows.json (keys relative to its --data)",
+    )
     parser.add_argument("--models", default="default", help=f"comma list of {', '.join(MODELS)}")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results file")
     parser.add_argument(
@@ -450,7 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cv",
         action="store_true",
-        help="also run every calibration variant and report leave-one-group-out (category / machine) scores",
+        help="also run every alert and ranking variant; report leave-one-group-out scores",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="files backtested at once, in processes (default 1)"
     )
     parser.add_argument(
         "--merge",
@@ -462,26 +578,27 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in names if m not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
-    corpus = load_nab_corpus(args.data, args.labels)
+    if len(args.data) != len(args.labels):
+        parser.error("give one --labels per --data")
+    corpus = _load(args.data, args.labels)
     if args.files:
         prefixes = tuple(p.strip() for p in args.files.split(",") if p.strip())
         corpus = [item for item in corpus if item.path.startswith(prefixes)]
         if not corpus:
             parser.error(f"--files {args.files!r} matches no labelled file")
     out = Path(args.out)
-    source = (str(Path(args.data).resolve()), str(Path(args.labels).resolve()))
+    source = {key: _resolved(getattr(args, key)) for key in ("data", "labels")}
     previous: dict[str, Any] = {}
     if args.merge and out.is_file():  # checked before the (long) run, not after
         previous = json.loads(out.read_text())
-        made_from = tuple(str(Path(previous.get(key, "")).resolve()) for key in ("data", "labels"))
-        if made_from != source:
+        if {key: _resolved(previous.get(key, "")) for key in source} != source:
             parser.error(f"--merge: {out} was made from other data/labels; use another --out")
     print(f"{len(corpus)} files, {sum(f.values.size for f in corpus)} rows", file=sys.stderr)
     results: dict[str, Any] = {}
     failed = False
     for name in names:
         try:
-            results[name] = run_model(name, corpus, cv=args.cv)
+            results[name] = run_model(name, corpus, cv=args.cv, jobs=args.jobs)
         except Exception as error:  # a missing optional model must not hide the others' results
             failed = True
             results[name] = {"error": f"{type(error).__name__}: {error}"}
@@ -489,12 +606,17 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     results = {**previous.get("models", {}), **results}
     print(_table(results))
-    cv_tables = [_cv_table(name, r["cv"]) for name, r in results.items() if "cv" in r and name in names]
+    cv_tables = [
+        _cv_table(f"{name} ({family}, by {cv['metric']})", cv)
+        for name, r in results.items()
+        if "cv" in r and name in names
+        for family, cv in r["cv"].items()
+    ]
     if cv_tables:
         print("\n\n".join(cv_tables))
     payload = {
-        "data": source[0],
-        "labels": source[1],
+        "data": source["data"][0] if len(args.data) == 1 else source["data"],
+        "labels": source["labels"][0] if len(args.data) == 1 else source["labels"],
         "files": len(corpus),
         "rows": int(sum(f.values.size for f in corpus)),
         "models": results,

@@ -292,7 +292,8 @@ class CalibrationConfig(_Strict):
     range_lag: int = Field(strict=True, default=144, ge=0)
     gain: float = Field(strict=True, default=1.88, gt=0)
     rank_window: int = Field(strict=True, default=1440, ge=2)
-    rank_lag: int = Field(strict=True, default=60, ge=0)
+    rank_lag: int = Field(strict=True, default=288, ge=0)
+    rank_mean: int = Field(strict=True, default=60, ge=1)
 
 
 class ScoringConfig(_Strict):

@@ -48,7 +48,6 @@ from openanomaly.calibration import score_chunks
 from openanomaly.config import Pipeline
 from openanomaly.errors import DataError, NoSeries
 from openanomaly.models.base import Forecaster, check_forecast
-from openanomaly.scoring import score_forecast
 from openanomaly.series import SeriesMatrix
 
 __all__ = [
@@ -210,6 +209,8 @@ def _detect_chunks(
     skipped = np.zeros(n, dtype=bool)
     if b <= a or n == 0:
         return out, skipped
+    if hasattr(forecaster, "for_step"):  # a model with windows in time, not points
+        forecaster = forecaster.for_step(pipeline.step.total_seconds())
     c, length = chunk_points(pipeline), pipeline.context_points
     k = len(starts)
     # Work on the columns this batch needs only, so a batch costs O(its size), not O(t);
@@ -242,19 +243,17 @@ def _detect_chunks(
     else:
         forecast = forecaster.forecast(contexts if rows.size == n * k else contexts[rows], c, levels)
     check_forecast(forecast, n_series=rows.size, horizon=c, spec=pipeline.model.spec)
-    if getattr(forecaster, "calibrated", False):  # its band is already the series' own
-        score = score_forecast(actual[rows], forecast, pipeline.scoring)
-    else:
-        score = score_chunks(
-            window,
-            starts - first,
-            rows,
-            actual[rows],
-            forecast,
-            pipeline.scoring,
-            context=length,
-            step_s=pipeline.step.total_seconds(),
-        )
+    score = score_chunks(
+        window,
+        starts - first,
+        rows,
+        actual[rows],
+        forecast,
+        pipeline.scoring,
+        context=length,
+        step_s=pipeline.step.total_seconds(),
+        calibrated=getattr(forecaster, "calibrated", False),  # its band is already the series' own
+    )
     flat = np.full((4, n * k, c), np.nan)
     missing = np.isnan(actual[rows])
     for index, part in enumerate(score):

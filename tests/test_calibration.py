@@ -1,7 +1,8 @@
 """The calibration stage through the production detect path, with the scoring defaults a user gets.
 
 The stage's behaviour is shown with ``mad`` (a model whose own band is not calibrated);
-``default`` brings its own calibrated band and passes through (``calibrated = True``).
+``default`` brings its own calibrated band (``calibrated = True``): the stage only ranks
+the points inside it.
 """
 
 from __future__ import annotations
@@ -125,14 +126,48 @@ def test_nan_gaps_are_not_scored_and_do_not_alert() -> None:
     assert not (s[1560 - 501 : 1580 - 501] > 1).any()  # no alert as the samples come back
 
 
-def test_rank_inside_the_band_follows_a_sustained_shift() -> None:
-    # The alert fires once, but the score stays high (if below 1) while the shift lasts.
+@pytest.mark.parametrize("model", ["mad", "default"])
+def test_rank_inside_the_band_follows_a_sustained_shift(model: str) -> None:
+    # The alert fires once, but the score stays high (if below 1) while the shift lasts;
+    # default's own band decides its alerts, the stage ranks the rest for it too.
     x = noise(seed=4)
     x[2500:2600] += 6
-    s = scores(x, first=500)[0]
+    s = scores(x, model, first=500)[0]
     during, before = s[2505:2600], s[1500:2490]
     assert np.median(during) > np.quantile(before, 0.99)
     assert (during <= 1).all()
+
+
+def test_rank_inside_the_band_follows_the_direction() -> None:
+    x = noise(seed=4)
+    x[2500:2600] -= 6  # a drop: a metric that only pages on rises ranks it as nothing
+    s = scores(x, first=500, direction="above")[0]
+    assert np.nanmax(s[2505:2600]) <= np.quantile(s[1500:2490], 0.99) + 1e-12
+
+
+def test_a_one_minute_pipeline_gets_a_day_long_record() -> None:
+    # The window path tells default the step: at 1 minute its 576-point record becomes 1440.
+    x = noise(4000, seed=7)
+    x[1500] += 8
+    grid = 60_000 * np.arange(x.size, dtype=np.int64)
+    series = SeriesMatrix(({"i": "0"},), grid, x[None, :])
+
+    def run(params: dict) -> np.ndarray:
+        p = Pipeline.model_validate(
+            {
+                "name": "p",
+                "query": "m",
+                "step": "1m",
+                "model": {"spec": "default", "params": params},
+                "schedule": {"infer_every": "1m", "context": "2d"},
+            }
+        )
+        model = load_forecaster(p.model.spec, **p.model.params)
+        return backtest(series, p, model, start_ms=int(grid[600]), end_ms=int(grid[-1])).anomaly_score
+
+    day = run({})
+    np.testing.assert_array_equal(day, run({"history": 1440, "history_days": 0}))
+    assert not np.array_equal(day, run({"history_days": 0}))
 
 
 @pytest.mark.parametrize(("model", "infer_every"), [("default", "5m"), ("mad", "15m"), ("zscore", "5m")])

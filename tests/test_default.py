@@ -116,3 +116,21 @@ def test_default_rejects_bad_params() -> None:
         DefaultForecaster(range_margin=-0.1)
     with pytest.raises(ModelError, match="no model name"):
         DefaultForecaster.from_spec("foo")
+    with pytest.raises(ModelError, match="history_days"):
+        DefaultForecaster(history_days=-1)
+
+
+def test_the_record_spans_at_least_a_day_once_the_step_is_known() -> None:
+    model = DefaultForecaster()
+    assert model.for_step(300) is model  # 576 points are two days at 5 minutes
+    minute = model.for_step(60)
+    assert minute.history == 1440 and minute is model.for_step(60)  # one copy per step
+    assert model.history == 576 and DefaultForecaster(history_days=0).for_step(60).history == 576
+    # The copy forecasts exactly as the same model configured with that history.
+    levels = [0.05, 0.5, 0.95]
+    contexts = 5 + np.random.default_rng(3).standard_normal((2, 3000))
+    contexts[0, 2000] += 9  # a spike 1000 points back: outside 576, inside 1440
+    expected = DefaultForecaster(history=1440).forecast(contexts, 1, levels).quantiles
+    np.testing.assert_array_equal(minute.forecast(contexts, 1, levels).quantiles, expected)
+    shorter = model.forecast(contexts, 1, levels).quantiles
+    assert expected[0, 0, 2] > shorter[0, 0, 2]  # the day-long record remembers the spike

@@ -77,13 +77,42 @@ def test_harness_cross_validates_over_groups(tmp_path: Path) -> None:
     out = tmp_path / "cv.json"
     harness = _harness()
     harness.MODELS["default"] = harness.ModelRun("default", context=300)
-    argv = ["--data", str(data), "--labels", str(labels_file), "--out", str(out), "--cv"]
+    argv = ["--data", str(data), "--labels", str(labels_file), "--out", str(out), "--cv", "--jobs", "2"]
     assert harness.main(argv) == 0
-    cv = json.loads(out.read_text())["models"]["default"]["cv"]
-    assert set(cv["groups"]) == {"realKnownCause", "other"}
-    for group in cv["groups"].values():
-        assert group["chosen"] in harness.VARIANTS
-        assert set(group["in_sample"]) == set(group["held_out"]) >= {"nab_standard_at_1", "vus_pr", "f1"}
-    assert np.isfinite(cv["held_out"]["nab_standard_at_1"])
+    families = json.loads(out.read_text())["models"]["default"]["cv"]
+    assert set(families) == {"alert", "rank"}
+    for family, (variants, metric) in harness.CV_FAMILIES.items():
+        cv = families[family]
+        assert cv["metric"] == metric and set(cv["variants"]) == set(variants)
+        assert set(cv["groups"]) == {"realKnownCause", "other"}
+        for group in cv["groups"].values():
+            assert group["chosen"] in variants
+            assert set(group["in_sample"]) == set(group["held_out"]) >= {"nab_standard_at_1", "vus_pr", "f1"}
+        assert np.isfinite(cv["held_out"][metric])
     smd = harness.NabFile("smd_machine1/machine-1-2_dim01.csv", np.zeros(1), np.zeros(1), np.zeros((0, 2)))
     assert harness.group_of(smd) == "machine-1-2"
+
+
+@pytest.mark.skipif(not NAB.is_dir(), reason="shared NAB data not present")
+def test_harness_cross_validates_over_several_datasets(tmp_path: Path) -> None:
+    # Two data folders scored together: each file's dataset is its folder, and a variant
+    # is chosen by the worse of the datasets' scores, reported per dataset.
+    source = (NAB / "realKnownCause" / "ec2_request_latency_system_failure.csv").read_text().splitlines()
+    rows = [line.split(",")[0] for line in source[1:1201]]
+    argv = ["--models", "default", "--out", str(tmp_path / "cv.json"), "--cv", "--jobs", "2"]
+    for dataset in ("first", "second"):
+        (tmp_path / dataset / "kind").mkdir(parents=True)
+        (tmp_path / dataset / "kind" / "a.csv").write_text("\n".join(source[:1201]) + "\n")
+        labels = tmp_path / f"{dataset}.json"
+        labels.write_text(json.dumps({"kind/a.csv": [[rows[1100], rows[1150]]]}))
+        argv += ["--data", str(tmp_path / dataset), "--labels", str(labels)]
+    harness = _harness()
+    harness.MODELS["default"] = harness.ModelRun("default", context=300)
+    assert harness.main(argv) == 0
+    result = json.loads((tmp_path / "cv.json").read_text())
+    assert len(result["data"]) == 2 and result["files"] == 2
+    assert set(result["models"]["default"]["per_dataset"]) == {"first", "second"}
+    for family in ("alert", "rank"):
+        cv = result["models"]["default"]["cv"][family]
+        assert set(cv["datasets"]) == {"first", "second"}
+        assert set(cv["groups"]) == {"first:kind", "second:kind"}

@@ -320,3 +320,20 @@ def test_serving_without_a_token_is_loud(caplog: pytest.LogCaptureFixture) -> No
     assert loopback.levelname == "WARNING" and "auth is OFF" in loopback.getMessage()
     assert everywhere.levelname == "ERROR" and "listens on 0.0.0.0" in everywhere.getMessage()
     assert "OPENANOMALY_API_TOKEN_FILE" in everywhere.getMessage()
+
+
+def test_forecast_batch_tells_a_model_the_step_of_its_items() -> None:
+    # default's record spans a day once the step is known: the deployment groups items
+    # by step and forecasts each group with the model for that step.
+    from openanomaly.models.default import DefaultForecaster
+
+    values = list(5 + np.random.default_rng(4).standard_normal(3000))
+    values[2000] += 9
+    levels = (0.05, 0.5, 0.95)
+    minute, unknown = (ForecastItem(np.asarray([values]), 1, levels, step) for step in (60.0, None))
+    by_minute, as_points = forecast_batch(DefaultForecaster(), [minute, unknown], spec="default")
+    contexts = np.asarray([values])
+    day = DefaultForecaster(history=1440).forecast(contexts, 1, list(levels))
+    np.testing.assert_array_equal(by_minute.quantiles, day.quantiles)
+    points = DefaultForecaster().forecast(contexts, 1, list(levels))
+    np.testing.assert_array_equal(as_points.quantiles, points.quantiles)

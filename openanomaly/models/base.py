@@ -54,6 +54,10 @@ class Forecaster(Protocol):
     A context with no finite value gets an all-NaN row (every level, every step) rather
     than failing the batch, so one dead series cannot stop thousands of live ones;
     callers that must reject such series check for them before forecasting.
+
+    A model some of whose windows are durations rather than points (``default``'s
+    record) also has ``for_step(step_s) -> Forecaster``: the window path calls it with
+    the pipeline's step, and the Serve deployment with the request's step.
     """
 
     def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:

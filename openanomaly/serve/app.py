@@ -210,14 +210,28 @@ class HandleForecaster:
     """
 
     def __init__(
-        self, handle: DeploymentHandle, *, calibrated: bool = False, timeout_s: float | None = None
+        self,
+        handle: DeploymentHandle,
+        *,
+        calibrated: bool = False,
+        timeout_s: float | None = None,
+        step_s: float | None = None,
     ) -> None:
         self._handle = handle
         self._timeout_s = timeout_s
+        self._step_s = step_s
         self.calibrated = calibrated  # the model's own flag (``info()``): detect treats it alike
 
+    def for_step(self, step_s: float) -> "HandleForecaster":
+        """The same deployment, told the series' step (the model's ``for_step`` runs there)."""
+        return HandleForecaster(
+            self._handle, calibrated=self.calibrated, timeout_s=self._timeout_s, step_s=step_s
+        )
+
     def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
-        item = ForecastItem(np.asarray(contexts, dtype=np.float64), int(horizon), tuple(quantiles))
+        item = ForecastItem(
+            np.asarray(contexts, dtype=np.float64), int(horizon), tuple(quantiles), self._step_s
+        )
         return self._handle.forecast.remote(item).result(timeout_s=self._timeout_s).forecast
 
 
@@ -656,7 +670,8 @@ class Ingress:
         body = await _parse(ForecastRequest, request, self.limits)
         name, handle = self._handle(body.model, request)
         contexts = await asyncio.to_thread(values_array, body.series)  # 10^6 values: ~50 ms
-        item = ForecastItem(contexts, body.horizon, tuple(body.quantiles))
+        step_s = body.step_ms / 1000 if body.step_ms is not None else None
+        item = ForecastItem(contexts, body.horizon, tuple(body.quantiles), step_s)
         reply: ForecastReply = await handle.forecast.remote(item)
         result, spec = reply.forecast, reply.spec
         self.metrics.series.labels("/v1/forecast", name).inc(len(body.series))

@@ -93,11 +93,13 @@ class ForecastItem(NamedTuple):
         contexts: float64 ``(r, L)``, left-padded with NaN; usually ``r == 1``.
         horizon: steps to forecast, > 0.
         quantiles: strictly increasing levels in (0, 1).
+        step_s: the series' step in seconds when known (a model's ``for_step``).
     """
 
     contexts: np.ndarray
     horizon: int
     quantiles: tuple[float, ...]
+    step_s: float | None = None
 
 
 class ForecastReply(NamedTuple):
@@ -174,7 +176,7 @@ def stack_left_padded(blocks: Sequence[np.ndarray]) -> np.ndarray:
 def forecast_batch(
     model: Forecaster, items: Sequence[ForecastItem], *, spec: str
 ) -> list[QuantileForecast | _Failed]:
-    """Forecast a batch of requests with one model call per distinct (levels, horizon).
+    """Forecast a batch of requests with one model call per distinct (levels, horizon, step).
 
     Args:
         model: the loaded forecaster.
@@ -185,15 +187,16 @@ def forecast_batch(
         One entry per item, same order: its ``QuantileForecast`` (``(r, horizon, q)``),
         or ``_Failed`` carrying the error of its group's model call.
     """
-    groups: dict[tuple[tuple[float, ...], int], list[int]] = {}
+    groups: dict[tuple[tuple[float, ...], int, float | None], list[int]] = {}
     for index, item in enumerate(items):
-        groups.setdefault((tuple(item.quantiles), int(item.horizon)), []).append(index)
+        groups.setdefault((tuple(item.quantiles), int(item.horizon), item.step_s), []).append(index)
     results: list[QuantileForecast | _Failed] = [_Failed(ModelError("not forecast", spec=spec))] * len(items)
-    for (levels, horizon), members in groups.items():
+    for (levels, horizon, step_s), members in groups.items():
         contexts = stack_left_padded([items[i].contexts for i in members])
+        at_step = model.for_step(step_s) if step_s is not None and hasattr(model, "for_step") else model
         try:
             try:
-                raw = model.forecast(contexts, horizon, list(levels))
+                raw = at_step.forecast(contexts, horizon, list(levels))
             except Exception as error:
                 message = f"could not forecast these series: {_first_line(error)}"
                 raise ForecastRejected(message, spec=spec) from error

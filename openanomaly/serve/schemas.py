@@ -266,7 +266,9 @@ class ForecastRequest(_SeriesBody):
         description="Distinct levels in (0, 1); answered in increasing order (quantile_levels)",
     )
     step_ms: Annotated[int, Field(strict=False, gt=0, le=_MAX_TIMESTAMP_MS), _JSON_INT] | None = Field(
-        default=None, description="Spacing of the forecast timestamps; default: inferred from timestamps_ms"
+        default=None,
+        description="Spacing of the forecast timestamps (default: inferred from timestamps_ms); "
+        "also tells a model with windows in time (default's one-day record) the step",
     )
 
     @field_validator("quantiles")
