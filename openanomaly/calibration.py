@@ -64,7 +64,7 @@ import numpy as np
 
 from openanomaly.config import CalibrationConfig, ScoringConfig
 from openanomaly.models.base import QuantileForecast
-from openanomaly.scoring import FLAT_BAND_REL, Score, band_score, score_forecast
+from openanomaly.scoring import FLAT_BAND_REL, Direction, Score, band_score, score_forecast
 
 __all__ = ["StageBands", "calibrated_score", "lookbacks", "score_chunks", "stage_bands", "sustained_rarity"]
 
@@ -223,6 +223,20 @@ def _shift(values: np.ndarray, fill: float) -> np.ndarray:
     return np.concatenate([np.full((values.shape[0], 1), fill), values[:, :-1]], axis=1)
 
 
+def _padded(
+    values: np.ndarray, starts: np.ndarray, context: int, horizon: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` with NaN before column 0, so every start has a full context to its left,
+    and after the end, so every chunk has ``horizon`` columns; and the starts in it."""
+    starts = np.asarray(starts, dtype=np.int64)
+    pad = max(0, context - int(starts.min(initial=context)))
+    n = values.shape[0]
+    x = np.concatenate(
+        [np.full((n, pad), np.nan), np.asarray(values, dtype=np.float64), np.full((n, horizon), np.nan)], 1
+    )
+    return x, starts + pad
+
+
 _SEASONAL_MARGIN = 0.9
 """A seasonal reference is chosen only when its residuals are at least 10 % smaller."""
 
@@ -254,14 +268,7 @@ def stage_bands(
     """
     look = lookbacks(config, context, step_s)
     n = values.shape[0]
-    starts = np.asarray(starts, dtype=np.int64)
-    # NaN before column 0 so every start has a full context to its left, and after the
-    # end so every chunk has ``horizon`` columns.
-    pad = max(0, context - int(starts.min(initial=context)))
-    x = np.concatenate(
-        [np.full((n, pad), np.nan), np.asarray(values, dtype=np.float64), np.full((n, horizon), np.nan)], 1
-    )
-    at = starts + pad
+    x, at = _padded(values, starts, context, horizon)
     low, high = _range_cap(x, at, context, look.range_lag, config.range_margin)
     # The per-position steps need residuals from ``need`` columns before a start only:
     # one scheduled window then costs its history, not its whole context.
@@ -330,7 +337,7 @@ def sustained_rarity(
     horizon: int,
     context: int,
     config: CalibrationConfig,
-    direction: str,
+    direction: Direction,
 ) -> np.ndarray:
     """How far the recent level of each chunk point is from the series' normal level, in ``[0, 1)``.
 
@@ -352,16 +359,10 @@ def sustained_rarity(
     Returns:
         float ``(n, k, h)``; 0 where the window or the level has no sample.
     """
-    n = values.shape[0]
-    starts = np.asarray(starts, dtype=np.int64)
     lag = min(config.rank_lag, context // 2)
     window = min(config.rank_window, context - lag)
     mean = min(config.rank_mean, context)
-    pad = max(0, context - int(starts.min(initial=context)))
-    x = np.concatenate(
-        [np.full((n, pad), np.nan), np.asarray(values, dtype=np.float64), np.full((n, horizon), np.nan)], 1
-    )
-    at = starts + pad
+    x, at = _padded(values, starts, context, horizon)
     centre, spread = _rank_window(x, at, lag, window)
     columns = at[:, None] + np.arange(horizon)[None, :]  # (k, h)
     recent = np.lib.stride_tricks.sliding_window_view(x, mean, axis=1)[:, columns - mean + 1]

@@ -249,10 +249,11 @@ class DefaultForecaster:
     spec: ClassVar[str] = "default"
     calibrated: ClassVar[bool] = True
     """Its band is already the series' own record band, with the sustained-deviation test,
-    one alert per incident and the range cap built in, so the calibration stage keeps
-    its alerts and only ranks the points inside its band. Measured (docs/accuracy.md): NAB 71.6 at score > 1 on the shared
-    files and 63.0 on unseen ones, against 59.7 on the shared files for the recent median
-    scored by the stage; kept as ``default`` until the stage does better held-out."""
+    one alert per incident and the range cap built in, so the calibration stage keeps its
+    alerts and only ranks the points inside its band. Measured (docs/accuracy.md): NAB
+    71.6 at score > 1 on the shared files and 63.0 on unseen ones, against 59.7 on the
+    shared files for the recent median scored by the stage; kept as ``default`` until the
+    stage does better held-out."""
 
     def __init__(
         self,
