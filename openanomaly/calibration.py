@@ -23,7 +23,9 @@ For the chunk that starts at position ``T`` (``x`` = the values, NaN = no sample
    to ``seasons`` seasons plus the median of its last ``level_window`` deviations),
    whichever has the smallest residuals over the history (a seasonal one must be 10 %
    better): ``size[t] = |x[t] - reference[t]|``.
-   The edge is the largest ``size`` over the last ``history`` points (the *record*), so
+   The edge is the largest ``size`` over the last ``history`` points, and at least the
+   last ``history_days`` (a record shorter than a day pages on the day's usual peak
+   every day; 576 points are two days at 5 minutes, 9.6 hours at 1 minute): the *record*, so
    the score is the new deviation as a ratio to the worst one seen recently: each
    series calibrates itself (a spiky metric tolerates its usual spikes, a smooth one
    alerts on a small step) without a distributional assumption.
@@ -57,6 +59,7 @@ band. ``yhat`` is the model's median and ``yhat_lower``/``yhat_upper`` its calib
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import NamedTuple
 
@@ -106,7 +109,9 @@ def lookbacks(config: CalibrationConfig, context: int, step_s: float) -> _Lookba
     level = min(config.level_window, max(1, context // 4))
     short = min(config.short_window, max(1, context // 8))
     cool = min(config.cooldown, context // 4)
-    history = max(0, min(config.history, context - level - (short - 1) - cool))
+    # The record spans ``history`` points and at least ``history_days`` (module docs, step 1).
+    record = max(config.history, math.ceil(config.history_days * 86_400 / step_s))
+    history = max(0, min(record, context - level - (short - 1) - cool))
     lag = min(config.range_lag, context // 2)
     room = context - cool - history - (short - 1) - level
     day = round(86_400 / step_s)

@@ -285,6 +285,7 @@ class CalibrationConfig(_Strict):
     level_window: int = Field(strict=True, default=6, ge=1)
     seasons: int = Field(strict=True, default=5, ge=0)
     history: int = Field(strict=True, default=576, ge=1)
+    history_days: float = Field(strict=True, default=1.0, ge=0)
     short_window: int = Field(strict=True, default=6, ge=1)
     floor: float = Field(strict=True, default=0.4, ge=0, le=1)
     cooldown: int = Field(strict=True, default=144, ge=0)

@@ -59,6 +59,9 @@ def test_defaults_are_on_and_fit_the_context() -> None:
     look = lookbacks(CalibrationConfig(), context=2016, step_s=300)
     assert look.periods == ((DAY, 4),)  # 4 days fit beside the history; a week does not fit twice
     assert look.cooldown + look.history + look.short_window - 1 + DAY * 4 + look.level_window <= 2016
+    # The record spans at least a day: 576 points are 9.6 hours at 1 minute.
+    assert look.history == 576 and lookbacks(CalibrationConfig(), context=8064, step_s=60).history == 1440
+    assert lookbacks(CalibrationConfig(history_days=0), context=8064, step_s=60).history == 576
     tiny = lookbacks(CalibrationConfig(), context=12, step_s=60)
     assert tiny.history + tiny.short_window - 1 + tiny.cooldown + tiny.level_window <= 12
     assert tiny.periods == ()
