@@ -78,7 +78,7 @@ class ModelRun:
     params: Callable[[timedelta], dict[str, Any]] = field(default=lambda step: {})
     note: str = ""
     own_band: bool = False
-    """The model calibrates itself (``calibrated``: the stage passes it through), so the
+    """The model calibrates itself (``calibrated``: the stage only ranks it), so the
     ``--cv`` knobs are its own parameters of the same names, not the stage's."""
 
 

@@ -352,7 +352,7 @@ def sustained_rarity(
     The mean makes it a *sustained*-deviation measure: noise averages out, a shift or a
     slow excursion keeps ranking high for as long as it lasts, where a one-step
     residual fades after a few points. Chosen by leave-one-group-out cross-validation
-    on NAB and SMD (``docs/accuracy.md``): VUS-PR 0.19 -> 0.31 on NAB and 0.05 -> 0.29
+    on NAB and SMD (``docs/accuracy.md``): VUS-PR 0.19 -> 0.32 on NAB and 0.05 -> 0.31
     on SMD for ``default``. Like the bands it reads only the ``context`` points before
     a chunk (and the chunk's own points up to ``t``), so it is stateless and a chunk
     gets the same numbers alone or in a backtest.

@@ -1,6 +1,6 @@
 """The ``default`` detector: its own record band, one alert per incident, range cap.
 
-It is ``calibrated`` (the calibration stage passes its scores through); these tests pin
+It is ``calibrated`` (the calibration stage keeps its alerts and only ranks inside its band); these tests pin
 its behaviour on the cases the stage tests cover for the other models.
 """
 

@@ -349,7 +349,7 @@ class ForecasterDeployment:
             "deployment": self._deployment,
             "replica": self._replica,
             "spec": config.spec if config else None,
-            # a model whose band is already calibrated skips the calibration stage (detect)
+            # a model whose band is already calibrated keeps its alerts; the stage only ranks (detect)
             "calibrated": bool(getattr(self._model, "calibrated", False)),
             "device": self._device,
             "max_batch_size": config.max_batch_size if config else None,
