@@ -156,6 +156,17 @@ def test_best_event_f1_of_a_constant_detector_is_the_labelled_fraction() -> None
     assert threshold == 0.0  # the sweep starts at the lowest score
 
 
+def test_best_event_f1_finds_a_rare_alert_among_continuous_scores() -> None:
+    # 100k distinct scores, 20 of them above 1 and all inside the window: an even
+    # quantile grid steps over them; the sweep must still find the perfect threshold.
+    n = 100_000
+    scores = np.random.default_rng(1).random(n)
+    window = np.array([[50_000, 50_019]])
+    scores[50_000:50_020] = 1.5 + np.arange(20) / 100
+    threshold, counts = best_event_f1([scores], [window], starts=[0])
+    assert counts.f1 == 1.0 and 1.0 < threshold <= 1.5
+
+
 def test_vus_pr_perfect_random_and_inverted() -> None:
     labels = np.zeros(2000, dtype=bool)
     labels[900:1000] = True

@@ -121,14 +121,18 @@ def best_event_f1(
 
     Returns ``(threshold, counts)``. Candidates are every distinct finite score after
     ``starts`` when there are at most ``n_thresholds`` of them, else that many quantiles
-    from the minimum to the maximum (a bounded number of passes), plus ``+inf``.
+    from the minimum to the maximum plus as many more in the top half, log-spaced toward
+    the maximum (a bounded number of passes; alerts are a tiny top fraction of continuous
+    scores, which an even grid steps over), plus ``+inf``.
     """
     pooled = np.concatenate(
         [np.asarray(s, dtype=np.float64)[first:] for s, first in zip(scores, starts, strict=True)]
     )
     distinct = np.unique(pooled[np.isfinite(pooled)])
     if distinct.size > n_thresholds:
-        distinct = np.unique(np.quantile(distinct, np.linspace(0.0, 1.0, n_thresholds)))
+        tail = 1 - np.geomspace(0.5, 1e-6, n_thresholds)
+        levels = np.concatenate([np.linspace(0.0, 1.0, n_thresholds), tail])
+        distinct = np.unique(np.quantile(distinct, levels))
     best_t, best = float("inf"), event_f1(scores, windows, float("inf"), starts=starts)
     for t in distinct:
         counts = event_f1(scores, windows, float(t), starts=starts)
