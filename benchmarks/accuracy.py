@@ -276,12 +276,7 @@ def evaluate(corpus: list[NabFile], scores: list[np.ndarray]) -> dict[str, Any]:
         f1_best=best_events.f1,
         f1_best_threshold=best_t,
     )
-    vus = []
-    for f, s, first in zip(corpus, scores, starts, strict=True):
-        labels = np.zeros(f.values.size, dtype=bool)
-        for a, b in f.windows:
-            labels[a : b + 1] = True
-        vus.append(vus_pr(labels[first:], s[first:]) if labels[first:].any() else math.nan)
+    vus = [_vus(f, s) for f, s in zip(corpus, scores, strict=True)]
     overall["vus_pr"] = float(np.nanmean(vus))
     for category in categories:
         members = [i for i, f in enumerate(corpus) if f.category == category]
@@ -342,12 +337,22 @@ def _score_corpus(
     return [scores for scores, _ in done]
 
 
+_VUS_DONE: dict[int, tuple[np.ndarray, float]] = {}
+"""VUS-PR per score array (by identity; the array is kept, so its id is not reused): grading
+and cross-validation ask for the same file's VUS-PR many times, and each costs 201 PR curves."""
+
+
 def _vus(item: NabFile, scores: np.ndarray) -> float:
+    done = _VUS_DONE.get(id(scores))
+    if done is not None and done[0] is scores:
+        return done[1]
     first = probationary_length(item.values.size)
     labels = np.zeros(item.values.size, dtype=bool)
     for a, b in item.windows:
         labels[a : b + 1] = True
-    return vus_pr(labels[first:], scores[first:]) if labels[first:].any() else math.nan
+    value = vus_pr(labels[first:], scores[first:]) if labels[first:].any() else math.nan
+    _VUS_DONE[id(scores)] = (scores, value)
+    return value
 
 
 def _subset_metrics(corpus: list[NabFile], scores: list[np.ndarray], members: list[int]) -> dict[str, float]:
@@ -382,15 +387,11 @@ def cross_validate(
     groups: dict[str, list[int]] = {}
     for i, item in enumerate(corpus):
         groups.setdefault(group_of(item), []).append(i)
-    vus_cache: dict[tuple[str, int], float] = {}
 
     def one_set(variant: str, members: list[int]) -> float:
         scores = by_variant[variant]
         if metric == "vus_pr":
-            for i in members:
-                if (variant, i) not in vus_cache:
-                    vus_cache[variant, i] = _vus(corpus[i], scores[i])
-            return float(np.nanmean([vus_cache[variant, i] for i in members]))
+            return float(np.nanmean([_vus(corpus[i], scores[i]) for i in members]))
         windows = [corpus[i].windows for i in members]
         return score_at_threshold(
             [scores[i] for i in members], windows, PRODUCTION_THRESHOLD, PROFILES["standard"]
@@ -473,6 +474,7 @@ def run_model(name: str, corpus: list[NabFile], *, cv: bool = False, jobs: int =
                 if knobs:
                     by_variant[variant] = _score_corpus(name, spec, corpus, knobs, jobs)
             result["cv"][family] = cross_validate(corpus, by_variant, variants, metric)
+    _VUS_DONE.clear()  # this model's score arrays are graded; let them go
     return result
 
 
