@@ -95,8 +95,8 @@ def test_harness_cross_validates_over_groups(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not NAB.is_dir(), reason="shared NAB data not present")
 def test_harness_cross_validates_over_several_datasets(tmp_path: Path) -> None:
-    # Two data folders scored together: each file's dataset is its folder, and a variant
-    # is chosen by the worse of the datasets' scores, reported per dataset.
+    # Two data folders scored together: each file's dataset is its folder, and the CV
+    # is reported per dataset.
     source = (NAB / "realKnownCause" / "ec2_request_latency_system_failure.csv").read_text().splitlines()
     rows = [line.split(",")[0] for line in source[1:1201]]
     argv = ["--models", "default", "--out", str(tmp_path / "cv.json"), "--cv", "--jobs", "2"]
@@ -116,3 +116,31 @@ def test_harness_cross_validates_over_several_datasets(tmp_path: Path) -> None:
         cv = result["models"]["default"]["cv"][family]
         assert set(cv["datasets"]) == {"first", "second"}
         assert set(cv["groups"]) == {"first:kind", "second:kind"}
+
+
+def test_cross_validation_moves_a_default_only_when_no_dataset_pays() -> None:
+    from openanomaly.evaluation.nab import NabFile
+
+    harness = _harness()
+    n = 1000
+
+    def alerts(*at: int) -> np.ndarray:
+        scores = np.zeros(n)
+        scores[list(at)] = 2.0
+        return scores
+
+    corpus = [
+        NabFile("a:kind/x.csv", np.arange(n) * 300_000, np.zeros(n), np.array([[400, 450]])),
+        NabFile("b:kind/y.csv", np.arange(n) * 300_000, np.zeros(n), np.array([[300, 350], [600, 650]])),
+    ]
+    by_variant = {
+        "defaults": [alerts(420, 200), alerts()],
+        # b gains both windows, a pays with false positives: the worse dataset (b) would pick it
+        "trade": [alerts(420, 200, 700, 850), alerts(320, 620)],
+        # every dataset gains
+        "both": [alerts(420), alerts(320)],
+    }
+    variants = {name: {} for name in by_variant}
+    trade_only = {k: by_variant[k] for k in ("defaults", "trade")}
+    assert harness.cross_validate(corpus, trade_only, variants)["chosen_in_sample"] == "defaults"
+    assert harness.cross_validate(corpus, by_variant, variants)["chosen_in_sample"] == "both"

@@ -74,6 +74,15 @@ def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
         train(TINY.model_copy(update={"seed": 1}), tmp_path, progress=False)
 
 
+def test_a_finished_run_trains_longer_when_given_more_steps(tmp_path: Path) -> None:
+    train(TINY.model_copy(update={"steps": 10}), tmp_path, log_every=5, progress=False)
+    with pytest.raises(ValueError, match="already trained 10 steps"):
+        train(TINY.model_copy(update={"steps": 5}), tmp_path, progress=False)
+    train(TINY, tmp_path, log_every=5, progress=False)
+    with (tmp_path / "loss.csv").open() as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle)] == [5, 10, 15, 20]
+
+
 def test_shipped_checkpoint_is_small_and_described_without_loading() -> None:
     directory = SHIPPED_MODELS["openanomaly-bolt-mini"]
     assert (directory / "config.json").is_file()

@@ -14,7 +14,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m openanomaly.pretrain", description=__doc__)
     parser.add_argument("--out", required=True, help="run directory (resumed if it holds a run)")
     parser.add_argument("--size", default=defaults.size, choices=sorted(BOLT_SIZES))
-    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=defaults.steps,
+        help="total steps; a run resumed with more trains longer (the decay is stretched)",
+    )
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)

@@ -41,7 +41,9 @@ _TARGET_BOUND = 30.0  # target clipped to context mean ± this many context std
 
 
 class TrainConfig(BaseModel):
-    """What decides the weights; a resumed run must be given the same values."""
+    """What decides the weights; a resumed run must be given the same values, except
+    that ``steps`` may grow: training longer stretches the cosine decay over the new
+    total (the learning rate rises again from where the shorter run left it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -104,10 +106,7 @@ def train(
     step, elapsed = 0, 0.0
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=False)
-        if state["config"] != config.model_dump():
-            raise ValueError(
-                f"{state_path} was written with other settings {state['config']}; use another --out"
-            )
+        _check_resumable(state["config"], state["step"], config, state_path)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
@@ -194,6 +193,14 @@ def _loss(model: torch.nn.Module, batch: np.ndarray, config: TrainConfig, device
     target = torch.clamp(target, loc - bound, loc + bound)  # NaN stays NaN: masked by the model
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
         return model(context=context, target=target).loss
+
+
+def _check_resumable(saved: dict, done: int, config: TrainConfig, path: Path) -> None:
+    """Refuse to resume with settings that would not continue the same run."""
+    if {**saved, "steps": config.steps} != config.model_dump():
+        raise ValueError(f"{path} was written with other settings {saved}; use another --out")
+    if config.steps < done:
+        raise ValueError(f"{path} has already trained {done} steps; --steps must be at least that")
 
 
 def _lr_factor(config: TrainConfig, step: int) -> float:
