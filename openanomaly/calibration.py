@@ -59,7 +59,6 @@ band. ``yhat`` is the model's median and ``yhat_lower``/``yhat_upper`` its calib
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import NamedTuple
 
@@ -68,6 +67,7 @@ import numpy as np
 from openanomaly.config import CalibrationConfig, ScoringConfig
 from openanomaly.models.base import QuantileForecast
 from openanomaly.scoring import FLAT_BAND_REL, Direction, Score, band_score, score_forecast
+from openanomaly.times import points_spanning
 
 __all__ = ["StageBands", "calibrated_score", "lookbacks", "score_chunks", "stage_bands", "sustained_rarity"]
 
@@ -110,7 +110,7 @@ def lookbacks(config: CalibrationConfig, context: int, step_s: float) -> _Lookba
     short = min(config.short_window, max(1, context // 8))
     cool = min(config.cooldown, context // 4)
     # The record spans ``history`` points and at least ``history_days`` (module docs, step 1).
-    record = max(config.history, math.ceil(config.history_days * 86_400 / step_s))
+    record = max(config.history, points_spanning(config.history_days, step_s))
     history = max(0, min(record, context - level - (short - 1) - cool))
     lag = min(config.range_lag, context // 2)
     room = context - cool - history - (short - 1) - level

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 from collections.abc import Sequence
 from statistics import NormalDist
 from typing import Any, ClassVar
@@ -76,6 +75,7 @@ from openanomaly.models.base import (
     validate_quantile_levels,
 )
 from openanomaly.models.baselines import as_contexts
+from openanomaly.times import points_spanning
 
 __all__ = ["DefaultForecaster", "candidate_periods", "detect_period"]
 
@@ -340,7 +340,7 @@ class DefaultForecaster:
         standard at score > 1; NAB's 5-minute and coarser files are unchanged (576 points is
         already more than a day there).
         """
-        points = math.ceil(self.history_days * 86_400 / step_s) if step_s > 0 else 0
+        points = points_spanning(self.history_days, step_s)
         if points <= self.history:
             return self
         if points not in self._for_history:
