@@ -130,6 +130,14 @@ MODELS: dict[str, ModelRun] = {
         params=lambda step: {"season_length": _daily(step), "too_short": "nan"},
         note="daily season, 48-point chunks",
     ),
+    "bolt_mini": ModelRun(
+        "chronos:openanomaly-bolt-mini",
+        infer_every=64,
+        context=STAGE_CONTEXT,
+        quantiles=(0.1, 0.9),
+        params=lambda step: {"device": "cpu"},
+        note="the shipped Chronos-Bolt (synthetic pretraining only), its trained 0.1/0.9 band",
+    ),
     "chronos_tiny": ModelRun(
         "chronos:<tiny>",
         infer_every=64,

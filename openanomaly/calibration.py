@@ -22,7 +22,11 @@ For the chunk that starts at position ``T`` (``x`` = the values, NaN = no sample
    seasons in the context, a daily or weekly profile (median of the same phase over up
    to ``seasons`` seasons plus the median of its last ``level_window`` deviations),
    whichever has the smallest residuals over the history (a seasonal one must be 10 %
-   better): ``size[t] = |x[t] - reference[t]|``.
+   better): ``size[t] = |x[t] - reference[t]|``. Every point of a chunk is scored
+   against the reference one step ahead, from the points before it (the chunk's earlier
+   points have arrived when it is scored), because the record holds one-step residuals:
+   a reference held flat over a long chunk drifts away from the series by more than any
+   one-step record and pages on every slow swing. The choice of reference is per chunk.
    The edge is the largest ``size`` over the last ``history`` points, and at least the
    last ``history_days`` (a record shorter than a day pages on the day's usual peak
    every day; 576 points are two days at 5 minutes, 9.6 hours at 1 minute): the *record*, so
@@ -73,12 +77,12 @@ __all__ = ["StageBands", "calibrated_score", "lookbacks", "score_chunks", "stage
 
 
 class StageBands(NamedTuple):
-    """What the stage knows before each chunk.
+    """What the stage knows before each point of each chunk, ``(n, k, h)`` each.
 
-    ``edge``: the calibrated residual scale (before ``gain``), ``(n, k)``; ``low``/``high``:
-    the range cap (``-inf``/``inf`` where there is none), ``(n, k)``; ``reference``: the
-    stage's own forecast of each chunk point (the reference it measures residuals
-    from, chosen per series), ``(n, k, h)``.
+    ``edge``: the calibrated residual scale (before ``gain``); ``low``/``high``: the
+    range cap (``-inf``/``inf`` where there is none); ``reference``: the stage's own
+    one-step forecast of the point (the reference it measures residuals from, chosen
+    per series and chunk).
     """
 
     edge: np.ndarray
@@ -146,25 +150,24 @@ def _before_median(values: np.ndarray, start: int, window: int) -> np.ndarray:
     return _median(np.lib.stride_tricks.sliding_window_view(before, window, axis=1))
 
 
-def _references(x: np.ndarray, look: _Lookbacks, start: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each candidate reference as ``(one-step forecast, seasonal profile)`` at columns ``start...``.
+def _references(x: np.ndarray, look: _Lookbacks, start: int) -> list[np.ndarray]:
+    """Each candidate reference's one-step forecast at columns ``start...``.
 
     The level reference is the median of the ``level_window`` points before; a seasonal
     one is the median of the same phase over the last ``K`` seasons plus the median of
     its last ``level_window`` deviations (so a level shift is followed within a few
-    points). The profile alone (NaN for the level) extends the forecast over a chunk.
-    Only the columns from ``start`` are computed: one scheduled window costs its
+    points). Only the columns from ``start`` are computed: one scheduled window costs its
     history, not its whole context.
     """
     m, w = x.shape[1], look.level_window
     level = _before_median(x, start, w)
-    out = [(level, np.full(level.shape, np.nan))]
+    out = [level]
     for period, seasons in look.periods:
         lags = [_columns(x, start - w - j * period, m - j * period) for j in range(1, seasons + 1)]
         profile = _median(np.stack(lags, axis=-1))  # columns start - w ...
         deviation = _columns(x, start - w, m) - profile
         correction = _median(np.lib.stride_tricks.sliding_window_view(deviation[:, :-1], w, axis=1))
-        out.append((profile[:, w:] + np.nan_to_num(correction), profile[:, w:]))
+        out.append(profile[:, w:] + np.nan_to_num(correction))
     return out
 
 
@@ -274,21 +277,29 @@ def stage_bands(
     look = lookbacks(config, context, step_s)
     n = values.shape[0]
     x, at = _padded(values, starts, context, horizon)
-    low, high = _range_cap(x, at, context, look.range_lag, config.range_margin)
+    # Every point is scored one step ahead of the points before it, the chunk's earlier
+    # points included (they have arrived when the chunk is scored): the record holds
+    # one-step residuals, and a reference held flat over a 64-point chunk drifts from
+    # the series by more than any one-step record, which paged on every slow swing
+    # (the shipped Chronos, 64-point chunks: 786 alerts on one NAB file, mad 19).
+    points = (at[:, None] + np.arange(horizon)[None, :]).reshape(-1)
+    low, high = _range_cap(x, points, context, look.range_lag, config.range_margin)
     # The per-position steps need residuals from ``need`` columns before a start only:
     # one scheduled window then costs its history, not its whole context.
     need = look.cooldown + look.history + look.short_window - 1
     first = max(0, int(at.min()) - need) if at.size else 0
     references = _references(x, look, first)
-    x, at = x[:, first:], at - first
-    forecast = np.stack([ref for ref, _ in references])  # (c, n, M)
+    x, at, points = x[:, first:], at - first, points - first
+    forecast = np.stack(references)  # (c, n, M)
     size = np.abs(x[None] - forecast)
     # A reference that could not forecast a sample it should have (too few seasons yet)
     # never wins the choice below; in the record it counts as no deviation.
     unfit = np.where(np.isnan(forecast) & np.isfinite(x[None]), np.inf, 0.0)
     size = np.where(np.isfinite(size), size, 0.0)
     c, m = size.shape[0], x.shape[1]
-    edges, worst = (part.reshape(c, n, m)[:, :, at] for part in _edges(size.reshape(c * n, m), look, config))
+    edges, worst = (
+        part.reshape(c, n, m)[:, :, points] for part in _edges(size.reshape(c * n, m), look, config)
+    )
     # Per series and chunk, the reference with the smallest mean residual over the history;
     # a seasonal one must beat the level by a margin, so noise does not flip between them.
     if c > 1 and look.history:
@@ -300,26 +311,17 @@ def stage_bands(
         choice = np.argmin(fit, axis=0)  # ties: the level reference
     else:
         choice = np.zeros((n, at.size), dtype=np.int64)
+    choice = np.repeat(choice, horizon, axis=1)  # one reference per chunk, for all its points
     # An alert seen through any reference starts the cooldown: the choice may change
     # between two chunks, an incident must not page again because of that.
     edge = np.maximum(np.take_along_axis(edges, choice[None], axis=0)[0], worst.max(axis=0))
-    # The chosen reference over the chunk: its forecast at the start, plus the seasonal
-    # profile's change over the chunk (a profile only uses points a season before).
-    steps = np.arange(horizon)
-    reference = np.empty((n, at.size, horizon))
-    for index, (ref, profile) in enumerate(references):
-        if index == 0:
-            chunk = np.repeat(ref[:, at][:, :, None], horizon, axis=2)
-        else:
-            period = look.periods[index - 1][0]
-            ahead = profile[:, at[:, None] + steps[None, :] % period]
-            chunk = ahead + (ref[:, at] - profile[:, at])[:, :, None]
-        reference = np.where((choice == index)[:, :, None], chunk, reference)
+    reference = np.take_along_axis(forecast[:, :, points], choice[None], axis=0)[0]
     # During an incident the cap is off too: a new level keeps setting new highs, and
     # each would page again.
     incident = worst.max(axis=0) > 0
     low, high = np.where(incident, -np.inf, low), np.where(incident, np.inf, high)
-    return StageBands(edge, low, high, reference)
+    shape = (n, at.size, horizon)
+    return StageBands(*(part.reshape(shape) for part in (edge, low, high, reference)))
 
 
 _RANK_SAMPLES = 360
@@ -419,7 +421,7 @@ def calibrated_score(
         actual: the chunks' values, ``(r, h)``; NaN = no sample.
         forecast: the model's forecast for those ``r`` chunks (median and the band at
             ``scoring.quantiles``).
-        bands: :func:`stage_bands` for the same ``r`` chunks (``edge`` ``(r,)``...).
+        bands: :func:`stage_bands` for the same ``r`` chunks, ``(r, h)`` each.
         scoring: direction, ``min_deviation`` and the calibration's ``gain``.
 
     Returns:
@@ -432,8 +434,8 @@ def calibrated_score(
     gain = scoring.calibration.gain
 
     def band(centre: np.ndarray, half: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        upper = np.minimum(centre + half, np.maximum(bands.high[:, None], centre))
-        lower = np.maximum(centre - half, np.minimum(bands.low[:, None], centre))
+        upper = np.minimum(centre + half, np.maximum(bands.high, centre))
+        lower = np.maximum(centre - half, np.minimum(bands.low, centre))
         score = band_score(
             actual,
             yhat=centre,
@@ -444,9 +446,9 @@ def calibrated_score(
         )
         return score, lower, upper
 
-    stage_score, _, _ = band(reference, gain * bands.edge[:, None])
+    stage_score, _, _ = band(reference, gain * bands.edge)
     model_half = 0.5 * (forecast.level(high_q) - forecast.level(low_q))
-    score, lower, upper = band(forecast.median, gain * np.fmax(bands.edge[:, None], model_half))
+    score, lower, upper = band(forecast.median, gain * np.fmax(bands.edge, model_half))
     # The stage knows the reference's error record, not the model's: a point is rare only
     # when it is outside both bands, so a model can veto the reference's alerts (it
     # predicted the value) but cannot flood (its residuals are not calibrated).
