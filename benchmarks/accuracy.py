@@ -233,7 +233,7 @@ def score_file(
     """Backtest one file with the production path; returns ``anomaly_score`` ``(n,)``."""
     step = _file_step(item)
     pipeline = _pipeline(name, run, step, spec, calibration)
-    key = json.dumps(pipeline.model.params, sort_keys=True)
+    key = json.dumps([spec, pipeline.model.params], sort_keys=True)  # mad and zscore share params
     if key not in cache:
         cache[key] = load_forecaster(spec, **pipeline.model.params)
     step_ms = pipeline.step_ms
@@ -319,7 +319,7 @@ def _score_one(job: tuple[NabFile, str, str, dict[str, Any] | None]) -> tuple[np
 
 
 _WORKER_CACHE: dict[str, Any] = {}
-"""Forecasters loaded in this process (one per parameter set), kept across files."""
+"""Forecasters loaded in this process (one per spec and parameter set), kept across files."""
 
 
 def _score_corpus(

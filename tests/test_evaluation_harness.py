@@ -144,3 +144,18 @@ def test_cross_validation_moves_a_default_only_when_no_dataset_pays() -> None:
     trade_only = {k: by_variant[k] for k in ("defaults", "trade")}
     assert harness.cross_validate(corpus, trade_only, variants)["chosen_in_sample"] == "defaults"
     assert harness.cross_validate(corpus, by_variant, variants)["chosen_in_sample"] == "both"
+
+
+def test_forecasters_are_cached_per_model_not_per_params() -> None:
+    # mad and zscore take the same params: one cache (one worker process) must keep both.
+    from openanomaly.evaluation.nab import NabFile
+
+    harness = _harness()
+    n = 600
+    values = np.sin(np.arange(n) / 10.0) + np.random.default_rng(0).normal(0, 0.1, n)
+    item = NabFile("kind/x.csv", np.arange(n) * 300_000, values, np.array([[500, 520]]))
+    cache: dict = {}
+    for name in ("mad", "zscore"):
+        run = harness.MODELS[name]
+        harness.score_file(item, name, run, run.spec, cache)
+    assert len(cache) == 2
