@@ -117,9 +117,12 @@ def test_backtest_finds_injected_spike_and_level_shift(server_name, request, tmp
     score = scores.values[0]
     truth = anomalous[-1440:]
     # The calibration stage alerts once per incident: the spike and the shift's first
-    # point cross 1, the rest of the shift still ranks above the normal points.
-    assert (score[np.flatnonzero(truth)[:2]] > 1).all(), score[truth]
-    assert score[truth].min() > np.quantile(score[~truth], 0.9), score[truth]
+    # point cross 1. Every point is scored one step ahead, so the rest of the shift is
+    # inside the band and ranks by its sustained rarity (a 60-point mean): above the
+    # normal points once it has lasted four points, whatever the 10-point windows.
+    spike, *shift = np.flatnonzero(truth)
+    assert (score[[spike, shift[0]]] > 1).all(), score[truth]
+    assert score[shift[3:]].min() > np.quantile(score[~truth], 0.9), score[truth]
     normal = np.concatenate([score[~truth], scores.values[1], scores.values[2]])
     assert np.mean(normal > 1) < 0.02
 
