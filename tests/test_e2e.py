@@ -336,6 +336,9 @@ def test_run_is_the_scheduler_in_the_foreground(victoria_metrics, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
+        # As from a terminal: a suite started as a background job inherits SIGINT ignored,
+        # and the child would never see the Ctrl-C below.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stdout is not None
