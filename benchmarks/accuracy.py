@@ -26,6 +26,7 @@ OpenAnomaly's production threshold (alert when ``anomaly_score > 1``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import multiprocessing
@@ -413,7 +414,11 @@ def cross_validate(
         by_set: dict[str, list[int]] = {}
         for i in members:
             by_set.setdefault(dataset_of(corpus[i]), []).append(i)
-        return min(one_set(variant, part) - one_set("defaults", part) for part in by_set.values())
+        return min(one_set(variant, part) - baseline(tuple(part)) for part in by_set.values())
+
+    @functools.cache
+    def baseline(members: tuple[int, ...]) -> float:  # the defaults' score, once per member set
+        return one_set("defaults", list(members))
 
     def choose(members: list[int]) -> str:
         best, best_score = "defaults", -math.inf
