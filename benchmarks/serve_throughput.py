@@ -1,22 +1,26 @@
-"""Serve throughput: series/s and latency with dynamic batching on vs off.
+"""Serve throughput: what serving costs against the model alone, and what batching gains.
 
-Same process, same Ray cluster, same model: the app is deployed twice, once with the
-configured ``max_batch_size`` and once with ``max_batch_size: 1`` (every request is
-its own model call), and ``--clients`` concurrent HTTP clients each send single-series
-``/v1/forecast`` requests for ``--duration`` seconds. Prints a table and writes
-``benchmarks/results/serve_throughput.json``.
+One process, one run, one model, three measures:
 
-Without ``--model`` it builds a randomly initialised Chronos-Bolt with the real
-``amazon/chronos-bolt-small`` architecture (``openanomaly.models.tiny``, ``--size base``:
-T5, d_model 512, 6+6 layers, 8 heads, patch 16), so the compute per call, and hence the
-figure, is that of the real checkpoint; the forecasts themselves are meaningless.
-``--size tiny`` uses the test suite's tiny Bolt instead: per-call overhead then
-dominates, as it does for a real model on a GPU. ``--model /path/to/chronos-bolt-small`` (a local
-checkpoint directory) or ``--model chronos:amazon/chronos-bolt-small`` (hub access)
-uses real weights.
+* ``model_only``: the forecaster called directly in this process (no Ray, no HTTP),
+  ``forecast_batch`` on batches of the configured ``max_batch_size`` (and of the mean
+  batch the HTTP run formed), with as many torch threads as the replica has CPUs;
+* ``batched``: the app on a local Ray Serve, ``--clients`` concurrent HTTP clients each
+  sending single-series ``/v1/forecast`` requests for ``--duration`` seconds;
+* ``unbatched``: the same with ``max_batch_size: 1`` (every request its own model call).
 
-    uv run python benchmarks/serve_throughput.py                     # CPU, ~2 minutes
-    uv run python benchmarks/serve_throughput.py --device cuda       # one GPU replica
+``http_over_model_only`` is batched HTTP series/s over model-only series/s at the
+configured batch size: the share of the model's own throughput that reaches clients.
+Prints a table and writes ``benchmarks/results/serve_throughput.json``.
+
+The model is the serve default, the shipped ``chronos:openanomaly-bolt-mini``, unless
+``--model`` names another spec or a checkpoint directory. ``--random base`` builds a
+randomly initialised Chronos-Bolt with the real ``amazon/chronos-bolt-small``
+architecture (T5, d_model 512, 6+6 layers, 8 heads, patch 16), whose compute per call is
+that of the real checkpoint; ``--random tiny`` the test suite's tiny Bolt.
+
+    uv run python benchmarks/serve_throughput.py                     # CPU, ~3 minutes
+    uv run python benchmarks/serve_throughput.py --device cuda       # one GPU replica (bf16)
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 RESULTS = Path(__file__).parent / "results" / "serve_throughput.json"
+SHIPPED = "chronos:openanomaly-bolt-mini"
 
 
 def _free_port() -> int:
@@ -48,33 +53,38 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _summary(latencies: list[float], *, wall: float, errors: int) -> dict[str, Any]:
+LEVELS = (0.1, 0.5, 0.9)
+
+
+def _requests(context: int, series: int) -> list[np.ndarray]:
+    """The 16 requests every measure cycles through, ``(series, context)`` each: noisy sines."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(context)
+    return [100 + 10 * np.sin(steps / 12) + rng.normal(0, 1, (series, context)) for _ in range(16)]
+
+
+def _summary(latencies: list[float], *, wall: float, errors: int, series: int) -> dict[str, Any]:
     """Requests, series/s and latency percentiles of one load run."""
     lat = np.array(latencies) * 1000
     return {
         "requests": len(latencies),
         "errors": errors,
         "wall_s": round(wall, 2),
-        "series_per_s": round(len(latencies) / wall, 2),
+        "series_per_s": round(len(latencies) * series / wall, 2),
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
     }
 
 
-async def _load(url: str, *, clients: int, duration: float, context: int, horizon: int) -> dict[str, Any]:
+async def _load(
+    url: str, *, clients: int, duration: float, context: int, horizon: int, series: int
+) -> dict[str, Any]:
     """``clients`` loops, each one request at a time, for ``duration`` seconds."""
     import httpx
 
-    rng = np.random.default_rng(0)
     payloads = [
-        {
-            "series": [
-                {"values": (100 + 10 * np.sin(np.arange(context) / 12) + rng.normal(0, 1, context)).tolist()}
-            ],
-            "horizon": horizon,
-            "quantiles": [0.1, 0.5, 0.9],
-        }
-        for _ in range(16)
+        {"series": [{"values": row.tolist()} for row in block], "horizon": horizon, "quantiles": list(LEVELS)}
+        for block in _requests(context, series)
     ]
     latencies: list[float] = []
     errors = 0
@@ -99,11 +109,11 @@ async def _load(url: str, *, clients: int, duration: float, context: int, horizo
         start = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(clients)))
         wall = time.perf_counter() - start
-    return _summary(latencies, wall=wall, errors=errors)
+    return _summary(latencies, wall=wall, errors=errors, series=series)
 
 
 async def _load_handle(
-    handle: Any, *, clients: int, duration: float, context: int, horizon: int
+    handle: Any, *, clients: int, duration: float, context: int, horizon: int, series: int
 ) -> dict[str, Any]:
     """Like :func:`_load`, but each client calls the forecaster deployment's handle.
 
@@ -113,15 +123,7 @@ async def _load_handle(
     """
     from openanomaly.serve.forecaster import ForecastItem
 
-    rng = np.random.default_rng(0)
-    items = [
-        ForecastItem(
-            (100 + 10 * np.sin(np.arange(context) / 12) + rng.normal(0, 1, context))[None, :],
-            horizon,
-            (0.1, 0.5, 0.9),
-        )
-        for _ in range(16)
-    ]
+    items = [ForecastItem(block, horizon, LEVELS) for block in _requests(context, series)]
     latencies: list[float] = []
     deadline = time.perf_counter() + duration
 
@@ -136,7 +138,7 @@ async def _load_handle(
     start = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(clients)))
     wall = time.perf_counter() - start
-    return _summary(latencies, wall=wall, errors=0)
+    return _summary(latencies, wall=wall, errors=0, series=series)
 
 
 def _batch_sizes(url: str) -> dict[str, float]:
@@ -154,6 +156,56 @@ def _batch_sizes(url: str) -> dict[str, float]:
     return out
 
 
+def _params(spec: str, *, device: str, batch_size: int) -> dict[str, Any]:
+    """The adapter params both the deployment and the model-only run use."""
+    params: dict[str, Any] = {"device": device}
+    if spec.startswith("chronos:"):
+        params["batch_size"] = max(batch_size, 1)
+    return params
+
+
+def run_model_only(args: argparse.Namespace, *, spec: str, batch_size: int) -> dict[str, Any]:
+    """The forecaster called directly, ``batch_size`` requests per call, for ``--duration`` s.
+
+    The same ``forecast_batch`` the replica runs, on as many torch threads as the replica
+    has CPUs (Ray sets ``OMP_NUM_THREADS`` to an actor's ``num_cpus``), so the only
+    difference from the batched HTTP run is the serving around it.
+    """
+    import torch
+
+    from openanomaly.models.registry import load_forecaster
+    from openanomaly.serve.forecaster import ForecastItem, forecast_batch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, round(args.num_cpus)))
+    try:
+        model = load_forecaster(spec, **_params(spec, device=args.device, batch_size=batch_size))
+        blocks = _requests(args.context, args.series_per_request)
+        items = [ForecastItem(block, args.horizon, LEVELS) for block in blocks]
+        batch = [items[i % len(items)] for i in range(batch_size)]
+        forecast_batch(model, batch, spec=spec)  # warm-up: first-call allocations
+        latencies: list[float] = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < args.duration:
+            call = time.perf_counter()
+            forecast_batch(model, batch, spec=spec)
+            latencies.append(time.perf_counter() - call)
+        wall = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    summary = _summary(latencies, wall=wall, errors=0, series=args.series_per_request)
+    result = {
+        "mode": "model_only",
+        "batch_size": batch_size,
+        "calls": summary["requests"],
+        "wall_s": summary["wall_s"],
+        "series_per_s": round(len(latencies) * batch_size * args.series_per_request / wall, 2),
+        "call_p50_ms": summary["p50_ms"],
+    }
+    print(f"[model_only] {result}", file=sys.stderr)
+    return result
+
+
 def run_mode(
     args: argparse.Namespace, *, spec: str, port: int, max_batch_size: int, label: str
 ) -> dict[str, Any]:
@@ -161,9 +213,7 @@ def run_mode(
 
     from openanomaly.serve.app import AppSettings, build
 
-    params: dict[str, Any] = {"device": args.device}
-    if spec.startswith("chronos:"):
-        params["batch_size"] = max(max_batch_size, 1)
+    params = _params(spec, device=args.device, batch_size=max_batch_size)
     settings = AppSettings.model_validate(
         {
             "models": {
@@ -192,11 +242,10 @@ def run_mode(
         load = functools.partial(_load, url)
     else:
         load = functools.partial(_load_handle, serve.get_deployment_handle("Forecaster-bench", "bench"))
-    asyncio.run(load(clients=min(args.clients, 8), duration=3, context=args.context, horizon=args.horizon))
+    shape = {"context": args.context, "horizon": args.horizon, "series": args.series_per_request}
+    asyncio.run(load(clients=min(args.clients, 8), duration=3, **shape))
     before = _batch_sizes(url)
-    result = asyncio.run(
-        load(clients=args.clients, duration=args.duration, context=args.context, horizon=args.horizon)
-    )
+    result = asyncio.run(load(clients=args.clients, duration=args.duration, **shape))
     after = _batch_sizes(url)
     batches = after["batches"] - before["batches"]
     result["mean_batch_size"] = (
@@ -213,15 +262,18 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model", help="chronos checkpoint dir or a model spec; default: a random Bolt of --size"
+        "--model", default=SHIPPED, help=f"model spec or chronos checkpoint dir (default {SHIPPED})"
     )
     parser.add_argument(
-        "--size", choices=["base", "tiny"], default="base", help="random Bolt: bolt-small dims or tiny"
+        "--random",
+        choices=["base", "tiny"],
+        help="instead of --model: a random Bolt with bolt-small dims (base) or the tests' tiny one",
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per mode")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per measure")
     parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--series-per-request", type=int, default=1, help="series in each request")
     parser.add_argument("--horizon", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--batch-wait", type=float, default=0.01)
@@ -240,19 +292,19 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model is None:
+        if args.random is not None:
             from openanomaly.models.tiny import build_tiny_chronos
 
-            path = build_tiny_chronos("bolt", Path(tmp) / "bolt", context_length=2048, size=args.size)
+            path = build_tiny_chronos("bolt", Path(tmp) / "bolt", context_length=2048, size=args.random)
             spec = f"chronos:{path}"
             model_name = {
                 "base": "chronos-bolt-small architecture, random weights",
                 "tiny": "tiny Chronos-Bolt (test model), random weights",
-            }[args.size]
-        elif not Path(args.model).exists():  # a spec: chronos:<hub id>, mad, statsforecast:…
-            spec, model_name = args.model, args.model
-        else:
+            }[args.random]
+        elif Path(args.model).exists():
             spec, model_name = f"chronos:{args.model}", args.model
+        else:  # a spec: chronos:<shipped or hub name>, mad, statsforecast:…
+            spec, model_name = args.model, args.model
         ray.init(include_dashboard=False, log_to_driver=False)
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -264,21 +316,37 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             serve.shutdown()
             ray.shutdown()
+        # After the cluster is gone, so the model has the cores the replica shared.
+        sizes = sorted({args.max_batch_size, max(1, round(batched["mean_batch_size"] or 1))}, reverse=True)
+        model_only = [run_model_only(args, spec=spec, batch_size=size) for size in sizes]
 
     speedup = batched["series_per_s"] / unbatched["series_per_s"] if unbatched["series_per_s"] else None
-    header = (
-        f"{'mode':<10} {'max_batch':>9} {'mean_batch':>10} {'series/s':>9} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
-    )
+    ceiling = model_only[0]["series_per_s"]
+    share = batched["series_per_s"] / ceiling if ceiling else None
+    same_batch = model_only[-1]["series_per_s"]
+    share_same_batch = batched["series_per_s"] / same_batch if same_batch else None
     print(
         f"\nmodel: {model_name} | device: {args.device} | via: {args.via} | clients: {args.clients} | "
         f"context: {args.context} | horizon: {args.horizon}"
     )
-    print(header)
+    columns = ("batch", "mean_batch", "series/s", "p50 ms", "p99 ms", "errors")
+    print(f"{'mode':<10} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, (9, 10, 9, 8, 8, 6), strict=True)))
+    for r in model_only:
+        print(
+            f"{'model':<10} {r['batch_size']:>9} {r['batch_size']:>10} {r['series_per_s']:>9} "
+            f"{r['call_p50_ms']!s:>8} {'':>8} {0:>6}"
+        )
     for r in (batched, unbatched):
         print(
             f"{r['mode']:<10} {r['max_batch_size']:>9} {r['mean_batch_size']!s:>10} {r['series_per_s']:>9} "
             f"{r['p50_ms']!s:>8} {r['p99_ms']!s:>8} {r['errors']:>6}"
+        )
+    for label, value, size in (
+        ("configured", share, model_only[0]["batch_size"]),
+        ("mean", share_same_batch, model_only[-1]["batch_size"]),
+    ):
+        print(
+            f"{args.via} / model-only at the {label} batch ({size}): " + (f"{value:.0%}" if value else "n/a")
         )
     print(f"batching speedup: {speedup:.1f}x series/s" if speedup else "batching speedup: n/a")
 
@@ -287,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "benchmark": "serve_throughput",
         "model": model_name,
-        "spec": spec if args.model else f"chronos:<random Bolt, size {args.size}>",
+        "spec": spec if args.random is None else f"chronos:<random Bolt, size {args.random}>",
         "device": args.device,
         "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" and torch.cuda.is_available() else None,
         "cpu_count": os.cpu_count(),
@@ -297,9 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "context": args.context,
         "horizon": args.horizon,
+        "series_per_request": args.series_per_request,
         "forecaster_num_cpus": args.num_cpus,
         "batch_wait_timeout_s": args.batch_wait,
+        "model_only": model_only,
         "results": [batched, unbatched],
+        f"{args.via}_over_model_only": round(share, 3) if share else None,
+        f"{args.via}_over_model_only_at_mean_batch": round(share_same_batch, 3) if share_same_batch else None,
         "speedup": round(speedup, 2) if speedup else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -360,6 +360,32 @@ def _chain(first: list[Detection], rest: Iterator[Detection]) -> Iterator[Detect
     yield from rest
 
 
+def _with_model(pipeline: Pipeline, spec: str) -> Pipeline:
+    """The example pipeline with ``spec`` as its model.
+
+    The example's band (0.05/0.95) is narrowed to the levels the model forecasts
+    (Chronos-Bolt: 0.1..0.9), and the command says so: ``--model chronos:…`` is a demo
+    that must run as written, where a pipelines file is refused and fixed by its author.
+    """
+    from openanomaly.models.registry import model_info
+
+    try:
+        pipeline = Pipeline.model_validate(pipeline.model_dump() | {"model": spec})
+    except ValidationError as error:
+        problem = error.errors()[0]["msg"].removeprefix("Value error, ")
+        raise UsageError(f"--model {spec!r}: {problem}") from None
+    levels = model_info(pipeline.model.spec, pipeline.model.params).levels
+    if levels is None:
+        return pipeline
+    wanted = list(pipeline.scoring.quantiles)
+    band = [min(max(level, levels[0]), levels[-1]) for level in wanted]
+    if band != wanted:
+        print(f"{spec} forecasts levels {levels[0]}..{levels[-1]}: band {wanted} narrowed to {band}")
+        scoring = pipeline.scoring.model_dump() | {"quantiles": band}
+        pipeline = Pipeline.model_validate(pipeline.model_dump() | {"scoring": scoring})
+    return pipeline
+
+
 def cmd_example(args: argparse.Namespace) -> int:
     from openanomaly.window import score_range, scored_range
 
@@ -368,11 +394,7 @@ def cmd_example(args: argparse.Namespace) -> int:
         raise UsageError(f"the bundled example is missing: {config_path} (run from a source checkout)")
     pipeline = YamlConfigStore(config_path, env={}).load().pipelines[0]
     if args.model is not None:
-        try:
-            pipeline = Pipeline.model_validate(pipeline.model_dump() | {"model": args.model})
-        except ValidationError as error:
-            problem = error.errors()[0]["msg"].removeprefix("Value error, ")
-            raise UsageError(f"--model {args.model!r}: {problem}") from None
+        pipeline = _with_model(pipeline, args.model)
     data = EXAMPLES_DIR / "data" / "ec2_request_latency_system_failure.csv"
     series = read_csv_series(data, step_ms=pipeline.step_ms, name="ec2_request_latency")
     start_ms, end_ms = scored_range(series, pipeline)
