@@ -6,7 +6,8 @@ One process, one run, one model, three measures:
   ``forecast_batch`` on batches of the configured ``max_batch_size`` (and of the mean
   batch the HTTP run formed), with as many torch threads as the replica has CPUs;
 * ``batched``: the app on a local Ray Serve, ``--clients`` concurrent HTTP clients each
-  sending single-series ``/v1/forecast`` requests for ``--duration`` seconds;
+  sending ``/v1/forecast`` requests of ``--series-per-request`` series (default 1) for
+  ``--duration`` seconds;
 * ``unbatched``: the same with ``max_batch_size: 1`` (every request its own model call).
 
 ``http_over_model_only`` is batched HTTP series/s over model-only series/s at the
@@ -193,13 +194,13 @@ def run_model_only(args: argparse.Namespace, *, spec: str, batch_size: int) -> d
         wall = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
-    summary = _summary(latencies, wall=wall, errors=0, series=args.series_per_request)
+    summary = _summary(latencies, wall=wall, errors=0, series=batch_size * args.series_per_request)
     result = {
         "mode": "model_only",
         "batch_size": batch_size,
         "calls": summary["requests"],
         "wall_s": summary["wall_s"],
-        "series_per_s": round(len(latencies) * batch_size * args.series_per_request / wall, 2),
+        "series_per_s": summary["series_per_s"],
         "call_p50_ms": summary["p50_ms"],
     }
     print(f"[model_only] {result}", file=sys.stderr)
