@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import pytest
@@ -41,3 +42,32 @@ def test_errors_come_back_from_the_process_whole(
     assert str(refused.value).startswith(f"{field}: ") and not str(refused.value).startswith(
         f"{field}: {field}"
     )
+
+
+async def _longest_loop_stall(body: bytes) -> tuple[float, float]:
+    """The longest the event loop went without a turn while ``body`` was parsed, and how
+    long the parse took, in seconds."""
+    parsing = asyncio.ensure_future(parse_body(ForecastRequest, body, Limits()))
+    start = last = time.perf_counter()
+    stall = 0.0
+    while not parsing.done():
+        await asyncio.sleep(0.001)
+        now = time.perf_counter()
+        stall, last = max(stall, now - last), now
+    await parsing
+    return stall, time.perf_counter() - start
+
+
+def test_the_event_loop_keeps_turning_while_the_largest_body_is_parsed() -> None:
+    """Issue 11: the mechanism, not a latency. Parsed in a thread, pydantic holds the GIL
+    for the whole body, so the loop stalls for about half the parse (measured 0.45-0.6);
+    in the worker process it stalls for a twentieth (0.05). Stalls from a busy machine
+    only lengthen some runs, so the best of three is compared."""
+    body = _body(1000, 1000)
+    asyncio.run(parse_body(ForecastRequest, body, Limits()))  # spawns the process once
+    shares = []
+    for _ in range(3):
+        stall, seconds = asyncio.run(_longest_loop_stall(body))
+        shares.append(stall / seconds)
+    print(f"longest event-loop stall over parse time, 3 runs: {[round(s, 3) for s in shares]}")
+    assert min(shares) < 0.25

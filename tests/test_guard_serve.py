@@ -151,14 +151,14 @@ def _healthz_while(root: str, send: Any) -> list[float]:
 
 
 def test_healthz_answers_while_a_large_valid_body_is_parsed(root: str) -> None:
-    """Issue 11: the largest valid body the default limits admit must not stall /healthz.
+    """Issue 11: the largest valid body the default limits admit is answered, and /healthz
+    answers throughout, on the shipped app.
 
-    Only the pings sent while such requests are in flight count (five in a row, after
-    one that also starts the parsing process). The same pings while small forecasts run
-    for as long give the machine's own tail: on a loaded shared machine that alone can
-    pass 100 ms, and then the large bodies may at most double it. (Before the bodies were
-    parsed in a worker process, the GIL held for ~0.2 s per body; the quiet-machine figure,
-    71-113 ms, is in docs/serve.md. Wall-clock thresholds here only catch that regression.)
+    The latencies are printed beside the same pings while small forecasts run for as long
+    (the machine's own tail), not asserted: on a shared 2-core machine that tail alone
+    ranged 57-142 ms, which no wall-clock bound separates from the regression (the GIL
+    held ~0.2 s per body when bodies were parsed in a thread). That mechanism is tested
+    without a clock in tests/test_guard_bodies.py.
     """
     from openanomaly.serve.schemas import Limits
 
@@ -199,4 +199,3 @@ def test_healthz_answers_while_a_large_valid_body_is_parsed(root: str) -> None:
         f"p99 {1000 * p99:.1f} ms, max {1000 * worst:.1f} ms over {len(large)} requests; "
         f"p99 under small forecasts for as long: {1000 * base_p99:.1f} ms"
     )
-    assert p99 < max(0.1, 2 * base_p99)
