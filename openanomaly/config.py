@@ -68,6 +68,19 @@ Duration = Annotated[
 PositiveDuration = Annotated[Duration, BeforeValidator(lambda v: _positive(parse_duration(v)))]
 
 
+def _not_bool_or_text(value: Any) -> Any:
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+JSON_INT = BeforeValidator(_not_bool_or_text)
+Int = Annotated[int, Field(strict=False), JSON_INT]
+"""An integer as JSON Schema means it: ``3`` or ``3.0``; not ``true``, ``"3"`` or ``3.5``.
+The OpenAPI document calls these ``integer``, so a client may send ``3.0``; a strict
+pydantic ``int`` refused it."""
+
+
 class _Strict(BaseModel):
     """Unknown keys are errors: a misspelt option must not be silently ignored."""
 
@@ -282,19 +295,19 @@ class CalibrationConfig(_Strict):
     """
 
     enabled: bool = Field(default=True, strict=True)
-    level_window: int = Field(strict=True, default=6, ge=1)
-    seasons: int = Field(strict=True, default=5, ge=0)
-    history: int = Field(strict=True, default=576, ge=1)
+    level_window: Int = Field(default=6, ge=1)
+    seasons: Int = Field(default=5, ge=0)
+    history: Int = Field(default=576, ge=1)
     history_days: float = Field(strict=True, default=1.0, ge=0)
-    short_window: int = Field(strict=True, default=6, ge=1)
+    short_window: Int = Field(default=6, ge=1)
     floor: float = Field(strict=True, default=0.4, ge=0, le=1)
-    cooldown: int = Field(strict=True, default=144, ge=0)
+    cooldown: Int = Field(default=144, ge=0)
     range_margin: float | None = Field(strict=True, default=0.05, ge=0)
-    range_lag: int = Field(strict=True, default=144, ge=0)
+    range_lag: Int = Field(default=144, ge=0)
     gain: float = Field(strict=True, default=1.88, gt=0)
-    rank_window: int = Field(strict=True, default=1440, ge=2)
-    rank_lag: int = Field(strict=True, default=288, ge=0)
-    rank_mean: int = Field(strict=True, default=60, ge=1)
+    rank_window: Int = Field(default=1440, ge=2)
+    rank_lag: Int = Field(default=288, ge=0)
+    rank_mean: Int = Field(default=60, ge=1)
 
 
 class ScoringConfig(_Strict):

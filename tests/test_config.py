@@ -3,7 +3,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from openanomaly.config import Pipeline, format_duration, parse_duration
+from openanomaly.config import CalibrationConfig, Pipeline, format_duration, parse_duration
 from openanomaly.configstore import load_config
 from openanomaly.errors import ConfigValidationError
 
@@ -222,3 +222,17 @@ def test_unset_variable_in_a_checked_field_hides_that_field_s_own_error() -> Non
     with pytest.raises(ConfigValidationError) as info:
         load_config(text, env={})
     assert [(e.field, "VM_URL" in str(e)) for e in info.value.errors] == [("settings.tsdb.url", True)]
+
+
+@pytest.mark.parametrize(
+    ("raw", "accepted"),
+    [("3", 3), ("3.0", 3), ("1e2", 100), ("true", None), ('"3"', None), ("3.5", None)],
+)
+def test_calibration_integers_are_json_schema_integers(raw: str, accepted: int | None) -> None:
+    """The OpenAPI document calls them ``integer``, which JSON Schema lets be ``3.0``
+    (schemathesis sent one and got a 422); a boolean, text or a fraction stays an error."""
+    if accepted is None:
+        with pytest.raises(ValidationError, match="valid integer"):
+            CalibrationConfig.model_validate_json(f'{{"seasons": {raw}}}')
+    else:
+        assert CalibrationConfig.model_validate_json(f'{{"seasons": {raw}}}').seasons == accepted

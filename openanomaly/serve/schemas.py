@@ -31,7 +31,6 @@ from typing import Annotated, Any, NamedTuple, TypeVar
 import numpy as np
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -41,7 +40,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from openanomaly.config import ScoringConfig
+from openanomaly.config import JSON_INT, Int, ScoringConfig
 
 __all__ = [
     "MAX_ID_CHARS",
@@ -162,17 +161,7 @@ def _too_large(count: int, limit: int, what: str) -> PydanticCustomError:
     )
 
 
-def _not_bool_or_text(value: Any) -> Any:
-    if isinstance(value, bool | str):
-        raise PydanticCustomError("int_type", "Input should be a valid integer")
-    return value
-
-
-_JSON_INT = BeforeValidator(_not_bool_or_text)
-Int = Annotated[int, Field(strict=False), _JSON_INT]
-"""A JSON integer as JSON Schema means it: ``3`` or ``3.0``; not ``true``, ``"3"`` or ``3.5``."""
-
-Timestamp = Annotated[int, Field(strict=False, ge=0, le=_MAX_TIMESTAMP_MS), _JSON_INT]
+Timestamp = Annotated[int, Field(strict=False, ge=0, le=_MAX_TIMESTAMP_MS), JSON_INT]
 
 
 class SeriesIn(_Body):
@@ -265,7 +254,7 @@ class ForecastRequest(_SeriesBody):
         json_schema_extra={"uniqueItems": True},
         description="Distinct levels in (0, 1); answered in increasing order (quantile_levels)",
     )
-    step_ms: Annotated[int, Field(strict=False, gt=0, le=_MAX_TIMESTAMP_MS), _JSON_INT] | None = Field(
+    step_ms: Annotated[int, Field(strict=False, gt=0, le=_MAX_TIMESTAMP_MS), JSON_INT] | None = Field(
         default=None,
         description="Spacing of the forecast timestamps (default: inferred from timestamps_ms); "
         "also tells a model with windows in time (default's one-day record) the step",
