@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _results import RESULTS, write_result
 
 from openanomaly.config import CalibrationConfig, ModelConfig, Pipeline, Schedule, ScoringConfig
 from openanomaly.detect import backtest
@@ -60,7 +61,7 @@ from openanomaly.evaluation import (
 from openanomaly.models.registry import load_forecaster
 from openanomaly.series import SeriesMatrix
 
-DEFAULT_OUT = Path(__file__).parent / "results" / "accuracy.json"
+DEFAULT_OUT = RESULTS / "accuracy.json"
 DAY = timedelta(days=1)
 
 
@@ -621,7 +622,6 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             results[name] = {"error": f"{type(error).__name__}: {error}"}
             print(f"model {name} failed: {results[name]['error']}", file=sys.stderr)
-    out.parent.mkdir(parents=True, exist_ok=True)
     results = {**previous.get("models", {}), **results}
     print(_table(results))
     cv_tables = [
@@ -639,8 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": int(sum(f.values.size for f in corpus)),
         "models": results,
     }
-    out.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
+    write_result(out, payload, sort_keys=True)
     return 1 if failed else 0
 
 

@@ -18,17 +18,15 @@ then the held-out result; writes ``benchmarks/results/ensemble_cv.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _results import RESULTS, write_result
 
 sys.path.insert(0, str(Path(__file__).parent))
 import accuracy  # the harness beside this script
-
-RESULTS = Path(__file__).parent / "results" / "ensemble_cv.json"
 
 Rule = Callable[[np.ndarray, np.ndarray], np.ndarray]
 RULES: dict[str, Rule] = {
@@ -47,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", required=True, action="append")
     parser.add_argument("--second", default="seasonal_naive", help=f"one of {', '.join(accuracy.MODELS)}")
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS / "ensemble_cv.json")
     args = parser.parse_args(argv)
     corpus = accuracy._load(args.data, args.labels)
     first = accuracy._score_corpus("default", accuracy.MODELS["default"].spec, corpus, jobs=args.jobs)
@@ -88,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "chosen_per_group": chosen,
         "datasets": cv["datasets"],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, record)
     return 0
 
 

@@ -34,7 +34,6 @@ Writes ``benchmarks/results/forecast_quality.json``:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,11 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _results import RESULTS, write_result
 
 from openanomaly.models import load_forecaster
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
-DEFAULT_OUT = Path(__file__).parent / "results" / "forecast_quality.json"
+DEFAULT_OUT = RESULTS / "forecast_quality.json"
 SHIPPED = "chronos:openanomaly-bolt-mini"
 HORIZON = 64
 CONTEXT = 512
@@ -169,9 +169,7 @@ def main() -> None:
         f"{windows.contexts.shape[0]} windows of {len(windows.names)} series ({args.origins} origins each), "
         f"{int(scored.sum())} of {scored.size} points scored"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"shipped": args.shipped, "models": models}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, {"shipped": args.shipped, "models": models})
 
 
 def _usable(windows: Windows) -> np.ndarray:

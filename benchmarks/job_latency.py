@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from _cluster import MIN, load, machine, start_ray, start_vm
+from _results import RESULTS, write_result
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=20)
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--model", default="mad")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "job_latency.json"))
+    parser.add_argument("--out", default=str(RESULTS / "job_latency.json"))
     args = parser.parse_args()
 
     import ray
@@ -79,8 +80,7 @@ def main() -> None:
                 "machine": machine(),
                 "note": "scheduler actor with default options; ticks driven at 1-minute steps of its clock",
             }
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+            write_result(args.out, out)
             print(json.dumps({k: out[k] for k in ("windows", "p50_s", "p99_s", "cold_s")}))
         finally:
             vm.terminate()

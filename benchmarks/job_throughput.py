@@ -22,12 +22,12 @@ Writes ``benchmarks/results/job_throughput.json``: every run's seconds and
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 from _cluster import MIN, load, machine, start_ray, start_vm
+from _results import RESULTS, write_result
 
 METRIC = "bench_metric"
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=10_000)
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--workers", default="1,2", help="Ray Data scoring actors to try")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "job_throughput.json"))
+    parser.add_argument("--out", default=str(RESULTS / "job_throughput.json"))
     args = parser.parse_args()
 
     import ray
@@ -139,8 +139,7 @@ def _write(args: argparse.Namespace, runs: list[dict], load_s: float) -> None:
         "note": "shared 2-core machine; every row in one run, compare ratios",
         "runs": runs,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":

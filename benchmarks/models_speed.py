@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _results import RESULTS, write_result
 
 from openanomaly.models import load_forecaster
 from openanomaly.models.tiny import build_tiny_chronos
@@ -142,10 +143,7 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "rows": rows,
     }
-    out = Path(__file__).parent / "results" / "models_speed.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(RESULTS / "models_speed.json", result)
 
 
 if __name__ == "__main__":

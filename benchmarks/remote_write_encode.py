@@ -18,10 +18,10 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
+from _results import RESULTS, write_result
 
 from openanomaly import _remote_write
 from openanomaly.config import TSDBSettings
@@ -101,9 +101,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
     }
     print(json.dumps(result, indent=2))
-    out = Path(__file__).parent / "results" / "remote_write_encode.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS / "remote_write_encode.json", result)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import os
 import platform
 import socket
@@ -40,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _results import RESULTS, write_result
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-RESULTS = Path(__file__).parent / "results" / "serve_throughput.json"
 SHIPPED = "chronos:openanomaly-bolt-mini"
 
 
@@ -286,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         default="http",
         help="clients call the HTTP API, or the forecaster deployment's handle (no proxy/ingress)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS / "serve_throughput.json")
     args = parser.parse_args(argv)
 
     import ray
@@ -375,9 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.via}_over_model_only_at_mean_batch": round(share_same_batch, 3) if share_same_batch else None,
         "speedup": round(speedup, 2) if speedup else None,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, record)
     return 0
 
 

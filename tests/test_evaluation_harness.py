@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _harness():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling helpers, as when run as a script
     spec = importlib.util.spec_from_file_location("accuracy", ROOT / "benchmarks" / "accuracy.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["accuracy"] = module  # dataclasses look their module up while the class is built
