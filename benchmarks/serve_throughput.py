@@ -8,7 +8,9 @@ One process, one run, one model, three measures:
 * ``batched``: the app on a local Ray Serve, ``--clients`` concurrent HTTP clients each
   sending ``/v1/forecast`` requests of ``--series-per-request`` series (default 1) for
   ``--duration`` seconds;
-* ``unbatched``: the same with ``max_batch_size: 1`` (every request its own model call).
+* ``unbatched``: the same with ``max_batch_size: 1`` (every request its own model call);
+* ``healthz_requests_per_s``: the same clients sending bodiless ``GET /healthz`` to the
+  batched app: how many requests/s the proxy and ingress pass at all on this machine.
 
 ``http_over_model_only`` is batched HTTP series/s over model-only series/s at the
 configured batch size: the share of the model's own throughput that reaches clients.
@@ -77,9 +79,17 @@ def _summary(latencies: list[float], *, wall: float, errors: int, series: int) -
 
 
 async def _load(
-    url: str, *, clients: int, duration: float, context: int, horizon: int, series: int
+    url: str,
+    *,
+    clients: int,
+    duration: float,
+    context: int,
+    horizon: int,
+    series: int,
+    get: str | None = None,
 ) -> dict[str, Any]:
-    """``clients`` loops, each one request at a time, for ``duration`` seconds."""
+    """``clients`` loops, each one request at a time, for ``duration`` seconds: forecasts,
+    or with ``get`` a bodiless GET of that path (what the serving path alone allows)."""
     import httpx
 
     payloads = [
@@ -97,7 +107,10 @@ async def _load(
             k = index
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
-                response = await client.post("/v1/forecast", json=payloads[k % len(payloads)])
+                if get is None:
+                    response = await client.post("/v1/forecast", json=payloads[k % len(payloads)])
+                else:
+                    response = await client.get(get)
                 if response.status_code != 200:
                     errors += 1
                     if errors == 1:
@@ -252,6 +265,9 @@ def run_mode(
         round((after["requests"] - before["requests"]) / batches, 2) if batches else None
     )
     result.update(mode=label, max_batch_size=max_batch_size)
+    if args.via == "http" and label == "batched":
+        floor = asyncio.run(load(clients=args.clients, duration=args.duration, **shape, get="/healthz"))
+        result["healthz_requests_per_s"] = round(floor["requests"] / floor["wall_s"], 1)
     print(f"[{label}] {result}", file=sys.stderr)
     serve.delete("bench")
     return result
@@ -349,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.via} / model-only at the {label} batch ({size}): " + (f"{value:.0%}" if value else "n/a")
         )
     print(f"batching speedup: {speedup:.1f}x series/s" if speedup else "batching speedup: n/a")
+    floor = batched.get("healthz_requests_per_s")
+    if floor:
+        print(
+            f"GET /healthz through the same proxy and ingress: {floor} requests/s; at "
+            f"{args.series_per_request} series per request that caps HTTP at "
+            f"{floor * args.series_per_request / ceiling:.0%} of model-only, whatever the model"
+        )
 
     import torch
 
@@ -373,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.via}_over_model_only": round(share, 3) if share else None,
         f"{args.via}_over_model_only_at_mean_batch": round(share_same_batch, 3) if share_same_batch else None,
         "speedup": round(speedup, 2) if speedup else None,
+        "healthz_requests_per_s": floor,
+        "healthz_over_model_only": round(floor * args.series_per_request / ceiling, 3) if floor else None,
     }
     write_result(args.out, record)
     return 0

@@ -200,6 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_scheduler(args: argparse.Namespace, config: Config) -> int:
     """``run`` without ``--once``: the scheduler in this process, its model actors on a local Ray."""
+    import signal
     import time
 
     import ray
@@ -213,11 +214,15 @@ def _run_scheduler(args: argparse.Namespace, config: Config) -> int:
     cpus = ray.cluster_resources().get("CPU", 0)
     print(
         f"scheduling {len(config.pipelines)} pipelines from {args.config} on "
-        f"{'a local Ray' if address == 'local' else address} ({cpus:g} CPUs); Ctrl-C stops",
+        f"{'a local Ray' if address == 'local' else address} ({cpus:g} CPUs); Ctrl-C or SIGTERM stops",
         flush=True,
     )
     scheduler = Scheduler(args.config, delay=round(args.delay * 1000))
     seen: dict[str, Any] = {}
+    # ``docker stop`` and Kubernetes send SIGTERM, not Ctrl-C's SIGINT: both now stop the
+    # same way, letting the windows in flight finish (a killed window would be redone, but
+    # its samples could be half-written until then).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
             scheduler.tick()
