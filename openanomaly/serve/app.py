@@ -28,7 +28,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -49,6 +49,7 @@ from pydantic import (
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openanomaly.config import Pipeline
 from openanomaly.errors import (
@@ -350,22 +351,45 @@ async def _no_scheduler(_: Request, error: SchedulerUnavailable) -> JSONResponse
     return _error(503, str(error))
 
 
-@fastapi_app.middleware("http")
-async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    start = time.perf_counter()
-    response = await call_next(request)
-    route = request.scope.get("route")
-    endpoint = getattr(route, "path", "other")
-    metrics: ServeMetrics | None = getattr(request.app.state, "metrics", None)
-    if metrics is not None and endpoint != "/metrics":
-        model = getattr(request.state, "model", "")
-        metrics.requests.labels(endpoint, model, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-    return response
+class _Observe:
+    """ASGI middleware: count every request and time it, by route, model and status.
+
+    Plain ASGI rather than ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware``
+    runs the rest of the app in a new task behind memory streams on every request, and
+    the per-request path is what limits serving on a small machine (docs/serve.md,
+    Throughput). A request that raises is counted as the 500 the client gets.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "other")  # set by the router, in place
+            metrics: ServeMetrics | None = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+            if metrics is not None and endpoint != "/metrics":
+                model = scope.get("state", {}).get("model", "")
+                metrics.requests.labels(endpoint, model, str(status)).inc()
+                metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
 fastapi_app.include_router(pipelines_router, responses=_ERRORS)
 
+fastapi_app.add_middleware(_Observe)
 # Added last, so outermost: a request is refused before the body is read or routed.
 fastapi_app.add_middleware(Guard)
 
