@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 
 from openanomaly.errors import ConfigError, ModelError
@@ -337,3 +339,32 @@ def test_forecast_batch_tells_a_model_the_step_of_its_items() -> None:
     np.testing.assert_array_equal(by_minute.quantiles, day.quantiles)
     points = DefaultForecaster().forecast(contexts, 1, list(levels))
     np.testing.assert_array_equal(as_points.quantiles, points.quantiles)
+
+
+def test_request_metrics_count_every_status_with_its_route_and_model() -> None:
+    """The ingress's ``_Observe`` middleware: labels come from the route the router
+    matched and the model the handler chose (``request.state``); a handler that raises
+    is counted as the 500 its client gets."""
+    from openanomaly.serve.app import _Observe
+
+    app = FastAPI()
+    app.state.metrics = ServeMetrics()
+
+    @app.get("/v1/things/{name}")
+    async def thing(name: str, request: Request) -> dict[str, str]:
+        request.state.model = "z"
+        if name == "bad":
+            raise RuntimeError("boom")
+        return {"name": name}
+
+    app.add_middleware(_Observe)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/v1/things/a").status_code == 200
+        assert client.get("/v1/things/bad").status_code == 500
+        assert client.get("/nowhere").status_code == 404
+    count = app.state.metrics.registry.get_sample_value
+    route = {"endpoint": "/v1/things/{name}", "model": "z"}
+    assert count("openanomaly_http_requests_total", {**route, "status": "200"}) == 1
+    assert count("openanomaly_http_requests_total", {**route, "status": "500"}) == 1
+    assert count("openanomaly_http_requests_total", {"endpoint": "other", "model": "", "status": "404"}) == 1
+    assert count("openanomaly_http_request_duration_seconds_count", {"endpoint": "/v1/things/{name}"}) == 2
