@@ -366,11 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"batching speedup: {speedup:.1f}x series/s" if speedup else "batching speedup: n/a")
     floor = batched.get("healthz_requests_per_s")
-    if floor:
+    floor_share = floor * args.series_per_request / ceiling if floor and ceiling else None
+    if floor_share is not None:
         print(
             f"GET /healthz through the same proxy and ingress: {floor} requests/s; at "
             f"{args.series_per_request} series per request that caps HTTP at "
-            f"{floor * args.series_per_request / ceiling:.0%} of model-only, whatever the model"
+            f"{floor_share:.0%} of model-only, whatever the model"
         )
 
     import torch
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.via}_over_model_only_at_mean_batch": round(share_same_batch, 3) if share_same_batch else None,
         "speedup": round(speedup, 2) if speedup else None,
         "healthz_requests_per_s": floor,
-        "healthz_over_model_only": round(floor * args.series_per_request / ceiling, 3) if floor else None,
+        "healthz_over_model_only": round(floor_share, 3) if floor_share is not None else None,
     }
     write_result(args.out, record)
     return 0
