@@ -49,9 +49,10 @@ For the chunk that starts at position ``T`` (``x`` = the values, NaN = no sample
 5. **Range cap** (``range_margin``, ``range_lag``): the band never reaches past the
    context's range before its last ``range_lag`` points, widened by ``range_margin`` of
    it, so a slow drift alerts when it leaves everything the context has seen (NAB's HTM
-   has the same "spatial anomaly" rule with the same 5 %); once a recent point has left
-   it, the recent points join the range. During an incident (step 3) the cap is off:
-   a new level would otherwise page at every new high.
+   has the same "spatial anomaly" rule with the same 5 %). During an incident the cap
+   is off: after an alert (step 3), and while one of the last ``range_lag`` points lies
+   outside the range (leaving it was the alert); a ramp or a new level would otherwise
+   page at every new high.
 
 The score is then :func:`openanomaly.scoring.band_score` against those bands (the
 smaller of the two) outside; inside, :func:`sustained_rarity`: how far the mean of the
@@ -403,10 +404,9 @@ def _range_cap(
     seen = np.isfinite(old_high)
     with np.errstate(invalid="ignore"):
         slack = np.where(seen, margin * (old_high - old_low), 0.0)
-        crossed = seen & ((new_high > old_high + slack) | (new_low < old_low - slack))
-    high = np.where(crossed, np.maximum(old_high, new_high), old_high) + slack
-    low = np.where(crossed, np.minimum(old_low, new_low), old_low) - slack
-    return np.where(seen, low, -np.inf), np.where(seen, high, np.inf)
+        crossed = (new_high > old_high + slack) | (new_low < old_low - slack)
+    off = ~seen | crossed  # no range yet, or it was left: that incident has paged
+    return np.where(off, -np.inf, old_low - slack), np.where(off, np.inf, old_high + slack)
 
 
 def calibrated_score(

@@ -104,6 +104,18 @@ def test_a_slow_drift_alerts_when_it_leaves_the_range() -> None:
     assert not (uncapped[2400 : 2400 + in_drift[0] + 1] > 1).any()  # the range saw it first
 
 
+@pytest.mark.parametrize("model", ["mad", "default"])
+def test_a_ramp_out_of_the_range_pages_once_not_at_each_new_high(model: str) -> None:
+    # Each point of the ramp is a new high, more than 5 % of the range above the last.
+    # Leaving the range starts an incident, as an alert does: the cap stays off while a
+    # recent point lies outside it. Before, the stage and ``default`` paged 12 times here.
+    x = noise(seed=5)
+    x[2500:2560] += 0.3 * np.arange(1, 61)
+    x[2560:] += 18
+    alerts = np.flatnonzero(scores(x, model, first=500)[0][2400:] > 1) + 2400
+    assert alerts.size == 1 and 2500 <= alerts[0] < 2560
+
+
 def test_a_seasonal_series_is_quiet_until_its_pattern_breaks() -> None:
     model = "default"  # its seasonal forecast; under the stage mad/SeasonalNaive miss the stall
     t = np.arange(DAY * 12)

@@ -46,8 +46,10 @@ For each context row (oldest first, NaN = no sample) it:
    smooth the way there (NAB's HTM detector has the same "spatial anomaly" rule, with
    the same 5 %). The range is that of the context before its last ``range_lag``
    points, so a slow drift alerts when it leaves the old range instead of dragging the
-   range along point by point; once a recent point has left it, the recent points join
-   the range, so only a further jump alerts again. The longer the context, the more
+   range along point by point. Leaving the range starts an incident, as an alert does
+   for step 5: while one of the last ``range_lag`` points lies outside it, the cap is
+   off and the record band alone decides, so a ramp or a new level pages once, not at
+   each new high (cross-validated, ``docs/accuracy.md``). The longer the context, the more
    "never seen" means: give ``default`` weeks of context (the NAB figures use 28 days).
 
 The band is symmetric around the forecast. At the levels 0.05/0.95 it is the alert
@@ -451,17 +453,16 @@ class DefaultForecaster:
         """Clip the band to the context's range widened by ``range_margin`` of it (module docs, step 6).
 
         ``ranges`` ``(n, 4)``: low and high of the context before its last ``range_lag``
-        points, low and high of those last points (:func:`_ranges`).
+        points, low and high of those last points (:func:`_ranges`). Where those last
+        points already left the range, the incident has paged and the band stays as it is.
         """
         low, high, recent_low, recent_high = ranges.T
         slack = self.range_margin * (high - low)
         with np.errstate(invalid="ignore"):
             crossed = (recent_high > high + slack) | (recent_low < low - slack)
-        low = np.where(crossed, np.fmin(low, recent_low), low)
-        high = np.where(crossed, np.fmax(high, recent_high), high)
-        cap_hi = np.fmax(high + slack, np.fmax.reduce(yhat, axis=1))[:, None, None]
-        cap_lo = np.fmin(low - slack, np.fmin.reduce(yhat, axis=1))[:, None, None]
-        return np.clip(band, cap_lo, cap_hi)
+        cap_hi = np.where(crossed, np.inf, np.fmax(high + slack, np.fmax.reduce(yhat, axis=1)))
+        cap_lo = np.where(crossed, -np.inf, np.fmin(low - slack, np.fmin.reduce(yhat, axis=1)))
+        return np.clip(band, cap_lo[:, None, None], cap_hi[:, None, None])
 
     def _band(
         self, yhat: np.ndarray, edge: np.ndarray, ranges: np.ndarray, levels: np.ndarray, empty: np.ndarray
