@@ -168,6 +168,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no cooldown": {"cooldown": 0},
     "history 1440": {"history": 1440},
     "no range cap": {"range_margin": None},
+    "range_days 2": {"range_days": 2.0},
+    "range_days 7": {"range_days": 7.0},
 }
 """Global alert knobs that ``--cv`` chooses among by NAB standard at ``score > 1`` (the same
 for every file): the stage's, or for a model with its own band (``default``) its

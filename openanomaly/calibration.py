@@ -49,7 +49,9 @@ For the chunk that starts at position ``T`` (``x`` = the values, NaN = no sample
 5. **Range cap** (``range_margin``, ``range_lag``): the band never reaches past the
    context's range before its last ``range_lag`` points, widened by ``range_margin`` of
    it, so a slow drift alerts when it leaves everything the context has seen (NAB's HTM
-   has the same "spatial anomaly" rule with the same 5 %). During an incident the cap
+   has the same "spatial anomaly" rule with the same 5 %). It waits until the context
+   holds ``range_days`` of samples: a younger range has not seen the week's usual highs
+   and lows, and paged on them. During an incident the cap
    is off: after an alert (step 3), and while one of the last ``range_lag`` points lies
    outside the range (leaving it was the alert); a ramp or a new level would otherwise
    page at every new high.
@@ -98,6 +100,7 @@ class _Lookbacks(NamedTuple):
     short_window: int
     cooldown: int
     range_lag: int
+    range_points: int  # samples the context must hold before the range caps (``range_days``)
     periods: tuple[tuple[int, int], ...]  # (period, seasons) of each seasonal reference
 
 
@@ -118,6 +121,7 @@ def lookbacks(config: CalibrationConfig, context: int, step_s: float) -> _Lookba
     record = max(config.history, points_spanning(config.history_days, step_s))
     history = max(0, min(record, context - level - (short - 1) - cool))
     lag = min(config.range_lag, context // 2)
+    young = points_spanning(config.range_days, step_s)  # more than ``context``: no cap
     room = context - cool - history - (short - 1) - level
     day = round(86_400 / step_s)
     periods = []
@@ -125,7 +129,7 @@ def lookbacks(config: CalibrationConfig, context: int, step_s: float) -> _Lookba
         seasons = min(config.seasons, room // period) if period >= 2 else 0
         if seasons >= 2:
             periods.append((period, seasons))
-    return _Lookbacks(level, history, short, cool, lag, tuple(periods))
+    return _Lookbacks(level, history, short, cool, lag, young, tuple(periods))
 
 
 def _median(windows: np.ndarray) -> np.ndarray:
@@ -284,7 +288,7 @@ def stage_bands(
     # the series by more than any one-step record, which paged on every slow swing
     # (the shipped Chronos, 64-point chunks: 786 alerts on one NAB file, mad 19).
     points = (at[:, None] + np.arange(horizon)[None, :]).reshape(-1)
-    low, high = _range_cap(x, points, context, look.range_lag, config.range_margin)
+    low, high = _range_cap(x, points, context, look, config.range_margin)
     # The per-position steps need residuals from ``need`` columns before a start only:
     # one scheduled window then costs its history, not its whole context.
     need = look.cooldown + look.history + look.short_window - 1
@@ -388,12 +392,13 @@ def sustained_rarity(
 
 
 def _range_cap(
-    x: np.ndarray, at: np.ndarray, context: int, lag: int, margin: float | None
+    x: np.ndarray, at: np.ndarray, context: int, look: _Lookbacks, margin: float | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The range cap before each ``at`` (module docs, step 5): ``(low, high)``, ``(n, k)`` each."""
     n = x.shape[0]
-    if margin is None:
+    if margin is None or look.range_points > context:
         return np.full((n, at.size), -np.inf), np.full((n, at.size), np.inf)
+    lag = look.range_lag
     span = context - lag
     for_max, for_min = np.where(np.isnan(x), -np.inf, x), np.where(np.isnan(x), np.inf, x)
     old_high, old_low = _window_max(for_max, at - lag, span), -_window_max(-for_min, at - lag, span)
@@ -405,7 +410,10 @@ def _range_cap(
     with np.errstate(invalid="ignore"):
         slack = np.where(seen, margin * (old_high - old_low), 0.0)
         crossed = (new_high > old_high + slack) | (new_low < old_low - slack)
-    off = ~seen | crossed  # no range yet, or it was left: that incident has paged
+    # No sample ``range_points`` or more before: the range is too young to say "never seen".
+    young = look.range_points
+    aged = np.isfinite(_window_max(for_max, at - young + 1, context - young + 1)) if young else seen
+    off = ~(seen & aged) | crossed  # no range (yet), or it was left: that incident has paged
     return np.where(off, -np.inf, old_low - slack), np.where(off, np.inf, old_high + slack)
 
 

@@ -304,6 +304,7 @@ class CalibrationConfig(_Strict):
     cooldown: Int = Field(default=144, ge=0)
     range_margin: float | None = Field(strict=True, default=0.05, ge=0)
     range_lag: Int = Field(default=144, ge=0)
+    range_days: float = Field(strict=True, default=5.0, ge=0)
     gain: float = Field(strict=True, default=1.88, gt=0)
     rank_window: Int = Field(default=1440, ge=2)
     rank_lag: Int = Field(default=288, ge=0)

@@ -97,6 +97,19 @@ def test_default_forecaster_alerts_when_a_slow_drift_leaves_the_range() -> None:
     assert np.all(np.diff(capped) >= 0) and capped[0] < 9.9
 
 
+def test_the_range_caps_only_once_the_context_holds_range_days() -> None:
+    # The slow drift above, in a context of under 5 days at 5 minutes (1100 points) and
+    # of over 5 days: a younger range has not seen the week's extremes and caps nothing.
+    rng = np.random.default_rng(4)
+    older = rng.uniform(9.9, 10.1, 1600)
+    older[-100:] = np.linspace(10.0, 10.1, 100)
+    quantiles = [0.05, 0.5, 0.95]
+    model = DefaultForecaster().for_step(300)
+    young, old = (model.forecast(c[None], 1, quantiles).quantiles[0, 0] for c in (older[-1100:], older))
+    assert old[2] == pytest.approx(10.1 + 0.05 * 0.2, abs=0.005)
+    assert young[2] > 10.3
+
+
 def test_default_forecaster_handles_short_and_empty_rows() -> None:
     contexts = np.full((2, 50), np.nan)
     contexts[0, -3:] = [1.0, 2.0, 3.0]
@@ -118,19 +131,25 @@ def test_default_rejects_bad_params() -> None:
         DefaultForecaster.from_spec("foo")
     with pytest.raises(ModelError, match="history_days"):
         DefaultForecaster(history_days=-1)
+    with pytest.raises(ModelError, match="range_days"):
+        DefaultForecaster(range_days=True)
 
 
-def test_the_record_spans_at_least_a_day_once_the_step_is_known() -> None:
+def test_the_step_turns_the_windows_in_days_into_points() -> None:
     model = DefaultForecaster()
-    assert model.for_step(300) is model  # 576 points are two days at 5 minutes
+    assert (model.history, model.range_points) == (576, 0)  # no step known: points only
+    five = model.for_step(300)  # 576 points are two days at 5 minutes; the range waits 5 days
+    assert (five.history, five.range_points) == (576, 1440)
     minute = model.for_step(60)
-    assert minute.history == 1440 and minute is model.for_step(60)  # one copy per step
-    assert model.history == 576 and DefaultForecaster(history_days=0).for_step(60).history == 576
+    assert (minute.history, minute.range_points) == (1440, 7200) and minute is model.for_step(60)
+    days_off = DefaultForecaster(history_days=0, range_days=0)
+    assert days_off.for_step(60) is days_off
     # The copy forecasts exactly as the same model configured with that history.
     levels = [0.05, 0.5, 0.95]
     contexts = 5 + np.random.default_rng(3).standard_normal((2, 3000))
     contexts[0, 2000] += 9  # a spike 1000 points back: outside 576, inside 1440
     expected = DefaultForecaster(history=1440).forecast(contexts, 1, levels).quantiles
-    np.testing.assert_array_equal(minute.forecast(contexts, 1, levels).quantiles, expected)
+    stepped = DefaultForecaster(range_days=0).for_step(60)
+    np.testing.assert_array_equal(stepped.forecast(contexts, 1, levels).quantiles, expected)
     shorter = model.forecast(contexts, 1, levels).quantiles
     assert expected[0, 0, 2] > shorter[0, 0, 2]  # the day-long record remembers the spike

@@ -49,7 +49,9 @@ For each context row (oldest first, NaN = no sample) it:
    range along point by point. Leaving the range starts an incident, as an alert does
    for step 5: while one of the last ``range_lag`` points lies outside it, the cap is
    off and the record band alone decides, so a ramp or a new level pages once, not at
-   each new high (cross-validated, ``docs/accuracy.md``). The longer the context, the more
+   each new high. The cap waits until the context holds ``range_days`` (5) days of
+   samples: a younger range has not seen the week's usual highs and lows (both rules
+   cross-validated, ``docs/accuracy.md``). The longer the context, the more
    "never seen" means: give ``default`` weeks of context (the NAB figures use 28 days).
 
 The band is symmetric around the forecast. At the levels 0.05/0.95 it is the alert
@@ -244,6 +246,8 @@ class DefaultForecaster:
         range_margin: the band never reaches past the context's range widened by this
             fraction of it (None: no range cap).
         range_lag: the range is that of the context before its last ``range_lag`` points.
+        range_days: when the step is known, the cap waits until the context holds this
+            many days of samples (module docs, step 6; 0: from the first sample).
         min_acf, min_prominence: how clear a season must be to be used (see ``detect_period``).
         batch_rows: rows processed at once, to bound memory on large batches.
     """
@@ -271,6 +275,7 @@ class DefaultForecaster:
         periods: int = 2,
         floor: float = 0.4,
         range_margin: float | None = 0.05,
+        range_days: float = 5.0,
         min_acf: float = 0.3,
         min_prominence: float = 0.2,
         batch_rows: int = 256,
@@ -289,8 +294,9 @@ class DefaultForecaster:
                 raise ModelError(f"{name} must be an integer >= {low}, got {value!r}", spec=self.spec)
         if isinstance(gain, bool) or not isinstance(gain, int | float) or not gain > 0:
             raise ModelError(f"gain must be a number > 0, got {gain!r}", spec=self.spec)
-        if isinstance(history_days, bool) or not isinstance(history_days, int | float) or history_days < 0:
-            raise ModelError(f"history_days must be a number >= 0, got {history_days!r}", spec=self.spec)
+        for name, days in (("history_days", history_days), ("range_days", range_days)):
+            if isinstance(days, bool) or not isinstance(days, int | float) or days < 0:
+                raise ModelError(f"{name} must be a number >= 0, got {days!r}", spec=self.spec)
         if range_margin is not None and (
             isinstance(range_margin, bool) or not isinstance(range_margin, int | float) or range_margin < 0
         ):
@@ -301,7 +307,10 @@ class DefaultForecaster:
         self.seasons = seasons
         self.history = history
         self.history_days = float(history_days)
-        self._for_history: dict[int, DefaultForecaster] = {}
+        self.range_days = float(range_days)
+        self.range_points = 0
+        """Samples the context must hold before the range caps the band (``for_step``)."""
+        self._for_step: dict[tuple[int, int], DefaultForecaster] = {}
         self.short_window = short_window
         self.cooldown = cooldown
         self.range_lag = range_lag
@@ -332,7 +341,7 @@ class DefaultForecaster:
         cls(**params)
 
     def for_step(self, step_s: float) -> DefaultForecaster:
-        """This forecaster for series sampled every ``step_s`` seconds: the record spans a day or more.
+        """This forecaster for series sampled every ``step_s`` seconds: its windows in days, in points.
 
         Why: a record shorter than a day has not seen the day's usual worst moment (the
         nightly batch, the morning ramp) and pages on it every day. ``history`` = 576
@@ -341,15 +350,20 @@ class DefaultForecaster:
         machine (1-minute) picked a day-long record; with it SMD goes 26.0 -> 44.1 NAB
         standard at score > 1; NAB's 5-minute and coarser files are unchanged (576 points is
         already more than a day there).
+
+        The range cap waits for ``range_days`` of samples: a range over a day or two has
+        not seen the week's usual extremes, and a new series paged on them (module
+        docs, step 6).
         """
-        points = points_spanning(self.history_days, step_s)
-        if points <= self.history:
+        history = max(self.history, points_spanning(self.history_days, step_s))
+        key = (history, points_spanning(self.range_days, step_s))
+        if key == (self.history, self.range_points):
             return self
-        if points not in self._for_history:
-            longer = copy.copy(self)
-            longer.history, longer._for_history = points, {}
-            self._for_history[points] = longer
-        return self._for_history[points]
+        if key not in self._for_step:
+            stepped = copy.copy(self)
+            (stepped.history, stepped.range_points), stepped._for_step = key, {}
+            self._for_step[key] = stepped
+        return self._for_step[key]
 
     def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
         """Forecast ``horizon`` points after each context row, with a record-residual band.
@@ -452,16 +466,18 @@ class DefaultForecaster:
     def _cap_to_range(self, band: np.ndarray, ranges: np.ndarray, yhat: np.ndarray) -> np.ndarray:
         """Clip the band to the context's range widened by ``range_margin`` of it (module docs, step 6).
 
-        ``ranges`` ``(n, 4)``: low and high of the context before its last ``range_lag``
-        points, low and high of those last points (:func:`_ranges`). Where those last
-        points already left the range, the incident has paged and the band stays as it is.
+        ``ranges`` ``(n, 5)``: low and high of the context before its last ``range_lag``
+        points, low and high of those last points, and the context's points since its
+        first sample (:func:`_ranges`). Where those last points already left the range,
+        the incident has paged; where the context is younger than ``range_points``, the
+        range has not seen enough: the band stays as it is.
         """
-        low, high, recent_low, recent_high = ranges.T
+        low, high, recent_low, recent_high, seen = ranges.T
         slack = self.range_margin * (high - low)
         with np.errstate(invalid="ignore"):
-            crossed = (recent_high > high + slack) | (recent_low < low - slack)
-        cap_hi = np.where(crossed, np.inf, np.fmax(high + slack, np.fmax.reduce(yhat, axis=1)))
-        cap_lo = np.where(crossed, -np.inf, np.fmin(low - slack, np.fmin.reduce(yhat, axis=1)))
+            off = (recent_high > high + slack) | (recent_low < low - slack) | (seen < self.range_points)
+        cap_hi = np.where(off, np.inf, np.fmax(high + slack, np.fmax.reduce(yhat, axis=1)))
+        cap_lo = np.where(off, -np.inf, np.fmin(low - slack, np.fmin.reduce(yhat, axis=1)))
         return np.clip(band, cap_lo[:, None, None], cap_hi[:, None, None])
 
     def _band(
@@ -541,7 +557,7 @@ class DefaultForecaster:
         levels = validate_quantile_levels(quantiles)
         yhat = np.full((rows.size, horizon), np.nan)
         edge = np.full(rows.size, np.nan)
-        ranges = np.full((rows.size, 4), np.nan)
+        ranges = np.full((rows.size, 5), np.nan)
         empty = np.ones(rows.size, dtype=bool)
         for i in np.unique(series):
             picked = np.flatnonzero(series == i)
@@ -572,7 +588,8 @@ class DefaultForecaster:
                     min_acf=self.min_acf,
                     min_prominence=self.min_prominence,
                 )
-            yhat[picked], edge[picked], ranges[picked] = rolling_rows(
+            ranges[picked, 4] = last - firsts  # the forward-filled context's samples, as _ranges counts
+            yhat[picked], edge[picked], ranges[picked, :4] = rolling_rows(
                 filled,
                 firsts,
                 last,
@@ -598,7 +615,9 @@ class DefaultForecaster:
 
 
 def _ranges(values: np.ndarray, range_lag: int) -> np.ndarray:
-    """Low and high of each forward-filled row before its last ``range_lag`` points, and of those, ``(n, 4)``.
+    """Each forward-filled row's low and high before its last ``range_lag`` points, of those, and its samples.
+
+    ``(n, 5)``: what :meth:`DefaultForecaster._cap_to_range` reads.
 
     Half the samples at most are "last", so a young series still has a range to compare with.
     fmin/fmax skip NaN; a part with no sample gets NaN, which never caps the band.
@@ -615,6 +634,7 @@ def _ranges(values: np.ndarray, range_lag: int) -> np.ndarray:
             np.fmax.reduce(old, axis=1),
             np.fmin.reduce(recent, axis=1),
             np.fmax.reduce(recent, axis=1),
+            seen.sum(axis=1),
         ],
         axis=1,
     )
