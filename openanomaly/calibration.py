@@ -49,12 +49,12 @@ For the chunk that starts at position ``T`` (``x`` = the values, NaN = no sample
 5. **Range cap** (``range_margin``, ``range_lag``): the band never reaches past the
    context's range before its last ``range_lag`` points, widened by ``range_margin`` of
    it, so a slow drift alerts when it leaves everything the context has seen (NAB's HTM
-   has the same "spatial anomaly" rule with the same 5 %). It waits until the context
-   holds ``range_days`` of samples: a younger range has not seen the week's usual highs
-   and lows, and paged on them. During an incident the cap
-   is off: after an alert (step 3), and while one of the last ``range_lag`` points lies
-   outside the range (leaving it was the alert); a ramp or a new level would otherwise
-   page at every new high.
+   has the same "spatial anomaly" rule with the same 5 %). It waits until the series has
+   ``range_days`` of samples in the context (or fills a shorter context): a younger
+   series has not shown its week's usual highs and lows, and paged on them. During an
+   incident the cap is off: after an alert (step 3), and on the side that one of the
+   last ``range_lag`` points already left (leaving was the alert); a ramp or a new
+   level would otherwise page at every new high.
 
 The score is then :func:`openanomaly.scoring.band_score` against those bands (the
 smaller of the two) outside; inside, :func:`sustained_rarity`: how far the mean of the
@@ -100,7 +100,7 @@ class _Lookbacks(NamedTuple):
     short_window: int
     cooldown: int
     range_lag: int
-    range_points: int  # samples the context must hold before the range caps (``range_days``)
+    range_points: int  # samples a series needs before its range caps (``range_days``, <= the range)
     periods: tuple[tuple[int, int], ...]  # (period, seasons) of each seasonal reference
 
 
@@ -121,7 +121,8 @@ def lookbacks(config: CalibrationConfig, context: int, step_s: float) -> _Lookba
     record = max(config.history, points_spanning(config.history_days, step_s))
     history = max(0, min(record, context - level - (short - 1) - cool))
     lag = min(config.range_lag, context // 2)
-    young = points_spanning(config.range_days, step_s)  # more than ``context``: no cap
+    # A context shorter than ``range_days`` is the range its pipeline asked for: capped once full.
+    young = min(points_spanning(config.range_days, step_s), context - lag)
     room = context - cool - history - (short - 1) - level
     day = round(86_400 / step_s)
     periods = []
@@ -396,7 +397,7 @@ def _range_cap(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The range cap before each ``at`` (module docs, step 5): ``(low, high)``, ``(n, k)`` each."""
     n = x.shape[0]
-    if margin is None or look.range_points > context:
+    if margin is None:
         return np.full((n, at.size), -np.inf), np.full((n, at.size), np.inf)
     lag = look.range_lag
     span = context - lag
@@ -409,12 +410,12 @@ def _range_cap(
     seen = np.isfinite(old_high)
     with np.errstate(invalid="ignore"):
         slack = np.where(seen, margin * (old_high - old_low), 0.0)
-        crossed = (new_high > old_high + slack) | (new_low < old_low - slack)
+        above, below = new_high > old_high + slack, new_low < old_low - slack
     # No sample ``range_points`` or more before: the range is too young to say "never seen".
     young = look.range_points
     aged = np.isfinite(_window_max(for_max, at - young + 1, context - young + 1)) if young else seen
-    off = ~(seen & aged) | crossed  # no range (yet), or it was left: that incident has paged
-    return np.where(off, -np.inf, old_low - slack), np.where(off, np.inf, old_high + slack)
+    off = ~(seen & aged)  # no range (yet); a side left has paged that incident
+    return np.where(off | below, -np.inf, old_low - slack), np.where(off | above, np.inf, old_high + slack)
 
 
 def calibrated_score(

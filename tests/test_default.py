@@ -97,16 +97,22 @@ def test_default_forecaster_alerts_when_a_slow_drift_leaves_the_range() -> None:
     assert np.all(np.diff(capped) >= 0) and capped[0] < 9.9
 
 
-def test_the_range_caps_only_once_the_context_holds_range_days() -> None:
-    # The slow drift above, in a context of under 5 days at 5 minutes (1100 points) and
-    # of over 5 days: a younger range has not seen the week's extremes and caps nothing.
+def test_the_range_caps_a_series_once_it_has_range_days_of_samples() -> None:
+    # The slow drift above, in a 1600-point context at 5 minutes (5.6 days): a series that
+    # began 1100 points ago (3.8 days) has not shown its week's extremes and is not capped;
+    # one that fills the context is. A context shorter than 5 days is capped once full.
     rng = np.random.default_rng(4)
     older = rng.uniform(9.9, 10.1, 1600)
     older[-100:] = np.linspace(10.0, 10.1, 100)
+    younger = older.copy()
+    younger[:500] = np.nan
     quantiles = [0.05, 0.5, 0.95]
     model = DefaultForecaster().for_step(300)
-    young, old = (model.forecast(c[None], 1, quantiles).quantiles[0, 0] for c in (older[-1100:], older))
+    young, old, short = (
+        model.forecast(c[None], 1, quantiles).quantiles[0, 0] for c in (younger, older, older[-1100:])
+    )
     assert old[2] == pytest.approx(10.1 + 0.05 * 0.2, abs=0.005)
+    assert short[2] == pytest.approx(old[2])
     assert young[2] > 10.3
 
 

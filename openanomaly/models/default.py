@@ -47,12 +47,14 @@ For each context row (oldest first, NaN = no sample) it:
    the same 5 %). The range is that of the context before its last ``range_lag``
    points, so a slow drift alerts when it leaves the old range instead of dragging the
    range along point by point. Leaving the range starts an incident, as an alert does
-   for step 5: while one of the last ``range_lag`` points lies outside it, the cap is
-   off and the record band alone decides, so a ramp or a new level pages once, not at
-   each new high. The cap waits until the context holds ``range_days`` (5) days of
-   samples: a younger range has not seen the week's usual highs and lows (both rules
-   cross-validated, ``docs/accuracy.md``). The longer the context, the more
-   "never seen" means: give ``default`` weeks of context (the NAB figures use 28 days).
+   for step 5: while one of the last ``range_lag`` points lies above it, the upper cap
+   is off (below: the lower one) and the record band alone decides on that side, so a
+   ramp or a new level pages once, not at each new high. In a long context the cap
+   waits for ``range_days`` (5) days of samples: a younger series has not shown its
+   week's usual highs and lows (both rules cross-validated, ``docs/accuracy.md``); a
+   shorter context is the range its pipeline asked for, capped once the series fills
+   it. The longer the context, the more "never seen" means: give ``default`` weeks of
+   context (the NAB figures use 28 days).
 
 The band is symmetric around the forecast. At the levels 0.05/0.95 it is the alert
 edge; other levels scale it like normal quantiles (0.99 is 1.41x wider, 0.5 is the
@@ -246,8 +248,9 @@ class DefaultForecaster:
         range_margin: the band never reaches past the context's range widened by this
             fraction of it (None: no range cap).
         range_lag: the range is that of the context before its last ``range_lag`` points.
-        range_days: when the step is known, the cap waits until the context holds this
-            many days of samples (module docs, step 6; 0: from the first sample).
+        range_days: when the step is known, the cap waits until the series has this many
+            days of samples in the context, or fills a shorter context (module docs,
+            step 6; 0: from the first sample).
         min_acf, min_prominence: how clear a season must be to be used (see ``detect_period``).
         batch_rows: rows processed at once, to bound memory on large batches.
     """
@@ -463,25 +466,35 @@ class DefaultForecaster:
             return np.maximum(edge[:, r], worst)
         return edge[:, r]
 
-    def _cap_to_range(self, band: np.ndarray, ranges: np.ndarray, yhat: np.ndarray) -> np.ndarray:
+    def _cap_to_range(
+        self, band: np.ndarray, ranges: np.ndarray, yhat: np.ndarray, context: int
+    ) -> np.ndarray:
         """Clip the band to the context's range widened by ``range_margin`` of it (module docs, step 6).
 
         ``ranges`` ``(n, 5)``: low and high of the context before its last ``range_lag``
         points, low and high of those last points, and the context's points since its
         first sample (:func:`_ranges`). Where those last points already left the range,
-        the incident has paged; where the context is younger than ``range_points``, the
-        range has not seen enough: the band stays as it is.
+        the incident has paged; where the series is younger than ``range_points`` (or,
+        in a ``context`` shorter than that, than the context's part before its last
+        ``range_lag`` points), the range has not seen enough: the band stays as it is.
         """
         low, high, recent_low, recent_high, seen = ranges.T
         slack = self.range_margin * (high - low)
+        young = seen < min(self.range_points, context - self.range_lag)
         with np.errstate(invalid="ignore"):
-            off = (recent_high > high + slack) | (recent_low < low - slack) | (seen < self.range_points)
-        cap_hi = np.where(off, np.inf, np.fmax(high + slack, np.fmax.reduce(yhat, axis=1)))
-        cap_lo = np.where(off, -np.inf, np.fmin(low - slack, np.fmin.reduce(yhat, axis=1)))
+            above, below = (recent_high > high + slack) | young, (recent_low < low - slack) | young
+        cap_hi = np.where(above, np.inf, np.fmax(high + slack, np.fmax.reduce(yhat, axis=1)))
+        cap_lo = np.where(below, -np.inf, np.fmin(low - slack, np.fmin.reduce(yhat, axis=1)))
         return np.clip(band, cap_lo[:, None, None], cap_hi[:, None, None])
 
     def _band(
-        self, yhat: np.ndarray, edge: np.ndarray, ranges: np.ndarray, levels: np.ndarray, empty: np.ndarray
+        self,
+        yhat: np.ndarray,
+        edge: np.ndarray,
+        ranges: np.ndarray,
+        context: int,
+        levels: np.ndarray,
+        empty: np.ndarray,
     ) -> np.ndarray:
         """The quantile band ``(n, h, q)`` around ``yhat`` from the alert ``edge`` (before ``gain``).
 
@@ -493,7 +506,7 @@ class DefaultForecaster:
         spread = edge[:, None] * scale[None, :]
         band = yhat[:, :, None] + spread[:, None, :]
         if self.range_margin is not None:
-            band = self._cap_to_range(band, ranges, yhat)
+            band = self._cap_to_range(band, ranges, yhat, context)
         band[empty] = np.nan
         yhat[empty] = np.nan
         return np.maximum.accumulate(band, axis=2)
@@ -520,7 +533,8 @@ class DefaultForecaster:
         size = np.abs(residual - centre[:, None])  # (n, r)
         edge = self._edges(size)  # (n,), the same on both sides
         empty = ~np.isfinite(raw).any(axis=1)
-        return self._band(yhat, edge, _ranges(values, self.range_lag), levels, empty), yhat
+        ranges = _ranges(values, self.range_lag)
+        return self._band(yhat, edge, ranges, length, levels, empty), yhat
 
     def forecast_chunks(
         self,
@@ -605,7 +619,7 @@ class DefaultForecaster:
                 self.gain,
                 self.floor,
             )
-        band = self._band(yhat, edge, ranges, levels, empty)
+        band = self._band(yhat, edge, ranges, context, levels, empty)
         return check_forecast(
             QuantileForecast(quantiles=band, levels=levels, median=yhat),
             n_series=rows.size,
