@@ -122,7 +122,7 @@ def lookbacks(config: CalibrationConfig, context: int, step_s: float) -> _Lookba
     history = max(0, min(record, context - level - (short - 1) - cool))
     lag = min(config.range_lag, context // 2)
     # A context shorter than ``range_days`` is the range its pipeline asked for: capped once full.
-    young = min(points_spanning(config.range_days, step_s), context - lag)
+    range_points = min(points_spanning(config.range_days, step_s), context - lag)
     room = context - cool - history - (short - 1) - level
     day = round(86_400 / step_s)
     periods = []
@@ -130,7 +130,7 @@ def lookbacks(config: CalibrationConfig, context: int, step_s: float) -> _Lookba
         seasons = min(config.seasons, room // period) if period >= 2 else 0
         if seasons >= 2:
             periods.append((period, seasons))
-    return _Lookbacks(level, history, short, cool, lag, young, tuple(periods))
+    return _Lookbacks(level, history, short, cool, lag, range_points, tuple(periods))
 
 
 def _median(windows: np.ndarray) -> np.ndarray:

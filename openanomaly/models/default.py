@@ -638,7 +638,8 @@ def _ranges(values: np.ndarray, range_lag: int) -> np.ndarray:
     """
     length = values.shape[1]
     seen = np.isfinite(values)  # forward-filled: every point after the first sample
-    lag = np.minimum(range_lag, seen.sum(axis=1) // 2)[:, None]
+    samples = seen.sum(axis=1)
+    lag = np.minimum(range_lag, samples // 2)[:, None]
     is_recent = np.arange(length)[None, :] >= length - lag
     old = np.where(seen & ~is_recent, values, np.nan)
     recent = np.where(seen & is_recent, values, np.nan)
@@ -648,7 +649,7 @@ def _ranges(values: np.ndarray, range_lag: int) -> np.ndarray:
             np.fmax.reduce(old, axis=1),
             np.fmin.reduce(recent, axis=1),
             np.fmax.reduce(recent, axis=1),
-            seen.sum(axis=1),
+            samples,
         ],
         axis=1,
     )
