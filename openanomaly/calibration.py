@@ -29,7 +29,7 @@ For the chunk that starts at position ``T`` (``x`` = the values, NaN = no sample
    one-step record and pages on every slow swing. The choice of reference is per chunk.
    The edge is the largest ``size`` over the last ``history`` points, and at least the
    last ``history_days`` (a record shorter than a day pages on the day's usual peak
-   every day; 576 points are two days at 5 minutes, 9.6 hours at 1 minute): the *record*, so
+   every day; 864 points are three days at 5 minutes, 14.4 hours at 1 minute): the *record*, so
    the score is the new deviation as a ratio to the worst one seen recently: each
    series calibrates itself (a spiky metric tolerates its usual spikes, a smooth one
    alerts on a small step) without a distributional assumption.

@@ -297,7 +297,7 @@ class CalibrationConfig(_Strict):
     enabled: bool = Field(default=True, strict=True)
     level_window: Int = Field(default=6, ge=1)
     seasons: Int = Field(default=5, ge=0)
-    history: Int = Field(default=576, ge=1)
+    history: Int = Field(default=864, ge=1)
     history_days: float = Field(strict=True, default=1.0, ge=0)
     short_window: Int = Field(default=6, ge=1)
     floor: float = Field(strict=True, default=0.4, ge=0, le=1)

@@ -6,8 +6,9 @@ request rates with a daily cycle, a p99 latency, a CPU utilisation) through remo
 write: first ``history`` of clean backfill, so that ``default`` has its days of
 context at once, then one point per ``step`` as time passes, with incidents injected
 at fixed offsets from the start (a traffic drop after 5 minutes, a latency spike after
-15, a level shift after 30), repeated every 12 hours (longer than ``default``'s
-record window, so each repeat alerts again)::
+15, a level shift after 30), repeated every 12 hours (a repeat pages when it beats the
+day-long record: the traffic incidents every 12 hours, the latency spike every 24;
+``docs/monitoring.md``)::
 
     python -m openanomaly.demo --url http://victoriametrics:8428
 

@@ -57,11 +57,11 @@ def noise(n: int = 3000, seed: int = 0) -> np.ndarray:
 def test_defaults_are_on_and_fit_the_context() -> None:
     assert pipeline().scoring.calibration.enabled
     look = lookbacks(CalibrationConfig(), context=2016, step_s=300)
-    assert look.periods == ((DAY, 4),)  # 4 days fit beside the history; a week does not fit twice
-    assert look.cooldown + look.history + look.short_window - 1 + DAY * 4 + look.level_window <= 2016
-    # The record spans at least a day: 576 points are 9.6 hours at 1 minute.
-    assert look.history == 576 and lookbacks(CalibrationConfig(), context=8064, step_s=60).history == 1440
-    assert lookbacks(CalibrationConfig(history_days=0), context=8064, step_s=60).history == 576
+    assert look.periods == ((DAY, 3),)  # 3 days fit beside the history; a week does not fit twice
+    assert look.cooldown + look.history + look.short_window - 1 + DAY * 3 + look.level_window <= 2016
+    # The record spans at least a day: 864 points are 14.4 hours at 1 minute.
+    assert look.history == 864 and lookbacks(CalibrationConfig(), context=8064, step_s=60).history == 1440
+    assert lookbacks(CalibrationConfig(history_days=0), context=8064, step_s=60).history == 864
     tiny = lookbacks(CalibrationConfig(), context=12, step_s=60)
     assert tiny.history + tiny.short_window - 1 + tiny.cooldown + tiny.level_window <= 12
     assert tiny.periods == ()
@@ -174,7 +174,7 @@ def test_rank_inside_the_band_follows_the_direction() -> None:
 
 
 def test_a_one_minute_pipeline_gets_a_day_long_record() -> None:
-    # The window path tells default the step: at 1 minute its 576-point record becomes 1440.
+    # The window path tells default the step: at 1 minute its 864-point record becomes 1440.
     x = noise(4000, seed=7)
     x[1500] += 8
     grid = 60_000 * np.arange(x.size, dtype=np.int64)
@@ -227,6 +227,18 @@ def test_backtest_equals_scoring_one_window_at_a_time(model: str, infer_every: s
 def test_pure_noise_rarely_alerts(model: str | dict) -> None:
     rates = [np.mean(scores(noise(3000, seed=s), model, first=1000) > 1) for s in range(3)]
     assert max(rates) < 0.005
+
+
+@pytest.mark.parametrize(
+    "model",
+    [{"spec": "statsforecast:AutoETS"}, {"spec": "statsforecast:MSTL", "params": {"season_length": DAY}}],
+    ids=lambda model: model["spec"],
+)
+def test_statsforecast_models_on_pure_noise_rarely_alert(model: dict) -> None:
+    # Fitted on each window's context, in 48-point chunks as the NAB harness runs them.
+    x = np.stack([noise(2500, seed=s) for s in range(3)])
+    s = scores(x, model, first=1000, infer_every="4h", context="3d")
+    assert np.mean(s > 1) < 0.005
 
 
 def test_tiny_chronos_on_pure_noise_rarely_alerts(tiny_chronos_bolt: str) -> None:

@@ -143,9 +143,9 @@ def test_default_rejects_bad_params() -> None:
 
 def test_the_step_turns_the_windows_in_days_into_points() -> None:
     model = DefaultForecaster()
-    assert (model.history, model.range_points) == (576, 0)  # no step known: points only
-    five = model.for_step(300)  # 576 points are two days at 5 minutes; the range waits 5 days
-    assert (five.history, five.range_points) == (576, 1440)
+    assert (model.history, model.range_points) == (864, 0)  # no step known: points only
+    five = model.for_step(300)  # 864 points are three days at 5 minutes; the range waits 5 days
+    assert (five.history, five.range_points) == (864, 1440)
     minute = model.for_step(60)
     assert (minute.history, minute.range_points) == (1440, 7200) and minute is model.for_step(60)
     days_off = DefaultForecaster(history_days=0, range_days=0)
@@ -153,7 +153,7 @@ def test_the_step_turns_the_windows_in_days_into_points() -> None:
     # The copy forecasts exactly as the same model configured with that history.
     levels = [0.05, 0.5, 0.95]
     contexts = 5 + np.random.default_rng(3).standard_normal((2, 3000))
-    contexts[0, 2000] += 9  # a spike 1000 points back: outside 576, inside 1440
+    contexts[0, 2000] += 9  # a spike 1000 points back: outside 864, inside 1440
     expected = DefaultForecaster(history=1440).forecast(contexts, 1, levels).quantiles
     stepped = DefaultForecaster(range_days=0).for_step(60)
     np.testing.assert_array_equal(stepped.forecast(contexts, 1, levels).quantiles, expected)

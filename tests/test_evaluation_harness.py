@@ -119,7 +119,7 @@ def test_harness_cross_validates_over_several_datasets(tmp_path: Path) -> None:
         assert set(cv["groups"]) == {"first:kind", "second:kind"}
 
 
-def test_cross_validation_moves_a_default_only_when_no_dataset_pays() -> None:
+def test_cross_validation_moves_a_default_only_when_no_dataset_pays_and_one_gains() -> None:
     from openanomaly.evaluation.nab import NabFile
 
     harness = _harness()
@@ -141,10 +141,14 @@ def test_cross_validation_moves_a_default_only_when_no_dataset_pays() -> None:
         # every dataset gains
         "both": [alerts(420), alerts(320)],
     }
-    variants = {name: {} for name in by_variant}
+    variants = {name: {} for name in ("defaults", "trade", "both", "a only")}
     trade_only = {k: by_variant[k] for k in ("defaults", "trade")}
     assert harness.cross_validate(corpus, trade_only, variants)["chosen_in_sample"] == "defaults"
     assert harness.cross_validate(corpus, by_variant, variants)["chosen_in_sample"] == "both"
+    # a gains, b does not move (a knob that only reaches a's kind of data): the least gain
+    # ties the defaults' at 0, the summed gain decides
+    one_side = {"defaults": by_variant["defaults"], "a only": [alerts(420), alerts()]}
+    assert harness.cross_validate(corpus, one_side, variants)["chosen_in_sample"] == "a only"
 
 
 def test_forecasters_are_cached_per_model_not_per_params() -> None:
@@ -160,3 +164,30 @@ def test_forecasters_are_cached_per_model_not_per_params() -> None:
         run = harness.MODELS[name]
         harness.score_file(item, name, run, run.spec, cache)
     assert len(cache) == 2
+
+
+def test_harness_trains_nhits_on_the_probationary_rows_only() -> None:
+    # A global model is trained before it scores, as the scheduler trains it on
+    # fit_window: here on the rows NAB does not score, never on the scored ones.
+    from openanomaly.evaluation import probationary_length
+    from openanomaly.evaluation.nab import NabFile
+
+    harness = _harness()
+    n = 2000
+    t = np.arange(n)
+    values = 10 + np.sin(2 * np.pi * t / 48) + np.random.default_rng(2).normal(0, 0.1, n)
+    values[1500] += 8
+    item = NabFile("kind/x.csv", t * 300_000, values, np.array([[1490, 1510]]))
+    trained_on: list[int] = []
+    fit = harness.fit_global
+
+    def spy(pipeline, rows, *, horizon):
+        trained_on.append(rows.shape[1])
+        return fit(pipeline, rows, horizon=horizon)
+
+    harness.fit_global = spy
+    run = harness.MODELS["nhits"]
+    scores = harness.score_file(item, "nhits", run, run.spec, {})
+    assert trained_on == [probationary_length(n)]
+    assert scores[1500] > 1
+    assert np.mean(scores[probationary_length(n) :] > 1) < 0.01

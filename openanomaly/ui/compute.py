@@ -90,7 +90,7 @@ AD_HOC_FORM: Mapping[str, Any] = {
 }
 """Form values when no configured pipeline is picked. ``default`` is the model a user
 should try first, and it needs days of context: its band is the record residual of the
-last 576 points and its seasons need three cycles, so the config's 1h default would leave
+last 864 points and its seasons need three cycles, so the config's 1h default would leave
 it guessing. A CSV upload replaces the step with the file's own (:func:`infer_step`)."""
 
 
