@@ -264,8 +264,8 @@ class DefaultForecaster:
     """Its band is already the series' own record band, with the sustained-deviation test,
     one alert per incident and the range cap built in, so the calibration stage keeps its
     alerts and only ranks the points inside its band. Measured (docs/accuracy.md): NAB
-    77.7 and SMD 48.7 at score > 1, held out as in sample (63.0 on unseen NAB files, for
-    an older version), against 36.1 and 42.4 for the recent median scored by the stage;
+    77.7 and SMD 48.7 at score > 1 (76.6 and 48.7 held out; 63.0 on unseen NAB files, for
+    an older version), against 38.7 and 42.4 for the recent median scored by the stage;
     kept as ``default`` until the stage does better held-out."""
 
     def __init__(
