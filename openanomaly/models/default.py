@@ -73,6 +73,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from openanomaly.config import CalibrationConfig
 from openanomaly.errors import ModelError
 from openanomaly.models.base import (
     QuantileForecast,
@@ -84,6 +85,10 @@ from openanomaly.models.baselines import as_contexts
 from openanomaly.times import points_spanning
 
 __all__ = ["DefaultForecaster", "candidate_periods", "detect_period"]
+
+_STAGE = CalibrationConfig()
+"""The knobs ``default`` shares with the calibration stage (same names, same meaning: the
+stage is ``default``'s band for any model), so one set of cross-validated values serves both."""
 
 _ROLLING_MIN_CHUNKS = 16
 """Fewer contexts per series than this go through ``forecast`` (nothing to update incrementally)."""
@@ -271,18 +276,18 @@ class DefaultForecaster:
     def __init__(
         self,
         *,
-        level_window: int = 6,
-        seasons: int = 5,
-        history: int = 864,
-        history_days: float = 1.0,
-        short_window: int = 6,
-        cooldown: int = 144,
-        range_lag: int = 144,
-        gain: float = 1.88,
+        level_window: int = _STAGE.level_window,
+        seasons: int = _STAGE.seasons,
+        history: int = _STAGE.history,
+        history_days: float = _STAGE.history_days,
+        short_window: int = _STAGE.short_window,
+        cooldown: int = _STAGE.cooldown,
+        range_lag: int = _STAGE.range_lag,
+        gain: float = _STAGE.gain,
         periods: int = 2,
-        floor: float = 0.4,
-        range_margin: float | None = 0.05,
-        range_days: float = 5.0,
+        floor: float = _STAGE.floor,
+        range_margin: float | None = _STAGE.range_margin,
+        range_days: float = _STAGE.range_days,
         min_acf: float = 0.3,
         min_prominence: float = 0.2,
         batch_rows: int = 256,
