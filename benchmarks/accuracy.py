@@ -81,9 +81,6 @@ class ModelRun:
     quantiles: tuple[float, float] = (0.05, 0.95)
     params: Callable[[timedelta], dict[str, Any]] = field(default=lambda step: {})
     note: str = ""
-    own_band: bool = False
-    """The model calibrates itself (``calibrated``: the stage only ranks it), so the
-    ``--cv`` knobs are its own parameters of the same names, not the stage's."""
     trained: bool = False
     """A global model the scheduler trains on ``fit_window`` before it scores (NHITS): here
     trained on each file's probationary rows, which NAB does not score, then backtested
@@ -102,8 +99,7 @@ MODELS: dict[str, ModelRun] = {
     "default": ModelRun(
         "default",
         context=STAGE_CONTEXT,
-        note="production default, 28 days of 5-minute context",
-        own_band=True,
+        note="production default: the reference forecaster, 28 days of 5-minute context",
     ),
     "zscore": ModelRun(
         "zscore",
@@ -175,53 +171,28 @@ def _tiny_chronos_dir() -> str:
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "gain 1.5": {"gain": 1.5},
-    "gain 2.5": {"gain": 2.5},
-    "gain 3.5": {"gain": 3.5},
-    "no sustained test": {"short_window": 1},
-    "no cooldown": {"cooldown": 0},
-    "history 576": {"history": 576},
-    "history 720": {"history": 720},
-    "history 1008": {"history": 1008},
-    "no range cap": {"range_margin": None},
-    "range_days 2": {"range_days": 2.0},
-    "range_days 7": {"range_days": 7.0},
+    "0.25 alarms/week": {"false_alarms_per_week": 0.25},
+    "0.5 alarms/week": {"false_alarms_per_week": 0.5},
+    "2 alarms/week": {"false_alarms_per_week": 2.0},
+    "4 alarms/week": {"false_alarms_per_week": 4.0},
+    "no cooldown": {"cooldown": "0s"},
+    "cooldown 1h": {"cooldown": "1h"},
+    "cooldown 24h": {"cooldown": "24h"},
 }
-"""Global alert knobs that ``--cv`` chooses among by NAB standard at ``score > 1`` (the same
-for every file): the stage's, or for a model with its own band (``default``) its
-parameters of the same names."""
-
-RANK_VARIANTS: dict[str, dict[str, Any]] = {
-    "defaults": {},
-    "rank_lag 60": {"rank_lag": 60},
-    "rank_lag 1440": {"rank_lag": 1440},
-    "rank_mean 20": {"rank_mean": 20},
-    "rank_mean 120": {"rank_mean": 120},
-    "rank_window 4320": {"rank_window": 4320},
-}
-"""Global ranking knobs (how points inside the band are ordered) that ``--cv`` chooses among
-by VUS-PR: they never move an alert, so the alert metric cannot choose them."""
-
-CV_FAMILIES: dict[str, tuple[dict[str, dict[str, Any]], str]] = {
-    "alert": (VARIANTS, "nab_standard_at_1"),
-    "rank": (RANK_VARIANTS, "vus_pr"),
-}
+"""The alert policy's knobs (``scoring.calibration``) that ``--cv`` chooses among by NAB
+standard at ``score > 1``, one value for every file."""
 
 
 def _pipeline(
     name: str, run: ModelRun, step: timedelta, spec: str, calibration: dict[str, Any] | None = None
 ) -> Pipeline:
-    knobs = calibration or {}
-    # The ranking knobs are the stage's for every model; a model with its own band takes the rest.
-    own = {k: v for k, v in knobs.items() if run.own_band and not k.startswith("rank_")}
-    stage = {k: v for k, v in knobs.items() if k not in own}
     return Pipeline(
         name=f"nab-{name}",
         query="nab",
         step=step,
-        model=ModelConfig(spec=spec, params=run.params(step) | own),
+        model=ModelConfig(spec=spec, params=run.params(step)),
         schedule=Schedule(infer_every=step * run.infer_every, context=step * run.context),
-        scoring=ScoringConfig(quantiles=run.quantiles, calibration=CalibrationConfig(**stage)),
+        scoring=ScoringConfig(quantiles=run.quantiles, calibration=CalibrationConfig(**(calibration or {}))),
     )
 
 
@@ -324,6 +295,7 @@ def evaluate(corpus: list[NabFile], scores: list[np.ndarray]) -> dict[str, Any]:
     )
     vus = [_vus(f, s) for f, s in zip(corpus, scores, strict=True)]
     overall["vus_pr"] = float(np.nanmean(vus))
+    overall["false_alerts_per_week"] = false_alerts_per_week(corpus, scores)
     for category in categories:
         members = [i for i, f in enumerate(corpus) if f.category == category]
         sub_scores = [scores[i] for i in members]
@@ -412,8 +384,28 @@ def _subset_metrics(corpus: list[NabFile], scores: list[np.ndarray], members: li
         "nab_standard_at_1": at_one.normalised,
         "f1": event_f1(sub, windows, PRODUCTION_THRESHOLD, starts=starts).f1,
         "vus_pr": float(np.nanmean([_vus(f, s) for f, s in zip(files, sub, strict=True)])),
+        "false_alerts_per_week": false_alerts_per_week(files, sub),
         "files": len(members),
     }
+
+
+def false_alerts_per_week(files: list[NabFile], scores: list[np.ndarray]) -> float:
+    """Alert runs (``score > 1``) that start outside every window, per series per week, after probation.
+
+    The unit of the user's budget (``false_alarms_per_week``): a run of consecutive
+    alerting rows is one page.
+    """
+    runs, weeks = 0, 0.0
+    for item, score in zip(files, scores, strict=True):
+        first = probationary_length(item.values.size)
+        labelled = np.zeros(item.values.size, dtype=bool)
+        for a, b in item.windows:
+            labelled[a : b + 1] = True
+        alert = np.nan_to_num(score) > PRODUCTION_THRESHOLD
+        starts = alert & ~np.concatenate([[False], alert[:-1]])
+        runs += int((starts & ~labelled)[first:].sum())
+        weeks += (item.values.size - first) * _file_step(item) / timedelta(weeks=1)
+    return runs / weeks if weeks else math.nan
 
 
 def cross_validate(
@@ -422,17 +414,19 @@ def cross_validate(
     variants: dict[str, dict[str, Any]] | None = None,
     metric: str = "nab_standard_at_1",
 ) -> dict[str, Any]:
-    """Leave-one-group-out choice among ``variants`` by ``metric`` (``nab_standard_at_1`` or ``vus_pr``).
+    """Leave-one-dataset-out choice among ``variants`` by ``metric`` (``nab_standard_at_1`` or ``vus_pr``).
 
-    For each group (NAB category, SMD machine) the variant is chosen on the *other*
-    groups and scored on this one (held-out), beside the variant chosen on all groups
-    (in-sample). ``held_out`` is the whole corpus scored that way: every file by a
-    variant chosen without its group.
+    For each dataset (``nab``, ``smd``, ``kpi``: the ``--data`` folders) the variant is
+    chosen on the *other* datasets and scored on this one (held out), beside the variant
+    chosen on all of them (in-sample). ``held_out`` is the whole corpus scored that way:
+    every file by a variant chosen without its dataset. With one dataset the groups are
+    its categories (NAB) or machines (SMD) instead.
     """
     variants = VARIANTS if variants is None else variants
+    several = len({dataset_of(item) for item in corpus}) > 1
     groups: dict[str, list[int]] = {}
     for i, item in enumerate(corpus):
-        groups.setdefault(group_of(item), []).append(i)
+        groups.setdefault(dataset_of(item) if several else group_of(item), []).append(i)
 
     def one_set(variant: str, members: list[int]) -> float:
         scores = by_variant[variant]
@@ -525,13 +519,11 @@ def run_model(name: str, corpus: list[NabFile], *, cv: bool = False, jobs: int =
         "files": [item.path for item in corpus],
     }
     if cv:
-        result["cv"] = {}
-        for family, (variants, metric) in CV_FAMILIES.items():
-            by_variant = {"defaults": scores}
-            for variant, knobs in variants.items():
-                if knobs:
-                    by_variant[variant] = _score_corpus(name, spec, corpus, knobs, jobs)
-            result["cv"][family] = cross_validate(corpus, by_variant, variants, metric)
+        by_variant = {"defaults": scores}
+        for variant, knobs in VARIANTS.items():
+            if knobs:
+                by_variant[variant] = _score_corpus(name, spec, corpus, knobs, jobs)
+        result["cv"] = cross_validate(corpus, by_variant, VARIANTS)
     _VUS_DONE.clear()  # this model's score arrays are graded; let them go
     return result
 
@@ -565,20 +557,21 @@ def _table(results: dict[str, Any]) -> str:
 def _cv_table(name: str, cv: dict[str, Any]) -> str:
     head = (
         f"{name} cross-validation (in-sample choice: {cv['chosen_in_sample']})\n"
-        f"{'group':<22} {'held-out choice':<18} {'std@1 in':>8} {'std@1 out':>9} "
-        f"{'F1 in':>6} {'F1 out':>6} {'VUS in':>6} {'VUS out':>7}"
+        f"{'held out':<22} {'its choice':<18} {'std@1 in':>8} {'std@1 out':>9} "
+        f"{'F1 in':>6} {'F1 out':>6} {'VUS in':>6} {'VUS out':>7} {'FA/wk out':>9}"
     )
     lines = [head, "-" * len(head.splitlines()[-1])]
     for group, g in cv["groups"].items():
         i, o = g["in_sample"], g["held_out"]
         lines.append(
             f"{group:<22} {g['chosen']:<18} {i['nab_standard_at_1']:8.1f} {o['nab_standard_at_1']:9.1f} "
-            f"{i['f1']:6.3f} {o['f1']:6.3f} {i['vus_pr']:6.3f} {o['vus_pr']:7.3f}"
+            f"{i['f1']:6.3f} {o['f1']:6.3f} {i['vus_pr']:6.3f} {o['vus_pr']:7.3f} "
+            f"{o['false_alerts_per_week']:9.2f}"
         )
-    rows = [(f"all {name or 'files'}", d["in_sample"], d["held_out"]) for name, d in cv["datasets"].items()]
-    for label, i, o in rows if len(rows) > 1 else [("all (pooled)", cv["in_sample"], cv["held_out"])]:
+    if len(cv["datasets"]) == 1:
+        i, o = cv["in_sample"], cv["held_out"]
         lines.append(
-            f"{label:<22} {'':<18} {i['nab_standard_at_1']:8.1f} {o['nab_standard_at_1']:9.1f} "
+            f"{'all (pooled)':<22} {'':<18} {i['nab_standard_at_1']:8.1f} {o['nab_standard_at_1']:9.1f} "
             f"{i['f1']:6.3f} {o['f1']:6.3f} {i['vus_pr']:6.3f} {o['vus_pr']:7.3f}"
         )
     return "\n".join(lines)
@@ -593,6 +586,13 @@ def _load(folders: list[str], labels: list[str]) -> list[NabFile]:
         name = Path(folder).resolve().name
         corpus += [replace(item, path=f"{name}:{item.path}") for item in load_nab_corpus(folder, table)]
     return corpus
+
+
+def previous_baseline(out: Path) -> dict[str, Any] | None:
+    """The ``baseline`` entry of an existing results file, which a re-run keeps."""
+    if not out.is_file():
+        return None
+    return json.loads(out.read_text()).get("baseline")
 
 
 def _resolved(paths: str | list[str]) -> list[str]:
@@ -666,14 +666,16 @@ def main(argv: list[str] | None = None) -> int:
     results = {**previous.get("models", {}), **results}
     print(_table(results))
     cv_tables = [
-        _cv_table(f"{name} ({family}, by {cv['metric']})", cv)
+        _cv_table(f"{name} (by {r['cv']['metric']})", r["cv"])
         for name, r in results.items()
         if "cv" in r and name in names
-        for family, cv in r["cv"].items()
     ]
     if cv_tables:
         print("\n\n".join(cv_tables))
     payload = {
+        # The build before the one alert policy, measured once with the same scorer: every
+        # later row is compared with it (kept across runs; see docs/accuracy.md).
+        **({"baseline": previous_baseline(out)} if previous_baseline(out) else {}),
         "data": source["data"][0] if len(args.data) == 1 else source["data"],
         "labels": source["labels"][0] if len(args.data) == 1 else source["labels"],
         "files": len(corpus),

@@ -1,91 +1,113 @@
-"""The calibration stage: turn any forecaster's residual into a score where ``> 1`` means rare.
+"""The calibration stage: the one place where a forecast becomes ``anomaly_score``.
 
-Why a stage and not a model: a forecaster's own quantile band says how wrong it expects
-to be, not how often its error is this large *for this series*. A 0.05/0.95 band marks
-10 % of points by construction, and a normal band on a spiky metric pages on every
-burst. So after every forecaster (``mad``, ``zscore``, statsforecast, NHITS, Chronos,
-``default``) the same stage sets the alert band from the series' own history, and ONE
-threshold, ``anomaly_score > 1``, means "rare for this series" for every model.
+Every model, ``default`` included, goes through it, so ``anomaly_score > 1`` means the
+same thing for every pipeline: *rarer than this series' false-alarm budget*. The budget
+is the user's (:attr:`AlertPolicy.false_alarms_per_week`); what it means for a series is
+read off the series' own past.
 
-It is **stateless**: a chunk's band is a function of the ``context`` points before it
-only (the history the forecaster sees), so the scheduler, which scores one window at a
-time, and a backtest, which scores a year at once, compute the same band. Every step is
-a fixed-length look-back that fits inside the context, which is what lets
-:func:`stage_bands` compute the bands of many consecutive chunks from one array
-(``O(points)``, not ``O(points x context)``) with results bit-identical to one chunk at
-a time.
+For a point at column ``t`` (``x`` = the values, NaN = no sample):
 
-For the chunk that starts at position ``T`` (``x`` = the values, NaN = no sample):
+1. **Residual record.** The stage's yardstick is the robust seasonal reference forecast
+   (:mod:`openanomaly.reference`), one step ahead: ``size[t] = |x[t] - reference[t]|``.
+   It is cheap, stateless and the same for every model, so the record can be rebuilt
+   from the context alone.
+2. **Tail threshold** (peaks over threshold, as SPOT; Siffer et al., KDD 2017). Over the
+   record the ``TAIL_FRACTION`` largest residuals are fitted with an exponential tail
+   above their smallest ``u``: ``q = u + mean excess x ln(K / (N p))``, where ``p`` is
+   the budget as a rate per point. The same fit on the sums of ``SUSTAINED``
+   consecutive residuals catches a shift too small for one point but too long for
+   noise: the edge drops to what makes that sum exceed its own threshold, never below
+   ``SUSTAINED_FLOOR`` of the one-point edge. The two tests share the budget (half
+   each), so noise crosses ``score 1`` about ``false_alarms_per_week`` times a week,
+   whatever the metric's scale or shape.
+3. **One page per incident** (``cooldown``): within ``cooldown`` of an alert only a
+   deviation worse than the worst alerted one alerts again.
+4. **The model's say.** A point alerts only when it is outside both the reference's band
+   (``reference +- edge``) and the model's (``yhat +- max(edge, the model's half-band)``):
+   a model that predicted the value vetoes the alert; a model with wide or careless
+   quantiles cannot flood, because the threshold is the record's.
 
-1. **Residual record** from a cheap reference forecast: the median of the
-   ``level_window`` points before each position, or, where the step allows two or more
-   seasons in the context, a daily or weekly profile (median of the same phase over up
-   to ``seasons`` seasons plus the median of its last ``level_window`` deviations),
-   whichever has the smallest residuals over the history (a seasonal one must be 10 %
-   better): ``size[t] = |x[t] - reference[t]|``. Every point of a chunk is scored
-   against the reference one step ahead, from the points before it (the chunk's earlier
-   points have arrived when it is scored), because the record holds one-step residuals:
-   a reference held flat over a long chunk drifts away from the series by more than any
-   one-step record and pages on every slow swing. The choice of reference is per chunk.
-   The edge is the largest ``size`` over the last ``history`` points, and at least the
-   last ``history_days`` (a record shorter than a day pages on the day's usual peak
-   every day; 864 points are three days at 5 minutes, 14.4 hours at 1 minute): the *record*, so
-   the score is the new deviation as a ratio to the worst one seen recently: each
-   series calibrates itself (a spiky metric tolerates its usual spikes, a smooth one
-   alerts on a small step) without a distributional assumption.
-2. **Sustained deviations** (``short_window`` k): when the sum of the last k sizes, the
-   new one included, would beat its own record over the history, the edge drops to
-   what makes it do so, but never below ``floor`` x the single-point record.
-3. **One alert per incident** (``cooldown``): the edge is worked out at every recent
-   position too; within ``cooldown`` points of an alert only a deviation worse than the
-   worst alerted one alerts again (an alert through any reference counts). A dip that
-   keeps deepening pages once, not at every point.
-4. **The model's say**: the model's band is ``yhat +- gain x max(edge, model
-   half-width)``, and a point alerts only when it is outside both that band and the
-   reference's (``reference +- gain x edge``): the stage knows the reference's error
-   record, not the model's, so a model can veto an alert (it predicted the value) but
-   not flood (a 0.05/0.95 band marks 10 % of points by construction). ``gain`` moves
-   the threshold, not the ranking. ``default`` *is* the reference.
-5. **Range cap** (``range_margin``, ``range_lag``): the band never reaches past the
-   context's range before its last ``range_lag`` points, widened by ``range_margin`` of
-   it, so a slow drift alerts when it leaves everything the context has seen (NAB's HTM
-   has the same "spatial anomaly" rule with the same 5 %). It waits until the series has
-   ``range_days`` of samples in the context (or fills a shorter context): a younger
-   series has not shown its week's usual highs and lows, and paged on them. During an
-   incident the cap is off: after an alert (step 3), and on the side that one of the
-   last ``range_lag`` points already left (leaving was the alert); a ramp or a new
-   level would otherwise page at every new high.
+The thresholds are refit at the first column of every hour of absolute time
+(``anchor``), from the record before that column; a point's band therefore depends on
+the ``context`` points before its chunk only, and a scheduled window and a backtest give
+bit-identical scores. Points whose record holds less than ``min_history`` are warm-up:
+they get no score (they are not written, never ranked).
 
-The score is then :func:`openanomaly.scoring.band_score` against those bands (the
-smaller of the two) outside; inside, :func:`sustained_rarity`: how far the mean of the
-last ``rank_mean`` points is from a lagged long window (``rank_window``, ``rank_lag``),
-so sustained shifts keep ranking high (VUS-PR). A model whose band is already
-calibrated (``default``) keeps its own alerts and gets the same ranking inside its
-band. ``yhat`` is the model's median and ``yhat_lower``/``yhat_upper`` its calibrated band.
+Inside the band the score ranks by :func:`sustained_rarity`, so sustained shifts rank
+above noise (VUS-PR) without moving any alert.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from openanomaly.config import CalibrationConfig, ScoringConfig
 from openanomaly.models.base import QuantileForecast
+from openanomaly.reference import (
+    LEVEL_WINDOW,
+    Periods,
+    candidate_forecasts,
+    choose,
+    median,
+    seasonal_periods,
+    window_sums,
+)
 from openanomaly.scoring import FLAT_BAND_REL, Direction, Score, band_score, score_forecast
-from openanomaly.times import points_spanning
 
-__all__ = ["StageBands", "calibrated_score", "lookbacks", "score_chunks", "stage_bands", "sustained_rarity"]
+__all__ = ["AlertPolicy", "StageBands", "lookback", "score_chunks", "stage_bands", "sustained_rarity"]
+
+WEEK_S = 7 * 86_400
+
+TAIL_FRACTION = 0.02
+"""The tail fitted above the record's 98th percentile (SPOT's initial threshold)."""
+
+SUSTAINED = 6
+"""Points in the sustained-deviation sum: a shift lasting this long is judged as one event."""
+
+SUSTAINED_FLOOR = 0.4
+"""The sustained test lowers the edge to no less than this share of the one-point edge, so a
+score stays a ratio to the one-point threshold, comparable across series."""
+
+RECORD_SHARE = 0.5
+"""The record's share of the context; the rest holds the seasonal reference's past seasons."""
+
+REFIT_S = 3_600
+"""Thresholds are refit once an hour of absolute time: a scheduled window and a backtest
+refit at the same columns, and the cost is the record once an hour, not once a point."""
+
+RANGE_MARGIN = 0.05
+"""How far past the range the context has seen a value must go (HTM's "spatial anomaly")."""
+
+RANGE_LAG_S = 3 * 86_400
+"""The range is that of the context before its last three days (at most half the context):
+a drift or a new level that left it within them is one incident, not a new one at each new
+high, and a new level has filled the range by the time it counts."""
+
+RANK_WINDOW, RANK_LAG, RANK_MEAN = 1440, 288, 60
+"""The ranking inside the band: the mean of the last ``RANK_MEAN`` points against the median
+and MAD of ``RANK_WINDOW`` points ending ``RANK_LAG`` before the chunk."""
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """The stage's knobs as a plain record (the config layer builds it; see ``CalibrationConfig``)."""
+
+    false_alarms_per_week: float = 1.0
+    cooldown_s: float = 6 * 3_600
+    min_history_s: float = 86_400
+    enabled: bool = True
 
 
 class StageBands(NamedTuple):
     """What the stage knows before each point of each chunk, ``(n, k, h)`` each.
 
-    ``edge``: the calibrated residual scale (before ``gain``); ``low``/``high``: the
-    range cap (``-inf``/``inf`` where there is none); ``reference``: the stage's own
-    one-step forecast of the point (the reference it measures residuals from, chosen
-    per series and chunk).
+    ``edge``: the half-width of the alert band (NaN during warm-up); ``low``/``high``: the
+    range cap (``-inf``/``inf`` where there is none); ``reference``: the reference
+    forecast of the point.
     """
 
     edge: np.ndarray
@@ -94,165 +116,105 @@ class StageBands(NamedTuple):
     reference: np.ndarray
 
 
-class _Lookbacks(NamedTuple):
-    level_window: int
-    history: int
-    short_window: int
+class Lookback(NamedTuple):
+    """The stage's windows in points, shrunk so that all of them fit the context."""
+
+    record: int
     cooldown: int
-    range_lag: int
-    range_points: int  # samples a series needs before its range caps (``range_days``, <= the range)
-    periods: tuple[tuple[int, int], ...]  # (period, seasons) of each seasonal reference
+    sustained: int
+    refit: int
+    min_history: int
+    periods: Periods
+    rate: float  # the budget per point, for each of the two tests
+    step_s: float
+    range_points: int  # points the range must hold before it caps: one budget period
 
 
-def lookbacks(config: CalibrationConfig, context: int, step_s: float) -> _Lookbacks:
-    """The stage's windows shrunk to fit a ``context``-point history.
+def _points(seconds: float, step_s: float) -> int:
+    return max(0, math.ceil(seconds / step_s - 1e-9))
 
-    Everything the band of the chunk at ``T`` reads lies in ``[T - context, T)``:
-    ``cooldown + history + short_window - 1 + reference look-back <= context``, where a
-    seasonal reference of period ``p`` over ``K`` seasons looks back ``K p + level_window``.
-    That is what makes the band a function of the forecaster's context alone
-    (stateless) and lets a backtest share the work of consecutive chunks. A daily or
-    weekly reference is offered only when at least 2 seasons of it fit.
+
+def lookback(policy: AlertPolicy, context: int, step_s: float) -> Lookback:
+    """The stage's windows for a ``context``-point history at ``step_s``.
+
+    Everything the band of a chunk reads lies in the ``context`` points before it: the
+    cooldown, the refit stride, the sustained sum, the record and the reference's own
+    look-back (``LEVEL_WINDOW`` plus its seasons) add up to at most ``context``.
     """
-    level = min(config.level_window, max(1, context // 4))
-    short = min(config.short_window, max(1, context // 8))
-    cool = min(config.cooldown, context // 4)
-    # The record spans ``history`` points and at least ``history_days`` (module docs, step 1).
-    record = max(config.history, points_spanning(config.history_days, step_s))
-    history = max(0, min(record, context - level - (short - 1) - cool))
-    lag = min(config.range_lag, context // 2)
-    # A context shorter than ``range_days`` is the range its pipeline asked for: capped once full.
-    range_points = min(points_spanning(config.range_days, step_s), context - lag)
-    room = context - cool - history - (short - 1) - level
-    day = round(86_400 / step_s)
-    periods = []
-    for period in (day, 7 * day) if config.seasons else ():
-        seasons = min(config.seasons, room // period) if period >= 2 else 0
-        if seasons >= 2:
-            periods.append((period, seasons))
-    return _Lookbacks(level, history, short, cool, lag, range_points, tuple(periods))
+    cool = min(_points(policy.cooldown_s, step_s), context // 4)
+    sustained = max(1, min(SUSTAINED, context // 8))
+    refit = max(1, min(_points(REFIT_S, step_s), context // 8))
+    spare = max(0, context - cool - refit - (sustained - 1) - LEVEL_WINDOW)
+    record = int(spare * RECORD_SHARE)
+    periods = seasonal_periods(step_s, spare - record)
+    # The budget per point, shared by the two tests (one point, the sustained sum).
+    rate = policy.false_alarms_per_week * step_s / WEEK_S / (2 if sustained > 1 else 1)
+    min_history = min(record, max(1, _points(policy.min_history_s, step_s)))
+    range_points = math.ceil(WEEK_S / step_s / policy.false_alarms_per_week)
+    return Lookback(record, cool, sustained, refit, min_history, periods, rate, step_s, range_points)
 
 
-def _median(windows: np.ndarray) -> np.ndarray:
-    """Median along the last axis ignoring NaN (NaN where none), exact for identical windows."""
-    ordered = np.sort(windows, axis=-1)  # NaN sort last
-    count = np.isfinite(ordered).sum(axis=-1)
-    size = ordered.shape[-1]
-    low = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0)[..., None], axis=-1)[..., 0]
-    high = np.take_along_axis(ordered, np.minimum(count // 2, size - 1)[..., None], axis=-1)[..., 0]
-    return np.where(count > 0, 0.5 * (low + high), np.nan)
+def _tail(records: np.ndarray, rate: float, min_count: int) -> np.ndarray:
+    """The ``1 - rate`` quantile of each row of ``records`` (``(..., H)``, NaN = none) from its tail.
 
-
-def _columns(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """``values[:, lo:hi]``, NaN where ``lo`` reaches before column 0."""
-    if lo >= 0:
-        return values[:, lo:hi]
-    return np.concatenate([np.full((values.shape[0], -lo), np.nan), values[:, : max(hi, 0)]], axis=1)
-
-
-def _before_median(values: np.ndarray, start: int, window: int) -> np.ndarray:
-    """``out[:, i] = median(values[:, t - window : t])`` ignoring NaN, for ``t = start + i``."""
-    before = _columns(values, start - window, values.shape[1] - 1)
-    return _median(np.lib.stride_tricks.sliding_window_view(before, window, axis=1))
-
-
-def _references(x: np.ndarray, look: _Lookbacks, start: int) -> list[np.ndarray]:
-    """Each candidate reference's one-step forecast at columns ``start...``.
-
-    The level reference is the median of the ``level_window`` points before; a seasonal
-    one is the median of the same phase over the last ``K`` seasons plus the median of
-    its last ``level_window`` deviations (so a level shift is followed within a few
-    points). Only the columns from ``start`` are computed: one scheduled window costs its
-    history, not its whole context.
+    Peaks over threshold with an exponential tail: above ``u``, the record's
+    ``TAIL_FRACTION`` quantile, excesses are taken as exponential with their mean as scale,
+    so ``P(size > q) = (K / N) exp(-(q - u) / scale)``, solved for ``rate``.
     """
-    m, w = x.shape[1], look.level_window
-    level = _before_median(x, start, w)
-    out = [level]
-    for period, seasons in look.periods:
-        lags = [_columns(x, start - w - j * period, m - j * period) for j in range(1, seasons + 1)]
-        profile = _median(np.stack(lags, axis=-1))  # columns start - w ...
-        deviation = _columns(x, start - w, m) - profile
-        correction = _median(np.lib.stride_tricks.sliding_window_view(deviation[:, :-1], w, axis=1))
-        out.append(profile[:, w:] + np.nan_to_num(correction))
+    h = records.shape[-1]
+    top = max(2, math.ceil(TAIL_FRACTION * h))
+    count = np.isfinite(records).sum(axis=-1)
+    if h <= top:
+        return np.full(records.shape[:-1], np.nan)
+    part = np.partition(np.where(np.isfinite(records), records, -np.inf), h - top - 1, axis=-1)
+    u = part[..., h - top - 1]
+    with np.errstate(invalid="ignore", divide="ignore"):  # rows short of samples: NaN, dropped below
+        scale = (part[..., h - top :] - u[..., None]).mean(axis=-1)
+        q = u + scale * np.log(top / (np.maximum(count, 1) * rate))
+    return np.where((count >= min_count) & np.isfinite(q), np.maximum(q, 0.0), np.nan)
+
+
+def _thresholds(stat: np.ndarray, valid: np.ndarray, anchors: np.ndarray, look: Lookback) -> np.ndarray:
+    """The tail threshold of ``stat`` ``(r, m)`` over the record before each anchor column, ``(r, a)``."""
+    r, h = stat.shape[0], look.record
+    out = np.full((r, anchors.size), np.nan)
+    if h == 0 or anchors.size == 0:
+        return out
+    values = np.where(valid, stat, np.nan)
+    views = np.lib.stride_tricks.sliding_window_view(values, h, axis=1)
+    block = max(1, 4_000_000 // (h * anchors.size))  # rows per block: bounded memory
+    for lo in range(0, r, block):
+        out[lo : lo + block] = _tail(views[lo : lo + block, anchors - h], look.rate, look.min_history)
     return out
 
 
-def _edges(size: np.ndarray, look: _Lookbacks, config: CalibrationConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The edge before every position of ``size`` (module docs, steps 1-2) and the worst
-    alerted size of the last ``cooldown`` positions (step 3), both ``size``'s shape."""
-    if look.history == 0:
-        return np.zeros(size.shape), np.zeros(size.shape)
-    edge = _shift(_trailing(size, look.history, "max"), 0.0)  # the record before t
-    if look.short_window > 1:
-        k = look.short_window
-        sums = _trailing(size, k, "sum")  # the k sizes ending at t
-        sum_record = _shift(_trailing(sums, look.history, "max"), 0.0)
-        before = _shift(_trailing(size, k - 1, "sum"), 0.0)  # the k - 1 sizes before t
-        edge = np.minimum(edge, np.maximum(sum_record - before, config.floor * edge))
-    if not look.cooldown:
-        return edge, np.zeros(size.shape)
-    alerted = np.where(size > config.gain * edge, size, 0.0)
-    return edge, _shift(_trailing(alerted, look.cooldown, "max"), 0.0)
+def _trailing_sum(values: np.ndarray, size: int) -> np.ndarray:
+    """``out[:, t] = sum(values[:, t - size + 1 : t + 1])`` (zeros before column 0), window by window."""
+    padded = np.concatenate([np.zeros((values.shape[0], size - 1)), values], axis=1)
+    return window_sums(padded, np.arange(size, padded.shape[1] + 1), size)
 
 
-def _trailing_max(values: np.ndarray, size: int) -> np.ndarray:
-    """``out[:, t] = max(values[:, t - size + 1 : t + 1])`` (``-inf`` before column 0), same shape.
-
-    Doubling (a sparse table): ``log2(size)`` passes over the array, exact, any window.
-    """
+def _trailing_max_before(values: np.ndarray, size: int) -> np.ndarray:
+    """``out[:, t] = max(values[:, t - size : t])`` (0 where empty)."""
     m = values.shape[1]
-    span = np.concatenate([np.full((values.shape[0], size - 1), -np.inf), values], axis=1)
-    width = 1
-    while 2 * width <= size:
+    if size == 0:
+        return np.zeros(values.shape)
+    padded = np.concatenate([np.zeros((values.shape[0], size)), values], axis=1)
+    span, width = padded, 1
+    while 2 * width <= size:  # doubling: span[:, i] = max(padded[:, i : i + width])
         span = np.maximum(span[:, :-width], span[:, width:])
         width *= 2
-    # span[:, i] = max over [i, i + width) of the padded row; two spans cover the window.
     return np.maximum(span[:, :m], span[:, size - width : size - width + m])
 
 
-def _window_max(values: np.ndarray, ends: np.ndarray, size: int) -> np.ndarray:
-    """``out[:, j] = max(values[:, ends[j] - size : ends[j]])``, ``(n, len(ends))``.
-
-    Few windows: reduced directly; many: from one doubling pass. Max is exact, so both
-    give the same numbers.
-    """
-    if len(ends) * size <= values.shape[1] * 2 * max(1, size.bit_length()):
-        views = np.lib.stride_tricks.sliding_window_view(values, size, axis=1)
-        return views[:, ends - size].max(axis=-1)
-    return _trailing_max(values, size)[:, ends - 1]
-
-
-def _trailing(values: np.ndarray, size: int, reduce: str) -> np.ndarray:
-    """``out[:, t] = max/min/sum(values[:, t - size + 1 : t + 1])`` (pads: -inf/inf/0), same shape."""
-    if reduce == "max":
-        return _trailing_max(values, size)
-    if reduce == "min":
-        return -_trailing_max(-values, size)
-    padded = np.concatenate([np.zeros((values.shape[0], size - 1)), values], axis=1)
-    return np.lib.stride_tricks.sliding_window_view(padded, size, axis=1).sum(axis=-1)
-
-
-def _shift(values: np.ndarray, fill: float) -> np.ndarray:
-    """``out[:, t] = values[:, t - 1]``: turns "ending at t" into "ending before t"."""
-    return np.concatenate([np.full((values.shape[0], 1), fill), values[:, :-1]], axis=1)
-
-
-def _padded(
-    values: np.ndarray, starts: np.ndarray, context: int, horizon: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``values`` with NaN before column 0, so every start has a full context to its left,
-    and after the end, so every chunk has ``horizon`` columns; and the starts in it."""
-    starts = np.asarray(starts, dtype=np.int64)
-    pad = max(0, context - int(starts.min(initial=context)))
+def _padded(values: np.ndarray, starts: np.ndarray, context: int, horizon: int) -> tuple[np.ndarray, int]:
+    """``values`` with NaN before column 0 (every start gets a full context) and after the end."""
+    pad = max(0, context - int(np.min(starts, initial=context)))
     n = values.shape[0]
     x = np.concatenate(
         [np.full((n, pad), np.nan), np.asarray(values, dtype=np.float64), np.full((n, horizon), np.nan)], 1
     )
-    return x, starts + pad
-
-
-_SEASONAL_MARGIN = 0.9
-"""A seasonal reference is chosen only when its residuals are at least 10 % smaller."""
+    return x, pad
 
 
 def stage_bands(
@@ -262,125 +224,137 @@ def stage_bands(
     horizon: int,
     context: int,
     step_s: float,
-    config: CalibrationConfig,
+    origin: int,
+    policy: AlertPolicy,
 ) -> StageBands:
-    """The stage's edge, range cap and reference forecast for each chunk (module docs).
+    """The alert band of each point of each chunk (module docs).
 
     Args:
-        values: float ``(n, m)`` grid values, NaN = no sample; columns before 0 count as
-            NaN, so a short array is a series that starts later.
-        starts: int ``(k,)`` column of each chunk's first point; only the ``context``
-            columns before a start are read.
+        values: float ``(n, m)`` grid values, NaN = no sample.
+        starts: int ``(k,)`` column of each chunk's first point, increasing; only the
+            ``context`` columns before a start are read.
         horizon: points per chunk.
-        context: the pipeline's context in points (the forecaster's history).
-        step_s: the grid step in seconds (places the daily and weekly references).
-        config: the stage's knobs.
+        context: the pipeline's context in points.
+        step_s: the grid step in seconds.
+        origin: the absolute grid index (``timestamp // step``) of column 0: it places
+            the hourly refits, so every window refits at the same instants.
+        policy: the alert knobs.
 
     Returns:
-        :class:`StageBands`. The same chunk gets bit-identical bands whether it is passed
-        alone (with its context) or among thousands.
+        :class:`StageBands`, bit-identical for a chunk passed alone or among thousands.
     """
-    look = lookbacks(config, context, step_s)
+    look = lookback(policy, context, step_s)
+    starts = np.asarray(starts, dtype=np.int64)
     n = values.shape[0]
-    x, at = _padded(values, starts, context, horizon)
-    # Every point is scored one step ahead of the points before it, the chunk's earlier
-    # points included (they have arrived when the chunk is scored): the record holds
-    # one-step residuals, and a reference held flat over a 64-point chunk drifts from
-    # the series by more than any one-step record, which paged on every slow swing
-    # (the shipped Chronos, 64-point chunks: 786 alerts on one NAB file, mad 19).
-    points = (at[:, None] + np.arange(horizon)[None, :]).reshape(-1)
-    low, high = _range_cap(x, points, context, look, config.range_margin)
-    # The per-position steps need residuals from ``need`` columns before a start only:
-    # one scheduled window then costs its history, not its whole context.
-    need = look.cooldown + look.history + look.short_window - 1
-    first = max(0, int(at.min()) - need) if at.size else 0
-    references = _references(x, look, first)
-    x, at, points = x[:, first:], at - first, points - first
-    forecast = np.stack(references)  # (c, n, M)
-    size = np.abs(x[None] - forecast)
-    # A reference that could not forecast a sample it should have (too few seasons yet)
-    # never wins the choice below; in the record it counts as no deviation.
-    unfit = np.where(np.isnan(forecast) & np.isfinite(x[None]), np.inf, 0.0)
-    size = np.where(np.isfinite(size), size, 0.0)
-    c, m = size.shape[0], x.shape[1]
-    edges, worst = (
-        part.reshape(c, n, m)[:, :, points] for part in _edges(size.reshape(c * n, m), look, config)
-    )
-    # Per series and chunk, the reference with the smallest mean residual over the history;
-    # a seasonal one must beat the level by a margin, so noise does not flip between them.
-    if c > 1 and look.history:
-        windows = np.lib.stride_tricks.sliding_window_view(size, look.history, axis=2)
-        fit = windows[:, :, at - look.history].sum(axis=-1)  # (c, n, k)
-        missing = np.lib.stride_tricks.sliding_window_view(unfit, look.history, axis=2)
-        fit = fit + missing[:, :, at - look.history].max(axis=-1)
-        fit[0] *= _SEASONAL_MARGIN
-        choice = np.argmin(fit, axis=0)  # ties: the level reference
-    else:
-        choice = np.zeros((n, at.size), dtype=np.int64)
-    choice = np.repeat(choice, horizon, axis=1)  # one reference per chunk, for all its points
-    # An alert seen through any reference starts the cooldown: the choice may change
-    # between two chunks, an incident must not page again because of that.
-    edge = np.maximum(np.take_along_axis(edges, choice[None], axis=0)[0], worst.max(axis=0))
-    reference = np.take_along_axis(forecast[:, :, points], choice[None], axis=0)[0]
-    # During an incident the cap is off too: a new level keeps setting new highs, and
-    # each would page again.
-    incident = worst.max(axis=0) > 0
+    x, pad = _padded(values, starts, context, horizon)
+    at = starts + pad
+    base = origin - pad  # absolute index of column 0 of x
+    # Columns whose residuals any band reads: the record before the earliest anchor, the
+    # cooldown and the sustained sum before the first point.
+    first = max(0, int(at.min()) - look.cooldown - look.refit - (look.sustained - 1) - look.record)
+    columns = np.arange(first, x.shape[1])
+    candidates = candidate_forecasts(x, columns, columns, look.periods).forecast  # (c, n, M)
+    c, m = candidates.shape[0], columns.size
+    actual = x[:, first:]
+    valid = np.isfinite(actual)[None] & np.isfinite(candidates)
+    size = np.where(valid, np.abs(actual[None] - candidates), 0.0).reshape(c * n, m)
+    valid = valid.reshape(c * n, m)
+    sums = _trailing_sum(size, look.sustained)
+    # The anchor of every column: the first column of its hour (absolute), the record before it.
+    absolute = base + first + np.arange(m)
+    anchor = absolute - absolute % look.refit - base - first
+    used = np.unique(anchor[max(0, int(at.min()) - first - look.cooldown) :])
+    used = used[used >= look.record]
+    one = np.full((c * n, m), np.nan)
+    many = np.full((c * n, m), np.nan)
+    if used.size:
+        slot = np.searchsorted(used, anchor)
+        ok = (slot < used.size) & (used[np.minimum(slot, used.size - 1)] == anchor)
+        q1 = _thresholds(size, valid, used, look)
+        qk = _thresholds(sums, valid, used, look) if look.sustained > 1 else q1
+        one[:, ok], many[:, ok] = q1[:, slot[ok]], qk[:, slot[ok]]
+    before = sums - size  # the sustained - 1 residuals before each column
+    edge = np.fmin(one, np.fmax(many - before, SUSTAINED_FLOOR * one)) if look.sustained > 1 else one
+    alerted = np.where(size > edge, size, 0.0)  # NaN edge (warm-up): no alert
+    worst = _trailing_max_before(alerted, look.cooldown).reshape(c, n, m).max(axis=0)
+    edge = edge.reshape(c, n, m)
+    points = (at[:, None] + np.arange(horizon)[None, :]).reshape(-1) - first  # (k h,)
+    choice = choose(size.reshape(c, n, m), valid.reshape(c, n, m), at - first, look.record)
+    choice = np.repeat(choice, horizon, axis=1)[None]  # one candidate per chunk, all its points
+    picked = np.take_along_axis(edge[:, :, points], choice, axis=0)[0]
+    edge_points = np.fmax(picked, worst[:, points])
+    edge_points = np.where(np.isfinite(picked), edge_points, np.nan)
+    reference = np.take_along_axis(candidates[:, :, points], choice, axis=0)[0]
+    low, high = _range_cap(x, points + first, context, look)
+    incident = worst[:, points] > 0  # during an incident a new high is not news
     low, high = np.where(incident, -np.inf, low), np.where(incident, np.inf, high)
     shape = (n, at.size, horizon)
-    return StageBands(*(part.reshape(shape) for part in (edge, low, high, reference)))
+    return StageBands(*(part.reshape(shape) for part in (edge_points, low, high, reference)))
 
 
-_RANK_SAMPLES = 360
-"""At most this many points of the ranking window are used (evenly spaced): its median
-and MAD barely move, and the cost per chunk stays bounded."""
+def _range_cap(x: np.ndarray, at: np.ndarray, context: int, look: Lookback) -> tuple[np.ndarray, np.ndarray]:
+    """The range the context has seen before each column ``at``, widened by ``RANGE_MARGIN``.
+
+    The range is that of the context before its last three days (``RANGE_LAG_S``); where
+    one of those points already left it (on a side), that side is off: leaving was the
+    alert, and a ramp or a new level would otherwise page at every new high. A new point
+    tops ``N`` earlier ones by chance about once in ``N``, so the cap applies once the
+    range holds the points of one budget period (a week at one false alarm a week), or the
+    whole context when that is shorter: then "never seen" is rarer than the budget.
+    """
+    lag = min(_points(RANGE_LAG_S, look.step_s), context // 2)
+    span = context - lag
+    young = min(look.range_points, span)
+    for_max, for_min = np.where(np.isnan(x), -np.inf, x), np.where(np.isnan(x), np.inf, x)
+    old_high = _window_extreme(for_max, at - lag, span)
+    old_low = -_window_extreme(-for_min, at - lag, span)
+    aged = np.isfinite(_window_extreme(for_max, at - young + 1, context - young + 1))
+    if lag:
+        new_high, new_low = _window_extreme(for_max, at, lag), -_window_extreme(-for_min, at, lag)
+    else:
+        new_high, new_low = np.full(old_high.shape, -np.inf), np.full(old_high.shape, np.inf)
+    seen = np.isfinite(old_high)
+    with np.errstate(invalid="ignore"):
+        slack = np.where(seen, RANGE_MARGIN * (old_high - old_low), 0.0)
+        above, below = new_high > old_high + slack, new_low < old_low - slack
+    high_off, low_off = ~(seen & aged) | above, ~(seen & aged) | below
+    return np.where(low_off, -np.inf, old_low - slack), np.where(high_off, np.inf, old_high + slack)
 
 
-def _rank_window(x: np.ndarray, at: np.ndarray, lag: int, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Median and MAD of the ``window`` points ending ``lag`` before each ``at``, ``(n, k)`` each."""
-    stride = max(1, window // _RANK_SAMPLES)
-    views = np.lib.stride_tricks.sliding_window_view(x, window, axis=1)[:, at - lag - window, ::stride]
-    centre = _median(views)
-    return centre, _median(np.abs(views - centre[..., None]))
+def _window_extreme(values: np.ndarray, ends: np.ndarray, size: int) -> np.ndarray:
+    """``out[:, j] = max(values[:, ends[j] - size : ends[j]])``, ``(n, len(ends))``."""
+    if size <= 0:
+        return np.full((values.shape[0], ends.size), -np.inf)
+    return _trailing_max_before(np.concatenate([values, values[:, :1]], axis=1), size)[:, ends]
 
 
 def sustained_rarity(
-    values: np.ndarray,
-    starts: np.ndarray,
-    *,
-    horizon: int,
-    context: int,
-    config: CalibrationConfig,
-    direction: Direction,
+    values: np.ndarray, starts: np.ndarray, *, horizon: int, context: int, direction: Direction
 ) -> np.ndarray:
     """How far the recent level of each chunk point is from the series' normal level, in ``[0, 1)``.
 
-    What ranks the points inside the alert band (VUS-PR), for every model: ``z =
-    |mean of the rank_mean points ending at t - median| / MAD`` of the ``rank_window``
-    points ending ``rank_lag`` before the chunk, mapped to ``z / (z + 3)`` (monotone).
-    The mean makes it a *sustained*-deviation measure: noise averages out, a shift or a
-    slow excursion keeps ranking high for as long as it lasts, where a one-step
-    residual fades after a few points. Chosen by leave-one-group-out cross-validation
-    on NAB and SMD (``docs/accuracy.md``): VUS-PR 0.19 -> 0.32 on NAB and 0.05 -> 0.31
-    on SMD for ``default``. Like the bands it reads only the ``context`` points before
-    a chunk (and the chunk's own points up to ``t``), so it is stateless and a chunk
-    gets the same numbers alone or in a backtest.
-
-    Args:
-        values, starts, horizon, context, config: as :func:`stage_bands`.
-        direction: ``above``/``below`` rank only rises/drops.
+    What ranks the points inside the alert band (VUS-PR), for every model: ``z = |mean of
+    the RANK_MEAN points ending at t - median| / MAD`` of the ``RANK_WINDOW`` points ending
+    ``RANK_LAG`` before the chunk, mapped to ``z / (z + 3)``. The mean makes it a
+    *sustained*-deviation measure: a shift keeps ranking high while it lasts, where a
+    one-step residual fades. Stateless like the bands.
 
     Returns:
         float ``(n, k, h)``; 0 where the window or the level has no sample.
     """
-    lag = min(config.rank_lag, context // 2)
-    window = min(config.rank_window, context - lag)
-    mean = min(config.rank_mean, context)
-    x, at = _padded(values, starts, context, horizon)
-    centre, spread = _rank_window(x, at, lag, window)
-    columns = at[:, None] + np.arange(horizon)[None, :]  # (k, h)
-    recent = np.lib.stride_tricks.sliding_window_view(x, mean, axis=1)[:, columns - mean + 1]
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a window with no sample: NaN, ranked 0
+    lag = min(RANK_LAG, context // 2)
+    window = max(1, min(RANK_WINDOW, context - lag))
+    mean = min(RANK_MEAN, context)
+    x, pad = _padded(values, starts, context, horizon)
+    at = np.asarray(starts, dtype=np.int64) + pad
+    stride = max(1, window // 360)  # 360 evenly spaced points: the median and MAD barely move
+    views = np.lib.stride_tricks.sliding_window_view(x, window, axis=1)[:, at - lag - window, ::stride]
+    centre = median(views)
+    spread = median(np.abs(views - centre[..., None]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an empty window: NaN, ranked 0
+        columns = at[:, None] + np.arange(horizon)[None, :]
+        recent = np.lib.stride_tricks.sliding_window_view(x, mean, axis=1)[:, columns - mean + 1]
         deviation = np.nanmean(recent, axis=-1) - centre[..., None]
     if direction == "above":
         deviation = np.maximum(deviation, 0.0)
@@ -392,76 +366,38 @@ def sustained_rarity(
         return np.where(np.isfinite(z), z / (z + 3.0), 0.0)
 
 
-def _range_cap(
-    x: np.ndarray, at: np.ndarray, context: int, look: _Lookbacks, margin: float | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The range cap before each ``at`` (module docs, step 5): ``(low, high)``, ``(n, k)`` each."""
-    n = x.shape[0]
-    if margin is None:
-        return np.full((n, at.size), -np.inf), np.full((n, at.size), np.inf)
-    lag = look.range_lag
-    span = context - lag
-    for_max, for_min = np.where(np.isnan(x), -np.inf, x), np.where(np.isnan(x), np.inf, x)
-    old_high, old_low = _window_max(for_max, at - lag, span), -_window_max(-for_min, at - lag, span)
-    if lag:
-        new_high, new_low = _window_max(for_max, at, lag), -_window_max(-for_min, at, lag)
-    else:
-        new_high, new_low = np.full(old_high.shape, -np.inf), np.full(old_high.shape, np.inf)
-    seen = np.isfinite(old_high)
-    with np.errstate(invalid="ignore"):
-        slack = np.where(seen, margin * (old_high - old_low), 0.0)
-        above, below = new_high > old_high + slack, new_low < old_low - slack
-    # No sample ``range_points`` or more before: the range is too young to say "never seen".
-    young = look.range_points
-    aged = np.isfinite(_window_max(for_max, at - young + 1, context - young + 1)) if young else seen
-    off = ~(seen & aged)  # no range (yet); a side left has paged that incident
-    return np.where(off | below, -np.inf, old_low - slack), np.where(off | above, np.inf, old_high + slack)
-
-
 def calibrated_score(
     actual: np.ndarray,
     forecast: QuantileForecast,
     bands: StageBands,
-    scoring: ScoringConfig,
+    *,
+    quantiles: tuple[float, float],
+    direction: Direction,
+    min_deviation: float,
 ) -> Score:
-    """Score ``actual`` ``(r, h)`` against the model's median and the stage's band.
-
-    Args:
-        actual: the chunks' values, ``(r, h)``; NaN = no sample.
-        forecast: the model's forecast for those ``r`` chunks (median and the band at
-            ``scoring.quantiles``).
-        bands: :func:`stage_bands` for the same ``r`` chunks, ``(r, h)`` each.
-        scoring: direction, ``min_deviation`` and the calibration's ``gain``.
-
-    Returns:
-        :class:`~openanomaly.scoring.Score` ``(r, h)``: the alert band is
-        ``yhat +- gain * max(edge, model half-width)``, clipped to the range cap but
-        always containing ``yhat``.
-    """
-    low_q, high_q = scoring.quantiles
-    reference = np.where(np.isfinite(bands.reference), bands.reference, forecast.median)
-    gain = scoring.calibration.gain
+    """Score ``actual`` ``(r, h)`` outside both the reference's band and the model's (module docs, 4)."""
+    low_q, high_q = quantiles
 
     def band(centre: np.ndarray, half: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         upper = np.minimum(centre + half, np.maximum(bands.high, centre))
         lower = np.maximum(centre - half, np.minimum(bands.low, centre))
-        score = band_score(
-            actual,
-            yhat=centre,
-            yhat_lower=lower,
-            yhat_upper=upper,
-            direction=scoring.direction,
-            min_deviation=scoring.min_deviation,
-        )
+        with np.errstate(invalid="ignore"):
+            score = band_score(
+                actual,
+                yhat=centre,
+                yhat_lower=lower,
+                yhat_upper=upper,
+                direction=direction,
+                min_deviation=min_deviation,
+            )
         return score, lower, upper
 
-    stage_score, _, _ = band(reference, gain * bands.edge)
+    reference = np.where(np.isfinite(bands.reference), bands.reference, forecast.median)
+    stage_score, _, _ = band(reference, bands.edge)
     model_half = 0.5 * (forecast.level(high_q) - forecast.level(low_q))
-    score, lower, upper = band(forecast.median, gain * np.fmax(bands.edge, model_half))
-    # The stage knows the reference's error record, not the model's: a point is rare only
-    # when it is outside both bands, so a model can veto the reference's alerts (it
-    # predicted the value) but cannot flood (its residuals are not calibrated).
-    return Score(np.fmin(score, stage_score), forecast.median, lower, upper)
+    score, lower, upper = band(forecast.median, np.fmax(bands.edge, model_half))
+    score = np.where(np.isnan(bands.edge), np.nan, np.fmin(score, stage_score))
+    return Score(score, forecast.median, lower, upper)
 
 
 def score_chunks(
@@ -470,39 +406,32 @@ def score_chunks(
     rows: np.ndarray,
     actual: np.ndarray,
     forecast: QuantileForecast,
-    scoring: ScoringConfig,
     *,
+    policy: AlertPolicy,
+    quantiles: tuple[float, float],
+    direction: Direction,
+    min_deviation: float,
     context: int,
     step_s: float,
-    calibrated: bool = False,
+    origin: int,
 ) -> Score:
-    """Score the forecast chunks ``rows`` of ``values``: calibrated, or the raw band when disabled.
+    """Score the forecast chunks ``rows`` (indices into the series-major ``n * k``) of ``values``.
 
-    Alerts (``> 1``) come from the stage's band, or from the model's own band when it is
-    ``calibrated`` (``default``); every other point is ranked by :func:`sustained_rarity`
-    either way, so "how rare" means the same for every model.
-
-    Args:
-        values: float ``(n, m)`` grid values holding every chunk and its context.
-        starts: int ``(k,)`` first column of each chunk (the same for every series).
-        rows: int ``(r,)`` the forecast chunks, indices into the series-major ``n * k``.
-        actual: ``(r, h)`` their values; ``forecast``: the model's forecast for them.
-        scoring: the pipeline's scoring (``calibration.enabled`` switches the stage).
-        context: the pipeline's context in points; ``step_s``: its step in seconds.
-        calibrated: the model's band is already calibrated (the stage only ranks).
+    Alerts (``> 1``) come from the stage's band; every other point is ranked by
+    :func:`sustained_rarity`. With the stage disabled the model's own band scores.
     """
-    config = scoring.calibration
-    if not config.enabled:
-        return score_forecast(actual, forecast, scoring)
+    if not policy.enabled:
+        return score_forecast(
+            actual, forecast, quantiles=quantiles, direction=direction, min_deviation=min_deviation
+        )
     n, k, h = values.shape[0], len(starts), actual.shape[1]
-    if calibrated:
-        score = score_forecast(actual, forecast, scoring)
-    else:
-        bands = stage_bands(values, starts, horizon=h, context=context, step_s=step_s, config=config)
-        picked = StageBands(*(field.reshape(n * k, *field.shape[2:])[rows] for field in bands))
-        score = calibrated_score(actual, forecast, picked, scoring)
-    rank = sustained_rarity(
-        values, starts, horizon=h, context=context, config=config, direction=scoring.direction
-    ).reshape(n * k, h)[rows]
-    inside = np.where(np.isnan(score.anomaly_score), np.nan, rank)
+    bands = stage_bands(
+        values, starts, horizon=h, context=context, step_s=step_s, origin=origin, policy=policy
+    )
+    picked = StageBands(*(field.reshape(n * k, h)[rows] for field in bands))
+    score = calibrated_score(
+        actual, forecast, picked, quantiles=quantiles, direction=direction, min_deviation=min_deviation
+    )
+    rank = sustained_rarity(values, starts, horizon=h, context=context, direction=direction)
+    inside = np.where(np.isnan(score.anomaly_score), np.nan, rank.reshape(n * k, h)[rows])
     return score._replace(anomaly_score=np.where(score.anomaly_score > 1, score.anomaly_score, inside))

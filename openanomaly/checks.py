@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from openanomaly.calibration import lookback
 from openanomaly.models.registry import ADAPTERS, ModelInfo, model_info
 from openanomaly.times import format_duration
 
@@ -38,7 +39,30 @@ def pipeline_problems(pipeline: Pipeline) -> list[Problem]:
         *_band_problems(pipeline, info),
         *_context_problems(pipeline, info),
         *_horizon_problems(pipeline, info),
+        *_record_problems(pipeline),
         *fit_problems(pipeline, info),
+    ]
+
+
+MIN_RECORD = 3
+"""Fewest residuals a tail can be fitted to (two above the threshold, one at it)."""
+
+
+def _record_problems(pipeline: Pipeline) -> list[Problem]:
+    """The calibration stage needs a residual record inside the context (``calibration.lookback``)."""
+    calibration = pipeline.scoring.calibration
+    if not calibration.enabled:
+        return []
+    look = lookback(calibration.policy(), pipeline.context_points, pipeline.step.total_seconds())
+    if look.record >= MIN_RECORD:
+        return []
+    return [
+        (
+            "schedule.context",
+            f"{format_duration(pipeline.schedule.context)} is {pipeline.context_points} points: it "
+            f"leaves the calibration stage {look.record} residuals to set the alert threshold from (at least "
+            f"{MIN_RECORD}); lengthen schedule.context (a week or more calibrates best)",
+        )
     ]
 
 
@@ -76,9 +100,7 @@ def _context_problems(pipeline: Pipeline, info: ModelInfo) -> list[Problem]:
 
 
 def _horizon_problems(pipeline: Pipeline, info: ModelInfo) -> list[Problem]:
-    from openanomaly.detect import chunk_points
-
-    horizon = chunk_points(pipeline)
+    horizon = pipeline.chunk_points
     if info.max_horizon is None or horizon <= info.max_horizon:
         return []
     return [

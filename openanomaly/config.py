@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from openanomaly.calibration import AlertPolicy
 from openanomaly.times import format_duration, parse_duration
 
 __all__ = [
@@ -286,29 +287,50 @@ class Schedule(_Strict):
 
 
 class CalibrationConfig(_Strict):
-    """The calibration stage after every forecaster (see ``openanomaly.calibration``).
+    """The alert policy after every forecaster (see ``openanomaly.calibration``).
 
-    Numbers are strict: ``true`` is not 1 (a YAML ``yes`` or a JSON ``false`` is a mistake).
-
-    On by default, so ``anomaly_score > 1`` means "rare for this series" whatever the
-    model. The windows are in points and shrink to fit the pipeline's ``context``.
+    ``anomaly_score > 1`` means "rarer than ``false_alarms_per_week`` for this series",
+    read off the series' own residual record; these are all the knobs it has.
     """
 
-    enabled: bool = Field(default=True, strict=True)
-    level_window: Int = Field(default=6, ge=1)
-    seasons: Int = Field(default=5, ge=0)
-    history: Int = Field(default=864, ge=1)
-    history_days: float = Field(strict=True, default=1.0, ge=0)
-    short_window: Int = Field(default=6, ge=1)
-    floor: float = Field(strict=True, default=0.4, ge=0, le=1)
-    cooldown: Int = Field(default=144, ge=0)
-    range_margin: float | None = Field(strict=True, default=0.05, ge=0)
-    range_lag: Int = Field(default=144, ge=0)
-    range_days: float = Field(strict=True, default=5.0, ge=0)
-    gain: float = Field(strict=True, default=1.88, gt=0)
-    rank_window: Int = Field(default=1440, ge=2)
-    rank_lag: Int = Field(default=288, ge=0)
-    rank_mean: Int = Field(default=60, ge=1)
+    enabled: bool = Field(
+        default=True,
+        strict=True,
+        description="Off: the model's own quantile band scores, uncalibrated (for comparison only)",
+    )
+    false_alarms_per_week: float = Field(
+        strict=False,
+        default=1.0,
+        gt=0,
+        le=1000,
+        description="The false-alarm budget per series: how often noise alone may cross score 1 "
+        "(before the cooldown merges repeats)",
+    )
+    cooldown: Duration = Field(
+        default=timedelta(hours=6),
+        description="After an alert, only a worse deviation alerts again within this long "
+        "(one page per incident)",
+    )
+    min_history: PositiveDuration = Field(
+        default=timedelta(days=1),
+        description="Points whose residual record spans less than this are warm-up: not scored",
+    )
+
+    @field_validator("false_alarms_per_week", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, bool | str):
+            raise PydanticCustomError("float_type", "Input should be a valid number")
+        return value
+
+    def policy(self) -> AlertPolicy:
+        """The plain record the pure stage takes."""
+        return AlertPolicy(
+            false_alarms_per_week=self.false_alarms_per_week,
+            cooldown_s=self.cooldown.total_seconds(),
+            min_history_s=self.min_history.total_seconds(),
+            enabled=self.enabled,
+        )
 
 
 class ScoringConfig(_Strict):
@@ -396,6 +418,11 @@ class Pipeline(_Strict):
     @property
     def context_points(self) -> int:
         return int(self.schedule.context / self.step)
+
+    @property
+    def chunk_points(self) -> int:
+        """Points forecast per chunk: ``infer_every // step``, at least 1."""
+        return max(1, int(self.schedule.infer_every / self.step))
 
     @property
     def step_ms(self) -> int:

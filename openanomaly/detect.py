@@ -9,7 +9,7 @@ window path: grid, fetch, score, labels, write), so the scheduler's windows, ``r
 Rolling semantics (the same for one scheduled window and for a year-long backtest):
 
 - A range is ``(start_ms, end_ms]``; its points are the grid columns in it.
-- Points are forecast in *chunks* of ``chunk_points(pipeline)`` = ``infer_every // step``
+- Points are forecast in *chunks* of ``pipeline.chunk_points`` = ``infer_every // step``
   points that sit on the ABSOLUTE ``infer_every`` grid: the chunk of a point at ``t``
   covers ``((k - 1) * infer_every, k * infer_every]`` with ``k = ceil(t / infer_every)``,
   exactly the scheduler's window. So a point gets the same forecast whether it is scored
@@ -25,10 +25,10 @@ Rolling semantics (the same for one scheduled window and for a year-long backtes
   (:mod:`openanomaly.calibration`), which reads only each chunk's context, so a
   backtest scores thousands of chunks from shared arrays with the same result as one
   window at a time. :func:`backtest` splits a long range into batches of whole chunks,
-  which gives the same numbers (each chunk sees the same context). A forecaster with a
-  ``forecast_chunks(values, ends, rows, context, horizon, quantiles)`` method (``default``)
-  gets the series and the chunk ends instead of the copied contexts, and must return
-  exactly what ``forecast`` would: it shares the work between overlapping contexts.
+  which gives the same numbers (each chunk sees the same context). A
+  :class:`~openanomaly.models.base.ChunkedForecaster` (``default``) gets the series and
+  the chunk ends instead of the copied contexts, and returns exactly what ``forecast``
+  would: it shares the work between overlapping contexts.
 - A ``(series, chunk)`` with no actual value is not forecast (nothing to score). One
   whose context has no finite value cannot be forecast: it is skipped and its series
   is reported in :attr:`Detection.skipped` (the rest of the batch still runs).
@@ -47,7 +47,7 @@ import numpy as np
 from openanomaly.calibration import score_chunks
 from openanomaly.config import Pipeline
 from openanomaly.errors import DataError, NoSeries
-from openanomaly.models.base import Forecaster, check_forecast
+from openanomaly.models.base import ChunkedForecaster, Forecaster, StepAware, check_forecast
 from openanomaly.series import SeriesMatrix
 
 __all__ = [
@@ -56,7 +56,6 @@ __all__ = [
     "align_to_grid",
     "backtest",
     "check_input",
-    "chunk_points",
     "default_batch_chunks",
     "detect",
 ]
@@ -104,11 +103,6 @@ class Detection:
     @property
     def skipped_labels(self) -> tuple[Mapping[str, str], ...]:
         return tuple(self.labels[i] for i in self.skipped)
-
-
-def chunk_points(pipeline: Pipeline) -> int:
-    """Points forecast per chunk: ``infer_every // step``, at least 1."""
-    return max(1, int(pipeline.schedule.infer_every / pipeline.step))
 
 
 def default_batch_chunks(pipeline: Pipeline, n_series: int) -> int:
@@ -192,11 +186,17 @@ def _chunk_starts(timestamps: np.ndarray, a: int, b: int, pipeline: Pipeline) ->
         return np.empty(0, dtype=np.int64)
     step, every = pipeline.step_ms, pipeline.infer_every_ms
     offset = ((int(timestamps[a]) - step) % every) // step  # columns since the chunk began
-    return np.arange(a - offset, b, chunk_points(pipeline), dtype=np.int64)
+    return np.arange(a - offset, b, pipeline.chunk_points, dtype=np.int64)
 
 
 def _detect_chunks(
-    values: np.ndarray, starts: np.ndarray, a: int, b: int, pipeline: Pipeline, forecaster: Forecaster
+    values: np.ndarray,
+    timestamps: np.ndarray,
+    starts: np.ndarray,
+    a: int,
+    b: int,
+    pipeline: Pipeline,
+    forecaster: Forecaster,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score the chunks starting at columns ``starts`` with one forecast call; keep ``[a, b)``.
 
@@ -209,9 +209,9 @@ def _detect_chunks(
     skipped = np.zeros(n, dtype=bool)
     if b <= a or n == 0:
         return out, skipped
-    if hasattr(forecaster, "for_step"):  # a model with windows in time, not points
+    if isinstance(forecaster, StepAware):
         forecaster = forecaster.for_step(pipeline.step.total_seconds())
-    c, length = chunk_points(pipeline), pipeline.context_points
+    c, length = pipeline.chunk_points, pipeline.context_points
     k = len(starts)
     # Work on the columns this batch needs only, so a batch costs O(its size), not O(t);
     # NaN-pad on the left for contexts (and chunk heads) before column 0. Contexts are a
@@ -238,21 +238,25 @@ def _detect_chunks(
         return out, skipped
     low, high = pipeline.scoring.quantiles
     levels = [low, 0.5, high]
-    if hasattr(forecaster, "forecast_chunks"):  # the same forecasts, computed along each series
+    if isinstance(forecaster, ChunkedForecaster):  # the same forecasts, computed along each series
         forecast = forecaster.forecast_chunks(padded, rel, rows, length, c, levels)
     else:
         forecast = forecaster.forecast(contexts if rows.size == n * k else contexts[rows], c, levels)
     check_forecast(forecast, n_series=rows.size, horizon=c, spec=pipeline.model.spec)
+    scoring = pipeline.scoring
     score = score_chunks(
         window,
         starts - first,
         rows,
         actual[rows],
         forecast,
-        pipeline.scoring,
+        policy=scoring.calibration.policy(),
+        quantiles=scoring.quantiles,
+        direction=scoring.direction,
+        min_deviation=scoring.min_deviation,
         context=length,
         step_s=pipeline.step.total_seconds(),
-        calibrated=getattr(forecaster, "calibrated", False),  # its band is already the series' own
+        origin=int(timestamps[first]) // pipeline.step_ms,
     )
     flat = np.full((4, n * k, c), np.nan)
     missing = np.isnan(actual[rows])
@@ -339,11 +343,13 @@ def _run(
     skipped = np.zeros(len(series), dtype=bool)
     starts = _chunk_starts(series.timestamps, a, b, pipeline)
     per_batch = batch_chunks or max(1, len(starts))
-    c = chunk_points(pipeline)
+    c = pipeline.chunk_points
     for index in range(0, len(starts), per_batch):
         group = starts[index : index + per_batch]
         lo, hi = max(a, int(group[0])), min(b, int(group[-1]) + c)
-        out, batch_skipped = _detect_chunks(series.values, group, lo, hi, pipeline, forecaster)
+        out, batch_skipped = _detect_chunks(
+            series.values, series.timestamps, group, lo, hi, pipeline, forecaster
+        )
         for target, part in zip(outputs, out, strict=True):
             target[:, lo - a : hi - a] = part
         skipped |= batch_skipped

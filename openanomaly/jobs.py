@@ -866,10 +866,9 @@ def train_global(settings: Settings, pipeline: Pipeline, values: np.ndarray, *, 
     Raises:
         ModelError: training failed. ArtifactError: the store refused the write.
     """
-    from openanomaly.detect import chunk_points
     from openanomaly.models.fitted import fit_global
 
-    blob = fit_global(pipeline, values, horizon=chunk_points(pipeline))
+    blob = fit_global(pipeline, values, horizon=pipeline.chunk_points)
     store = open_store(settings.artifacts)
     return save_model(
         store, pipeline=pipeline.name, series=GLOBAL_SERIES_KEY, fit_time_ms=fit_time_ms, data=blob

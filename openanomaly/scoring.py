@@ -38,7 +38,6 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from openanomaly.config import ScoringConfig
 from openanomaly.models.base import QuantileForecast
 
 __all__ = ["FLAT_BAND_REL", "Direction", "Score", "band_score", "score_forecast"]
@@ -120,11 +119,18 @@ def band_score(
     return np.where(nan, np.nan, score)
 
 
-def score_forecast(actual: np.ndarray, forecast: QuantileForecast, scoring: ScoringConfig) -> Score:
-    """Score ``actual`` ``(n, h)`` against a forecast for the same ``(n, h)`` points.
+def score_forecast(
+    actual: np.ndarray,
+    forecast: QuantileForecast,
+    *,
+    quantiles: tuple[float, float],
+    direction: Direction = "both",
+    min_deviation: float = 0.0,
+) -> Score:
+    """Score ``actual`` ``(n, h)`` against a forecast's own band for the same ``(n, h)`` points.
 
-    The band is the forecast at ``scoring.quantiles`` (which must be among
-    ``forecast.levels``); ``yhat`` is the forecast median.
+    The band is the forecast at ``quantiles`` (which must be among ``forecast.levels``);
+    ``yhat`` is the forecast median. Uncalibrated: the stage is off.
 
     Raises:
         ModelError: the forecast lacks one of the band's quantile levels.
@@ -133,7 +139,7 @@ def score_forecast(actual: np.ndarray, forecast: QuantileForecast, scoring: Scor
     actual = np.asarray(actual, dtype=np.float64)
     if actual.shape != forecast.median.shape:
         raise ValueError(f"actual has shape {actual.shape}, forecast covers {forecast.median.shape}")
-    low, high = scoring.quantiles
+    low, high = quantiles
     lower, upper = forecast.level(low), forecast.level(high)
     yhat = forecast.median
     score = band_score(
@@ -141,7 +147,7 @@ def score_forecast(actual: np.ndarray, forecast: QuantileForecast, scoring: Scor
         yhat=yhat,
         yhat_lower=lower,
         yhat_upper=upper,
-        direction=scoring.direction,
-        min_deviation=scoring.min_deviation,
+        direction=direction,
+        min_deviation=min_deviation,
     )
     return Score(score, yhat, lower, upper)

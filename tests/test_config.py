@@ -155,7 +155,7 @@ def test_horizon_the_model_forecasts(params: str, ok: bool) -> None:
 @pytest.mark.parametrize(
     ("model", "known"),
     [
-        ("default", "level_window"),
+        ("default", "scoring.calibration"),
         ("mad", "window"),
         ("zscore", "window"),
         ("'statsforecast:AutoETS'", "season_length"),
@@ -226,13 +226,23 @@ def test_unset_variable_in_a_checked_field_hides_that_field_s_own_error() -> Non
 
 @pytest.mark.parametrize(
     ("raw", "accepted"),
-    [("3", 3), ("3.0", 3), ("1e2", 100), ("true", None), ('"3"', None), ("3.5", None)],
+    [("3", 3.0), ("0.5", 0.5), ("1e1", 10.0), ("true", None), ('"3"', None), ("0", None), ("-1", None)],
 )
-def test_calibration_integers_are_json_schema_integers(raw: str, accepted: int | None) -> None:
-    """The OpenAPI document calls them ``integer``, which JSON Schema lets be ``3.0``
-    (schemathesis sent one and got a 422); a boolean, text or a fraction stays an error."""
+def test_the_false_alarm_budget_is_a_positive_number(raw: str, accepted: float | None) -> None:
+    """A boolean or text is a mistake, not 1; no budget (0) would never alert."""
     if accepted is None:
-        with pytest.raises(ValidationError, match="valid integer"):
-            CalibrationConfig.model_validate_json(f'{{"seasons": {raw}}}')
+        with pytest.raises(ValidationError):
+            CalibrationConfig.model_validate_json(f'{{"false_alarms_per_week": {raw}}}')
     else:
-        assert CalibrationConfig.model_validate_json(f'{{"seasons": {raw}}}').seasons == accepted
+        config = CalibrationConfig.model_validate_json(f'{{"false_alarms_per_week": {raw}}}')
+        assert config.false_alarms_per_week == accepted
+
+
+def test_the_alert_policy_takes_durations_and_refuses_the_old_knobs() -> None:
+    config = CalibrationConfig.model_validate({"cooldown": "2h", "min_history": "3d"})
+    policy = config.policy()
+    assert (policy.cooldown_s, policy.min_history_s) == (7200, 3 * 86400)
+    with pytest.raises(ValidationError, match="invalid duration"):
+        CalibrationConfig.model_validate({"cooldown": "-1h"})
+    with pytest.raises(ValidationError, match="gain"):
+        CalibrationConfig.model_validate({"gain": 1.88})

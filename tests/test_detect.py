@@ -8,7 +8,6 @@ from openanomaly.config import Pipeline
 from openanomaly.detect import (
     align_to_grid,
     backtest,
-    chunk_points,
     default_batch_chunks,
     detect,
 )
@@ -60,8 +59,8 @@ def matrix(values, labels=None, t0=0) -> SeriesMatrix:
 
 
 def test_chunks_and_batch_defaults():
-    assert chunk_points(pipeline()) == 3
-    assert chunk_points(pipeline(schedule={"infer_every": "1m", "context": "5m"})) == 1
+    assert pipeline().chunk_points == 3
+    assert pipeline(schedule={"infer_every": "1m", "context": "5m"}).chunk_points == 1
     with pytest.raises(ValueError, match="whole multiple of step"):
         pipeline(schedule={"infer_every": "30s", "context": "5m"})
     assert default_batch_chunks(pipeline(), 1) > 1000
@@ -146,7 +145,9 @@ def test_nan_actuals_are_not_scored_and_chunks_without_context_are_skipped():
     values[0, 11] = np.nan  # a gap in series 0
     values[1, :13] = np.nan  # series 1 starts inside the window: its chunk has no context
     model = LastValue()
-    result = detect(matrix(values), pipeline(), model, start_ms=9 * STEP, end_ms=14 * STEP)
+    # A 5-point context holds no residual record: the model's own band scores here.
+    raw = pipeline(scoring={"calibration": {"enabled": False}})
+    result = detect(matrix(values), raw, model, start_ms=9 * STEP, end_ms=14 * STEP)
     assert np.isnan(result.anomaly_score[0, 1]) and np.isnan(result.yhat[0, 1])
     assert np.isfinite(result.anomaly_score[0, [0, 2, 3, 4]]).all()
     # series 1: chunk [10,11,12] has no context and no actuals → not forecast, not skipped;
@@ -161,7 +162,10 @@ def test_nan_actuals_are_not_scored_and_chunks_without_context_are_skipped():
 def test_output_matrix_labels_and_rows():
     values = np.array([np.arange(10.0), np.full(10, np.nan)])
     values[1, 0] = 1.0  # finite only in the context: no output rows for series 1
-    p = pipeline(output={"anomaly_score": "score", "extra_labels": {"team": "sre"}})
+    p = pipeline(
+        output={"anomaly_score": "score", "extra_labels": {"team": "sre"}},
+        scoring={"calibration": {"enabled": False}},  # 5 points of context hold no record
+    )
     labels = [{"__name__": "cpu", "host": "a", "model": "x"}, {"__name__": "cpu", "host": "b"}]
     out = output_matrix(detect(matrix(values, labels), p, LastValue(), start_ms=6 * STEP, end_ms=9 * STEP), p)
     assert [dict(lab) for lab in out.labels] == [

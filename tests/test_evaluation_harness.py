@@ -80,16 +80,14 @@ def test_harness_cross_validates_over_groups(tmp_path: Path) -> None:
     harness.MODELS["default"] = harness.ModelRun("default", context=300)
     argv = ["--data", str(data), "--labels", str(labels_file), "--out", str(out), "--cv", "--jobs", "2"]
     assert harness.main(argv) == 0
-    families = json.loads(out.read_text())["models"]["default"]["cv"]
-    assert set(families) == {"alert", "rank"}
-    for family, (variants, metric) in harness.CV_FAMILIES.items():
-        cv = families[family]
-        assert cv["metric"] == metric and set(cv["variants"]) == set(variants)
-        assert set(cv["groups"]) == {"realKnownCause", "other"}
-        for group in cv["groups"].values():
-            assert group["chosen"] in variants
-            assert set(group["in_sample"]) == set(group["held_out"]) >= {"nab_standard_at_1", "vus_pr", "f1"}
-        assert np.isfinite(cv["held_out"][metric])
+    cv = json.loads(out.read_text())["models"]["default"]["cv"]
+    assert cv["metric"] == "nab_standard_at_1" and set(cv["variants"]) == set(harness.VARIANTS)
+    assert set(cv["groups"]) == {"realKnownCause", "other"}  # one dataset: its categories
+    for group in cv["groups"].values():
+        assert group["chosen"] in harness.VARIANTS
+        expected = {"nab_standard_at_1", "vus_pr", "f1", "false_alerts_per_week"}
+        assert set(group["in_sample"]) == set(group["held_out"]) >= expected
+    assert np.isfinite(cv["held_out"]["nab_standard_at_1"])
     smd = harness.NabFile("smd_machine1/machine-1-2_dim01.csv", np.zeros(1), np.zeros(1), np.zeros((0, 2)))
     assert harness.group_of(smd) == "machine-1-2"
 
@@ -97,7 +95,7 @@ def test_harness_cross_validates_over_groups(tmp_path: Path) -> None:
 @pytest.mark.skipif(not NAB.is_dir(), reason="shared NAB data not present")
 def test_harness_cross_validates_over_several_datasets(tmp_path: Path) -> None:
     # Two data folders scored together: each file's dataset is its folder, and the CV
-    # is reported per dataset.
+    # leaves one dataset out at a time.
     source = (NAB / "realKnownCause" / "ec2_request_latency_system_failure.csv").read_text().splitlines()
     rows = [line.split(",")[0] for line in source[1:1201]]
     argv = ["--models", "default", "--out", str(tmp_path / "cv.json"), "--cv", "--jobs", "2"]
@@ -113,10 +111,9 @@ def test_harness_cross_validates_over_several_datasets(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "cv.json").read_text())
     assert len(result["data"]) == 2 and result["files"] == 2
     assert set(result["models"]["default"]["per_dataset"]) == {"first", "second"}
-    for family in ("alert", "rank"):
-        cv = result["models"]["default"]["cv"][family]
-        assert set(cv["datasets"]) == {"first", "second"}
-        assert set(cv["groups"]) == {"first:kind", "second:kind"}
+    cv = result["models"]["default"]["cv"]
+    assert set(cv["datasets"]) == {"first", "second"}
+    assert set(cv["groups"]) == {"first", "second"}
 
 
 def test_cross_validation_moves_a_default_only_when_no_dataset_pays_and_one_gains() -> None:

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from openanomaly.config import ScoringConfig
 from openanomaly.errors import ModelError
 from openanomaly.models.base import QuantileForecast
 from openanomaly.scoring import FLAT_BAND_REL, band_score, score_forecast
@@ -101,7 +100,7 @@ def _forecast(levels=(0.05, 0.5, 0.95)):
 
 
 def test_score_forecast_uses_configured_band():
-    result = score_forecast(np.array([[11.0, 16.0]]), _forecast(), ScoringConfig(direction="both"))
+    result = score_forecast(np.array([[11.0, 16.0]]), _forecast(), quantiles=(0.05, 0.95), direction="both")
     assert result.anomaly_score.tolist() == [[0.5, 2.0]]
     assert result.yhat.tolist() == [[10.0, 10.0]]
     assert result.yhat_lower.tolist() == [[8.0, 8.0]]
@@ -110,6 +109,6 @@ def test_score_forecast_uses_configured_band():
 
 def test_score_forecast_errors():
     with pytest.raises(ModelError, match="was not forecast"):
-        score_forecast(np.array([[1.0, 1.0]]), _forecast(), ScoringConfig(quantiles=(0.01, 0.99)))
+        score_forecast(np.array([[1.0, 1.0]]), _forecast(), quantiles=(0.01, 0.99))
     with pytest.raises(ValueError, match="shape"):
-        score_forecast(np.array([[1.0]]), _forecast(), ScoringConfig())
+        score_forecast(np.array([[1.0]]), _forecast(), quantiles=(0.05, 0.95))

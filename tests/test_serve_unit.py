@@ -325,20 +325,21 @@ def test_serving_without_a_token_is_loud(caplog: pytest.LogCaptureFixture) -> No
 
 
 def test_forecast_batch_tells_a_model_the_step_of_its_items() -> None:
-    # default's record spans a day once the step is known: the deployment groups items
-    # by step and forecasts each group with the model for that step.
+    # default places its daily profile once the step is known: the deployment groups
+    # items by step and forecasts each group with the model for that step.
     from openanomaly.models.default import DefaultForecaster
 
-    values = list(5 + np.random.default_rng(4).standard_normal(3000))
-    values[2000] += 9
+    t = np.arange(3 * 288)
+    values = list(50 + 20 * np.sin(2 * np.pi * t / 288) + np.random.default_rng(4).standard_normal(t.size))
     levels = (0.05, 0.5, 0.95)
-    minute, unknown = (ForecastItem(np.asarray([values]), 1, levels, step) for step in (60.0, None))
-    by_minute, as_points = forecast_batch(DefaultForecaster(), [minute, unknown], spec="default")
+    five, unknown = (ForecastItem(np.asarray([values]), 4, levels, step) for step in (300.0, None))
+    by_step, level_only = forecast_batch(DefaultForecaster(), [five, unknown], spec="default")
     contexts = np.asarray([values])
-    day = DefaultForecaster(history=1440).forecast(contexts, 1, list(levels))
-    np.testing.assert_array_equal(by_minute.quantiles, day.quantiles)
-    points = DefaultForecaster().forecast(contexts, 1, list(levels))
-    np.testing.assert_array_equal(as_points.quantiles, points.quantiles)
+    daily = DefaultForecaster().for_step(300).forecast(contexts, 4, list(levels))
+    np.testing.assert_array_equal(by_step.quantiles, daily.quantiles)
+    level = DefaultForecaster().forecast(contexts, 4, list(levels))
+    np.testing.assert_array_equal(level_only.quantiles, level.quantiles)
+    assert not np.array_equal(daily.median, level.median)
 
 
 def test_request_metrics_count_every_status_with_its_route_and_model() -> None:

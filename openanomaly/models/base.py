@@ -15,8 +15,10 @@ import numpy as np
 from openanomaly.errors import ModelError
 
 __all__ = [
+    "ChunkedForecaster",
     "Forecaster",
     "QuantileForecast",
+    "StepAware",
     "check_forecast",
     "reject_unknown_params",
     "validate_quantile_levels",
@@ -55,9 +57,8 @@ class Forecaster(Protocol):
     than failing the batch, so one dead series cannot stop thousands of live ones;
     callers that must reject such series check for them before forecasting.
 
-    A model some of whose windows are durations rather than points (``default``'s
-    record) also has ``for_step(step_s) -> Forecaster``: the window path calls it with
-    the pipeline's step, and the Serve deployment with the request's step.
+    Optional capabilities are declared as the protocols :class:`StepAware` and
+    :class:`ChunkedForecaster`, which a model implements on top of this one.
     """
 
     def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
@@ -73,6 +74,36 @@ class Forecaster(Protocol):
             ModelError: when the model cannot forecast this batch.
         """
         ...
+
+
+@runtime_checkable
+class StepAware(Protocol):
+    """A model whose forecast depends on the step in time (``default``'s daily and weekly
+    candidates): the window path calls ``for_step`` with the pipeline's step, the Serve
+    deployment with the request's."""
+
+    def for_step(self, step_s: float) -> Forecaster: ...
+
+
+@runtime_checkable
+class ChunkedForecaster(Protocol):
+    """A model that forecasts many consecutive contexts of one series sharing the work.
+
+    ``forecast_chunks(values, ends, rows, context, horizon, quantiles)`` must equal
+    ``forecast(contexts[rows], horizon, quantiles)`` with ``contexts[i * k + j] = values[i,
+    ends[j] - context : ends[j]]``; a backtest then costs one pass over each series
+    instead of one copy of every context.
+    """
+
+    def forecast_chunks(
+        self,
+        values: np.ndarray,
+        ends: np.ndarray,
+        rows: np.ndarray,
+        context: int,
+        horizon: int,
+        quantiles: Sequence[float],
+    ) -> QuantileForecast: ...
 
 
 def reject_unknown_params(params: Mapping[str, Any], known: Iterable[str], *, spec: str) -> None:

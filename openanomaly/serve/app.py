@@ -214,20 +214,16 @@ class HandleForecaster:
         self,
         handle: DeploymentHandle,
         *,
-        calibrated: bool = False,
         timeout_s: float | None = None,
         step_s: float | None = None,
     ) -> None:
         self._handle = handle
         self._timeout_s = timeout_s
         self._step_s = step_s
-        self.calibrated = calibrated  # the model's own flag (``info()``): detect treats it alike
 
     def for_step(self, step_s: float) -> "HandleForecaster":
         """The same deployment, told the series' step (the model's ``for_step`` runs there)."""
-        return HandleForecaster(
-            self._handle, calibrated=self.calibrated, timeout_s=self._timeout_s, step_s=step_s
-        )
+        return HandleForecaster(self._handle, timeout_s=self._timeout_s, step_s=step_s)
 
     def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
         item = ForecastItem(
@@ -753,7 +749,7 @@ class Ingress:
             score_range,
             matrix,
             pipeline,
-            HandleForecaster(handle, calibrated=info.get("calibrated", False)),
+            HandleForecaster(handle),
             start_ms=start_ms,
             end_ms=int(t[-1]),
         )

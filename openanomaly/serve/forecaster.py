@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ray import serve
 
 from openanomaly.errors import ConfigError, ModelError, OpenAnomalyError
-from openanomaly.models.base import Forecaster, QuantileForecast, check_forecast
+from openanomaly.models.base import Forecaster, QuantileForecast, StepAware, check_forecast
 from openanomaly.models.registry import load_forecaster, model_info, validate_params
 
 __all__ = [
@@ -193,7 +193,7 @@ def forecast_batch(
     results: list[QuantileForecast | _Failed] = [_Failed(ModelError("not forecast", spec=spec))] * len(items)
     for (levels, horizon, step_s), members in groups.items():
         contexts = stack_left_padded([items[i].contexts for i in members])
-        at_step = model.for_step(step_s) if step_s is not None and hasattr(model, "for_step") else model
+        at_step = model.for_step(step_s) if step_s is not None and isinstance(model, StepAware) else model
         try:
             try:
                 raw = at_step.forecast(contexts, horizon, list(levels))
@@ -349,8 +349,6 @@ class ForecasterDeployment:
             "deployment": self._deployment,
             "replica": self._replica,
             "spec": config.spec if config else None,
-            # a model whose band is already calibrated keeps its alerts; the stage only ranks (detect)
-            "calibrated": bool(getattr(self._model, "calibrated", False)),
             "device": self._device,
             "max_batch_size": config.max_batch_size if config else None,
             "batch_wait_timeout_s": config.batch_wait_timeout_s if config else None,
