@@ -29,12 +29,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import yaml
 from pydantic import ValidationError
 
 from openanomaly.checks import pipeline_problems
 from openanomaly.config import Config, Pipeline
 from openanomaly.errors import ConfigError, ConfigValidationError
+from openanomaly.yamlsafe import FILE_LIMITS, YamlLimits, load_yaml
 
 __all__ = [
     "ConfigStore",
@@ -89,26 +89,6 @@ def expand_env(text: str, *, env: Mapping[str, str]) -> str:
         )
 
     return _ENV_REF.sub(replace, text)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _mapping_without_duplicates(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1}, column {mark.column + 1})", mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
 def _loc_path(loc: tuple[int | str, ...]) -> str:
@@ -167,31 +147,17 @@ def _validation_errors(error: ValidationError, raw: Any, source: str) -> list[Co
     return problems
 
 
-def load_yaml(text: str, *, source: str | None = None) -> Any:
-    """``text`` as YAML, safely, with duplicate keys refused.
-
-    Raises:
-        ConfigError: ``malformed YAML: line L, column C: <problem>``.
-    """
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        context = getattr(error, "context", None)
-        detail = f"{context}, {problem}" if context else problem
-        raise ConfigError(f"malformed YAML: {where}{detail}", source=source) from None
-
-
-def parse_config(text: str, *, source: str = "<string>") -> dict[str, Any]:
+def parse_config(
+    text: str | bytes, *, source: str = "<string>", limits: YamlLimits = FILE_LIMITS
+) -> dict[str, Any]:
     """The YAML ``text`` as a mapping, ``${VAR}`` not expanded (a writable store keeps it as written).
 
     Raises:
-        ConfigError: malformed YAML (with line and column), an empty file, or a top
-            level that is not a mapping.
+        ConfigError: malformed YAML (with line and column), over ``limits``
+            (:func:`~openanomaly.yamlsafe.load_yaml`), an empty file, or a top level
+            that is not a mapping.
     """
-    raw = load_yaml(text, source=source)
+    raw = load_yaml(text, source=source, limits=limits)
     if raw is None:
         raise ConfigError("the file is empty; expected 'settings:' and 'pipelines:'", source=source)
     if not isinstance(raw, dict):

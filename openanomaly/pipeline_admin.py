@@ -26,9 +26,10 @@ import yaml
 from pydantic import ValidationError
 
 from openanomaly.config import Pipeline, format_duration
-from openanomaly.configstore import load_config, load_yaml
+from openanomaly.configstore import load_config
 from openanomaly.errors import ConfigError, ConfigValidationError, SchedulerUnavailable
 from openanomaly.pipelinestore import PipelineVersion, StoredPipeline, open_stores
+from openanomaly.yamlsafe import DEFINITION_LIMITS, load_json, load_yaml
 
 __all__ = [
     "STARTER_FILE",
@@ -80,17 +81,17 @@ class PipelineInvalid(ConfigValidationError):
 def parse_definition(body: bytes | str, *, content_type: str = "application/yaml") -> dict[str, Any]:
     """The pipeline mapping of a request body or an editor's text (YAML, or JSON).
 
+    Parsed within :data:`~openanomaly.yamlsafe.DEFINITION_LIMITS` (size, depth, aliases,
+    expanded values, plain tags) before anything walks it.
+
     Raises:
-        PipelineInvalid: malformed YAML/JSON, or not a mapping (field ``body``).
+        PipelineInvalid: malformed YAML/JSON, over a limit, or not a mapping (field ``body``).
     """
-    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    json_body = content_type.split(";")[0].strip().lower() == "application/json"
     try:
-        if content_type.split(";")[0].strip().lower() == "application/json":
-            value = json.loads(text)
-        else:
-            value = load_yaml(text)  # the file's loader and its "malformed YAML: line, column" messages
-    except json.JSONDecodeError as error:
-        raise PipelineInvalid("?", [Problem("body", f"malformed JSON: {error}")]) from None
+        # The file's loader and its "malformed YAML: line, column" messages, within a pipeline's limits.
+        load = load_json if json_body else load_yaml
+        value = load(body, limits=DEFINITION_LIMITS)
     except ConfigError as error:
         raise PipelineInvalid("?", [Problem("body", error.message)]) from None
     if not isinstance(value, dict):

@@ -46,6 +46,7 @@ from openanomaly.configstore import (
     read_text,
 )
 from openanomaly.errors import ArtifactError, ConfigError, PipelineNotFound, PreconditionFailed
+from openanomaly.yamlsafe import DEFINITION_LIMITS
 
 __all__ = [
     "PipelineStore",
@@ -488,7 +489,7 @@ class S3PipelineStore:
         return sorted(int(stem) for stem in stems if stem.isdigit())
 
     def _definition(self, obj: _Object, key: str) -> dict[str, Any]:
-        return parse_config(obj.body.decode("utf-8"), source=f"s3://{self.bucket}/{key}")
+        return parse_config(obj.body, source=f"s3://{self.bucket}/{key}", limits=DEFINITION_LIMITS)
 
     # -- the port ------------------------------------------------------------------------------
 
