@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import time
 import urllib.parse
@@ -35,7 +36,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import yaml
 
 from openanomaly.artifacts import S3Store, open_store, replace_atomically
-from openanomaly.config import ArtifactSettings, Config
+from openanomaly.config import PIPELINE_NAME, PIPELINE_NAME_MAX, ArtifactSettings, Config
 from openanomaly.configstore import (
     ConfigStore,
     FileVersion,
@@ -45,7 +46,13 @@ from openanomaly.configstore import (
     parse_config,
     read_text,
 )
-from openanomaly.errors import ArtifactError, ConfigError, PipelineNotFound, PreconditionFailed
+from openanomaly.errors import (
+    ArtifactError,
+    ConfigError,
+    InvalidPipelineName,
+    PipelineNotFound,
+    PreconditionFailed,
+)
 from openanomaly.yamlsafe import DEFINITION_LIMITS
 
 __all__ = [
@@ -55,6 +62,7 @@ __all__ = [
     "S3PipelineStore",
     "StoredPipeline",
     "YamlPipelineStore",
+    "checked_name",
     "definition_etag",
     "open_stores",
 ]
@@ -154,6 +162,21 @@ def _stored(definition: dict[str, Any]) -> StoredPipeline:
     return StoredPipeline(str(definition["name"]), definition, definition_etag(definition))
 
 
+def checked_name(name: str, *, source: str) -> str:
+    """``name`` if a pipeline can have it (:data:`~openanomaly.config.PIPELINE_NAME`), for every store.
+
+    Each store calls it before a name becomes a lookup, a list entry or an S3 key, so
+    ``..`` (or ``%2e%2e`` decoded) is refused alike everywhere instead of being stored
+    in one store and failing in the other.
+
+    Raises:
+        InvalidPipelineName: any other name.
+    """
+    if not isinstance(name, str) or len(name) > PIPELINE_NAME_MAX or not re.fullmatch(PIPELINE_NAME, name):
+        raise InvalidPipelineName(str(name), source=source)
+    return name
+
+
 def _check_put(name: str, definition: dict[str, Any]) -> dict[str, Any]:
     """A private copy of ``definition`` (later edits by the caller do not leak in)."""
     if definition.get("name") != name:
@@ -231,6 +254,7 @@ class YamlPipelineStore:
         return sorted(stored, key=lambda pipeline: pipeline.name)
 
     def get(self, name: str) -> StoredPipeline:
+        checked_name(name, source=str(self.path))
         read = self._read(self.path)
         found = self._find(read[1], self.path, name) if read is not None else None
         if found is None:
@@ -242,6 +266,7 @@ class YamlPipelineStore:
 
         A pipeline deleted by the last edit shows as a ``current`` without definition.
         """
+        checked_name(name, source=str(self.path))
         entries = []
         for label, path in (("current", self.path), ("backup", self.backup_path)):
             read = self._read(path)
@@ -275,7 +300,7 @@ class YamlPipelineStore:
         author: str,
     ) -> tuple[StoredPipeline, bool]:
         """Replace the pipeline in place, or append it; ``author`` is not recorded in a file."""
-        definition = _check_put(name, definition)
+        definition = _check_put(checked_name(name, source=str(self.path)), definition)
         with self._edit() as (tree, write):
             found = self._find(tree, self.path, name)
             _check_precondition(
@@ -291,6 +316,7 @@ class YamlPipelineStore:
         return _stored(definition), found is None
 
     def delete(self, name: str, *, if_match: str | None = None, author: str) -> StoredPipeline:
+        checked_name(name, source=str(self.path))
         with self._edit() as (tree, write):
             found = self._find(tree, self.path, name)
             if found is None:
@@ -400,9 +426,10 @@ class S3PipelineStore:
         return f"s3://{self.bucket}/{self.base}/"
 
     def _current_key(self, name: str) -> str:
-        return f"{self.base}/current/{name}.yaml"
+        return f"{self.base}/current/{checked_name(name, source=self.settings_source())}.yaml"
 
     def _version_key(self, name: str, number: int) -> str:
+        name = checked_name(name, source=self.settings_source())
         return f"{self.base}/versions/{name}/{number:0{_VERSION_DIGITS}d}.yaml"
 
     # -- S3 requests ---------------------------------------------------------------------------
@@ -524,7 +551,7 @@ class S3PipelineStore:
         if_none_match: bool = False,
         author: str,
     ) -> tuple[StoredPipeline, bool]:
-        definition = _check_put(_key_part(name), definition)
+        definition = _check_put(checked_name(name, source=self.settings_source()), definition)
         body = yaml.safe_dump(definition, sort_keys=False, allow_unicode=True).encode()
         before = self._commit(name, body, if_match=if_match, if_none_match=if_none_match, author=author)
         return _stored(definition), before is None
@@ -621,12 +648,6 @@ def _lost_race(error: Exception) -> bool:
     """True when S3 refused a conditional request because the object changed (or vanished)."""
     code = getattr(error, "response", {}).get("Error", {}).get("Code")
     return code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409", "404")
-
-
-def _key_part(name: str) -> str:
-    if not name or "/" in name or name in (".", ".."):
-        raise ValueError(f"pipeline name {name!r} must be non-empty and contain no '/'")
-    return name
 
 
 # -- the scheduler's view, and choosing the stores ------------------------------------------------

@@ -78,21 +78,19 @@ _KINDS = ("str", "int", "float", "bool", "null", "seq", "map", "merge")
 _ALLOWED_TAGS = frozenset(_TAG + kind for kind in _KINDS)
 
 
-class _Refused(Exception):
-    """A limit was hit; ``message`` follows "<what> may not", ``mark`` says where."""
-
-    def __init__(self, message: str, mark: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.mark = mark
+def _refusal(limits: YamlLimits, what_not: str, mark: Any, source: str | None) -> ConfigError:
+    """``<what> may not <what_not> (line L, column C)``: the error for a broken limit."""
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return ConfigError(f"{limits.what} may not {what_not}{where}", source=source)
 
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys and counts depth and aliases while composing."""
 
-    def __init__(self, stream: str, limits: YamlLimits) -> None:
+    def __init__(self, stream: str, limits: YamlLimits, source: str | None) -> None:
         super().__init__(stream)
         self.limits = limits
+        self.source = source
         self.depth = 0
         self.aliases = 0
 
@@ -101,12 +99,14 @@ class _Loader(yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > self.limits.max_aliases:
-                raise _Refused(f"hold more than {self.limits.max_aliases} aliases", event.start_mark)
+                what_not = f"hold more than {self.limits.max_aliases} aliases"
+                raise _refusal(self.limits, what_not, event.start_mark, self.source)
             return super().compose_node(parent, index)
         self.depth += 1
         try:
             if self.depth > self.limits.max_depth:
-                raise _Refused(f"be nested deeper than {self.limits.max_depth} levels", event.start_mark)
+                what_not = f"be nested deeper than {self.limits.max_depth} levels"
+                raise _refusal(self.limits, what_not, event.start_mark, self.source)
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
@@ -142,7 +142,7 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def _check_graph(root: yaml.Node, limits: YamlLimits) -> None:
+def _check_graph(root: yaml.Node, limits: YamlLimits, source: str | None) -> None:
     """Refuse odd tags, and a graph that stands for more than ``max_nodes`` nodes.
 
     Each distinct node is visited once (children before parents, without recursion);
@@ -158,18 +158,15 @@ def _check_graph(root: yaml.Node, limits: YamlLimits) -> None:
         if not children_done:
             if node.tag not in _ALLOWED_TAGS:
                 tag = node.tag.replace(_TAG, "!!")
-                raise _Refused(
-                    f"use the tag {tag} (only strings, numbers, booleans, null, lists and mappings)",
-                    node.start_mark,
-                )
+                what_not = f"use the tag {tag} (only strings, numbers, booleans, null, lists and mappings)"
+                raise _refusal(limits, what_not, node.start_mark, source)
             stack.append((node, True))
             stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
             continue
         size = 1 + sum(sizes[id(child)] for child in _children(node))
         if size > limits.max_nodes:
-            raise _Refused(
-                f"hold more than {limits.max_nodes} values once its aliases are expanded", node.start_mark
-            )
+            what_not = f"hold more than {limits.max_nodes} values once its aliases are expanded"
+            raise _refusal(limits, what_not, node.start_mark, source)
         sizes[id(node)] = size
 
 
@@ -201,8 +198,7 @@ def load_json(text: str | bytes, *, limits: YamlLimits = DEFINITION_LIMITS, sour
     else:
         depth = _depth(value, limits.max_depth)
     if depth > limits.max_depth:
-        message = f"{limits.what} may not be nested deeper than {limits.max_depth} levels"
-        raise ConfigError(message, source=source)
+        raise _refusal(limits, f"be nested deeper than {limits.max_depth} levels", None, source)
     return value
 
 
@@ -230,16 +226,13 @@ def load_yaml(text: str | bytes, *, limits: YamlLimits = FILE_LIMITS, source: st
             ``limits`` the document breaks (nothing of it was built).
     """
     text = _text_within(text, limits, source)
-    loader = _Loader(text, limits)
+    loader = _Loader(text, limits, source)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
-        _check_graph(node, limits)
+        _check_graph(node, limits, source)
         return loader.construct_document(node)
-    except _Refused as refused:
-        where = f" (line {refused.mark.line + 1}, column {refused.mark.column + 1})" if refused.mark else ""
-        raise ConfigError(f"{limits.what} may not {refused.message}{where}", source=source) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

@@ -15,7 +15,13 @@ import yaml
 
 from openanomaly.config import ArtifactSettings
 from openanomaly.configstore import ConfigStore, ConfigValidationError, YamlConfigStore
-from openanomaly.errors import ArtifactError, ConfigError, PipelineNotFound, PreconditionFailed
+from openanomaly.errors import (
+    ArtifactError,
+    ConfigError,
+    InvalidPipelineName,
+    PipelineNotFound,
+    PreconditionFailed,
+)
 from openanomaly.pipelinestore import (
     PipelineStore,
     S3ConfigStore,
@@ -107,6 +113,20 @@ def test_create_list_get_replace_delete_versions(store: PipelineStore) -> None:
 
     assert store.delete("mem", author="admin").name == "mem"  # no etag: unconditional
     assert store.list() == []
+
+
+@pytest.mark.parametrize("name", ["..", ".", "...", "a/b", "", "a" * 201, "%2e%2e"])
+def test_both_stores_refuse_the_same_names(store: PipelineStore, name: str) -> None:
+    """Issue 25: ``PUT /v1/pipelines/%2e%2e`` made a pipeline ``..`` in the file and a 500 in S3."""
+    before = store.list()
+    with pytest.raises(InvalidPipelineName) as refused:
+        store.put(name, pipeline(name), author="admin")
+    assert refused.value.field == "name"
+    for call in (store.get, store.versions, lambda n: store.delete(n, author="admin")):
+        with pytest.raises(InvalidPipelineName):
+            call(name)
+    assert store.list() == before
+    assert store.put("a.b-c_1", pipeline("a.b-c_1"), author="admin")[1]  # dots inside a name are fine
 
 
 def test_put_refuses_a_definition_named_otherwise(store: PipelineStore) -> None:

@@ -55,6 +55,7 @@ from openanomaly.config import Pipeline
 from openanomaly.errors import (
     ConfigError,
     DataError,
+    InvalidPipelineName,
     ModelError,
     PipelineNotFound,
     PreconditionFailed,
@@ -308,6 +309,11 @@ async def _data_error(_: Request, error: DataError) -> JSONResponse:
 async def _config_error(_: Request, error: ConfigError) -> JSONResponse:
     # A pipeline disabled by a bad config, asked to run: the state forbids it, not the request.
     return _error(409, str(_cause(error)))
+
+
+@fastapi_app.exception_handler(InvalidPipelineName)
+async def _invalid_name(_: Request, error: InvalidPipelineName) -> JSONResponse:
+    return _error(422, error.message, field="name", kind="invalid_request")
 
 
 @fastapi_app.exception_handler(PipelineInvalid)

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 
-from openanomaly.config import PIPELINE_NAME
+from openanomaly.config import PIPELINE_NAME, PIPELINE_NAME_MAX
 from openanomaly.errors import SchedulerUnavailable
 from openanomaly.pipeline_admin import PipelineAdmin, definition_name, parse_definition, to_yaml
 from openanomaly.pipelinestore import StoredPipeline
@@ -34,7 +34,9 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["pipelines"])
 
-Name = Annotated[str, Path(max_length=200, pattern=PIPELINE_NAME, description="the pipeline's name")]
+Name = Annotated[
+    str, Path(max_length=PIPELINE_NAME_MAX, pattern=PIPELINE_NAME, description="the pipeline's name")
+]
 
 _JSON_OR_YAML = {
     "required": True,
