@@ -9,7 +9,8 @@ store (:func:`~openanomaly.pipelinestore.open_stores`).
 
 A definition sent here is never expanded: ``${VAR}`` is refused, because the server's
 environment holds its credentials and a pipeline's query and labels leave the process.
-Environment references stay a feature of the file an operator edits.
+Nor may it load a checkpoint from any path (:mod:`openanomaly.models.trust`). Environment
+references and local paths stay features of the file an operator edits.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pydantic import ValidationError
 
 from openanomaly.config import Pipeline, format_duration
 from openanomaly.configstore import load_config
-from openanomaly.errors import ConfigError, ConfigValidationError, SchedulerUnavailable
+from openanomaly.errors import ConfigError, ConfigValidationError, ModelError, SchedulerUnavailable
+from openanomaly.models.trust import check_untrusted_spec
 from openanomaly.pipelinestore import PipelineVersion, StoredPipeline, open_stores
 from openanomaly.yamlsafe import DEFINITION_LIMITS, load_json, load_yaml
 
@@ -156,12 +158,22 @@ class PipelineAdmin:
         config_path: the pipelines YAML (its ``settings.config_store`` picks the store).
         status: the scheduler's status, for the state, lag and errors shown beside each
             definition; ``None``: definitions only.
+        models_root: checkpoint directories a definition may name
+            (:func:`~openanomaly.models.trust.models_root`); ``None``: none, only
+            registry names (:mod:`openanomaly.models.trust`).
     """
 
-    def __init__(self, config_path: str | os.PathLike[str], *, status: StatusSource | None = None) -> None:
+    def __init__(
+        self,
+        config_path: str | os.PathLike[str],
+        *,
+        status: StatusSource | None = None,
+        models_root: Path | None = None,
+    ) -> None:
         self.config_path = str(config_path)
         self.store = open_stores(self.config_path)[1]
         self._status = status
+        self.models_root = models_root
 
     # -- reading ---------------------------------------------------------------------
 
@@ -229,7 +241,7 @@ class PipelineAdmin:
         given = definition.setdefault("name", name)
         if given != name:
             raise PipelineInvalid(name, [Problem("name", f"the body names {given!r}, the URL {name!r}")])
-        problems = _env_references(definition)
+        problems = _env_references(definition) + self._untrusted_model(definition)
         if problems:
             raise PipelineInvalid(name, problems)
         text = yaml.safe_dump(
@@ -244,6 +256,18 @@ class PipelineAdmin:
         except ConfigError as error:
             raise PipelineInvalid(name, [Problem(_relative(error.field), error.message)]) from None
         return config.pipelines[0]
+
+    def _untrusted_model(self, definition: Mapping[str, Any]) -> list[Problem]:
+        """The model spec checked against the allow-list, before validation reads anything at its path."""
+        model = definition.get("model")
+        spec = model.get("spec") if isinstance(model, dict) else model
+        if not isinstance(spec, str):
+            return []  # validation names the problem
+        try:
+            check_untrusted_spec(spec.strip(), root=self.models_root)
+        except ModelError as error:
+            return [Problem("model.spec", str(error))]
+        return []
 
     def put(
         self,

@@ -62,6 +62,7 @@ from openanomaly.errors import (
     SchedulerUnavailable,
 )
 from openanomaly.models.base import QuantileForecast
+from openanomaly.models.trust import models_root
 from openanomaly.pipeline_admin import PipelineAdmin, PipelineInvalid, create_starter_file
 from openanomaly.scheduler import DEFAULT_NAME, DEFAULT_NAMESPACE, ensure_scheduler
 from openanomaly.series import SeriesMatrix
@@ -623,6 +624,7 @@ class Ingress:
                 self._admin = PipelineAdmin(
                     self.scheduler.pipelines,
                     status=lambda: ray.get(self._scheduler_actor().status.remote()),
+                    models_root=models_root(),
                 )
             except ConfigError as error:
                 raise SchedulerUnavailable(f"pipelines cannot be managed: {error}") from None
