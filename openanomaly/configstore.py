@@ -41,6 +41,7 @@ __all__ = [
     "ConfigValidationError",
     "FileVersion",
     "YamlConfigStore",
+    "check_store_kind",
     "config_from_tree",
     "expand_env",
     "load_config",
@@ -347,12 +348,45 @@ class FileVersion:
         return True
 
 
-class YamlConfigStore:
-    """Configuration from one YAML file, re-read when its content changes (see :class:`FileVersion`)."""
+def check_store_kind(kind: str, *, opened: str, source: str) -> None:
+    """Refuse a ``settings.config_store.kind`` other than the one this process opened.
 
-    def __init__(self, path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> None:
+    A running scheduler and Serve app keep the store they opened at start (the YAML
+    file, or S3). Switching under them would read pipelines from one store while edits
+    go to the other, so the switch is refused, saying so, until a restart: the scheduler
+    keeps its last good configuration and shows this as ``config_error``, and edits
+    over the API get it as a 409.
+
+    Raises:
+        ConfigError: ``kind`` is not ``opened`` (field ``settings.config_store.kind``).
+    """
+    if kind != opened:
+        raise ConfigError(
+            f"changed from {opened!r} to {kind!r} while running: restart the scheduler and the Serve app "
+            "to switch stores (until then the last good configuration runs and edits are refused)",
+            source=source,
+            field="settings.config_store.kind",
+        )
+
+
+class YamlConfigStore:
+    """Configuration from one YAML file, re-read when its content changes (see :class:`FileVersion`).
+
+    Args:
+        opened_as: the ``config_store.kind`` it serves as (:func:`check_store_kind`);
+            ``None``: any (a file read once, e.g. a bundled example).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        opened_as: str | None = None,
+    ) -> None:
         self.path = Path(path)
         self._env = env
+        self._opened_as = opened_as
         self._version = FileVersion(self.path)
 
     def __repr__(self) -> str:
@@ -366,6 +400,8 @@ class YamlConfigStore:
         """
         text, version = self._version.read()
         config = load_config(text, source=str(self.path), env=self._env)
+        if self._opened_as is not None:
+            check_store_kind(config.settings.config_store.kind, opened=self._opened_as, source=str(self.path))
         self._version.remember(version)
         return config
 

@@ -27,10 +27,16 @@ import yaml
 from pydantic import ValidationError
 
 from openanomaly.config import Pipeline, format_duration
-from openanomaly.configstore import load_config
+from openanomaly.configstore import check_store_kind, load_config
 from openanomaly.errors import ConfigError, ConfigValidationError, ModelError, SchedulerUnavailable
 from openanomaly.models.trust import check_untrusted_spec
-from openanomaly.pipelinestore import PipelineVersion, StoredPipeline, open_stores
+from openanomaly.pipelinestore import (
+    PipelineVersion,
+    S3PipelineStore,
+    StoredPipeline,
+    open_stores,
+    store_kind,
+)
 from openanomaly.yamlsafe import DEFINITION_LIMITS, load_json, load_yaml
 
 __all__ = [
@@ -257,6 +263,11 @@ class PipelineAdmin:
             raise PipelineInvalid(name, [Problem(_relative(error.field), error.message)]) from None
         return config.pipelines[0]
 
+    def _same_store(self) -> None:
+        """Refuse an edit once the file names another store than the one opened (a restart switches)."""
+        opened = "s3" if isinstance(self.store, S3PipelineStore) else "yaml"
+        check_store_kind(store_kind(self.config_path), opened=opened, source=self.config_path)
+
     def _untrusted_model(self, definition: Mapping[str, Any]) -> list[Problem]:
         """The model spec checked against the allow-list, before validation reads anything at its path."""
         model = definition.get("model")
@@ -283,8 +294,11 @@ class PipelineAdmin:
         Raises:
             PipelineInvalid: nothing was stored.
             PreconditionFailed: ``if_match`` is stale, or ``if_none_match`` and it exists.
+            ConfigError: the file now names another ``config_store`` than the one opened
+                at start; a restart is needed (HTTP 409).
         """
         self.check(name, definition)
+        self._same_store()
         stored, created = self.store.put(
             name, {"name": name, **definition}, if_match=if_match, if_none_match=if_none_match, author=who
         )
@@ -299,7 +313,8 @@ class PipelineAdmin:
         return stored, created
 
     def delete(self, name: str, *, who: str, if_match: str | None = None) -> StoredPipeline:
-        """Raises: PipelineNotFound, PreconditionFailed."""
+        """Raises: PipelineNotFound, PreconditionFailed, ConfigError (see :meth:`put`)."""
+        self._same_store()
         deleted = self.store.delete(name, if_match=if_match, author=who)
         log.info("pipeline %r deleted by %s (etag %s)", name, who, deleted.etag)
         return deleted

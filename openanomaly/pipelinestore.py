@@ -41,6 +41,7 @@ from openanomaly.configstore import (
     ConfigStore,
     FileVersion,
     YamlConfigStore,
+    check_store_kind,
     config_from_tree,
     expand_env,
     parse_config,
@@ -65,6 +66,7 @@ __all__ = [
     "checked_name",
     "definition_etag",
     "open_stores",
+    "store_kind",
 ]
 
 log = logging.getLogger(__name__)
@@ -721,6 +723,7 @@ class S3ConfigStore:
             ) from None
         tree = {**tree, "pipelines": [pipeline.definition for pipeline in stored]}
         config = config_from_tree(tree, source=self._source(), env=self._env)
+        check_store_kind(config.settings.config_store.kind, opened="s3", source=str(self.path))
         self._file.remember(version)
         self._fingerprint = fingerprint
         return config
@@ -752,7 +755,7 @@ def open_stores(
     path = Path(path)
     tree = _settings_tree(path)
     if _store_kind(tree, env) != "s3":
-        return YamlConfigStore(path, env=env), YamlPipelineStore(path)
+        return YamlConfigStore(path, env=env, opened_as="yaml"), YamlPipelineStore(path)
     settings = config_from_tree({"settings": tree.get("settings")}, source=str(path), env=env).settings
     pipelines = S3PipelineStore(settings.artifacts)
     config_store = S3ConfigStore(path, pipelines, env=env)
@@ -761,6 +764,11 @@ def open_stores(
     except (ConfigError, ArtifactError) as error:
         log.warning("pipelines not seeded yet (the scheduler's next load retries): %s", error)
     return config_store, pipelines
+
+
+def store_kind(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> str:
+    """The ``settings.config_store.kind`` the file at ``path`` names now (``yaml`` when unreadable)."""
+    return _store_kind(_settings_tree(Path(path)), env)
 
 
 def _settings_tree(path: Path) -> dict[str, Any]:

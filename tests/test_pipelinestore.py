@@ -458,3 +458,31 @@ def test_s3_an_invalid_file_seeds_nothing_and_says_why(tmp_path: Path, bucket: A
     path.write_text(path.read_text().replace("${VM_TOKEN}", "${OTHER_TOKEN:-x}"))  # settings edited
     assert config_store.changed()
     assert config_store.load().settings.tsdb.bearer_token.get_secret_value() == "x"
+
+
+def test_a_store_switch_while_running_is_refused_until_a_restart(
+    tmp_path: Path, bucket: ArtifactSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25: yaml -> s3 on a running service left the scheduler on the file, silently."""
+    from openanomaly.pipeline_admin import PipelineAdmin
+
+    monkeypatch.setenv("VM_TOKEN", "t")
+    path = s3_file(tmp_path, bucket)
+    path.write_text(path.read_text().replace("config_store: {kind: s3}", "config_store: {kind: yaml}"))
+    config_store, _ = open_stores(path)
+    admin = PipelineAdmin(path)
+    assert [p.name for p in config_store.load().pipelines] == ["mem"]
+
+    path.write_text(path.read_text().replace("config_store: {kind: yaml}", "config_store: {kind: s3}"))
+    assert config_store.changed()
+    for refused in (config_store.load, lambda: admin.put("cpu", pipeline("cpu"), who="admin")):
+        with pytest.raises(ConfigError, match="changed from 'yaml' to 's3' while running: restart") as error:
+            refused()
+        assert error.value.field == "settings.config_store.kind"
+    assert "cpu" not in path.read_text()
+
+    restarted, store = open_stores(path)  # what a restart does: the S3 store, seeded from the file
+    assert isinstance(store, S3PipelineStore) and [p.name for p in restarted.load().pipelines] == ["mem"]
+    path.write_text(path.read_text().replace("config_store: {kind: s3}", "config_store: {kind: yaml}"))
+    with pytest.raises(ConfigError, match="changed from 's3' to 'yaml'"):
+        restarted.load()

@@ -292,8 +292,29 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
 
 
 @fastapi_app.exception_handler(HTTPException)
-async def _http_error(_: Request, error: HTTPException) -> JSONResponse:
-    return _error(error.status_code, str(error.detail), kind=None, field=None)
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    response = _error(error.status_code, str(error.detail), kind=None, field=None)
+    response.headers.update(error.headers or {})
+    if error.status_code == 405:
+        response.headers["Allow"] = ", ".join(_allowed_methods(request))
+    return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (RFC 9110: a 405 carries ``Allow``).
+
+    Starlette's own ``Allow`` names only the first route whose path matched, and
+    ``/v1/pipelines/{name}`` is three routes (GET, PUT, DELETE).
+    """
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)  # PARTIAL: the path matches, the method does not
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods |= set(route_methods)
+    return sorted(methods)
 
 
 @fastapi_app.exception_handler(RequestError)
