@@ -306,14 +306,14 @@ def _allowed_methods(request: Request) -> list[str]:
     Starlette's own ``Allow`` names only the first route whose path matched, and
     ``/v1/pipelines/{name}`` is three routes (GET, PUT, DELETE).
     """
+    from fastapi.routing import iter_route_contexts
     from starlette.routing import Match
 
     methods: set[str] = set()
-    for route in request.app.router.routes:
+    for route in iter_route_contexts(request.app.routes):  # routers included, flattened
         match, _ = route.matches(request.scope)  # PARTIAL: the path matches, the method does not
-        route_methods = getattr(route, "methods", None)
-        if match != Match.NONE and route_methods:
-            methods |= set(route_methods)
+        if match != Match.NONE and route.methods:
+            methods |= set(route.methods)
     return sorted(methods)
 
 
