@@ -58,8 +58,8 @@ class LoginThrottle:
     per_client: int = 5
     overall: int = 50
     window_s: float = 60.0
-    _clients: dict[str, deque[float]] = field(default_factory=dict)
-    _all: deque[float] = field(default_factory=deque)
+    _clients: dict[str, deque[float]] = field(default_factory=dict, init=False, repr=False)
+    _all: deque[float] = field(default_factory=deque, init=False, repr=False)
 
     def _prune(self, failures: deque[float], now: float) -> None:
         while failures and failures[0] <= now - self.window_s:
