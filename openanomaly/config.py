@@ -30,6 +30,8 @@ from openanomaly.calibration import AlertPolicy
 from openanomaly.times import format_duration, parse_duration
 
 __all__ = [
+    "PIPELINE_NAME",
+    "PIPELINE_NAME_MAX",
     "ArtifactSettings",
     "CalibrationConfig",
     "Config",
@@ -375,14 +377,20 @@ class OutputConfig(_Strict):
         return labels
 
 
-PIPELINE_NAME = r"^[a-zA-Z0-9_.-]+$"
-"""A pipeline's name: safe as a label value, an S3 key part and a URL path segment."""
+PIPELINE_NAME = r"^[a-zA-Z0-9_.-]*[a-zA-Z0-9_-][a-zA-Z0-9_.-]*$"
+"""A pipeline's name: safe as a label value, an S3 key part and a URL path segment.
+
+Letters, digits, ``_``, ``.`` and ``-``, and not dots alone: ``.`` and ``..`` (also
+sent as ``%2e%2e``) are path segments, not names."""
+
+PIPELINE_NAME_MAX = 200
+"""The longest pipeline name (characters)."""
 
 
 class Pipeline(_Strict):
     """One query, one model, one schedule: every series the query returns is scored alone."""
 
-    name: str = Field(pattern=PIPELINE_NAME)
+    name: str = Field(pattern=PIPELINE_NAME, max_length=PIPELINE_NAME_MAX)
     query: str = Field(min_length=1)
     step: PositiveDuration = timedelta(minutes=1)
     model: ModelConfig

@@ -29,18 +29,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import yaml
 from pydantic import ValidationError
 
 from openanomaly.checks import pipeline_problems
 from openanomaly.config import Config, Pipeline
 from openanomaly.errors import ConfigError, ConfigValidationError
+from openanomaly.yamlsafe import FILE_LIMITS, YamlLimits, load_yaml
 
 __all__ = [
     "ConfigStore",
     "ConfigValidationError",
     "FileVersion",
     "YamlConfigStore",
+    "check_store_kind",
     "config_from_tree",
     "expand_env",
     "load_config",
@@ -89,26 +90,6 @@ def expand_env(text: str, *, env: Mapping[str, str]) -> str:
         )
 
     return _ENV_REF.sub(replace, text)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _mapping_without_duplicates(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1}, column {mark.column + 1})", mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
 def _loc_path(loc: tuple[int | str, ...]) -> str:
@@ -167,31 +148,17 @@ def _validation_errors(error: ValidationError, raw: Any, source: str) -> list[Co
     return problems
 
 
-def load_yaml(text: str, *, source: str | None = None) -> Any:
-    """``text`` as YAML, safely, with duplicate keys refused.
-
-    Raises:
-        ConfigError: ``malformed YAML: line L, column C: <problem>``.
-    """
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        context = getattr(error, "context", None)
-        detail = f"{context}, {problem}" if context else problem
-        raise ConfigError(f"malformed YAML: {where}{detail}", source=source) from None
-
-
-def parse_config(text: str, *, source: str = "<string>") -> dict[str, Any]:
+def parse_config(
+    text: str | bytes, *, source: str = "<string>", limits: YamlLimits = FILE_LIMITS
+) -> dict[str, Any]:
     """The YAML ``text`` as a mapping, ``${VAR}`` not expanded (a writable store keeps it as written).
 
     Raises:
-        ConfigError: malformed YAML (with line and column), an empty file, or a top
-            level that is not a mapping.
+        ConfigError: malformed YAML (with line and column), over ``limits``
+            (:func:`~openanomaly.yamlsafe.load_yaml`), an empty file, or a top level
+            that is not a mapping.
     """
-    raw = load_yaml(text, source=source)
+    raw = load_yaml(text, source=source, limits=limits)
     if raw is None:
         raise ConfigError("the file is empty; expected 'settings:' and 'pipelines:'", source=source)
     if not isinstance(raw, dict):
@@ -381,12 +348,45 @@ class FileVersion:
         return True
 
 
-class YamlConfigStore:
-    """Configuration from one YAML file, re-read when its content changes (see :class:`FileVersion`)."""
+def check_store_kind(kind: str, *, opened: str, source: str) -> None:
+    """Refuse a ``settings.config_store.kind`` other than the one this process opened.
 
-    def __init__(self, path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> None:
+    A running scheduler and Serve app keep the store they opened at start (the YAML
+    file, or S3). Switching under them would read pipelines from one store while edits
+    go to the other, so the switch is refused, saying so, until a restart: the scheduler
+    keeps its last good configuration and shows this as ``config_error``, and edits
+    over the API get it as a 409.
+
+    Raises:
+        ConfigError: ``kind`` is not ``opened`` (field ``settings.config_store.kind``).
+    """
+    if kind != opened:
+        raise ConfigError(
+            f"changed from {opened!r} to {kind!r} while running: restart the scheduler and the Serve app "
+            "to switch stores (until then the last good configuration runs and edits are refused)",
+            source=source,
+            field="settings.config_store.kind",
+        )
+
+
+class YamlConfigStore:
+    """Configuration from one YAML file, re-read when its content changes (see :class:`FileVersion`).
+
+    Args:
+        opened_as: the ``config_store.kind`` it serves as (:func:`check_store_kind`);
+            ``None``: any (a file read once, e.g. a bundled example).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        opened_as: str | None = None,
+    ) -> None:
         self.path = Path(path)
         self._env = env
+        self._opened_as = opened_as
         self._version = FileVersion(self.path)
 
     def __repr__(self) -> str:
@@ -400,6 +400,8 @@ class YamlConfigStore:
         """
         text, version = self._version.read()
         config = load_config(text, source=str(self.path), env=self._env)
+        if self._opened_as is not None:
+            check_store_kind(config.settings.config_store.kind, opened=self._opened_as, source=str(self.path))
         self._version.remember(version)
         return config
 

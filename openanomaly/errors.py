@@ -4,7 +4,8 @@
 
     OpenAnomalyError
     ├── ConfigError              bad YAML / settings: names file, pipeline and field
-    │   └── ConfigValidationError  several problems in one file, one ConfigError each
+    │   ├── ConfigValidationError  several problems in one file, one ConfigError each
+    │   └── InvalidPipelineName    a name no pipeline can have ("..", "a/b"); both stores refuse it alike
     ├── UsageError               a command-line argument is wrong (bad date, unknown pipeline)
     ├── PlaygroundInputError     a playground form field is wrong; names the field
     ├── TSDBError                carries url (and status, query where known)
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigError",
     "ConfigValidationError",
     "DataError",
+    "InvalidPipelineName",
     "ModelError",
     "NoSeries",
     "OpenAnomalyError",
@@ -118,6 +120,23 @@ class ConfigValidationError(ConfigError):
         first = errors[0]
         Exception.__init__(self, "\n".join(str(error) for error in errors))
         self.source, self.pipeline, self.field = first.source, first.pipeline, first.field
+
+
+class InvalidPipelineName(ConfigError):
+    """A name no pipeline can have (``..``, ``a/b``, empty, too long); ``field`` is ``name``.
+
+    Raised by every pipeline store before the name becomes a file entry or an S3 key,
+    so the stores cannot disagree on it (one made a pipeline ``..``, the other a 500).
+    """
+
+    def __init__(self, name: str, *, source: str | None = None) -> None:
+        self.name = name
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        super().__init__(
+            f"{shown!r} is not a pipeline name: use letters, digits, '_', '.' and '-' (not dots alone)",
+            source=source,
+            field="name",
+        )
 
 
 class UsageError(OpenAnomalyError):

@@ -9,7 +9,8 @@ store (:func:`~openanomaly.pipelinestore.open_stores`).
 
 A definition sent here is never expanded: ``${VAR}`` is refused, because the server's
 environment holds its credentials and a pipeline's query and labels leave the process.
-Environment references stay a feature of the file an operator edits.
+Nor may it load a checkpoint from any path (:mod:`openanomaly.models.trust`). Environment
+references and local paths stay features of the file an operator edits.
 """
 
 from __future__ import annotations
@@ -26,9 +27,17 @@ import yaml
 from pydantic import ValidationError
 
 from openanomaly.config import Pipeline, format_duration
-from openanomaly.configstore import load_config, load_yaml
-from openanomaly.errors import ConfigError, ConfigValidationError, SchedulerUnavailable
-from openanomaly.pipelinestore import PipelineVersion, StoredPipeline, open_stores
+from openanomaly.configstore import check_store_kind, load_config
+from openanomaly.errors import ConfigError, ConfigValidationError, ModelError, SchedulerUnavailable
+from openanomaly.models.trust import check_untrusted_spec
+from openanomaly.pipelinestore import (
+    PipelineVersion,
+    S3PipelineStore,
+    StoredPipeline,
+    open_stores,
+    store_kind,
+)
+from openanomaly.yamlsafe import DEFINITION_LIMITS, load_json, load_yaml
 
 __all__ = [
     "STARTER_FILE",
@@ -80,17 +89,17 @@ class PipelineInvalid(ConfigValidationError):
 def parse_definition(body: bytes | str, *, content_type: str = "application/yaml") -> dict[str, Any]:
     """The pipeline mapping of a request body or an editor's text (YAML, or JSON).
 
+    Parsed within :data:`~openanomaly.yamlsafe.DEFINITION_LIMITS` (size, depth, aliases,
+    expanded values, plain tags) before anything walks it.
+
     Raises:
-        PipelineInvalid: malformed YAML/JSON, or not a mapping (field ``body``).
+        PipelineInvalid: malformed YAML/JSON, over a limit, or not a mapping (field ``body``).
     """
-    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    json_body = content_type.split(";")[0].strip().lower() == "application/json"
     try:
-        if content_type.split(";")[0].strip().lower() == "application/json":
-            value = json.loads(text)
-        else:
-            value = load_yaml(text)  # the file's loader and its "malformed YAML: line, column" messages
-    except json.JSONDecodeError as error:
-        raise PipelineInvalid("?", [Problem("body", f"malformed JSON: {error}")]) from None
+        # The file's loader and its "malformed YAML: line, column" messages, within a pipeline's limits.
+        load = load_json if json_body else load_yaml
+        value = load(body, limits=DEFINITION_LIMITS)
     except ConfigError as error:
         raise PipelineInvalid("?", [Problem("body", error.message)]) from None
     if not isinstance(value, dict):
@@ -155,12 +164,22 @@ class PipelineAdmin:
         config_path: the pipelines YAML (its ``settings.config_store`` picks the store).
         status: the scheduler's status, for the state, lag and errors shown beside each
             definition; ``None``: definitions only.
+        models_root: checkpoint directories a definition may name
+            (:func:`~openanomaly.models.trust.models_root`); ``None``: none, only
+            registry names (:mod:`openanomaly.models.trust`).
     """
 
-    def __init__(self, config_path: str | os.PathLike[str], *, status: StatusSource | None = None) -> None:
+    def __init__(
+        self,
+        config_path: str | os.PathLike[str],
+        *,
+        status: StatusSource | None = None,
+        models_root: Path | None = None,
+    ) -> None:
         self.config_path = str(config_path)
         self.store = open_stores(self.config_path)[1]
         self._status = status
+        self.models_root = models_root
 
     # -- reading ---------------------------------------------------------------------
 
@@ -228,7 +247,7 @@ class PipelineAdmin:
         given = definition.setdefault("name", name)
         if given != name:
             raise PipelineInvalid(name, [Problem("name", f"the body names {given!r}, the URL {name!r}")])
-        problems = _env_references(definition)
+        problems = _env_references(definition) + self._untrusted_model(definition)
         if problems:
             raise PipelineInvalid(name, problems)
         text = yaml.safe_dump(
@@ -244,6 +263,23 @@ class PipelineAdmin:
             raise PipelineInvalid(name, [Problem(_relative(error.field), error.message)]) from None
         return config.pipelines[0]
 
+    def _same_store(self) -> None:
+        """Refuse an edit once the file names another store than the one opened (a restart switches)."""
+        opened = "s3" if isinstance(self.store, S3PipelineStore) else "yaml"
+        check_store_kind(store_kind(self.config_path), opened=opened, source=self.config_path)
+
+    def _untrusted_model(self, definition: Mapping[str, Any]) -> list[Problem]:
+        """The model spec checked against the allow-list, before validation reads anything at its path."""
+        model = definition.get("model")
+        spec = model.get("spec") if isinstance(model, dict) else model
+        if not isinstance(spec, str):
+            return []  # validation names the problem
+        try:
+            check_untrusted_spec(spec.strip(), root=self.models_root)
+        except ModelError as error:
+            return [Problem("model.spec", str(error))]
+        return []
+
     def put(
         self,
         name: str,
@@ -258,8 +294,11 @@ class PipelineAdmin:
         Raises:
             PipelineInvalid: nothing was stored.
             PreconditionFailed: ``if_match`` is stale, or ``if_none_match`` and it exists.
+            ConfigError: the file now names another ``config_store`` than the one opened
+                at start; a restart is needed (HTTP 409).
         """
         self.check(name, definition)
+        self._same_store()
         stored, created = self.store.put(
             name, {"name": name, **definition}, if_match=if_match, if_none_match=if_none_match, author=who
         )
@@ -274,7 +313,8 @@ class PipelineAdmin:
         return stored, created
 
     def delete(self, name: str, *, who: str, if_match: str | None = None) -> StoredPipeline:
-        """Raises: PipelineNotFound, PreconditionFailed."""
+        """Raises: PipelineNotFound, PreconditionFailed, ConfigError (see :meth:`put`)."""
+        self._same_store()
         deleted = self.store.delete(name, if_match=if_match, author=who)
         log.info("pipeline %r deleted by %s (etag %s)", name, who, deleted.etag)
         return deleted

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import time
 import urllib.parse
@@ -35,17 +36,25 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import yaml
 
 from openanomaly.artifacts import S3Store, open_store, replace_atomically
-from openanomaly.config import ArtifactSettings, Config
+from openanomaly.config import PIPELINE_NAME, PIPELINE_NAME_MAX, ArtifactSettings, Config
 from openanomaly.configstore import (
     ConfigStore,
     FileVersion,
     YamlConfigStore,
+    check_store_kind,
     config_from_tree,
     expand_env,
     parse_config,
     read_text,
 )
-from openanomaly.errors import ArtifactError, ConfigError, PipelineNotFound, PreconditionFailed
+from openanomaly.errors import (
+    ArtifactError,
+    ConfigError,
+    InvalidPipelineName,
+    PipelineNotFound,
+    PreconditionFailed,
+)
+from openanomaly.yamlsafe import DEFINITION_LIMITS
 
 __all__ = [
     "PipelineStore",
@@ -54,8 +63,10 @@ __all__ = [
     "S3PipelineStore",
     "StoredPipeline",
     "YamlPipelineStore",
+    "checked_name",
     "definition_etag",
     "open_stores",
+    "store_kind",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,6 +164,21 @@ def _stored(definition: dict[str, Any]) -> StoredPipeline:
     return StoredPipeline(str(definition["name"]), definition, definition_etag(definition))
 
 
+def checked_name(name: str, *, source: str) -> str:
+    """``name`` if a pipeline can have it (:data:`~openanomaly.config.PIPELINE_NAME`), for every store.
+
+    Each store calls it before a name becomes a lookup, a list entry or an S3 key, so
+    ``..`` (or ``%2e%2e`` decoded) is refused alike everywhere instead of being stored
+    in one store and failing in the other.
+
+    Raises:
+        InvalidPipelineName: any other name.
+    """
+    if not isinstance(name, str) or len(name) > PIPELINE_NAME_MAX or not re.fullmatch(PIPELINE_NAME, name):
+        raise InvalidPipelineName(str(name), source=source)
+    return name
+
+
 def _check_put(name: str, definition: dict[str, Any]) -> dict[str, Any]:
     """A private copy of ``definition`` (later edits by the caller do not leak in)."""
     if definition.get("name") != name:
@@ -230,6 +256,7 @@ class YamlPipelineStore:
         return sorted(stored, key=lambda pipeline: pipeline.name)
 
     def get(self, name: str) -> StoredPipeline:
+        checked_name(name, source=str(self.path))
         read = self._read(self.path)
         found = self._find(read[1], self.path, name) if read is not None else None
         if found is None:
@@ -241,6 +268,7 @@ class YamlPipelineStore:
 
         A pipeline deleted by the last edit shows as a ``current`` without definition.
         """
+        checked_name(name, source=str(self.path))
         entries = []
         for label, path in (("current", self.path), ("backup", self.backup_path)):
             read = self._read(path)
@@ -274,7 +302,7 @@ class YamlPipelineStore:
         author: str,
     ) -> tuple[StoredPipeline, bool]:
         """Replace the pipeline in place, or append it; ``author`` is not recorded in a file."""
-        definition = _check_put(name, definition)
+        definition = _check_put(checked_name(name, source=str(self.path)), definition)
         with self._edit() as (tree, write):
             found = self._find(tree, self.path, name)
             _check_precondition(
@@ -290,6 +318,7 @@ class YamlPipelineStore:
         return _stored(definition), found is None
 
     def delete(self, name: str, *, if_match: str | None = None, author: str) -> StoredPipeline:
+        checked_name(name, source=str(self.path))
         with self._edit() as (tree, write):
             found = self._find(tree, self.path, name)
             if found is None:
@@ -399,9 +428,10 @@ class S3PipelineStore:
         return f"s3://{self.bucket}/{self.base}/"
 
     def _current_key(self, name: str) -> str:
-        return f"{self.base}/current/{name}.yaml"
+        return f"{self.base}/current/{checked_name(name, source=self.settings_source())}.yaml"
 
     def _version_key(self, name: str, number: int) -> str:
+        name = checked_name(name, source=self.settings_source())
         return f"{self.base}/versions/{name}/{number:0{_VERSION_DIGITS}d}.yaml"
 
     # -- S3 requests ---------------------------------------------------------------------------
@@ -488,7 +518,7 @@ class S3PipelineStore:
         return sorted(int(stem) for stem in stems if stem.isdigit())
 
     def _definition(self, obj: _Object, key: str) -> dict[str, Any]:
-        return parse_config(obj.body.decode("utf-8"), source=f"s3://{self.bucket}/{key}")
+        return parse_config(obj.body, source=f"s3://{self.bucket}/{key}", limits=DEFINITION_LIMITS)
 
     # -- the port ------------------------------------------------------------------------------
 
@@ -523,7 +553,7 @@ class S3PipelineStore:
         if_none_match: bool = False,
         author: str,
     ) -> tuple[StoredPipeline, bool]:
-        definition = _check_put(_key_part(name), definition)
+        definition = _check_put(checked_name(name, source=self.settings_source()), definition)
         body = yaml.safe_dump(definition, sort_keys=False, allow_unicode=True).encode()
         before = self._commit(name, body, if_match=if_match, if_none_match=if_none_match, author=author)
         return _stored(definition), before is None
@@ -622,12 +652,6 @@ def _lost_race(error: Exception) -> bool:
     return code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409", "404")
 
 
-def _key_part(name: str) -> str:
-    if not name or "/" in name or name in (".", ".."):
-        raise ValueError(f"pipeline name {name!r} must be non-empty and contain no '/'")
-    return name
-
-
 # -- the scheduler's view, and choosing the stores ------------------------------------------------
 
 
@@ -699,6 +723,7 @@ class S3ConfigStore:
             ) from None
         tree = {**tree, "pipelines": [pipeline.definition for pipeline in stored]}
         config = config_from_tree(tree, source=self._source(), env=self._env)
+        check_store_kind(config.settings.config_store.kind, opened="s3", source=str(self.path))
         self._file.remember(version)
         self._fingerprint = fingerprint
         return config
@@ -730,7 +755,7 @@ def open_stores(
     path = Path(path)
     tree = _settings_tree(path)
     if _store_kind(tree, env) != "s3":
-        return YamlConfigStore(path, env=env), YamlPipelineStore(path)
+        return YamlConfigStore(path, env=env, opened_as="yaml"), YamlPipelineStore(path)
     settings = config_from_tree({"settings": tree.get("settings")}, source=str(path), env=env).settings
     pipelines = S3PipelineStore(settings.artifacts)
     config_store = S3ConfigStore(path, pipelines, env=env)
@@ -739,6 +764,11 @@ def open_stores(
     except (ConfigError, ArtifactError) as error:
         log.warning("pipelines not seeded yet (the scheduler's next load retries): %s", error)
     return config_store, pipelines
+
+
+def store_kind(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> str:
+    """The ``settings.config_store.kind`` the file at ``path`` names now (``yaml`` when unreadable)."""
+    return _store_kind(_settings_tree(Path(path)), env)
 
 
 def _settings_tree(path: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ EXAMPLES: list[errors.OpenAnomalyError] = [
     errors.ConfigValidationError(
         [errors.ConfigError("one", source="p.yaml"), errors.ConfigError("two", source="p.yaml", pipeline="x")]
     ),
+    errors.InvalidPipelineName("..", source="pipelines.yaml"),
     errors.UsageError("--start 'x' is not a time"),
     errors.PlaygroundInputError("not a URL", field="TSDB URL"),
     errors.TSDBError("boom", url="http://127.0.0.1:1", status=500, query="up"),

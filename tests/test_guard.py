@@ -39,6 +39,7 @@ BEARER = {
     "read": {"Authorization": f"Bearer {READ_TOKEN}"},
 }
 HTML = {"Accept": "text/html,application/xhtml+xml"}
+SAME_SITE = {"Origin": "http://testserver"}  # what a browser sends from the server's own page
 
 
 def _app(settings: GuardSettings) -> FastAPI:
@@ -52,6 +53,10 @@ def _app(settings: GuardSettings) -> FastAPI:
 
     @app.post("/v1/things/run")
     async def run(request: Request) -> dict[str, str]:
+        return {"by": require_write(request).name}
+
+    @app.post("/playground/act")
+    async def act(request: Request) -> dict[str, str]:
         return {"by": require_write(request).name}
 
     @app.get("/playground/")
@@ -235,7 +240,7 @@ def test_token_rotation_and_expiry_end_sessions() -> None:
 def test_logout_clears_the_cookie(client: TestClient) -> None:
     _login(client, ADMIN_TOKEN)  # the client keeps it
     assert client.get("/playground/").status_code == 200
-    response = client.post("/logout")
+    response = client.post("/logout", headers=SAME_SITE)
     assert response.status_code == 303 and response.headers["location"] == "/login"
     header = response.headers["set-cookie"].lower()
     assert header.startswith(f"{SESSION_COOKIE}=") and ("max-age=0" in header or "expires=" in header)
@@ -284,3 +289,55 @@ def test_token_settings_refuse_a_trap(tmp_path: Path) -> None:
                 "OPENANOMALY_READ_TOKEN_FILE": str(tmp_path / "empty"),
             },
         )
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 403),
+        ({"Origin": "http://evil.example"}, 403),
+        ({"Origin": "null"}, 403),
+        ({"Referer": "http://evil.example/playground/"}, 403),
+        ({"Origin": "http://testserver.evil.example"}, 403),
+        (SAME_SITE, 200),
+        ({"Referer": "http://testserver/playground/?x=1"}, 200),
+        (
+            {"Origin": "https://oa.example", "X-Forwarded-Host": "oa.example", "X-Forwarded-Proto": "https"},
+            200,
+        ),
+    ],
+)
+def test_a_cookie_signed_change_must_come_from_this_server(
+    client: TestClient, headers: dict[str, str], status: int
+) -> None:
+    """Issue 25: with the admin cookie, another site's page could make the playground act."""
+    _login(client, ADMIN_TOKEN)
+    response = client.post("/playground/act", headers=headers)
+    assert response.status_code == status, response.text
+    if status == 403:
+        assert response.json()["field"] == "Origin" and "session cookie" in response.json()["message"]
+    # Reading needs no Origin, and a bearer token cannot be sent by another site's page.
+    assert client.get("/playground/", headers={"Origin": "http://evil.example"}).status_code == 200
+    client.cookies.clear()
+    bearer = {**BEARER["admin"], "Origin": "http://evil.example"}
+    assert client.post("/playground/act", headers=bearer).json() == {"by": "admin"}
+
+
+def test_failed_logins_are_throttled_with_429_and_retry_after(client: TestClient) -> None:
+    for _ in range(5):
+        assert client.post("/login", data={"token": "guess"}).status_code == 401
+    throttled = client.post("/login", data={"token": ADMIN_TOKEN})  # even the right one, for now
+    assert throttled.status_code == 429 and "Too many failed sign-ins" in throttled.text
+    assert 1 <= int(throttled.headers["retry-after"]) <= 60
+
+
+def test_the_login_throttle_counts_per_client_and_in_all() -> None:
+    from openanomaly.serve.login import LoginThrottle
+
+    throttle = LoginThrottle(per_client=2, overall=3, window_s=10)
+    throttle.failed("a", 0.0)
+    throttle.failed("a", 1.0)
+    assert throttle.retry_after("a", 2.0) == 8 and throttle.retry_after("b", 2.0) is None
+    throttle.failed("b", 3.0)
+    assert throttle.retry_after("c", 4.0) == 6  # three in all: everyone waits for the oldest
+    assert throttle.retry_after("c", 10.0) is None and throttle.retry_after("a", 10.5) is None

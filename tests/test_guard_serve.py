@@ -2,6 +2,10 @@
 gets: the shipped serve_config.yaml's args (default limits, the playground on), both
 tokens from files (``OPENANOMALY_API_TOKEN_FILE``, ``OPENANOMALY_READ_TOKEN_FILE``),
 a real local Ray Serve, real HTTP, the real Gradio playground.
+
+Issue 25's probes too: YAML alias bombs, odd pipeline bodies and names, model paths,
+a cookie call from another site, 405's ``Allow``, and login guessing (last: it throttles
+this address for a minute).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import numpy as np
@@ -62,6 +66,12 @@ def root(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     yield f"http://127.0.0.1:{port}{PREFIX}"
     serve.delete(APP)
     stop_scheduler(args)
+
+
+def _origin(root: str) -> str:
+    """What a browser sends as ``Origin`` from a page of this server."""
+    parts = urlsplit(root)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _get(root: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -117,7 +127,7 @@ def test_browser_login_opens_the_playground_only(root: str) -> None:
         # A bad next is not followed.
         away = browser.post("/login", data={"token": READ_TOKEN, "next": "//evil.example/"})
         assert away.headers["location"] == f"{PREFIX}/playground/"
-        logout = browser.post("/logout")
+        logout = browser.post("/logout", headers={"Origin": _origin(root)})
         assert logout.status_code == 303 and SESSION_COOKIE not in browser.cookies
         assert browser.get("/playground/").status_code == 303
 
@@ -199,3 +209,146 @@ def test_healthz_answers_while_a_large_valid_body_is_parsed(root: str) -> None:
         f"p99 {1000 * p99:.1f} ms, max {1000 * worst:.1f} ms over {len(large)} requests; "
         f"p99 under small forecasts for as long: {1000 * base_p99:.1f} ms"
     )
+
+
+# -- issue 25 ---------------------------------------------------------------------------------
+
+YAML = {"content-type": "application/yaml"}
+PIPELINE = {"query": "up", "step": "1m", "model": "mad", "schedule": {"infer_every": "5m", "context": "1h"}}
+
+
+def _alias_bomb(levels: int, size: int) -> bytes:
+    """The issue's probe: nine aliases per level, ``levels`` deep (9**levels values), ``size`` bytes."""
+    names = "abcdefghij"
+    lines = ["a: &a [x,x,x,x,x,x,x,x,x]"]
+    lines += [f"{names[i]}: &{names[i]} [{','.join([f'*{names[i - 1]}'] * 9)}]" for i in range(1, levels)]
+    text = "\n".join([*lines, "name: bomb", "query: up", "model: mad", f"labels: *{names[levels - 1]}", "#"])
+    assert len(text) <= size
+    return (text + "." * (size - len(text))).encode()
+
+
+@pytest.mark.parametrize(
+    ("levels", "size", "method", "path", "headers"),
+    [(7, 290, "POST", "/v1/pipelines:validate", READ), (9, 700, "PUT", "/v1/pipelines/bomb", ADMIN)],
+)
+def test_a_yaml_alias_bomb_is_refused_at_once(
+    root: str, levels: int, size: int, method: str, path: str, headers: dict[str, str]
+) -> None:
+    """Issue 25: 290 bytes took 7.4 s on the event loop; 700 bytes pinned the replica for minutes."""
+    replies: list[tuple[httpx.Response, float]] = []
+
+    def send() -> None:
+        start = time.perf_counter()
+        reply = httpx.request(
+            method,
+            f"{root}{path}",
+            content=_alias_bomb(levels, size),
+            headers={**headers, **YAML},
+            timeout=60,
+        )
+        replies.append((reply, time.perf_counter() - start))
+
+    latencies = _healthz_while(root, send)
+    reply, seconds = replies[0]
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["field"] == "body" and "aliases are expanded" in reply.json()["message"]
+    worst = max(latencies, default=0.0)
+    print(f"{size}-byte alias bomb, {levels} levels: 422 in {seconds:.3f} s; /healthz max {worst:.3f} s")
+    assert seconds < 1 and worst < 1
+    assert _get(root, "/v1/pipelines/bomb", headers=ADMIN).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "field", "message"),
+    [
+        (b"name: odd\nquery: " + b"x" * 70_000, "application/yaml", "body", "a pipeline is small"),
+        (b"name: odd\nquery: !!binary aGVsbG8=\nmodel: mad\n", "application/yaml", "body", "!!binary"),
+        (
+            b'{"name": "odd", "query": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+            "application/json",
+            "body",
+            "small",
+        ),
+        (
+            b'{"name": "odd", "query": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
+            "application/json",
+            "body",
+            "nested",
+        ),
+        (
+            json.dumps({**PIPELINE, "name": "odd", "model": "chronos:/etc"}).encode(),
+            "application/json",
+            "model.spec",
+            "run code",
+        ),
+        (
+            json.dumps({**PIPELINE, "name": "odd", "model": {"spec": "chronos:../../../tmp/x"}}).encode(),
+            "application/json",
+            "model.spec",
+            "run code",
+        ),
+    ],
+    ids=["large", "binary-tag", "50k-brackets", "30k-brackets", "chronos-etc", "chronos-relative"],
+)
+def test_odd_pipeline_bodies_are_422_and_nothing_is_stored(
+    root: str, body: bytes, content_type: str, field: str, message: str
+) -> None:
+    for method, path in (("PUT", "/v1/pipelines/odd"), ("POST", "/v1/pipelines:validate")):
+        reply = httpx.request(
+            method, f"{root}{path}", content=body, headers={**ADMIN, "content-type": content_type}, timeout=60
+        )
+        assert reply.status_code == 422, reply.text[:300]
+        assert reply.json()["field"] == field and message in reply.json()["message"], reply.json()
+    assert _get(root, "/v1/pipelines/odd", headers=ADMIN).status_code == 404
+
+
+@pytest.mark.parametrize("name", ["%2e%2e", "%2e", ".%2E.", "a%2fb"])
+def test_dot_names_are_refused(root: str, name: str) -> None:
+    """Issue 25: ``PUT /v1/pipelines/%2e%2e`` made a pipeline ``..`` in the YAML store."""
+    reply = httpx.put(f"{root}/v1/pipelines/{name}", json=PIPELINE, headers=ADMIN, timeout=60)
+    assert 400 <= reply.status_code < 500 and reply.json()["field"] in ("name", None), reply.text
+    assert set(reply.json()) >= {"error", "message", "field"}
+    listed = _get(root, "/v1/pipelines", headers=ADMIN).json()["pipelines"]
+    assert not [p for p in listed if set(p["name"]) <= {"."}]
+
+
+def test_405_says_what_is_allowed(root: str) -> None:
+    forecast = _get(root, "/v1/forecast", headers=ADMIN)
+    assert forecast.status_code == 405 and forecast.headers["allow"] == "POST"
+    pipeline = httpx.post(f"{root}/v1/pipelines/cpu", json={}, headers=ADMIN, timeout=60)
+    assert pipeline.status_code == 405 and pipeline.json()["error"] == "method_not_allowed"
+    assert pipeline.headers["allow"] == "DELETE, GET, PUT"
+
+
+def test_a_cookie_call_from_another_site_changes_nothing(root: str) -> None:
+    """Issue 25: with the admin cookie, another site's page created a pipeline through Gradio."""
+    text = "name: csrf\nquery: up\nmodel: mad\nschedule: {infer_every: 5m, context: 1h}\n"
+    with httpx.Client(base_url=root, timeout=120) as browser:
+        login = browser.post("/login", data={"token": ADMIN_TOKEN, "next": f"{PREFIX}/playground/"})
+        assert login.status_code == 303
+        for headers in ({"Origin": "http://evil.example"}, {"Referer": "http://evil.example/x"}, {}):
+            refused = browser.post(
+                "/playground/gradio_api/call/saved",
+                json={"data": ["(new pipeline)", text, ""]},
+                headers=headers,
+            )
+            assert refused.status_code == 403 and refused.json()["field"] == "Origin", refused.text
+        # The same cookie from the playground's own page is let through to Gradio.
+        own = browser.post("/playground/gradio_api/info", headers={"Origin": _origin(root)})
+        assert own.status_code != 403
+    assert _get(root, "/v1/pipelines/csrf", headers=ADMIN).status_code == 404
+
+
+def test_login_guessing_is_throttled(root: str) -> None:
+    """Issue 25: about 29 guesses a second, unthrottled. Last in this module: it throttles 127.0.0.1."""
+    with httpx.Client(base_url=root, timeout=60) as browser:
+        codes = []
+        for _ in range(6):
+            reply = browser.post("/login", data={"token": "guess"})
+            codes.append(reply.status_code)
+            if reply.status_code == 429:
+                break
+        assert codes[-1] == 429 and set(codes[:-1]) <= {401}, codes
+        assert 1 <= int(reply.headers["retry-after"]) <= 60 and "Too many failed sign-ins" in reply.text
+        right = browser.post("/login", data={"token": ADMIN_TOKEN})
+        assert right.status_code == 429  # while throttled, no token is checked

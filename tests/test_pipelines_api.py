@@ -225,6 +225,16 @@ def test_an_invalid_pipeline_is_refused_and_nothing_is_written(
             assert dry.status_code == 422 and dry.json()["field"] == field
 
 
+@pytest.mark.parametrize("name", ["%2e%2e", "%2e", ".%2E."])
+def test_dot_names_are_422_in_both_stores(app: dict[str, Any], name: str) -> None:
+    """Issue 25: ``PUT /v1/pipelines/%2e%2e`` made a pipeline ``..`` in the YAML store, a 500 in S3."""
+    with _client(app) as api:
+        before = _stored(app)
+        for reply in (api.put(f"/v1/pipelines/{name}", json=DEFINITION), api.get(f"/v1/pipelines/{name}")):
+            assert reply.status_code == 422 and reply.json()["field"] == "name", reply.text
+        assert _stored(app) == before
+
+
 def test_validate_matches_the_cli_and_yaml_bodies_work(app: dict[str, Any], tmp_path: Path) -> None:
     from openanomaly.configstore import load_config
     from openanomaly.errors import ConfigValidationError

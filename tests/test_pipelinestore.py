@@ -15,7 +15,13 @@ import yaml
 
 from openanomaly.config import ArtifactSettings
 from openanomaly.configstore import ConfigStore, ConfigValidationError, YamlConfigStore
-from openanomaly.errors import ArtifactError, ConfigError, PipelineNotFound, PreconditionFailed
+from openanomaly.errors import (
+    ArtifactError,
+    ConfigError,
+    InvalidPipelineName,
+    PipelineNotFound,
+    PreconditionFailed,
+)
 from openanomaly.pipelinestore import (
     PipelineStore,
     S3ConfigStore,
@@ -107,6 +113,20 @@ def test_create_list_get_replace_delete_versions(store: PipelineStore) -> None:
 
     assert store.delete("mem", author="admin").name == "mem"  # no etag: unconditional
     assert store.list() == []
+
+
+@pytest.mark.parametrize("name", ["..", ".", "...", "a/b", "", "a" * 201, "%2e%2e"])
+def test_both_stores_refuse_the_same_names(store: PipelineStore, name: str) -> None:
+    """Issue 25: ``PUT /v1/pipelines/%2e%2e`` made a pipeline ``..`` in the file and a 500 in S3."""
+    before = store.list()
+    with pytest.raises(InvalidPipelineName) as refused:
+        store.put(name, pipeline(name), author="admin")
+    assert refused.value.field == "name"
+    for call in (store.get, store.versions, lambda n: store.delete(n, author="admin")):
+        with pytest.raises(InvalidPipelineName):
+            call(name)
+    assert store.list() == before
+    assert store.put("a.b-c_1", pipeline("a.b-c_1"), author="admin")[1]  # dots inside a name are fine
 
 
 def test_put_refuses_a_definition_named_otherwise(store: PipelineStore) -> None:
@@ -438,3 +458,31 @@ def test_s3_an_invalid_file_seeds_nothing_and_says_why(tmp_path: Path, bucket: A
     path.write_text(path.read_text().replace("${VM_TOKEN}", "${OTHER_TOKEN:-x}"))  # settings edited
     assert config_store.changed()
     assert config_store.load().settings.tsdb.bearer_token.get_secret_value() == "x"
+
+
+def test_a_store_switch_while_running_is_refused_until_a_restart(
+    tmp_path: Path, bucket: ArtifactSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25: yaml -> s3 on a running service left the scheduler on the file, silently."""
+    from openanomaly.pipeline_admin import PipelineAdmin
+
+    monkeypatch.setenv("VM_TOKEN", "t")
+    path = s3_file(tmp_path, bucket)
+    path.write_text(path.read_text().replace("config_store: {kind: s3}", "config_store: {kind: yaml}"))
+    config_store, _ = open_stores(path)
+    admin = PipelineAdmin(path)
+    assert [p.name for p in config_store.load().pipelines] == ["mem"]
+
+    path.write_text(path.read_text().replace("config_store: {kind: yaml}", "config_store: {kind: s3}"))
+    assert config_store.changed()
+    for refused in (config_store.load, lambda: admin.put("cpu", pipeline("cpu"), who="admin")):
+        with pytest.raises(ConfigError, match="changed from 'yaml' to 's3' while running: restart") as error:
+            refused()
+        assert error.value.field == "settings.config_store.kind"
+    assert "cpu" not in path.read_text()
+
+    restarted, store = open_stores(path)  # what a restart does: the S3 store, seeded from the file
+    assert isinstance(store, S3PipelineStore) and [p.name for p in restarted.load().pipelines] == ["mem"]
+    path.write_text(path.read_text().replace("config_store: {kind: s3}", "config_store: {kind: yaml}"))
+    with pytest.raises(ConfigError, match="changed from 's3' to 'yaml'"):
+        restarted.load()

@@ -225,12 +225,35 @@ def test_credentials_stay_with_the_configured_tsdb() -> None:
         Playground().tsdb_settings("http://127.0.0.1:8428")
 
 
-def test_only_listed_or_configured_models_run() -> None:
+def test_only_registry_names_configured_models_and_the_models_root_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API's allow-list (openanomaly.models.trust), the one check for both."""
+    from openanomaly.models.trust import MODELS_ROOT_ENV
+
+    monkeypatch.delenv(MODELS_ROOT_ENV, raising=False)
     playground = Playground(tsdb=TSDBSettings(url="http://vm.internal:8428"))
-    playground.check_model("statsforecast:AutoETS")
-    for spec in ("chronos:/tmp/evil-checkpoint", "chronos:amazon/chronos-bolt-small", "neuralforecast:NHITS"):
-        with pytest.raises(PlaygroundInputError, match="pick a listed model"):
+    for spec in (
+        "statsforecast:AutoETS",
+        "chronos:amazon/chronos-bolt-small",
+        "chronos:openanomaly-bolt-mini",
+    ):
+        playground.check_model(spec)
+    inside = tmp_path / "models" / "bolt"
+    inside.mkdir(parents=True)
+    evil = (
+        "chronos:/tmp/evil-checkpoint",
+        "chronos:../../../tmp/x",
+        "chronos:someone/model",
+        f"chronos:{inside}",
+    )
+    for spec in evil:
+        with pytest.raises(PlaygroundInputError, match="a checkpoint can run code"):
             playground.check_model(spec)
+    monkeypatch.setenv(MODELS_ROOT_ENV, str(tmp_path / "models"))
+    playground.check_model(f"chronos:{inside}")
+    with pytest.raises(PlaygroundInputError, match=r"under .*models \(an absolute path\)"):
+        playground.check_model(f"chronos:{inside}/../../elsewhere")
 
 
 # ----------------------------------------------------------------------------- CSV mode

@@ -60,6 +60,7 @@ __all__ = [
     "BOLT_PREDICTION_LENGTH",
     "BOLT_QUANTILES",
     "CHRONOS2_QUANTILES",
+    "HUB_MODELS",
     "SHIPPED_MODELS",
     "ChronosForecaster",
     "check_levels",
@@ -81,6 +82,13 @@ BOLT_PREDICTION_LENGTH = 64
 # Checkpoints shipped inside the package (pretrained on synthetic series, see
 # openanomaly.pretrain): ``chronos:<name>`` loads them offline like a local directory.
 SHIPPED_MODELS = {"openanomaly-bolt-mini": Path(__file__).parent / "weights" / "openanomaly-bolt-mini"}
+# The released checkpoints on the Hugging Face hub: the hub ids a pipeline sent over the
+# API may name (:mod:`openanomaly.models.trust`); any other checkpoint is a directory.
+HUB_MODELS = (
+    *(f"amazon/chronos-bolt-{size}" for size in ("tiny", "mini", "small", "base")),
+    *(f"amazon/chronos-t5-{size}" for size in ("tiny", "mini", "small", "base", "large")),
+    "amazon/chronos-2",
+)
 
 TailPolicy = Literal["error", "clamp", "normal"]
 _TAILS = ("error", "clamp", "normal")

@@ -55,12 +55,14 @@ from openanomaly.config import Pipeline
 from openanomaly.errors import (
     ConfigError,
     DataError,
+    InvalidPipelineName,
     ModelError,
     PipelineNotFound,
     PreconditionFailed,
     SchedulerUnavailable,
 )
 from openanomaly.models.base import QuantileForecast
+from openanomaly.models.trust import models_root
 from openanomaly.pipeline_admin import PipelineAdmin, PipelineInvalid, create_starter_file
 from openanomaly.scheduler import DEFAULT_NAME, DEFAULT_NAMESPACE, ensure_scheduler
 from openanomaly.series import SeriesMatrix
@@ -286,8 +288,29 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
 
 
 @fastapi_app.exception_handler(HTTPException)
-async def _http_error(_: Request, error: HTTPException) -> JSONResponse:
-    return _error(error.status_code, str(error.detail), kind=None, field=None)
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    response = _error(error.status_code, str(error.detail), kind=None, field=None)
+    response.headers.update(error.headers or {})
+    if error.status_code == 405:
+        response.headers["Allow"] = ", ".join(_allowed_methods(request))
+    return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (RFC 9110: a 405 carries ``Allow``).
+
+    Starlette's own ``Allow`` names only the first route whose path matched, and
+    ``/v1/pipelines/{name}`` is three routes (GET, PUT, DELETE).
+    """
+    from fastapi.routing import iter_route_contexts
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):  # routers included, flattened
+        match, _ = route.matches(request.scope)  # PARTIAL: the path matches, the method does not
+        if match != Match.NONE and route.methods:
+            methods |= set(route.methods)
+    return sorted(methods)
 
 
 @fastapi_app.exception_handler(RequestError)
@@ -304,6 +327,11 @@ async def _data_error(_: Request, error: DataError) -> JSONResponse:
 async def _config_error(_: Request, error: ConfigError) -> JSONResponse:
     # A pipeline disabled by a bad config, asked to run: the state forbids it, not the request.
     return _error(409, str(_cause(error)))
+
+
+@fastapi_app.exception_handler(InvalidPipelineName)
+async def _invalid_name(_: Request, error: InvalidPipelineName) -> JSONResponse:
+    return _error(422, error.message, field="name", kind="invalid_request")
 
 
 @fastapi_app.exception_handler(PipelineInvalid)
@@ -613,6 +641,7 @@ class Ingress:
                 self._admin = PipelineAdmin(
                     self.scheduler.pipelines,
                     status=lambda: ray.get(self._scheduler_actor().status.remote()),
+                    models_root=models_root(),
                 )
             except ConfigError as error:
                 raise SchedulerUnavailable(f"pipelines cannot be managed: {error}") from None

@@ -20,7 +20,10 @@ Which credential where: the API (``/v1/...``), ``/docs``, ``/redoc`` and
 sets (``openanomaly.serve.login``), because a browser cannot send a bearer header.
 ``/healthz``, ``/metrics`` and ``/login`` are open. The cookie never holds a token: it
 is ``role.expiry.signature``, an HMAC keyed by a key derived from that role's token,
-so rotating a token ends every session it opened.
+so rotating a token ends every session it opened. A request the cookie signs in that
+could change something (any method but GET, HEAD and OPTIONS, and WebSockets) must also
+carry a same-origin ``Origin`` (or ``Referer``): ``SameSite=Strict`` alone stood between
+another site's page and the playground's actions, and not every browser enforces it.
 
 Each token comes from ``..._TOKEN_FILE`` (a file, e.g. a mounted Kubernetes Secret) or
 ``..._TOKEN``; ``GuardSettings.from_environ`` reads them once, at replica start, and
@@ -39,7 +42,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException
@@ -66,6 +69,7 @@ __all__ = [
     "load_token",
     "principal_of",
     "require_write",
+    "same_origin",
 ]
 
 TOKEN_ENV = "OPENANOMALY_API_TOKEN"
@@ -96,6 +100,11 @@ _COOKIE_PATHS = ("/playground", "/logout")
 """Routes (and, for the playground, everything under it) where the session cookie counts."""
 
 _WRITE_METHODS = frozenset({"PUT", "PATCH", "DELETE"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_CROSS_SITE = (
+    "a request signed in with the session cookie must come from this server's own pages: "
+    "its Origin (or Referer) names another site, or none"
+)
 _SESSION_KEY_LABEL = b"openanomaly session cookie v1"
 
 _KINDS = {
@@ -251,9 +260,8 @@ class GuardSettings:
         """
         if not self.auth_on:
             return ANONYMOUS
-        header = headers.get("authorization") or headers.get("Authorization") or ""
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() == "bearer" and given:
+        given = _bearer(headers)
+        if given is not None:
             return self.principal_of_token(given)
         return self.session_principal(cookies.get(SESSION_COOKIE, ""))
 
@@ -283,6 +291,37 @@ class GuardSettings:
         key = hmac.new(token.get_secret_value().encode(), _SESSION_KEY_LABEL, hashlib.sha256).digest()
         digest = hmac.new(key, payload.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer`` header; None when there is none."""
+    header = headers.get("authorization") or headers.get("Authorization") or ""
+    scheme, _, given = header.partition(" ")
+    return given if scheme.lower() == "bearer" and given else None
+
+
+def _netloc(value: str, scheme: str) -> str:
+    """``host[:port]`` lower-cased, without the scheme's default port."""
+    value = value.strip().lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme, "")
+    return value.removesuffix(default) if default else value
+
+
+def same_origin(headers: Mapping[str, str]) -> bool:
+    """Whether the browser says this request comes from a page of this server.
+
+    ``Origin`` (every browser sends it on a POST, PUT, DELETE and WebSocket), else the
+    origin of ``Referer``, must name the host the request was sent to (``Host``, or
+    ``X-Forwarded-Host`` behind a proxy: a page on another site cannot set either).
+    A missing or ``null`` origin is not this server.
+    """
+    source = headers.get("origin") or headers.get("referer") or ""
+    parts = urlsplit(source)
+    if source == "null" or not parts.scheme or not parts.netloc:
+        return False
+    host = (headers.get("x-forwarded-host") or headers.get("host") or "").split(",")[0]
+    scheme = (headers.get("x-forwarded-proto") or parts.scheme).split(",")[0].strip().lower()
+    return bool(host) and _netloc(parts.netloc, parts.scheme) == _netloc(host, scheme)
 
 
 class _BodyTooLarge(Exception):
@@ -319,6 +358,14 @@ class Guard:
                 await _send_error(
                     send, 403, f"the read-only token cannot {scope['method']}: use {TOKEN_ENV}", None
                 )
+                return
+            changes = scope["type"] == "websocket" or scope.get("method") not in _SAFE_METHODS
+            if settings.auth_on and _bearer(headers) is None and changes and not same_origin(headers):
+                # Signed in by the cookie, sent from another site's page (cross-site request forgery).
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                else:
+                    await _send_error(send, 403, _CROSS_SITE, "Origin")
                 return
             scope.setdefault("state", {})["principal"] = principal
         if scope["type"] == "websocket":

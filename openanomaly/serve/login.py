@@ -9,6 +9,9 @@ makes the browser send it), Secure when the request came over https, valid for
 rotating the token logs every browser out. The Guard accepts it only on the
 playground and ``POST /logout``; the API and its docs keep bearer auth.
 
+Failed sign-ins are throttled per client address and in all (:class:`LoginThrottle`):
+past the limit the form answers 429 with ``Retry-After``.
+
 The page is self-contained HTML (no external assets: the server may have no internet
 and the page must not leak a visit). After login the browser goes to ``next``, which
 must be a path on this server: ``//host`` or ``https://host`` would make the form an
@@ -20,6 +23,10 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Request
@@ -27,7 +34,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from openanomaly.serve.guard import LOGIN_PATH, SESSION_COOKIE, SESSION_TTL_S, GuardSettings
 
-__all__ = ["router", "safe_next"]
+__all__ = ["LoginThrottle", "router", "safe_next"]
 
 _log = logging.getLogger(__name__)
 
@@ -35,6 +42,47 @@ _FAILED_LOGIN_DELAY_S = 0.5
 """A wrong token waits this long: guessing costs time, whichever token was near."""
 
 _MAX_FORM_BYTES = 8192
+
+
+@dataclass
+class LoginThrottle:
+    """Failed sign-ins counted over a sliding window, per client address and in all.
+
+    A wrong token already waits ``_FAILED_LOGIN_DELAY_S``, but concurrent guesses
+    overlapped (29 a second measured); past either count every attempt is refused with
+    429 and ``Retry-After`` without looking at the token, until the oldest failure
+    leaves the window. The overall count stops guessing spread over many addresses,
+    at the price of refusing everyone for a while. Kept per ingress replica, in memory.
+    """
+
+    per_client: int = 5
+    overall: int = 50
+    window_s: float = 60.0
+    _clients: dict[str, deque[float]] = field(default_factory=dict, init=False, repr=False)
+    _all: deque[float] = field(default_factory=deque, init=False, repr=False)
+
+    def _prune(self, failures: deque[float], now: float) -> None:
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+
+    def retry_after(self, client: str, now: float) -> int | None:
+        """Seconds until ``client`` may try again; None: it may now."""
+        self._prune(self._all, now)
+        mine = self._clients.get(client, deque())
+        self._prune(mine, now)
+        if not mine:
+            self._clients.pop(client, None)
+        waits = [
+            failures[-cap] + self.window_s - now  # when the count drops below cap
+            for failures, cap in ((mine, self.per_client), (self._all, self.overall))
+            if len(failures) >= cap
+        ]
+        return max(1, math.ceil(max(waits))) if waits else None
+
+    def failed(self, client: str, now: float) -> None:
+        self._clients.setdefault(client, deque()).append(now)
+        self._all.append(now)
+
 
 router = APIRouter(include_in_schema=False)
 
@@ -85,6 +133,14 @@ def _settings(request: Request) -> GuardSettings | None:
     return getattr(request.app.state, "guard", None)
 
 
+def _throttle(request: Request) -> LoginThrottle:
+    """The app's throttle (one per app, so per ingress replica), made on first use."""
+    state = request.app.state
+    if getattr(state, "login_throttle", None) is None:
+        state.login_throttle = LoginThrottle()
+    return state.login_throttle
+
+
 def _secure(request: Request) -> bool:
     """Whether the browser reached us over https (directly or through a TLS-terminating proxy)."""
     forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
@@ -115,9 +171,18 @@ async def login(request: Request) -> Response:
     settings = _settings(request)
     if settings is None or not settings.auth_on:
         return RedirectResponse(next_path, status_code=303)
-    principal = settings.principal_of_token((form.get("token") or [""])[0])
     client = request.client.host if request.client else "unknown"
+    throttle = _throttle(request)
+    wait = throttle.retry_after(client, time.monotonic())
+    if wait is not None:  # the token is not even looked at
+        _log.warning("login throttled for %s: %d s", client, wait)
+        error = f"Too many failed sign-ins: try again in {wait} s."
+        page = _page(request, next_path, error=error, status=429)
+        page.headers["Retry-After"] = str(wait)
+        return page
+    principal = settings.principal_of_token((form.get("token") or [""])[0])
     if principal is None:
+        throttle.failed(client, time.monotonic())
         _log.warning("login refused from %s: wrong token", client)
         await asyncio.sleep(_FAILED_LOGIN_DELAY_S)
         return _page(request, next_path, error="Wrong token.", status=401)

@@ -9,7 +9,9 @@ and ``If-None-Match: *`` makes a ``PUT`` create-only. Writes need the admin toke
 The ingress sets ``app.state.pipelines`` (a function returning the admin, or ``None``
 when the app manages no pipelines file) and ``app.state.scheduler`` (a function returning
 the scheduler actor); both raise :class:`SchedulerUnavailable` saying what is missing.
-Store calls block (a file lock, S3), so they run in a thread, off the event loop.
+Store calls block (a file lock, S3), and parsing and validating a body walks it, so
+both run in a thread, off the event loop; a body is parsed within
+:data:`~openanomaly.yamlsafe.DEFINITION_LIMITS` first, so that walk is small.
 
 No ``from __future__ import annotations``: FastAPI reads the annotations at run time.
 """
@@ -21,7 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 
-from openanomaly.config import PIPELINE_NAME
+from openanomaly.config import PIPELINE_NAME, PIPELINE_NAME_MAX
 from openanomaly.errors import SchedulerUnavailable
 from openanomaly.pipeline_admin import PipelineAdmin, definition_name, parse_definition, to_yaml
 from openanomaly.pipelinestore import StoredPipeline
@@ -32,7 +34,9 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["pipelines"])
 
-Name = Annotated[str, Path(max_length=200, pattern=PIPELINE_NAME, description="the pipeline's name")]
+Name = Annotated[
+    str, Path(max_length=PIPELINE_NAME_MAX, pattern=PIPELINE_NAME, description="the pipeline's name")
+]
 
 _JSON_OR_YAML = {
     "required": True,
@@ -79,7 +83,9 @@ async def _body(request: Request) -> dict[str, Any]:
             field="content-type",
             status=415,
         )
-    return parse_definition(await request.body(), content_type=kind)
+    body = await request.body()
+    # Off the event loop: within a pipeline's limits this is milliseconds, but never /healthz's.
+    return await asyncio.to_thread(parse_definition, body, content_type=kind)
 
 
 @router.get("/v1/pipelines")
@@ -94,8 +100,9 @@ async def list_pipelines(request: Request) -> dict[str, Any]:
 @router.post("/v1/pipelines:validate", openapi_extra={"requestBody": _JSON_OR_YAML})
 async def validate_pipeline(request: Request) -> dict[str, Any]:
     """Dry run: 200 with the pipeline as it would load (defaults filled in), or 422 naming the field."""
+    admin = _admin(request)
     definition = await _body(request)
-    pipeline = _admin(request).check(definition_name(definition), definition)
+    pipeline = await asyncio.to_thread(admin.check, definition_name(definition), definition)
     return {"valid": True, "pipeline": pipeline.model_dump(mode="json")}
 
 

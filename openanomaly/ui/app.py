@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from openanomaly.config import Config, Pipeline, TSDBSettings
 from openanomaly.configstore import ConfigStore
-from openanomaly.errors import OpenAnomalyError
+from openanomaly.errors import ModelError, OpenAnomalyError
+from openanomaly.models.trust import check_untrusted_spec, models_root
 from openanomaly.pipeline_admin import PipelineAdmin
 from openanomaly.pipelinestore import open_stores
 from openanomaly.ui.compute import (
@@ -149,21 +150,21 @@ class Playground:
         return configured
 
     def check_model(self, spec: str) -> None:
-        """Only the offered specs and the configured pipelines' models may run here.
+        """Only the configured pipelines' models and the specs the API would accept may run here.
 
         A typed spec such as ``chronos:<path>`` would load a checkpoint from a path of
-        the user's choosing inside the server (a pickle there runs code).
+        the user's choosing inside the server (a pickle there runs code): the API's
+        allow-list (:func:`~openanomaly.models.trust.check_untrusted_spec`) decides.
 
         Raises:
             PlaygroundInputError: any other spec.
         """
         config = self.current_config()
-        allowed = {*MODEL_CHOICES, *(p.model.spec for p in (config.pipelines if config else ()))}
-        if spec not in allowed:
-            raise PlaygroundInputError(
-                f"pick a listed model ({', '.join(sorted(allowed))}); other specs are not loaded here",
-                field="Model",
-            )
+        configured = [p.model.spec for p in (config.pipelines if config else ())]
+        try:
+            check_untrusted_spec(spec, root=models_root(), trusted=configured)
+        except ModelError as error:
+            raise PlaygroundInputError(str(error), field="Model") from None
 
     def default_url(self) -> str:
         config = self.current_config()
