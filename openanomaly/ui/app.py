@@ -391,7 +391,13 @@ def _tabs(
                         query = gr.Textbox(
                             form["query"], label="Query", placeholder="rate(http_requests_total[5m])"
                         )
-                        tsdb_url = gr.Textbox(playground.default_url(), label="TSDB URL")
+                        # Shown, not typed: Run always queries the TSDB configured now.
+                        tsdb_url = gr.Textbox(
+                            playground.default_url(),
+                            label="TSDB URL",
+                            interactive=False,
+                            info="the configured TSDB, re-read on every run",
+                        )
                         range_choice = gr.Radio(list(RANGE_CHOICES), value="last 6h", label="Range")
                         with gr.Row(visible=False) as custom_row:
                             start = gr.Textbox(
@@ -459,9 +465,10 @@ def _tabs(
                     raise gr.Error(str(error), print_exception=False) from None
                 return inferred, inferred
 
-            def clear() -> tuple[None, str, None]:
-                # Before every run, so a failed run leaves no chart or table of the previous one.
-                return None, "Running…", None
+            def clear() -> tuple[None, str, None, Any]:
+                # Before every run, so a failed run leaves no chart or table of the previous one,
+                # and the URL shown is the one this run queries (the file may have changed).
+                return None, "Running…", None, _current_url(playground)
 
             source.change(pick_source, source, [tsdb_group, csv_group])
             csv_file.upload(pick_csv, csv_file, [step, infer_every])
@@ -469,11 +476,14 @@ def _tabs(
             pipeline.change(
                 pick_pipeline, pipeline, [query, model, step, context, infer_every, q_low, q_high]
             )
+            # Not the URL textbox: a page built before the pipelines file changed would send
+            # the old URL, which tsdb_settings refuses; "" means "the configured one, now".
+            configured_tsdb = gr.State("")
             inputs = [
                 source,
                 pipeline,
                 query,
-                tsdb_url,
+                configured_tsdb,
                 range_choice,
                 start,
                 end,
@@ -488,7 +498,7 @@ def _tabs(
             ]
             outputs = [plot, summary, episodes]
             for event in (run.click, query.submit):
-                event(clear, None, outputs, queue=False).then(
+                event(clear, None, [*outputs, tsdb_url], queue=False).then(
                     playground.handle, inputs, outputs, concurrency_limit=1
                 )
         if admin is not None:
@@ -496,7 +506,21 @@ def _tabs(
                 panel = PipelinesPanel(admin=admin, playground=playground, writer=writer, trigger=trigger)
                 pipelines_tab(blocks, panel)
         # The file (or the Pipelines tab) may have changed since the page was built.
-        blocks.load(lambda: gr.update(choices=playground.pipeline_names()), None, pipeline)
+        blocks.load(
+            lambda: (gr.update(choices=playground.pipeline_names()), _current_url(playground)),
+            None,
+            [pipeline, tsdb_url],
+        )
+
+
+def _current_url(playground: Playground) -> Any:
+    """The TSDB URL to show now; unchanged while the file does not load (Run then says why)."""
+    import gradio as gr
+
+    try:
+        return playground.default_url()
+    except OpenAnomalyError:
+        return gr.update()
 
 
 def _model_choices(current: str) -> list[str]:
