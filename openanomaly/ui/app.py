@@ -25,6 +25,7 @@ from openanomaly.configstore import ConfigStore
 from openanomaly.errors import OpenAnomalyError
 from openanomaly.pipeline_admin import PipelineAdmin
 from openanomaly.pipelinestore import open_stores
+from openanomaly.serve.quiet import end_quietly_if_cancelled
 from openanomaly.ui.compute import (
     AD_HOC_FORM,
     DEFAULT_MAX_SERIES,
@@ -277,7 +278,8 @@ class Playground:
     def handle(self, *values: Any) -> tuple[Any, str, pd.DataFrame]:
         """The Run button's Gradio handler: ``(plot, summary markdown, episodes table)``.
 
-        User errors become ``gr.Error`` (a readable toast, no traceback); anything else
+        User errors become ``gr.Error`` (a readable toast, no traceback), and so does a
+        request Ray cancelled because the browser went away (not printed); anything else
         is a bug and propagates (Gradio logs it).
         """
         import gradio as gr
@@ -306,6 +308,9 @@ class Playground:
         except OpenAnomalyError as error:
             log.info("playground run failed: %s", error)
             raise gr.Error(str(error), title=type(error).__name__, print_exception=False) from None
+        except Exception as error:
+            end_quietly_if_cancelled(error)  # a closed tab: not a bug, no traceback
+            raise
         plot = PlotData(type="altair", plot=chart_json(make_chart(result))) if result.shown else None
         return plot, result.summary(), result.episodes
 

@@ -27,6 +27,7 @@ from openanomaly.pipeline_admin import (
     parse_definition,
     to_yaml,
 )
+from openanomaly.serve.quiet import end_quietly_if_cancelled
 from openanomaly.times import format_iso
 from openanomaly.ui.compute import RANGE_CHOICES, PlaygroundResult
 
@@ -215,6 +216,9 @@ def pipelines_tab(blocks: gr.Blocks, panel: PipelinesPanel) -> None:
             except OpenAnomalyError as error:
                 log.info("pipelines tab: %s", error)
                 raise gr.Error(_message(error), title=type(error).__name__, print_exception=False) from None
+            except Exception as error:
+                end_quietly_if_cancelled(error)  # a closed tab: not a bug, no traceback
+                raise
 
         call.__annotations__ = {"request": gr.Request} if "request" in function.__annotations__ else {}
         return call
