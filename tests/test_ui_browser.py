@@ -4,7 +4,8 @@ It runs the page as a user would on the bundled example CSV: upload, the step is
 inferred (5m), Run with the form defaults (`default`, 2 days of context), then finds the
 anomaly markers in the rendered chart (SVG marks with their aria-labels), checks they
 agree with the summary, takes a screenshot, and checks that a failed run clears the
-previous chart.
+previous chart. In the Pipelines tab it signs in and creates a pipeline (on the Serve
+app), and backtests one and checks the chart lies inside its block (standalone page).
 
 Screenshots go to the test's temporary folder. ``OPENANOMALY_UPDATE_SCREENSHOTS=1 uv run
 pytest tests/test_ui_browser.py`` writes them over the tracked ``docs/playground.png`` and
@@ -149,7 +150,9 @@ def test_login_then_create_a_pipeline_in_the_pipelines_tab(
     """Saves ``pipelines.png`` (to docs/ only with ``OPENANOMALY_UPDATE_SCREENSHOTS=1``)."""
     import httpx
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    # Tall enough for the whole tab: a full-page shot of a taller page resizes the viewport,
+    # and the table and picker re-render blank in the picture.
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
     page.goto(f"{served_playground}/playground/")
     # Auth is on: the browser is sent to the login page, then back to the playground.
     page.wait_for_url(re.compile(r"/login"), timeout=30_000)
@@ -195,3 +198,56 @@ def test_login_then_create_a_pipeline_in_the_pipelines_tab(
     )
     assert reply.status_code == 200, reply.text
     assert reply.json()["definition"]["query"] == "vector(1)"
+
+
+WAVE_PIPELINE = """name: browser-wave
+query: sin(time() / 600) + 2
+step: 1m
+model: mad
+schedule:
+  infer_every: 5m
+  context: 1h
+"""
+
+
+@pytest.fixture(scope="module")
+def playground_with_file(victoria_metrics, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The standalone playground on a pipelines file (so with a Pipelines tab) and a real TSDB."""
+    path = tmp_path_factory.mktemp("browser-file") / "pipelines.yaml"
+    path.write_text(f"settings:\n  tsdb:\n    url: {victoria_metrics.url}\npipelines: []\n")
+    blocks = build_playground(config=path)
+    blocks.queue(default_concurrency_limit=1)
+    _, url, _ = blocks.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True
+    )
+    try:
+        yield url
+    finally:
+        blocks.close()
+
+
+def test_pipelines_tab_backtest_chart_fits_its_column(browser, playground_with_file: str) -> None:
+    """The Pipelines tab's chart sits in a narrower column than the Explore tab's: drawn at
+    the Explore width it overflowed both edges and the left one was cut off (legend read
+    "ual", no y-axis labels). Every part of it, legend and y-axis included, must lie inside
+    its block."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(playground_with_file)
+    page.get_by_role("tab", name="Pipelines").click()
+    editor = page.locator(".cm-content").first
+    editor.wait_for(timeout=60_000)
+    editor.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(WAVE_PIPELINE)
+    page.get_by_role("button", name="Backtest this range").click()
+    chart = page.locator("#pipelines-backtest-plot svg.marks").first
+    chart.wait_for(timeout=TIMEOUT_MS)
+    block = page.locator("#pipelines-backtest-plot").bounding_box()
+    drawn = chart.bounding_box()
+    assert block is not None and drawn is not None
+    assert drawn["x"] >= block["x"] - 1, (drawn, block)
+    assert drawn["x"] + drawn["width"] <= block["x"] + block["width"] + 1, (drawn, block)
+    legend = page.locator("#pipelines-backtest-plot svg.marks text", has_text=re.compile("^actual$")).first
+    shown = legend.bounding_box()
+    assert shown is not None and shown["x"] >= block["x"], (shown, block)
+    page.close()

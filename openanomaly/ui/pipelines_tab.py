@@ -245,7 +245,10 @@ def pipelines_tab(blocks: gr.Blocks, panel: PipelinesPanel) -> None:
                 end = gr.Textbox("now", label="End (custom)")
             backtest = gr.Button("Backtest this range")
             summary = gr.Markdown("")
-            plot = gr.Plot(label="Backtest", show_label=False)
+    # Below both columns, the page's full width: the chart is drawn at a fixed width (a
+    # Vega-Lite concat cannot follow its container), which overflowed the right column
+    # and lost its left edge (legend, y-axis labels) to the centring.
+    plot = gr.Plot(label="Backtest", show_label=False, elem_id="pipelines-backtest-plot")
 
     @guarded
     def refreshed(selected: str) -> tuple[Any, Any]:
