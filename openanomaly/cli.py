@@ -205,12 +205,13 @@ def _run_scheduler(args: argparse.Namespace, config: Config) -> int:
 
     import ray
 
+    from openanomaly.raystart import start_ray
     from openanomaly.scheduler import Scheduler
 
     if args.pipeline:
         raise UsageError("--pipeline works with --once; the scheduler runs every pipeline of the file")
     address = args.address or "local"
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    start_ray(address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     cpus = ray.cluster_resources().get("CPU", 0)
     print(
         f"scheduling {len(config.pipelines)} pipelines from {args.config} on "
@@ -270,11 +271,12 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     import ray
 
+    from openanomaly.raystart import start_ray
     from openanomaly.scheduler import start_scheduler
 
     _load_config(args.config)  # a bad file is an error here, where the person who made it sees it
     path = str(Path(args.config).resolve())
-    ray.init(address=args.address, namespace=args.namespace, logging_level=logging.WARNING)
+    start_ray(args.address, namespace=args.namespace, logging_level=logging.WARNING)
     handle = start_scheduler(
         path,
         name=args.name,

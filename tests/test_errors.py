@@ -29,6 +29,7 @@ EXAMPLES: list[errors.OpenAnomalyError] = [
     errors.NoSeries("query 'up' returned no series", pipeline="cpu"),
     errors.WindowTimeout("the model actor did not answer in time"),
     errors.SchedulerUnavailable("no scheduler"),
+    errors.RayUnavailable("Ray did not start", address="local", attempts=3),
     errors.PipelineNotFound("cpu", source="pipelines.yaml"),
     errors.PreconditionFailed("cpu", expected="0123456789abcdef", current="fedcba9876543210"),
 ]

@@ -213,6 +213,50 @@ def test_handler_runs_a_configured_pipeline_and_shows_errors_as_gr_error(
         playground.handle(*_form(pipeline_name="gone", query="up"))
 
 
+def _page_function(blocks: gr.Blocks, name: str):
+    """The page's event handler called ``name`` (as Gradio wired it: its inputs and outputs)."""
+    return next(fn for fn in blocks.fns.values() if getattr(fn.fn, "__name__", None) == name)
+
+
+@pytest.mark.integration
+def test_run_reads_the_tsdb_url_of_the_file_now_without_a_restart(
+    victoria_metrics: TSDBServer, spiky: tuple[str, int, int], tmp_path: Path
+) -> None:
+    """The file's ``settings.tsdb.url`` is edited after the page was built (and loaded): the next
+    Run, with the values the unreloaded page holds, queries the new URL and shows it."""
+    metric, first, last = spiky
+
+    def write(url: str) -> None:
+        pipeline = {"name": "spiky", "query": f"last_over_time({metric}[59s])", "model": "mad"}
+        tsdb = {"url": url, "retries": 0, "timeout": 2}
+        path.write_text(
+            yaml.safe_dump({"settings": {"tsdb": tsdb}, "pipelines": [pipeline | {"step": "1m"}]})
+        )
+
+    path = tmp_path / "pipelines.yaml"
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    write(nowhere)
+    blocks = build_playground(config=path)
+    handle, clear = _page_function(blocks, "handle"), _page_function(blocks, "clear")
+    shown = next(c for c in blocks.blocks.values() if isinstance(c, gr.Textbox) and c.label == "TSDB URL")
+    assert shown.value == nowhere and shown.interactive is False  # shown, not typed
+    page = {component: getattr(component, "value", None) for component in handle.inputs}
+    by_label = {getattr(component, "label", None): component for component in handle.inputs}
+    page[by_label["Range"]] = "custom"
+    page[by_label["Start"]] = str((first + 60 * MINUTE) // 1000)
+    page[by_label["End"]] = str(last // 1000)
+    values = [page[component] for component in handle.inputs]
+    with pytest.raises(gr.Error, match=nowhere.removeprefix("http://")):
+        handle.fn(*values)
+
+    write(victoria_metrics.url)  # as `serve run`'s log asks: edit the file, no restart
+    assert clear.fn()[-1] == victoria_metrics.url  # the page shows the URL this run queries
+    plot, summary, episodes = handle.fn(*values)  # the same, unreloaded page
+    assert plot is not None and "**spiky**" in summary and len(episodes) >= 1
+    load = _page_function(blocks, "<lambda>")
+    assert load.fn()[1] == victoria_metrics.url  # and a reload shows it too
+
+
 def test_credentials_stay_with_the_configured_tsdb() -> None:
     configured = TSDBSettings(url="http://vm.internal:8428", bearer_token="secret")
     playground = Playground(tsdb=configured)

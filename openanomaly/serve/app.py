@@ -85,6 +85,7 @@ from openanomaly.serve.guard import (
 from openanomaly.serve.login import router as login_router
 from openanomaly.serve.metrics import CONTENT_TYPE, ServeMetrics
 from openanomaly.serve.pipelines_api import router as pipelines_router
+from openanomaly.serve.quiet import quiet_cancelled_requests
 from openanomaly.serve.schemas import (
     DetectRequest,
     DetectResponse,
@@ -568,6 +569,7 @@ class Ingress:
         scheduler: dict[str, Any] | None = None,
         playground: bool = False,
     ) -> None:
+        quiet_cancelled_requests()  # closed browser tabs are not "Request failed." tracebacks
         # Only names and limits, not the models' configs: a user_config change then
         # leaves the ingress untouched (no restart), and replies carry the live spec.
         self.default_model = default_model

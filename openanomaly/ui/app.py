@@ -26,6 +26,7 @@ from openanomaly.errors import ModelError, OpenAnomalyError
 from openanomaly.models.trust import check_untrusted_spec, models_root
 from openanomaly.pipeline_admin import PipelineAdmin
 from openanomaly.pipelinestore import open_stores
+from openanomaly.serve.quiet import end_quietly_if_cancelled
 from openanomaly.ui.compute import (
     AD_HOC_FORM,
     DEFAULT_MAX_SERIES,
@@ -278,7 +279,8 @@ class Playground:
     def handle(self, *values: Any) -> tuple[Any, str, pd.DataFrame]:
         """The Run button's Gradio handler: ``(plot, summary markdown, episodes table)``.
 
-        User errors become ``gr.Error`` (a readable toast, no traceback); anything else
+        User errors become ``gr.Error`` (a readable toast, no traceback), and so does a
+        request Ray cancelled because the browser went away (not printed); anything else
         is a bug and propagates (Gradio logs it).
         """
         import gradio as gr
@@ -307,6 +309,9 @@ class Playground:
         except OpenAnomalyError as error:
             log.info("playground run failed: %s", error)
             raise gr.Error(str(error), title=type(error).__name__, print_exception=False) from None
+        except Exception as error:
+            end_quietly_if_cancelled(error)  # a closed tab: not a bug, no traceback
+            raise
         plot = PlotData(type="altair", plot=chart_json(make_chart(result))) if result.shown else None
         return plot, result.summary(), result.episodes
 
@@ -392,7 +397,13 @@ def _tabs(
                         query = gr.Textbox(
                             form["query"], label="Query", placeholder="rate(http_requests_total[5m])"
                         )
-                        tsdb_url = gr.Textbox(playground.default_url(), label="TSDB URL")
+                        # Shown, not typed: Run always queries the TSDB configured now.
+                        tsdb_url = gr.Textbox(
+                            playground.default_url(),
+                            label="TSDB URL",
+                            interactive=False,
+                            info="the configured TSDB, re-read on every run",
+                        )
                         range_choice = gr.Radio(list(RANGE_CHOICES), value="last 6h", label="Range")
                         with gr.Row(visible=False) as custom_row:
                             start = gr.Textbox(
@@ -460,9 +471,10 @@ def _tabs(
                     raise gr.Error(str(error), print_exception=False) from None
                 return inferred, inferred
 
-            def clear() -> tuple[None, str, None]:
-                # Before every run, so a failed run leaves no chart or table of the previous one.
-                return None, "Running…", None
+            def clear() -> tuple[None, str, None, Any]:
+                # Before every run, so a failed run leaves no chart or table of the previous one,
+                # and the URL shown is the one this run queries (the file may have changed).
+                return None, "Running…", None, _current_url(playground)
 
             source.change(pick_source, source, [tsdb_group, csv_group])
             csv_file.upload(pick_csv, csv_file, [step, infer_every])
@@ -470,11 +482,14 @@ def _tabs(
             pipeline.change(
                 pick_pipeline, pipeline, [query, model, step, context, infer_every, q_low, q_high]
             )
+            # Not the URL textbox: a page built before the pipelines file changed would send
+            # the old URL, which tsdb_settings refuses; "" means "the configured one, now".
+            configured_tsdb = gr.State("")
             inputs = [
                 source,
                 pipeline,
                 query,
-                tsdb_url,
+                configured_tsdb,
                 range_choice,
                 start,
                 end,
@@ -489,7 +504,7 @@ def _tabs(
             ]
             outputs = [plot, summary, episodes]
             for event in (run.click, query.submit):
-                event(clear, None, outputs, queue=False).then(
+                event(clear, None, [*outputs, tsdb_url], queue=False).then(
                     playground.handle, inputs, outputs, concurrency_limit=1
                 )
         if admin is not None:
@@ -497,7 +512,21 @@ def _tabs(
                 panel = PipelinesPanel(admin=admin, playground=playground, writer=writer, trigger=trigger)
                 pipelines_tab(blocks, panel)
         # The file (or the Pipelines tab) may have changed since the page was built.
-        blocks.load(lambda: gr.update(choices=playground.pipeline_names()), None, pipeline)
+        blocks.load(
+            lambda: (gr.update(choices=playground.pipeline_names()), _current_url(playground)),
+            None,
+            [pipeline, tsdb_url],
+        )
+
+
+def _current_url(playground: Playground) -> Any:
+    """The TSDB URL to show now; unchanged while the file does not load (Run then says why)."""
+    import gradio as gr
+
+    try:
+        return playground.default_url()
+    except OpenAnomalyError:
+        return gr.update()
 
 
 def _model_choices(current: str) -> list[str]:

@@ -27,6 +27,7 @@ from openanomaly.pipeline_admin import (
     parse_definition,
     to_yaml,
 )
+from openanomaly.serve.quiet import end_quietly_if_cancelled
 from openanomaly.times import format_iso
 from openanomaly.ui.compute import RANGE_CHOICES, PlaygroundResult
 
@@ -215,6 +216,9 @@ def pipelines_tab(blocks: gr.Blocks, panel: PipelinesPanel) -> None:
             except OpenAnomalyError as error:
                 log.info("pipelines tab: %s", error)
                 raise gr.Error(_message(error), title=type(error).__name__, print_exception=False) from None
+            except Exception as error:
+                end_quietly_if_cancelled(error)  # a closed tab: not a bug, no traceback
+                raise
 
         call.__annotations__ = {"request": gr.Request} if "request" in function.__annotations__ else {}
         return call
@@ -241,7 +245,10 @@ def pipelines_tab(blocks: gr.Blocks, panel: PipelinesPanel) -> None:
                 end = gr.Textbox("now", label="End (custom)")
             backtest = gr.Button("Backtest this range")
             summary = gr.Markdown("")
-            plot = gr.Plot(label="Backtest", show_label=False)
+    # Below both columns, the page's full width: the chart is drawn at a fixed width (a
+    # Vega-Lite concat cannot follow its container), which overflowed the right column
+    # and lost its left edge (legend, y-axis labels) to the centring.
+    plot = gr.Plot(label="Backtest", show_label=False, elem_id="pipelines-backtest-plot")
 
     @guarded
     def refreshed(selected: str) -> tuple[Any, Any]:
