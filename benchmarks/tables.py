@@ -1,4 +1,4 @@
-"""Write the accuracy tables of README.md and docs/accuracy.md from benchmarks/results/accuracy.json.
+"""Write the accuracy tables of README.md and docs/accuracy.md from benchmarks/results/accuracy*.json.
 
 Usage::
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
+RESULTS = ROOT / "benchmarks" / "results"
 DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "accuracy.md")
 DATASETS = ("nab", "smd", "kpi")
 
@@ -34,6 +34,7 @@ def _metrics(row: dict[str, Any]) -> str:
 
 def held_out_table(results: dict[str, Any]) -> str:
     """``default`` leave-one-dataset-out beside the build before the one alert policy."""
+    results = results["accuracy"]
     lines = [
         "| dataset (files) | held out: NAB std @ 1 | F1 @ 1 | VUS-PR | false alerts / series / week "
         "| knob chosen on the other two | build before (NAB std @ 1 / F1 / VUS-PR / FA per week) |",
@@ -55,6 +56,7 @@ def held_out_table(results: dict[str, Any]) -> str:
 
 def models_table(results: dict[str, Any]) -> str:
     """Every model at the shipped defaults, per dataset (in-sample: nothing is chosen here)."""
+    results = results["accuracy"]
     lines = [
         "| model | dataset | NAB std @ 1 | F1 @ 1 | VUS-PR | false alerts / series / week "
         "| build before: NAB std @ 1 |",
@@ -75,7 +77,30 @@ def models_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"held-out": held_out_table, "models": models_table}
+def rules_table(results: dict[str, Any]) -> str:
+    """The stage's built-in rules against the shipped one, and the leave-one-dataset-out choice."""
+    rules = results["accuracy_rules"]
+    lines = [
+        "| rule (`default`, 1 alarm a week) | "
+        + " | ".join(f"{d}: NAB std @ 1 (FA / week)" for d in DATASETS)
+        + " |",
+        "|---|" + "---|" * len(DATASETS),
+    ]
+    for rule, by_dataset in rules["rules"].items():
+        cells = [
+            f"{by_dataset[d]['nab_standard_at_1']:.1f} ({by_dataset[d]['false_alerts_per_week']:.2f})"
+            for d in DATASETS
+        ]
+        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+    chosen = [
+        f"{rules['held_out'][d]['chosen']}: {rules['held_out'][d]['held_out']['nab_standard_at_1']:.1f}"
+        for d in DATASETS
+    ]
+    lines.append("| **held out** (rule chosen on the other two: score) | " + " | ".join(chosen) + " |")
+    return "\n".join(lines)
+
+
+TABLES = {"held-out": held_out_table, "models": models_table, "rules": rules_table}
 
 
 def render(text: str, results: dict[str, Any]) -> str:
@@ -89,9 +114,12 @@ def render(text: str, results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a table is out of date")
-    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--results", default=str(RESULTS), help="folder of the results files")
     args = parser.parse_args(argv)
-    results = json.loads(Path(args.results).read_text())
+    folder = Path(args.results)
+    results = {
+        name: json.loads((folder / f"{name}.json").read_text()) for name in ("accuracy", "accuracy_rules")
+    }
     stale = []
     for path in DOCUMENTS:
         text = path.read_text()

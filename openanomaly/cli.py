@@ -160,8 +160,14 @@ def _print_result(result: RunResult) -> None:
         f"{result.anomalies} anomalous, {result.samples_written} samples written"
         + (f" ({result.samples_present} already present, not rewritten)" if result.samples_present else "")
     )
+    warm_up = result.points_in - result.points_scored
+    if warm_up > 0:
+        print(f"  {warm_up} points not scored: warm-up ({_WARM_UP}) or no context before them")
     for labels in result.skipped:
         print(f"  skipped (no context before some points): {format_labels(labels)}", file=sys.stderr)
+
+
+_WARM_UP = "the residual record spans less than scoring.calibration.min_history"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -421,9 +427,11 @@ def cmd_example(args: argparse.Namespace) -> int:
     with np.errstate(invalid="ignore"):
         flagged = int(np.count_nonzero(detection.anomaly_score > 1))
     context = format_duration(pipeline.schedule.context)
+    warm_up = int(np.count_nonzero(np.isfinite(detection.actual))) - detection.points_scored
     print(
         f"scored {detection.points_scored} points after {context} of context, "
         f"{flagged} above 1 in {len(episodes.episodes)} episodes; wrote {rows} rows to {out}"
+        + (f"; {warm_up} warm-up points not scored ({_WARM_UP})" if warm_up else "")
     )
     print_episodes(episodes.episodes, top=args.top)
     labels = json.loads((EXAMPLES_DIR / "data" / "labels.json").read_text())[data.name]

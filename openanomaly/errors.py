@@ -13,6 +13,7 @@
     │   └── RemoteWriteError     a write failed (4xx rejected, or 5xx/connection after retries)
     ├── DataError                the data cannot be scored (no series, all-NaN series, too short)
     │   └── NoSeries             the query returned no series at all
+    │       └── NoSamples        its series hold no sample in the window (yet)
     ├── ModelError               a model could not be loaded or returned a broken forecast
     │   └── UnknownModelSpec     the spec string names no known adapter
     ├── ArtifactError            the artifact store could not read or write a fitted model
@@ -43,6 +44,7 @@ __all__ = [
     "DataError",
     "InvalidPipelineName",
     "ModelError",
+    "NoSamples",
     "NoSeries",
     "OpenAnomalyError",
     "PipelineNotFound",
@@ -188,6 +190,11 @@ class DataError(OpenAnomalyError):
 
 class NoSeries(DataError):
     """The pipeline's query returned no series: a state to show (``no_data``), not a crash."""
+
+
+class NoSamples(NoSeries):
+    """The series exist but hold no sample in the window (a TSDB outage, a scrape gap): the
+    window stays due (``no_data``) until samples arrive or it is reported as a gap."""
 
 
 class ModelError(OpenAnomalyError):

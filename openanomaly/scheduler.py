@@ -26,7 +26,9 @@ It never fails to start: an invalid pipelines file or an unreachable store at st
 (an actor restart, a rolling update) is shown in the status and on ``/metrics``
 (``config_error``, each pipeline's ``state`` and ``reason``) and retried on every tick,
 so fixing the file or the store is enough. Each pipeline has a ``state``: ``idle``,
-``running``, ``no_data`` (the query returned no series; the window is retried),
+``running``, ``no_data`` (the query returned no series, or its series hold no sample
+in the window: the window is retried, and after ``gap_after_ms`` a window without samples
+is reported as a gap, ``gaps_total``),
 ``failed`` (the last run raised; retried next tick), ``stalled`` (a run is past
 ``window_timeout``), ``waiting`` (its progress cannot be read yet) or ``disabled``.
 
@@ -52,12 +54,13 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from openanomaly.artifacts import ArtifactStore, MemoryStore, load_json, open_store, save_json
 from openanomaly.config import Config, Pipeline, Settings
 from openanomaly.configstore import ConfigStore
-from openanomaly.errors import ConfigError, NoSeries, OpenAnomalyError, WindowTimeout
+from openanomaly.errors import ConfigError, NoSamples, NoSeries, OpenAnomalyError, WindowTimeout
 from openanomaly.pipelinestore import open_stores
 
 __all__ = [
@@ -90,6 +93,20 @@ RunFit = Callable[..., Any]  # (settings, pipeline, *, fit_time_ms) -> FitResult
 
 def _ms(duration: Any) -> int:
     return round(duration.total_seconds() * 1000)
+
+
+GAP_AFTER_MS = 3_600_000
+"""How long a window without samples stays due (at least ten windows): long enough for a
+TSDB restart or a delayed remote write, short enough that a dead target is reported."""
+
+
+def gap_after_ms(pipeline: Pipeline) -> int:
+    """How long after its end a window with no sample is retried before it is reported as a gap."""
+    return max(GAP_AFTER_MS, 10 * round(pipeline.schedule.infer_every.total_seconds() * 1000))
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def due_windows(
@@ -161,6 +178,7 @@ class PipelineStatus:
     fits_total: int = 0
     errors_total: int = 0
     no_data_total: int = 0
+    gaps_total: int = 0  # windows left unscored: no sample arrived within gap_after_ms
     timeouts_total: int = 0
     last_error: str | None = None
     disabled_reason: str | None = None
@@ -422,6 +440,7 @@ class Scheduler:
                         end_ms=end,
                         fit_time_ms=progress.last_fit_ms if fit_every is not None else None,
                     )
+                    self._check_samples(status, pipeline, result, start, end)
                     progress.last_end_ms = end
                     self._save_progress(entry, generation, progress)
                     status.last_window_duration_s = time.monotonic() - window_began
@@ -443,6 +462,34 @@ class Scheduler:
                 entry.started = None
         finally:
             entry.lock.release()
+
+    def _check_samples(
+        self, status: PipelineStatus, pipeline: Pipeline, result: Any, start: int, end: int
+    ) -> None:
+        """A window whose series hold no sample is not done: retried, then reported as a gap.
+
+        Raises:
+            NoSamples: while the window is younger than :func:`gap_after_ms` (state ``no_data``).
+        """
+        points_in = getattr(result, "points_in", None)
+        if points_in is None or points_in or not getattr(result, "series_in", 0):
+            return
+        limit = gap_after_ms(pipeline)
+        if self._now() - end < limit:
+            raise NoSamples(
+                f"window ({_iso(start)}, {_iso(end)}]: its {result.series_in} series hold no sample "
+                f"(a TSDB outage or a scrape gap?); retried until samples arrive, reported as a gap "
+                f"after {limit // 60_000} min",
+                pipeline=pipeline.name,
+            )
+        status.gaps_total += 1
+        log.warning(
+            "pipeline %r: window (%s, %s] had no sample after %d min: reported as a gap, not scored",
+            pipeline.name,
+            _iso(start),
+            _iso(end),
+            limit // 60_000,
+        )
 
     @staticmethod
     def _record_failure(status: PipelineStatus, error: Exception) -> None:
@@ -666,7 +713,11 @@ def metrics_text(pipelines: Iterable[dict[str, Any]], *, config_error: bool = Fa
                 "windows": ("Windows scored since the scheduler started", "windows_total"),
                 "fits": ("Model fits since the scheduler started", "fits_total"),
                 "errors": ("Failed runs since the scheduler started", "errors_total"),
-                "no_data": ("Runs whose query returned no series", "no_data_total"),
+                "no_data": (
+                    "Runs whose query returned no series, or no sample in the window",
+                    "no_data_total",
+                ),
+                "gaps": ("Windows reported as gaps: no sample arrived in time", "gaps_total"),
                 "timeouts": ("Runs that hit the window time limit", "timeouts_total"),
             }
             for suffix, (doc, key) in counters.items():

@@ -95,6 +95,7 @@ class RunResult:
     anomalies: int
     samples_written: int
     samples_present: int = 0
+    points_in: int = 0  # samples of the input series inside the range (scored or warm-up)
     skipped: tuple[Mapping[str, str], ...] = ()
     duration_s: float = 0.0
 
@@ -273,6 +274,7 @@ class Tally:
         self.anomalies = 0
         self.written = 0
         self.present = 0
+        self.points_in = 0
 
     def add(self, detection: Detection, written: int = 0, present: int = 0) -> None:
         keys = [frozenset(labels.items()) for labels in detection.labels]
@@ -282,6 +284,7 @@ class Tally:
         for i in detection.skipped:
             self.skipped[keys[i]] = detection.labels[i]
         self.points += int(np.count_nonzero(finite))
+        self.points_in += int(np.count_nonzero(np.isfinite(detection.actual)))
         with np.errstate(invalid="ignore"):
             self.anomalies += int(np.count_nonzero(detection.anomaly_score > 1))
         self.written += written
@@ -298,6 +301,7 @@ class Tally:
             anomalies=self.anomalies,
             samples_written=self.written,
             samples_present=self.present,
+            points_in=self.points_in,
             skipped=tuple(self.skipped.values()),
             duration_s=duration_s,
         )

@@ -244,3 +244,14 @@ def test_playground_serves_its_page(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_backtest_summary_says_how_many_points_were_warm_up(capsys):
+    # Points whose residual record is shorter than min_history get no score: they are not
+    # in the CSV or the episodes, and the summary counts them and says why.
+    from openanomaly.cli import _print_result
+    from openanomaly.window import RunResult
+
+    _print_result(RunResult("p", 0, 3_600_000, 1, 1, 40, 0, 160, points_in=60))
+    out = capsys.readouterr().out
+    assert "20 points not scored: warm-up" in out and "min_history" in out

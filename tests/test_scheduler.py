@@ -366,6 +366,50 @@ def test_no_series_is_a_state_and_the_window_is_kept(tmp_path) -> None:
     assert 'openanomaly_pipeline_no_data_total{pipeline="gone"} 2.0' in scheduler.metrics()
 
 
+def test_a_window_without_samples_stays_due_then_is_reported_as_a_gap(tmp_path) -> None:
+    # The series exist (the TSDB answered) but hold no sample in the window: a TSDB outage
+    # or a scrape gap. The window is not marked done: it is retried (no_data) while it is
+    # younger than gap_after_ms, scored as soon as samples arrive, and reported as a gap
+    # (gaps_total, a warning) after that.
+    from openanomaly.scheduler import gap_after_ms
+    from openanomaly.window import RunResult
+
+    samples = {"arrived": False}
+    clock = {"now": T0}
+
+    def run_window(settings, pipeline, *, start_ms, end_ms, fit_time_ms):
+        points = 10 if samples["arrived"] else 0
+        return RunResult(
+            pipeline.name, start_ms, end_ms, 3, 3 if points else 0, points, 0, 4 * points, points_in=points
+        )
+
+    config = _yaml(tmp_path / "p.yaml", PIPE.format(name="gappy", query="up"))
+    scheduler = Scheduler(
+        config,
+        store=MemoryStore(),
+        run_window=run_window,
+        run_fit=Recorder().run_fit,
+        now=lambda: clock["now"],
+    )
+    clock["now"] = T0 + 10 * MIN
+    scheduler.tick(clock["now"], wait=True)
+    (status,) = scheduler.status(clock["now"])["pipelines"]
+    assert status["state"] == "no_data" and "hold no sample" in status["reason"]
+    assert status["last_end_ms"] is None and status["no_data_total"] == 1
+    samples["arrived"] = True  # the TSDB is back: the same window is scored
+    scheduler.tick(clock["now"], wait=True)
+    (status,) = scheduler.status(clock["now"])["pipelines"]
+    assert status["state"] == "idle" and status["last_end_ms"] == T0 + 10 * MIN
+    samples["arrived"] = False  # another outage, past the limit: a gap, then on
+    limit = gap_after_ms(scheduler.config.pipelines[0])
+    clock["now"] = T0 + 20 * MIN + limit
+    scheduler.tick(clock["now"], wait=True)
+    (status,) = scheduler.status(clock["now"])["pipelines"]
+    # the old windows are gaps now; the recent ones without samples are still due
+    assert status["gaps_total"] >= 1 and status["last_end_ms"] >= T0 + 20 * MIN
+    assert 'openanomaly_pipeline_gaps_total{pipeline="gappy"}' in scheduler.metrics()
+
+
 @pytest.mark.integration
 def test_scheduler_actor_survives_a_bad_file(ray_cluster, tmp_path) -> None:
     """The actor starts (and Ray restarts it) even while the file is invalid."""

@@ -329,7 +329,7 @@ def test_forecast_batch_tells_a_model_the_step_of_its_items() -> None:
     # items by step and forecasts each group with the model for that step.
     from openanomaly.models.default import DefaultForecaster
 
-    t = np.arange(3 * 288)
+    t = np.arange(6 * 288)  # the record is half the context; two past days fit beside it
     values = list(50 + 20 * np.sin(2 * np.pi * t / 288) + np.random.default_rng(4).standard_normal(t.size))
     levels = (0.05, 0.5, 0.95)
     five, unknown = (ForecastItem(np.asarray([values]), 4, levels, step) for step in (300.0, None))

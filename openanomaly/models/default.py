@@ -65,8 +65,8 @@ class DefaultForecaster:
             raise ModelError(f"takes no model name, got {name!r}", spec=cls.spec)
         if params:
             raise ModelError(
-                f"unknown params {sorted(params)}; default takes none: the alert knobs are under "
-                "scoring.calibration (false_alarms_per_week, cooldown, min_history)",
+                f"unknown params {sorted(params)}; known: none (its alert knobs are the stage's, "
+                "under scoring.calibration: false_alarms_per_week, cooldown, min_history)",
                 spec=cls.spec,
             )
 
