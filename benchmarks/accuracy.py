@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from _results import RESULTS, write_result
 
+from openanomaly.checks import check_fittable
 from openanomaly.config import CalibrationConfig, ModelConfig, Pipeline, Schedule, ScoringConfig
 from openanomaly.detect import backtest
 from openanomaly.evaluation import (
@@ -59,7 +60,7 @@ from openanomaly.evaluation import (
     vus_pr,
 )
 from openanomaly.models.base import Forecaster
-from openanomaly.models.fitted import check_fittable, fit_global, load_global
+from openanomaly.models.fitted import fit_global, load_global
 from openanomaly.models.registry import load_forecaster
 from openanomaly.series import SeriesMatrix
 
@@ -252,7 +253,8 @@ def _trained_on_probation(item: NabFile, pipeline: Pipeline, *, horizon: int) ->
     schedule = pipeline.schedule.model_copy(update={"fit_every": window, "fit_window": window})
     pipeline = pipeline.model_copy(update={"schedule": schedule})
     check_fittable(pipeline)
-    return load_global(pipeline, fit_global(pipeline, item.values[None, :rows], horizon=horizon))
+    fit = pipeline.fit_spec
+    return load_global(fit, fit_global(fit, item.values[None, :rows], horizon=horizon))
 
 
 def evaluate(corpus: list[NabFile], scores: list[np.ndarray]) -> dict[str, Any]:

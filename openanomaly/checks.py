@@ -20,13 +20,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from openanomaly.calibration import lookback
+from openanomaly.errors import ConfigError
 from openanomaly.models.registry import ADAPTERS, ModelInfo, model_info
 from openanomaly.times import format_duration
 
 if TYPE_CHECKING:
     from openanomaly.config import Pipeline
 
-__all__ = ["Problem", "fit_problems", "pipeline_problems"]
+__all__ = ["Problem", "check_fittable", "fit_problems", "pipeline_problems"]
 
 Problem = tuple[str, str]
 """``(field, message)``: a dotted field path inside the pipeline and one line saying what to change."""
@@ -113,6 +114,22 @@ def _horizon_problems(pipeline: Pipeline, info: ModelInfo) -> list[Problem]:
     ]
 
 
+def check_fittable(pipeline: Pipeline) -> None:
+    """Refuse configurations that cannot be fitted, before any job runs.
+
+    Config loading runs the same check (:func:`fit_problems`), so a loaded configuration
+    passes; this guards pipelines built in code.
+
+    Raises:
+        ConfigError: ``fit_every`` set on a model with nothing to fit, a global model
+            without ``fit_every``, or ``fit_window`` missing / too short.
+    """
+    problems = fit_problems(pipeline)
+    if problems:
+        field, message = problems[0]
+        raise ConfigError(message, pipeline=pipeline.name, field=field)
+
+
 def fit_problems(pipeline: Pipeline, info: ModelInfo | None = None) -> list[Problem]:
     """Problems with the fit schedule (``schedule.fit_every``/``fit_window``) for the model's fit kind."""
     info = info or model_info(pipeline.model.spec, pipeline.model.params)
@@ -137,7 +154,7 @@ def fit_problems(pipeline: Pipeline, info: ModelInfo | None = None) -> list[Prob
                     "skips series with too few points in fit_window instead: remove it",
                 )
             ]
-        points, need = int(schedule.fit_window / pipeline.step), min_fit_points(pipeline)
+        points, need = int(schedule.fit_window / pipeline.step), min_fit_points(pipeline.fit_spec)
         if points < need:
             return [
                 (

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from openanomaly.calibration import AlertPolicy
+from openanomaly.models.fitted import FitSpec
 from openanomaly.times import format_duration, parse_duration
 
 __all__ = [
@@ -428,6 +429,16 @@ class Pipeline(_Strict):
         return int(self.schedule.context / self.step)
 
     @property
+    def fit_spec(self) -> FitSpec:
+        """What fitting this pipeline's model needs, as the plain record the model layer takes."""
+        return FitSpec(
+            spec=self.model.spec,
+            params=self.model.params,
+            quantiles=self.scoring.quantiles,
+            context=self.context_points,
+        )
+
+    @property
     def chunk_points(self) -> int:
         """Points forecast per chunk: ``infer_every // step``, at least 1."""
         return max(1, int(self.schedule.infer_every / self.step))
@@ -444,20 +455,6 @@ class Pipeline(_Strict):
 class Config(_Strict):
     settings: Settings
     pipelines: list[Pipeline] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _models_can_run(self) -> Config:
-        """What a run would reject that no single field shows (see :mod:`openanomaly.checks`)."""
-        from openanomaly.checks import pipeline_problems
-
-        errors = [
-            _problem(("pipelines", index, *field.split(".")), message, pipeline.model_dump(mode="json"))
-            for index, pipeline in enumerate(self.pipelines)
-            for field, message in pipeline_problems(pipeline)
-        ]
-        if errors:
-            raise ValidationError.from_exception_data(type(self).__name__, errors)
-        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

@@ -211,8 +211,10 @@ def config_from_tree(
             if problem.field not in hidden and "duplicate pipeline name" not in str(problem)
         ]
         raise ConfigValidationError(_unique(problems)) from None
+    # What a run would reject that no single field shows (:mod:`openanomaly.checks`).
+    problems += _pipeline_checks(raw, source)
     if problems:
-        raise ConfigValidationError(problems)
+        raise ConfigValidationError(_unique(problems))
     return config
 
 
@@ -225,8 +227,8 @@ def _pipeline_at(raw: Any, loc: tuple[int | str, ...]) -> str | None:
 def _pipeline_checks(raw: dict[Any, Any], source: str) -> list[ConfigError]:
     """The model-fact checks of every pipeline that is valid on its own.
 
-    ``Config`` runs them only when the whole file validates; when something else is
-    wrong, this still lists them with the other problems.
+    Listed beside the other problems when something else is wrong too, so one load shows
+    everything to fix.
     """
     pipelines = raw.get("pipelines")
     if not isinstance(pipelines, list):

@@ -321,7 +321,7 @@ class WindowScorer:
                 spec=pipeline.model.spec,
             )
         store = self._store(settings)
-        if is_global(pipeline):
+        if is_global(pipeline.fit_spec):
             model = self._fitted_model(store, pipeline, GLOBAL_SERIES_KEY, fit_time_ms, start_ms)
             if model is None:
                 raise ArtifactError(
@@ -368,7 +368,8 @@ class WindowScorer:
         except ArtifactNotFound:
             model = None  # a series that appeared after the fit: the store said so
         else:
-            model = load_global(pipeline, blob) if is_global(pipeline) else load_series_model(pipeline, blob)
+            fit = pipeline.fit_spec
+            model = load_global(fit, blob) if is_global(fit) else load_series_model(fit, blob)
         self._fitted[cache_key] = model
         if len(self._fitted) > self.cache_size:
             self._fitted.popitem(last=False)
@@ -842,7 +843,7 @@ def _fit(table: Any, *, settings: Settings, pipeline: Pipeline, fit_time_ms: int
 
     matrix = matrix_from_table(table)
     store = open_store(settings.artifacts)
-    blobs = fit_per_series(pipeline, matrix.values)
+    blobs = fit_per_series(pipeline.fit_spec, matrix.values)
     keys = []
     for labels, blob in zip(matrix.labels, blobs, strict=True):
         if blob is not None:
@@ -868,7 +869,7 @@ def train_global(settings: Settings, pipeline: Pipeline, values: np.ndarray, *, 
     """
     from openanomaly.models.fitted import fit_global
 
-    blob = fit_global(pipeline, values, horizon=pipeline.chunk_points)
+    blob = fit_global(pipeline.fit_spec, values, horizon=pipeline.chunk_points)
     store = open_store(settings.artifacts)
     return save_model(
         store, pipeline=pipeline.name, series=GLOBAL_SERIES_KEY, fit_time_ms=fit_time_ms, data=blob
@@ -908,7 +909,8 @@ def _fit_job(
     import ray
     from ray.exceptions import GetTimeoutError, RayTaskError
 
-    from openanomaly.models.fitted import check_fittable, is_global
+    from openanomaly.checks import check_fittable
+    from openanomaly.models.fitted import is_global
 
     check_fittable(pipeline)
     options = options or JobOptions()
@@ -920,7 +922,7 @@ def _fit_job(
     dataset, budget = _fetch_dataset(
         settings, pipeline, start_ms=fit_start, end_ms=fit_time_ms, options=options
     )
-    if is_global(pipeline):
+    if is_global(pipeline.fit_spec):
         blocks = [
             matrix_from_table(block)
             for block in dataset.iter_batches(batch_format="pyarrow", batch_size=None)

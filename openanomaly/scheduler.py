@@ -336,7 +336,7 @@ class Scheduler:
         changed one keeps its progress unless its query or step changed: then the old
         windows say nothing about the new series, and it starts again from the current one.
         """
-        from openanomaly.models.fitted import check_fittable
+        from openanomaly.checks import check_fittable
 
         with self._lock:
             names = {pipeline.name for pipeline in config.pipelines}

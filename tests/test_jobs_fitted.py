@@ -7,9 +7,10 @@ import pickle
 import numpy as np
 import pytest
 
+from openanomaly.checks import check_fittable
 from openanomaly.config import Pipeline
 from openanomaly.errors import ConfigError, ModelError
-from openanomaly.models.fitted import check_fittable, fit_per_series, load_series_model
+from openanomaly.models.fitted import fit_per_series, load_series_model
 
 
 def _pipeline(spec: str | dict = "statsforecast:AutoETS", **schedule) -> Pipeline:
@@ -26,9 +27,9 @@ def test_fit_serialise_forward() -> None:
     rng = np.random.default_rng(0)
     values = 10 + np.sin(np.arange(240) / 10)[None, :] + rng.normal(0, 0.1, (3, 240))
     values[1, :235] = np.nan  # too short to fit
-    blobs = fit_per_series(pipeline, values)
+    blobs = fit_per_series(pipeline.fit_spec, values)
     assert blobs[1] is None and blobs[0] is not None and blobs[2] is not None
-    model = load_series_model(pipeline, blobs[0])
+    model = load_series_model(pipeline.fit_spec, blobs[0])
     fitted_params = pickle.dumps(model.model.model_)
     contexts = values[[0, 0]][:, -60:].copy()
     contexts[1, :30] = np.nan  # left padding
@@ -61,7 +62,7 @@ def test_check_fittable() -> None:
 
 def test_bad_blob_is_a_model_error() -> None:
     with pytest.raises(ModelError, match="unpickle"):
-        load_series_model(_pipeline(), b"not a pickle")
+        load_series_model(_pipeline().fit_spec, b"not a pickle")
 
 
 # Tiny NHITS: a few optimiser steps on a small MLP; the point is the fit → store →

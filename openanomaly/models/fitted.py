@@ -23,19 +23,19 @@ loading model weights).
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from openanomaly.config import Pipeline
-from openanomaly.errors import ConfigError, ModelError
+from openanomaly.errors import ModelError
 from openanomaly.models.base import Forecaster, QuantileForecast, check_forecast, validate_quantile_levels
 from openanomaly.models.registry import model_info
 
 __all__ = [
+    "FitSpec",
     "StatsForward",
-    "check_fittable",
     "fit_global",
     "fit_per_series",
     "is_global",
@@ -47,50 +47,43 @@ __all__ = [
 _PICKLE_PROTOCOL = 5
 
 
-def is_global(pipeline: Pipeline) -> bool:
-    """True when the pipeline's model is one model for all series (registry fit kind ``global``)."""
-    return model_info(pipeline.model.spec, pipeline.model.params).fit == "global"
+@dataclass(frozen=True)
+class FitSpec:
+    """What fitting needs of a pipeline, as a plain record (``Pipeline.fit_spec`` builds it):
+    the model layer never sees the config model."""
+
+    spec: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    quantiles: tuple[float, float] = (0.05, 0.95)
+    context: int = 1
 
 
-def check_fittable(pipeline: Pipeline) -> None:
-    """Refuse configurations that cannot be fitted, before any job runs.
-
-    Config loading runs the same check (:func:`openanomaly.checks.fit_problems`), so a
-    loaded configuration passes; this guards pipelines built in code.
-
-    Raises:
-        ConfigError: ``fit_every`` set on a model with nothing to fit, a global model
-            without ``fit_every``, or ``fit_window`` missing / too short.
-    """
-    from openanomaly.checks import fit_problems
-
-    problems = fit_problems(pipeline)
-    if problems:
-        field, message = problems[0]
-        raise ConfigError(message, pipeline=pipeline.name, field=field)
+def is_global(fit: FitSpec) -> bool:
+    """True when the model is one model for all series (registry fit kind ``global``)."""
+    return model_info(fit.spec, fit.params).fit == "global"
 
 
-def min_fit_points(pipeline: Pipeline) -> int:
+def min_fit_points(fit: FitSpec) -> int:
     """Finite points a series needs in ``fit_window`` to be fitted (2 longest seasons, at least 10)."""
     from openanomaly.models.stats import season_lengths
 
-    seasons = season_lengths(pipeline.model.params.get("season_length"), spec=pipeline.model.spec)
+    seasons = season_lengths(fit.params.get("season_length"), spec=fit.spec)
     return max(10, 2 * max(seasons))
 
 
-def _stats_model(pipeline: Pipeline) -> Any:
+def _stats_model(fit: FitSpec) -> Any:
     from statsforecast import models as sf_models
 
-    info = model_info(pipeline.model.spec, pipeline.model.params)
-    season = pipeline.model.params.get("season_length", 1)
-    params = {"season_length": season, **pipeline.model.params.get("model_params", {})}
+    info = model_info(fit.spec, fit.params)
+    season = fit.params.get("season_length", 1)
+    params = {"season_length": season, **fit.params.get("model_params", {})}
     try:
         return getattr(sf_models, info.name)(**params)
     except (TypeError, ValueError) as error:
-        raise ModelError(f"bad model params {params!r}: {error}", spec=pipeline.model.spec) from error
+        raise ModelError(f"bad model params {params!r}: {error}", spec=fit.spec) from error
 
 
-def fit_per_series(pipeline: Pipeline, values: np.ndarray) -> list[bytes | None]:
+def fit_per_series(fit: FitSpec, values: np.ndarray) -> list[bytes | None]:
     """Fit one model per row of ``values`` ``(n, t)`` (NaN = missing, dropped before fitting).
 
     Returns:
@@ -100,8 +93,8 @@ def fit_per_series(pipeline: Pipeline, values: np.ndarray) -> list[bytes | None]
     Raises:
         ModelError: the model cannot be built or a fit fails.
     """
-    template = _stats_model(pipeline)
-    need = min_fit_points(pipeline)
+    template = _stats_model(fit)
+    need = min_fit_points(fit)
     blobs: list[bytes | None] = []
     for row in np.asarray(values, dtype=np.float64):
         y = row[np.isfinite(row)]
@@ -112,7 +105,7 @@ def fit_per_series(pipeline: Pipeline, values: np.ndarray) -> list[bytes | None]
         try:
             model.fit(y)
         except Exception as error:  # statsforecast raises plain exceptions on degenerate data
-            raise ModelError(f"fit failed on {y.size} points: {error}", spec=pipeline.model.spec) from error
+            raise ModelError(f"fit failed on {y.size} points: {error}", spec=fit.spec) from error
         blobs.append(pickle.dumps(model, protocol=_PICKLE_PROTOCOL))
     return blobs
 
@@ -173,7 +166,7 @@ class StatsForward:
         )
 
 
-def load_series_model(pipeline: Pipeline, blob: bytes) -> StatsForward:
+def load_series_model(fit: FitSpec, blob: bytes) -> StatsForward:
     """The forecaster for one series from its stored blob.
 
     Raises:
@@ -182,36 +175,36 @@ def load_series_model(pipeline: Pipeline, blob: bytes) -> StatsForward:
     try:
         model = pickle.loads(blob)
     except Exception as error:
-        raise ModelError(f"cannot unpickle stored model: {error}", spec=pipeline.model.spec) from error
-    return StatsForward(model, spec=pipeline.model.spec)
+        raise ModelError(f"cannot unpickle stored model: {error}", spec=fit.spec) from error
+    return StatsForward(model, spec=fit.spec)
 
 
-def fit_global(pipeline: Pipeline, values: np.ndarray, *, horizon: int) -> bytes:
+def fit_global(fit: FitSpec, values: np.ndarray, *, horizon: int) -> bytes:
     """Fit one model on all rows of ``values`` ``(n, t)``; the serialised model.
 
     Raises:
         ModelError: the spec is not a global model, or training failed.
     """
-    if is_global(pipeline):  # NHITS is the one global adapter
+    if is_global(fit):  # NHITS is the one global adapter
         from openanomaly.models.neural import NHITSForecaster
 
-        low, high = pipeline.scoring.quantiles
+        low, high = fit.quantiles
         model = NHITSForecaster.fit(
             values,
             horizon=horizon,
-            input_size=pipeline.context_points,
+            input_size=fit.context,
             quantiles=(low, 0.5, high),
-            spec=pipeline.model.spec,
-            **pipeline.model.params,
+            spec=fit.spec,
+            **fit.params,
         )
         return model.to_bytes()
-    raise ModelError("not a global fitted model", spec=pipeline.model.spec)
+    raise ModelError("not a global fitted model", spec=fit.spec)
 
 
-def load_global(pipeline: Pipeline, blob: bytes) -> Forecaster:
+def load_global(fit: FitSpec, blob: bytes) -> Forecaster:
     """The batch forecaster from a stored global model."""
-    if is_global(pipeline):  # NHITS is the one global adapter
+    if is_global(fit):  # NHITS is the one global adapter
         from openanomaly.models.neural import NHITSForecaster
 
-        return NHITSForecaster.from_bytes(blob, spec=pipeline.model.spec)
-    raise ModelError("not a global fitted model", spec=pipeline.model.spec)
+        return NHITSForecaster.from_bytes(blob, spec=fit.spec)
+    raise ModelError("not a global fitted model", spec=fit.spec)
