@@ -345,11 +345,26 @@ def test_csv_step_is_inferred_from_the_file(tmp_path: Path) -> None:
 def test_ad_hoc_form_defaults_give_default_days_of_context() -> None:
     form = Playground().form_for(AD_HOC)
     assert form["model"] == "default"
-    assert parse_duration(form["context"]) >= timedelta(days=2)  # not the config's 1h
+    assert parse_duration(form["context"]) >= timedelta(days=5)  # not the config's 1h
     pipeline = build_pipeline(
         **{key: form[key] for key in ("model", "step", "context", "infer_every")}, query="up"
     )
-    assert pipeline.context_points >= 576  # default's record window (history) fits in the context
+    assert pipeline.context_points >= 2 * 1440  # a record of days beside two past days
+
+
+def test_the_playground_and_example_agree_on_the_example_file(capsys, tmp_path: Path) -> None:
+    # The same CSV through the playground's ad-hoc form (the file's own step) and through
+    # `openanomaly example`: the same context, so the same anomalies; the page says which.
+    from openanomaly.cli import EXAMPLES_DIR, main
+
+    data = EXAMPLES_DIR / "data" / "ec2_request_latency_system_failure.csv"
+    plot, summary, episodes = Playground().handle(
+        *_form(source=SOURCES[1], csv_path=str(data), model="default", step="", infer_every="", context="5d")
+    )
+    assert Playground().form_for(AD_HOC)["context"] == "5d" and "context 5d" in summary
+    assert main(["example", "--out", str(tmp_path / "example.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert f"above 1 in {len(episodes)} episodes" in printed
 
 
 def test_csv_mode_errors_name_the_file_or_field(tmp_path: Path) -> None:

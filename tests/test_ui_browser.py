@@ -77,7 +77,7 @@ def test_playground_finds_the_example_anomalies_in_a_real_browser(
     step = page.get_by_label("Step")
     page.wait_for_function("el => el.value === '5m'", arg=step.element_handle(), timeout=30_000)
     assert page.get_by_label("Forecast every").input_value() == "5m"
-    assert page.get_by_label("Context").input_value() == "2d"
+    assert page.get_by_label("Context").input_value() == "5d"
 
     page.get_by_role("button", name="Run").click()
     summary = page.get_by_text(re.compile(r"series scored, \d+ points")).first

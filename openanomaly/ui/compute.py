@@ -83,15 +83,16 @@ AD_HOC_FORM: Mapping[str, Any] = {
     "query": "",
     "model": "default",
     "step": "1m",
-    "context": "2d",
+    "context": "5d",
     "infer_every": "1m",
     "q_low": 0.05,
     "q_high": 0.95,
 }
-"""Form values when no configured pipeline is picked. ``default`` is the model a user
-should try first, and it needs days of context: its band is the record residual of the
-last 864 points and its seasons need three cycles, so the config's 1h default would leave
-it guessing. A CSV upload replaces the step with the file's own (:func:`infer_step`)."""
+"""Form values when no configured pipeline is picked: the same 5 days of context as
+``openanomaly example`` (``examples/example.yaml``), so the two agree on the same data. The
+calibration stage's residual record is half the context and its daily profile needs two
+past days, so the config's 1h default would leave it guessing. A CSV upload replaces the
+step with the file's own (:func:`infer_step`)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,12 @@ class PlaygroundResult:
             lines.append(
                 f"Showing {len(self.shown)} of {len(detection.labels)} series (most anomalous first); "
                 f"{len(self.hidden)} hidden: {names}{more}."
+            )
+        warm_up = int(np.count_nonzero(np.isfinite(detection.actual))) - detection.points_scored
+        if warm_up > 0:
+            lines.append(
+                f"{warm_up} points not scored: warm-up (their residual record spans less than "
+                f"`scoring.calibration.min_history`) or no context before them."
             )
         if detection.skipped:
             names = ", ".join(f"`{format_labels(labels)}`" for labels in detection.skipped_labels[:5])
