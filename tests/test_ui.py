@@ -358,7 +358,7 @@ def test_the_playground_and_example_agree_on_the_example_file(capsys, tmp_path: 
     from openanomaly.cli import EXAMPLES_DIR, main
 
     data = EXAMPLES_DIR / "data" / "ec2_request_latency_system_failure.csv"
-    plot, summary, episodes = Playground().handle(
+    _plot, summary, episodes = Playground().handle(
         *_form(source=SOURCES[1], csv_path=str(data), model="default", step="", infer_every="", context="5d")
     )
     assert Playground().form_for(AD_HOC)["context"] == "5d" and "context 5d" in summary
