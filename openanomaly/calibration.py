@@ -325,6 +325,10 @@ def _window_extreme(values: np.ndarray, ends: np.ndarray, size: int) -> np.ndarr
     """``out[:, j] = max(values[:, ends[j] - size : ends[j]])``, ``(n, len(ends))``."""
     if size <= 0:
         return np.full((values.shape[0], ends.size), -np.inf)
+    if ends.size * size <= values.shape[1] * 2 * size.bit_length():  # few windows: reduce each
+        padded = np.concatenate([np.full((values.shape[0], size), -np.inf), values], axis=1)
+        views = np.lib.stride_tricks.sliding_window_view(padded, size, axis=1)
+        return views[:, ends].max(axis=-1)  # views[:, e] covers values[:, e - size : e]
     return _trailing_max_before(np.concatenate([values, values[:, :1]], axis=1), size)[:, ends]
 
 

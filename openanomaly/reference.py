@@ -111,16 +111,22 @@ def candidate_forecasts(
         :class:`Candidates`, the level first; NaN where a candidate has nothing to go on.
     """
     w = LEVEL_WINDOW
-    recent = anchors[:, None] - w + np.arange(w)[None, :]  # (t, w) the points before each anchor
-    out = [median(_take(x, recent))]
+    if targets.size == 0:
+        return Candidates(np.full((1 + len(periods), x.shape[0], 0), np.nan), (0, *(p for p, _ in periods)))
+    # The columns whose values the anchors read, each computed once: the w points before
+    # every anchor, and (for a seasonal candidate) their one-step profile and deviation.
+    first = int(anchors.min()) - w
+    span = np.arange(first, int(anchors.max()))
+    recent = anchors[:, None] - w + np.arange(w)[None, :] - first  # (t, w) into span
+    seen = _take(x, span)  # (n, S)
+    out = [median(seen[:, recent])]
     for period, seasons in periods:
-        lags = np.arange(1, seasons + 1)
-        phase = targets[:, None] - lags[None, :] * period  # (t, K)
+        lags = np.arange(1, seasons + 1) * period
+        one_step = median(_take(x, span[:, None] - lags[None, :]))  # (n, S)
+        correction = median((seen - one_step)[:, recent])  # (n, t): the level correction
+        phase = targets[:, None] - lags[None, :]  # (t, K): only phases before the anchor
         profile = median(np.where(phase < anchors[:, None], _take(x, phase), np.nan))
-        # the one-step profile of the w points before the anchor, and their deviations from it
-        before = recent[:, :, None] - lags[None, None, :] * period  # (t, w, K)
-        deviation = _take(x, recent) - median(_take(x, before))
-        out.append(profile + np.nan_to_num(median(deviation)))
+        out.append(profile + np.nan_to_num(correction))
     return Candidates(np.stack(out), (0, *(period for period, _ in periods)))
 
 

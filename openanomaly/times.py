@@ -6,14 +6,13 @@ times the same way; before, the playground imported them from the CLI.
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from openanomaly.errors import UsageError
 
-__all__ = ["format_duration", "format_iso", "parse_duration", "parse_time", "points_spanning"]
+__all__ = ["format_duration", "format_iso", "parse_duration", "parse_time"]
 
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
@@ -46,15 +45,6 @@ def parse_duration(value: Any) -> timedelta:
             f"invalid duration {value!r}: use a number and a unit (ms, s, m, h, d, w, y), e.g. '5m', '1h30m'"
         )
     return timedelta(seconds=total)
-
-
-def points_spanning(days: float, step_s: float) -> int:
-    """How many points ``step_s`` seconds apart cover ``days`` (rounded up; 0 without a step).
-
-    One function because ``default``'s record and the calibration stage's record must
-    span the same number of points for the same ``history_days``.
-    """
-    return math.ceil(days * _DURATION_UNITS_S["d"] / step_s) if step_s > 0 else 0
 
 
 def format_duration(value: timedelta) -> str:
