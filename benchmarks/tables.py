@@ -106,8 +106,10 @@ TABLES = {"held-out": held_out_table, "models": models_table, "rules": rules_tab
 def render(text: str, results: dict[str, Any]) -> str:
     """``text`` with every marked table regenerated."""
     for name, build in TABLES.items():
-        pattern = re.compile(rf"(<!-- accuracy:{name} -->\n).*?(\n<!-- /accuracy:{name} -->)", re.DOTALL)
-        text = pattern.sub(lambda match, build=build: match.group(1) + build(results) + match.group(2), text)
+        pattern = re.compile(rf"(<!-- accuracy:{name} -->\n)(?:.*?\n)?(<!-- /accuracy:{name} -->)", re.DOTALL)
+        text = pattern.sub(
+            lambda match, build=build: match.group(1) + build(results) + "\n" + match.group(2), text
+        )
     return text
 
 

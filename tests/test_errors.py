@@ -27,6 +27,7 @@ EXAMPLES: list[errors.OpenAnomalyError] = [
     errors.ArtifactError("unreachable", key="cpu/model.pkl"),
     errors.ArtifactNotFound("no such artifact", key="cpu/abc/0000000000001"),
     errors.NoSeries("query 'up' returned no series", pipeline="cpu"),
+    errors.NoSamples("window (a, b]: its 2 series hold no sample", pipeline="cpu"),
     errors.WindowTimeout("the model actor did not answer in time"),
     errors.SchedulerUnavailable("no scheduler"),
     errors.RayUnavailable("Ray did not start", address="local", attempts=3),
