@@ -188,3 +188,12 @@ def test_harness_trains_nhits_on_the_probationary_rows_only() -> None:
     assert trained_on == [probationary_length(n)]
     assert scores[1500] > 1
     assert np.mean(scores[probationary_length(n) :] > 1) < 0.01
+
+
+def test_the_accuracy_tables_in_the_docs_are_the_results() -> None:
+    # README.md and docs/accuracy.md carry tables written from benchmarks/results by
+    # benchmarks/tables.py: a figure edited by hand, or results not re-rendered, fails here.
+    spec = importlib.util.spec_from_file_location("tables", ROOT / "benchmarks" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    assert tables.main(["--check"]) == 0
