@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -199,37 +201,51 @@ class AlertEvent:
 
     def describe(self) -> str:
         """``OpenAnomalyAnomaly demo-default demo_latency_p99_seconds{instance="checkout"}``."""
-        where = ", ".join(
-            f'{key}="{value}"' for key, value in sorted(self.labels.items()) if key == "instance"
-        )
-        pipeline = self.labels.get("for") or self.labels.get("pipeline") or ""
-        return f"{self.name} {pipeline} {self.labels.get('metric', '')}{{{where}}}".replace("  ", " ")
+        pipeline = self.labels.get("for") or self.labels.get("pipeline", "")
+        series = self.labels.get("metric", "")
+        if "instance" in self.labels:
+            series += f'{{instance="{self.labels["instance"]}"}}'
+        return " ".join(part for part in (self.name, pipeline, series) if part)
+
+
+_RFC3339 = re.compile(r"^(?P<base>[^.]+?)(?P<fraction>\.\d+)?(?P<zone>Z|[+-]\d\d:\d\d)$")
 
 
 def _parse_active(text: str) -> int:
-    """vmalert's ``activeAt`` (RFC 3339, nanoseconds) in unix ms."""
-    from datetime import datetime
+    """vmalert's ``activeAt`` (RFC 3339 with up to nanoseconds, in vmalert's time zone) in unix ms.
 
-    head, _, fraction = text.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
-    return round(seconds * 1000 + float(f"0.{fraction or 0}") * 1000)
+    Python's ``fromisoformat`` takes at most microseconds, so the fraction is added apart.
+    """
+    match = _RFC3339.match(text)
+    if match is None:
+        raise ValueError(f"vmalert activeAt {text!r} is not RFC 3339")
+    zone = match["zone"].replace("Z", "+00:00")
+    seconds = datetime.fromisoformat(match["base"] + zone).timestamp() + float(match["fraction"] or 0)
+    return round(seconds * 1000)
 
 
 class AlertWatcher:
-    """Polls vmalert's ``/api/v1/alerts``; reports alerts that start firing and that resolve."""
+    """Polls vmalert's ``/api/v1/alerts``; reports alerts that start firing and that resolve.
 
-    def __init__(self, url: str) -> None:
+    Args:
+        url: vmalert's HTTP address.
+        client: the HTTP client (tests pass one on an ``httpx.MockTransport``).
+    """
+
+    def __init__(self, url: str, *, client: httpx.Client | None = None) -> None:
         self.url = url
+        self.client = client or httpx.Client(timeout=5)
         self.firing: dict[frozenset[tuple[str, str]], AlertEvent] = {}
         self.fired: list[AlertEvent] = []
 
     def poll(self) -> list[tuple[str, AlertEvent]]:
         """``("firing" | "resolved", event)`` for each change since the last poll."""
         try:
-            reply = httpx.get(f"{self.url}/api/v1/alerts", timeout=5)
+            reply = self.client.get(f"{self.url}/api/v1/alerts")
             reply.raise_for_status()
             alerts = reply.json()["data"]["alerts"] or []  # vmalert 1.79: null when none
-        except (httpx.HTTPError, ValueError, KeyError) as error:
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+            # One missed poll only delays a report: the next one sees the same alerts.
             log.warning("vmalert did not answer: %s", error)
             return []
         now: dict[frozenset[tuple[str, str]], AlertEvent] = {}
@@ -545,7 +561,8 @@ def _run(
         tally.add(status)
         for kind, event in watcher.poll():
             when = format_iso(event.active_ms if kind == "firing" else int(time.time() * 1000))
-            print(f"alert {kind}: {event.describe()} (since {when})", flush=True)
+            value = f"value {event.value:.3g}, " if kind == "firing" else ""
+            print(f"alert {kind}: {event.describe()} ({value}since {when})", flush=True)
         time.sleep(_POLL_S)
     errors = {record["name"]: record["errors_total"] for record in status["pipelines"]}
     outcomes, outside = match_alerts(watcher.fired, t0_ms=t0_ms, every_ms=every_ms)

@@ -18,7 +18,7 @@ import pytest
 
 from openanomaly.cli import main
 from openanomaly.demo import INCIDENTS, MINUTE_MS, incident_starts
-from openanomaly.demostack import ALERT_LOOKBACK_MS, ANOMALY_ALERT, AlertEvent, match_alerts
+from openanomaly.demostack import ALERT_LOOKBACK_MS, ANOMALY_ALERT, AlertEvent, AlertWatcher, match_alerts
 from tests.fixtures.tools import require_tool
 
 T0 = 1_800_000_000_000 // MINUTE_MS * MINUTE_MS
@@ -48,6 +48,41 @@ def test_alerts_are_attributed_to_the_incident_on_their_series_and_time():
     assert outcomes[1].alerts == [late_but_in_window]
     assert outcomes[2].alerts == [] and outcomes[2].first_ms is None
     assert outside == [wrong_series, before, lagging]
+
+
+def test_alert_watcher_reports_firing_then_resolved_from_vmalerts_api():
+    """vmalert 1.79 (Debian) answers ``"alerts": null`` when none is active, and
+    ``activeAt`` with nanoseconds in its own time zone."""
+    labels = {"alertname": ANOMALY_ALERT, "for": "demo-default", "metric": "m", "instance": "a"}
+    replies = [
+        None,
+        [
+            {
+                "state": "firing",
+                "labels": labels,
+                "activeAt": "2027-01-15T09:00:20.123456789+01:00",
+                "value": "3.5",
+            },
+            {"state": "pending", "labels": {"alertname": "other"}, "activeAt": "2027-01-15T08:00:00Z"},
+        ],
+        [{"state": "firing", "labels": labels, "activeAt": "2027-01-15T08:00:20.123456789Z", "value": "4"}],
+        None,
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v1/alerts"
+        return httpx.Response(200, json={"status": "success", "data": {"alerts": replies.pop(0)}})
+
+    watcher = AlertWatcher("http://vmalert", client=httpx.Client(transport=httpx.MockTransport(handler)))
+    assert watcher.poll() == []
+    [(kind, event)] = watcher.poll()
+    assert kind == "firing" and event.labels == labels and event.value == 3.5
+    assert event.active_ms == 1_800_000_020_123  # 2027-01-15T08:00:20.123Z
+    assert event.describe() == 'OpenAnomalyAnomaly demo-default m{instance="a"}'
+    assert watcher.poll() == []  # still firing: nothing new
+    [(kind, last)] = watcher.poll()
+    assert kind == "resolved" and last.labels == labels and last.value == 4  # as last seen
+    assert watcher.fired == [event]
 
 
 def test_incident_schedule_fits_the_default_duration():
