@@ -1,4 +1,4 @@
-"""The ``openanomaly`` command: validate | run [--once] | scheduler | backtest | example | playground.
+"""The ``openanomaly`` command: validate | run [--once] | scheduler | backtest | example | playground | demo.
 
 User errors (bad YAML, unknown model, unreachable TSDB, no data) print one line per
 problem to stderr and exit with status 2; anything else is a bug and keeps its
@@ -441,6 +441,27 @@ def cmd_example(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The compose demo's stack as local processes (:mod:`openanomaly.demostack`)."""
+    from openanomaly.config import parse_duration
+    from openanomaly.demostack import run_demo
+
+    try:
+        duration = parse_duration(args.duration).total_seconds()
+        every = parse_duration(args.incidents_every).total_seconds()
+    except ValueError as error:
+        raise UsageError(f"--duration/--incidents-every: {error}") from None
+    if duration <= 0 or every <= 0 or every % 60:
+        raise UsageError("--duration must be positive and --incidents-every a whole number of minutes")
+    return run_demo(
+        duration_s=duration,
+        tsdb_url=args.tsdb,
+        serve=args.serve,
+        every_ms=round(every * 1000),
+        report=_print_progress,
+    )
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -517,6 +538,25 @@ def _parser() -> argparse.ArgumentParser:
     playground.add_argument("--port", type=int, default=7860)
     playground.add_argument("--tsdb-url", help="TSDB for ad-hoc queries when there is no -c")
     playground.set_defaults(handler=cmd_playground)
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="the compose demo without containers: TSDB, demo data, scheduler, vmalert; alerts in minutes",
+    )
+    demo.add_argument(
+        "--duration", default="10m", help="how long to run once the demo data starts (default 10m)"
+    )
+    demo.add_argument(
+        "--tsdb", metavar="URL", help="use this running VictoriaMetrics instead of starting one"
+    )
+    demo.add_argument("--serve", action="store_true", help="also start the Serve app and its playground")
+    demo.add_argument(
+        "--incidents-every",
+        default="2m",
+        help="spacing of the planted incidents (default 2m: at 2, 4, 6 min)",
+    )
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 

@@ -5,10 +5,12 @@ enough to show a detection within minutes. This module writes four series (two
 request rates with a daily cycle, a p99 latency, a CPU utilisation) through remote
 write: first ``history`` of clean backfill, so that ``default`` has its days of
 context at once, then one point per ``step`` as time passes, with incidents injected
-at fixed offsets from the start (a traffic drop after 5 minutes, a latency spike after
-15, a level shift after 30), repeated every 12 hours (a repeat pages when it beats the
-day-long record: the traffic incidents every 12 hours, the latency spike every 24;
-``docs/monitoring.md``)::
+one every ``incidents_every`` (2 minutes) from the start (a traffic drop after 2
+minutes, a latency spike after 4, a level shift after 6: all inside the 10 minutes
+that ``openanomaly demo`` runs by default), repeated every 12 hours (a repeat pages when
+it beats the day-long record: the traffic incidents every 12 hours, the latency spike
+every 24; ``docs/monitoring.md``). The compose demo and ``openanomaly demo`` both run
+this writer, so they plant the same incidents::
 
     python -m openanomaly.demo --url http://victoriametrics:8428
 
@@ -32,7 +34,16 @@ from openanomaly.config import TSDBSettings, parse_duration
 from openanomaly.series import SeriesMatrix
 from openanomaly.tsdb import PrometheusClient
 
-__all__ = ["INCIDENTS", "LABELS", "Incident", "demo_series", "main", "run"]
+__all__ = [
+    "INCIDENTS",
+    "INCIDENTS_EVERY_MS",
+    "LABELS",
+    "Incident",
+    "demo_series",
+    "incident_starts",
+    "main",
+    "run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +51,9 @@ DAY_MS = 86_400_000
 MINUTE_MS = 60_000
 REPEAT_MS = 12 * 3_600_000
 """Incidents repeat with this period after the start."""
+
+INCIDENTS_EVERY_MS = 2 * MINUTE_MS
+"""The k-th incident (from 1) starts ``k`` times this after the start: 2, 4 and 6 minutes."""
 
 LABELS: tuple[dict[str, str], ...] = (
     {"__name__": "demo_requests_per_second", "instance": "checkout"},
@@ -55,26 +69,35 @@ _SHAPES = np.array([[200.0, 0.35, 0.02], [500.0, 0.30, 0.015], [0.25, 0.0, 0.03]
 
 @dataclass(frozen=True)
 class Incident:
-    """Multiply series ``row`` by ``factor`` for ``minutes`` from ``offset_minutes`` after the start."""
+    """Multiply series ``row`` by ``factor`` for ``minutes``; ``name`` is what the demo prints."""
 
+    name: str
     row: int
-    offset_minutes: int
     minutes: int
     factor: float
 
 
 INCIDENTS = (
-    Incident(row=0, offset_minutes=5, minutes=6, factor=0.35),  # checkout traffic drops
-    Incident(row=2, offset_minutes=15, minutes=3, factor=4.0),  # checkout latency spikes
-    Incident(row=1, offset_minutes=30, minutes=20, factor=1.6),  # search traffic shifts up
+    Incident("checkout traffic drop", row=0, minutes=6, factor=0.35),
+    Incident("checkout latency spike", row=2, minutes=3, factor=4.0),
+    Incident("search traffic level shift", row=1, minutes=20, factor=1.6),
 )
+"""In the order they happen: the k-th (from 1) starts ``k * incidents_every`` after the start."""
 
 
-def demo_series(start_ms: int, end_ms: int, *, step_ms: int, t0_ms: int) -> SeriesMatrix:
+def incident_starts(t0_ms: int, *, every_ms: int = INCIDENTS_EVERY_MS) -> list[int]:
+    """When each of :data:`INCIDENTS` first starts (unix ms), for a demo started at ``t0_ms``."""
+    return [t0_ms + k * every_ms for k in range(1, len(INCIDENTS) + 1)]
+
+
+def demo_series(
+    start_ms: int, end_ms: int, *, step_ms: int, t0_ms: int, every_ms: int = INCIDENTS_EVERY_MS
+) -> SeriesMatrix:
     """The demo series on the grid ``start_ms, start_ms + step_ms, ... <= end_ms``.
 
     Args:
         t0_ms: when the demo started: incidents happen at offsets from it (none before).
+        every_ms: the spacing of the incidents (:func:`incident_starts`).
 
     Returns:
         A :class:`SeriesMatrix` with :data:`LABELS` and float64 values ``(4, n_points)``.
@@ -87,8 +110,8 @@ def demo_series(start_ms: int, end_ms: int, *, step_ms: int, t0_ms: int) -> Seri
         [np.random.default_rng([int(t) // step_ms, 7]).standard_normal(len(LABELS)) for t in stamps], axis=1
     )
     values = base * (1 + amplitude * np.sin(day - 2.0) + noise * jitter)
-    for incident in INCIDENTS:
-        since = stamps - t0_ms - incident.offset_minutes * MINUTE_MS
+    for incident, begin in zip(INCIDENTS, incident_starts(t0_ms, every_ms=every_ms), strict=True):
+        since = stamps - begin
         active = (since >= 0) & (since % REPEAT_MS < incident.minutes * MINUTE_MS)
         values[incident.row, active] *= incident.factor
     return SeriesMatrix(LABELS, stamps, values)
@@ -101,11 +124,13 @@ def run(
     step_ms: int,
     now_ms: int | None = None,
     iterations: int | None = None,
+    every_ms: int = INCIDENTS_EVERY_MS,
 ) -> int:
     """Backfill ``history_ms`` before now, then write each new point as its time comes.
 
     Args:
         now_ms: the start time (default: the clock); incidents are placed after it.
+        every_ms: the spacing of the incidents (:func:`incident_starts`).
         iterations: stop after this many live steps (``None``: run until interrupted).
 
     Returns:
@@ -120,29 +145,38 @@ def run(
         # The backfill in day-long pieces keeps each remote-write request small.
         for lo in range(t0 - history_ms, t0 + 1, DAY_MS):
             written += client.remote_write(
-                demo_series(lo, min(lo + DAY_MS - step_ms, t0), step_ms=step_ms, t0_ms=t0)
+                demo_series(lo, min(lo + DAY_MS - step_ms, t0), step_ms=step_ms, t0_ms=t0, every_ms=every_ms)
             )
-        log.info("backfilled %d samples up to %d", written, t0)
+        # ``openanomaly demo`` waits for this line before it starts the scheduler.
+        print(f"backfilled {written} samples up to {t0}", flush=True)
         last, done = t0, 0
         while iterations is None or done < iterations:
             time.sleep(max(0.0, (last + step_ms) / 1000 - time.time()))
             now = max(int(time.time() * 1000) // step_ms * step_ms, last + step_ms)
-            written += client.remote_write(demo_series(last + step_ms, now, step_ms=step_ms, t0_ms=t0))
+            live = demo_series(last + step_ms, now, step_ms=step_ms, t0_ms=t0, every_ms=every_ms)
+            written += client.remote_write(live)
             last, done = now, done + 1
     return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m openanomaly.demo --url URL [--history 3d] [--step 1m]``."""
+    """``python -m openanomaly.demo --url URL [--history 3d] [--step 1m] [--incidents-every 2m]``."""
     parser = argparse.ArgumentParser(prog="python -m openanomaly.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="Prometheus-compatible TSDB with remote write")
     parser.add_argument("--history", default="3d", help="clean history to backfill first (default 3d)")
     parser.add_argument("--step", default="1m", help="sample interval (default 1m)")
+    parser.add_argument(
+        "--incidents-every",
+        default="2m",
+        help="spacing of the planted incidents (default 2m: at 2, 4, 6 min)",
+    )
+    parser.add_argument("--t0", type=int, help="start time in unix ms (default now): incidents count from it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     history_ms = int(parse_duration(args.history).total_seconds() * 1000)
     step_ms = int(parse_duration(args.step).total_seconds() * 1000)
-    run(TSDBSettings(url=args.url), history_ms=history_ms, step_ms=step_ms)
+    every_ms = int(parse_duration(args.incidents_every).total_seconds() * 1000)
+    run(TSDBSettings(url=args.url), history_ms=history_ms, step_ms=step_ms, now_ms=args.t0, every_ms=every_ms)
     return 0
 
 
