@@ -21,6 +21,7 @@ from pydantic import (
     StrictFloat,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -64,10 +65,14 @@ def _positive(value: timedelta) -> timedelta:
     return value
 
 
+DURATION_PATTERN = r"^\s*(\d+(\.\d+)?(ms|s|m|h|d|w|y))+\s*$"
+"""What :func:`parse_duration` reads, as the API schema states it (not ISO 8601's ``PT5M``)."""
+
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["5m", "1h30m"]}),
 ]
 PositiveDuration = Annotated[Duration, BeforeValidator(lambda v: _positive(parse_duration(v)))]
 
@@ -310,13 +315,16 @@ class CalibrationConfig(_Strict):
         "(before the cooldown merges repeats)",
     )
     cooldown: Duration = Field(
-        default=timedelta(hours=6),
+        default="6h",  # as the API schema shows it; validated to a timedelta
+        validate_default=True,
         description="After an alert, only a worse deviation alerts again within this long "
         "(one page per incident)",
     )
-    min_history: PositiveDuration = Field(
-        default=timedelta(days=1),
-        description="Points whose residual record spans less than this are warm-up: not scored",
+    min_history: Duration = Field(
+        default="1d",
+        validate_default=True,
+        description="Points whose residual record spans less than this are warm-up: not scored "
+        "(0s: as soon as the tail can be fitted)",
     )
 
     @field_validator("false_alarms_per_week", mode="before")

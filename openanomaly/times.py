@@ -30,7 +30,7 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, int | float):
-        return timedelta(seconds=value)
+        return _seconds(value, value)
     if not isinstance(value, str):
         raise ValueError(f"invalid duration {value!r}: expected a string such as '5m' or '1h30m'")
     text = value.strip()
@@ -44,7 +44,17 @@ def parse_duration(value: Any) -> timedelta:
         raise ValueError(
             f"invalid duration {value!r}: use a number and a unit (ms, s, m, h, d, w, y), e.g. '5m', '1h30m'"
         )
-    return timedelta(seconds=total)
+    return _seconds(total, value)
+
+
+def _seconds(seconds: float, value: Any) -> timedelta:
+    """``timedelta(seconds=...)``, or the ValueError a user can read when it does not fit."""
+    if seconds != seconds:  # NaN
+        raise ValueError(f"invalid duration {value!r}")
+    try:
+        return timedelta(seconds=seconds)
+    except (OverflowError, ValueError):
+        raise ValueError(f"invalid duration {value!r}: too long (at most about 2.7 million years)") from None
 
 
 def format_duration(value: timedelta) -> str:

@@ -15,6 +15,7 @@ from tests.fixtures.tools import TOOLS, require_tool
 
 EXPECTED = {
     "victoria-metrics": ("Debian package victoria-metrics", "apt-get install -y victoria-metrics"),
+    "vmalert": ("Debian package victoria-metrics", "apt-get install -y victoria-metrics"),
     "prometheus": ("Debian package prometheus", "apt-get install -y prometheus"),
     "promtool": ("Debian package prometheus", "apt-get install -y prometheus"),
     "chromium": ("Debian package chromium", "apt-get install -y chromium"),
