@@ -427,7 +427,7 @@ def cmd_example(args: argparse.Namespace) -> int:
     with np.errstate(invalid="ignore"):
         flagged = int(np.count_nonzero(detection.anomaly_score > 1))
     context = format_duration(pipeline.schedule.context)
-    warm_up = int(np.count_nonzero(np.isfinite(detection.actual))) - detection.points_scored
+    warm_up = detection.points_in - detection.points_scored
     print(
         f"scored {detection.points_scored} points after {context} of context, "
         f"{flagged} above 1 in {len(episodes.episodes)} episodes; wrote {rows} rows to {out}"

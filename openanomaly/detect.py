@@ -97,6 +97,11 @@ class Detection:
         return int(np.count_nonzero(np.isfinite(self.anomaly_score)))
 
     @property
+    def points_in(self) -> int:
+        """Samples of the input inside the range: scored, warm-up or without context."""
+        return int(np.count_nonzero(np.isfinite(self.actual)))
+
+    @property
     def series_scored(self) -> int:
         return int(np.count_nonzero(np.isfinite(self.anomaly_score).any(axis=1)))
 

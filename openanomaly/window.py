@@ -284,7 +284,7 @@ class Tally:
         for i in detection.skipped:
             self.skipped[keys[i]] = detection.labels[i]
         self.points += int(np.count_nonzero(finite))
-        self.points_in += int(np.count_nonzero(np.isfinite(detection.actual)))
+        self.points_in += detection.points_in
         with np.errstate(invalid="ignore"):
             self.anomalies += int(np.count_nonzero(detection.anomaly_score > 1))
         self.written += written

@@ -142,7 +142,7 @@ class PlaygroundResult:
                 f"Showing {len(self.shown)} of {len(detection.labels)} series (most anomalous first); "
                 f"{len(self.hidden)} hidden: {names}{more}."
             )
-        warm_up = int(np.count_nonzero(np.isfinite(detection.actual))) - detection.points_scored
+        warm_up = detection.points_in - detection.points_scored
         if warm_up > 0:
             lines.append(
                 f"{warm_up} points not scored: warm-up (their residual record spans less than "
