@@ -8,7 +8,7 @@ Usage::
 
 For each model and each labelled file it builds the same ``Pipeline`` a user would
 write (model spec + params, ``step``, ``infer_every``, ``context``, band quantiles) and
-runs :func:`openanomaly.detect.backtest`: rolling, chunk by chunk, each chunk forecast
+runs :func:`openanomaly.detect.score_range`: rolling, chunk by chunk, each chunk forecast
 only from the points before it, scored by :mod:`openanomaly.scoring`. The resulting
 ``anomaly_score`` series is then scored with the NAB method (three profiles), pooled
 event-wise F1 and VUS-PR (:mod:`openanomaly.evaluation`).
@@ -46,7 +46,7 @@ from _results import RESULTS, write_result
 
 from openanomaly.checks import check_fittable
 from openanomaly.config import CalibrationConfig, ModelConfig, Pipeline, Schedule, ScoringConfig
-from openanomaly.detect import backtest
+from openanomaly.detect import score_range
 from openanomaly.evaluation import (
     PRODUCTION_THRESHOLD,
     PROFILES,
@@ -236,7 +236,7 @@ def score_file(
     t0 = 1_000_000_000_000
     grid = t0 + step_ms * np.arange(item.values.size, dtype=np.int64)
     series = SeriesMatrix(({"file": item.path},), grid, item.values[None, :].astype(np.float64))
-    detection = backtest(series, pipeline, forecaster, start_ms=int(grid[0]), end_ms=int(grid[-1]))
+    detection = score_range(series, pipeline, forecaster, start_ms=int(grid[0]), end_ms=int(grid[-1]))
     scores = np.full(item.values.size, np.nan)
     scores[1:] = detection.anomaly_score[0]
     return scores

@@ -43,10 +43,11 @@ def main() -> None:
     import ray
 
     from openanomaly.config import Pipeline, Settings
+    from openanomaly.detect import score_range
     from openanomaly.jobs import JobOptions, JobRunner, run_job
     from openanomaly.models.registry import load_forecaster
     from openanomaly.tsdb import PrometheusClient
-    from openanomaly.window import fetch, output_matrix, score_range
+    from openanomaly.window import fetch, output_matrix
 
     end_ms = (int(time.time() * 1000) // (60 * MIN) - 1) * 60 * MIN
     with tempfile.TemporaryDirectory() as tmp:

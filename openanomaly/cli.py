@@ -8,6 +8,7 @@ traceback. ``-v`` turns on INFO logging, ``-vv`` DEBUG.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -23,7 +24,6 @@ from pydantic import ValidationError
 from openanomaly.config import Config, Pipeline, format_duration
 from openanomaly.configstore import YamlConfigStore
 from openanomaly.csvseries import read_csv_series
-from openanomaly.detect import check_input
 from openanomaly.episodes import EpisodeCollector, check_labels, print_episodes, print_label_check
 from openanomaly.errors import ConfigError, OpenAnomalyError, UsageError
 from openanomaly.series import format_labels
@@ -188,18 +188,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     now_ms = parse_time(args.now) if args.now else int(datetime.now(UTC).timestamp() * 1000)
     forecasters = {p.name: _forecaster(p) for p in pipelines}
     with PrometheusClient(config.settings.tsdb) as client:
-        # Check every pipeline's query before writing any, so a bad one leaves nothing half
-        # written; each window is fetched once and scored from that fetch.
+        # Fetch (and so check) every pipeline's window before writing any, so a bad query
+        # leaves nothing half written; each window is scored from that one fetch.
         windows = []
         for pipeline in pipelines:
             start_ms, end_ms = latest_window(pipeline, now_ms)
-            series = fetch(client, pipeline, start_ms=start_ms, end_ms=end_ms)
-            check_input(series, pipeline)
-            windows.append((pipeline, start_ms, end_ms, series))
-        for pipeline, start_ms, end_ms, series in windows:
+            block = fetch(client, pipeline, start_ms=start_ms, end_ms=end_ms)
+            windows.append((pipeline, start_ms, end_ms, block))
+        for pipeline, start_ms, end_ms, block in windows:
             scorer = local_scorer(pipeline, forecasters[pipeline.name])
-            window = {"start_ms": start_ms, "end_ms": end_ms, "series": series}
-            _, result = run_window(client, pipeline, scorer, **window)
+            window = {"start_ms": start_ms, "end_ms": end_ms, "source": block, "sink": client}
+            _, result = run_window(pipeline, scorer, **window)
             _print_result(result)
     return 0
 
@@ -305,7 +304,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     from openanomaly.tsdb import PrometheusClient
-    from openanomaly.window import Tally, iter_range, local_scorer, write
+    from openanomaly.window import Tally, iter_blocks, local_scorer, run_window
 
     config = _load_config(args.config)
     pipelines = _select(config, args.pipeline, args.config)
@@ -336,10 +335,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             return report
 
         batches = [
-            iter_range(
+            iter_blocks(
                 client,
                 pipeline,
-                local_scorer(pipeline, forecasters[pipeline.name]),
                 start_ms=lo,
                 end_ms=hi,
                 batch_chunks=args.batch_chunks,
@@ -347,17 +345,20 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             )
             for pipeline, (lo, hi) in zip(pipelines, ranges, strict=True)
         ]
-        # The first scored batch of every pipeline before any write: bad queries, no data
-        # or a broken model fail the whole command with nothing written.
+        # The first batch of every pipeline before any write: bad queries or no data fail
+        # the whole command with nothing written.
         firsts = [next(iterator) for iterator in batches]
+        sink = None if out is not None else client
         for index, pipeline in enumerate(pipelines):
-            for detection in _chain([firsts[index]], batches[index]):
+            scorer = local_scorer(pipeline, forecasters[pipeline.name])
+            for batch_start, batch_end, block in itertools.chain([firsts[index]], batches[index]):
+                detection, result = run_window(
+                    pipeline, scorer, start_ms=batch_start, end_ms=batch_end, source=block, sink=sink
+                )
                 episodes[index].add(detection)
                 if out is not None:
                     collectors[index].add(detection)
-                    tallies[index].add(detection)
-                else:
-                    tallies[index].add(detection, *write(client, pipeline, detection))
+                tallies[index].add(detection, result.samples_written, result.samples_present)
     for pipeline, tally, (lo, hi) in zip(pipelines, tallies, ranges, strict=True):
         _print_result(tally.result(pipeline, lo, hi))
     if out is not None:
@@ -366,11 +367,6 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     every = [episode for collector in episodes for episode in collector.episodes]
     print_episodes(every, top=args.top)
     return 0
-
-
-def _chain(first: list[Detection], rest: Iterator[Detection]) -> Iterator[Detection]:
-    yield from first
-    yield from rest
 
 
 def _with_model(pipeline: Pipeline, spec: str) -> Pipeline:
@@ -400,7 +396,8 @@ def _with_model(pipeline: Pipeline, spec: str) -> Pipeline:
 
 
 def cmd_example(args: argparse.Namespace) -> int:
-    from openanomaly.window import score_range, scored_range
+    from openanomaly.detect import score_range
+    from openanomaly.window import scored_range
 
     config_path = EXAMPLES_DIR / "example.yaml"
     if not config_path.exists():

@@ -20,7 +20,7 @@ def read_csv_series(path: Path, *, step_ms: int, name: str) -> SeriesMatrix:
     """A ``timestamp,value`` CSV (the NAB layout) as a one-series SeriesMatrix on the step grid.
 
     Rows are sorted, duplicate timestamps keep the last row, and missing grid points
-    are NaN, so the result can go straight into :func:`openanomaly.detect.backtest`.
+    are NaN, so the result can go straight into :func:`openanomaly.detect.score_range`.
     Naive timestamps are UTC. The series gets ``__name__=name`` and ``source=<file name>``.
 
     Raises:

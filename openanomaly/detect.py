@@ -1,8 +1,8 @@
 """The pure detect core for one pipeline: context → forecast → score, rolling, no look-ahead.
 
-:func:`detect` and :func:`backtest` work on an in-memory
+:func:`score_range` works on an in-memory
 :class:`~openanomaly.series.SeriesMatrix` and never read the clock, the network or Ray.
-Everything that scores a pipeline reaches them through :mod:`openanomaly.window` (the one
+Everything that scores a pipeline reaches it through :mod:`openanomaly.window` (the one
 window path: grid, fetch, score, labels, write), so the scheduler's windows, ``run
 --once``, ``backtest``, the playground and ``/v1/detect`` compute exactly the same thing.
 
@@ -24,8 +24,8 @@ Rolling semantics (the same for one scheduled window and for a year-long backtes
   2-D array left-padded with NaN, then through the calibration stage
   (:mod:`openanomaly.calibration`), which reads only each chunk's context, so a
   backtest scores thousands of chunks from shared arrays with the same result as one
-  window at a time. :func:`backtest` splits a long range into batches of whole chunks,
-  which gives the same numbers (each chunk sees the same context). A
+  window at a time. :func:`score_range` splits a long range into batches of whole
+  chunks, which gives the same numbers (each chunk sees the same context). A
   :class:`~openanomaly.models.base.ChunkedForecaster` (``default``) gets the series and
   the chunk ends instead of the copied contexts, and returns exactly what ``forecast``
   would: it shares the work between overlapping contexts.
@@ -54,10 +54,9 @@ __all__ = [
     "Detection",
     "Progress",
     "align_to_grid",
-    "backtest",
     "check_input",
     "default_batch_chunks",
-    "detect",
+    "score_range",
 ]
 
 log = logging.getLogger(__name__)
@@ -272,34 +271,7 @@ def _detect_chunks(
     return out, skipped
 
 
-def detect(
-    series: SeriesMatrix, pipeline: Pipeline, forecaster: Forecaster, *, start_ms: int, end_ms: int
-) -> Detection:
-    """Score the points of ``series`` in ``(start_ms, end_ms]`` with ONE batched forecast call.
-
-    Args:
-        series: every series of the pipeline's query on its step grid, covering at
-            least ``(start_ms - context, end_ms]`` (less history is allowed: contexts are
-            left-padded with NaN).
-        pipeline: query, step, schedule (chunking, context) and scoring.
-        forecaster: any :class:`~openanomaly.models.base.Forecaster`.
-
-    Raises:
-        DataError: no series, timestamps off the step grid, every value NaN, or two
-            series whose outputs would collide.
-        ModelError: the forecaster failed or broke its contract.
-
-    Example::
-
-        detection = detect(series, pipeline, load_forecaster("mad"), start_ms=t0, end_ms=t1)
-        detection.anomaly_score  # (n_series, grid points in (t0, t1])
-    """
-    check_input(series, pipeline)
-    a, b = _window_columns(series.timestamps, start_ms, end_ms)
-    return _run(series, pipeline, forecaster, a, b, batch_chunks=None, progress=None)
-
-
-def backtest(
+def score_range(
     series: SeriesMatrix,
     pipeline: Pipeline,
     forecaster: Forecaster,
@@ -308,27 +280,43 @@ def backtest(
     end_ms: int,
     batch_chunks: int | None = None,
     progress: Progress | None = None,
+    checked: bool = False,
 ) -> Detection:
-    """Score ``(start_ms, end_ms]`` of an in-memory ``series`` in batches of chunks.
+    """Score the points of ``series`` in ``(start_ms, end_ms]``: the one scoring call of every path.
 
-    Gives the same scores as one :func:`detect` call over the whole range (each chunk
-    sees the same context either way); batching only bounds memory: each batch builds
-    a ``(n_series * batch_chunks, context_points)`` context array. Use it for NAB-style
-    benchmarks and CSV backtests with no TSDB.
+    Chunks go to the forecaster in batches of ``batch_chunks``; batching only bounds
+    memory (each batch builds a ``(n_series * batch_chunks, context_points)`` context
+    array): every chunk sees the same context, so the scores do not depend on it. One
+    scheduled window is one batch.
 
     Args:
+        series: every series of the pipeline's query on its step grid, covering at
+            least ``(start_ms - context, end_ms]`` (less history is allowed: contexts are
+            left-padded with NaN).
+        pipeline: query, step, schedule (chunking, context) and scoring.
+        forecaster: any :class:`~openanomaly.models.base.Forecaster`.
         batch_chunks: chunks per forecast call; default :func:`default_batch_chunks`.
         progress: called after each batch with ``(points_done, points_total)``.
+        checked: ``series`` already passed :func:`check_input` (the window path checks
+            each fetched block once, before it reaches a scorer).
 
     Raises:
-        DataError, ModelError: as :func:`detect`.
+        DataError: no series, timestamps off the step grid, every value NaN, or two
+            series whose outputs would collide.
+        ModelError: the forecaster failed or broke its contract.
         ValueError: ``batch_chunks`` is not positive.
+
+    Example::
+
+        detection = score_range(series, pipeline, load_forecaster("mad"), start_ms=t0, end_ms=t1)
+        detection.anomaly_score  # (n_series, grid points in (t0, t1])
     """
     if batch_chunks is None:
         batch_chunks = default_batch_chunks(pipeline, len(series))
     if batch_chunks <= 0:
         raise ValueError(f"batch_chunks must be positive, got {batch_chunks}")
-    check_input(series, pipeline)
+    if not checked:
+        check_input(series, pipeline)
     a, b = _window_columns(series.timestamps, start_ms, end_ms)
     return _run(series, pipeline, forecaster, a, b, batch_chunks=batch_chunks, progress=progress)
 
@@ -340,17 +328,16 @@ def _run(
     a: int,
     b: int,
     *,
-    batch_chunks: int | None,
+    batch_chunks: int,
     progress: Progress | None,
 ) -> Detection:
     shape = (len(series), b - a)
     outputs = tuple(np.full(shape, np.nan) for _ in range(4))
     skipped = np.zeros(len(series), dtype=bool)
     starts = _chunk_starts(series.timestamps, a, b, pipeline)
-    per_batch = batch_chunks or max(1, len(starts))
     c = pipeline.chunk_points
-    for index in range(0, len(starts), per_batch):
-        group = starts[index : index + per_batch]
+    for index in range(0, len(starts), batch_chunks):
+        group = starts[index : index + batch_chunks]
         lo, hi = max(a, int(group[0])), min(b, int(group[-1]) + c)
         out, batch_skipped = _detect_chunks(
             series.values, series.timestamps, group, lo, hi, pipeline, forecaster

@@ -65,7 +65,7 @@ from openanomaly.artifacts import (
     series_key,
 )
 from openanomaly.config import Pipeline, Settings
-from openanomaly.detect import Detection
+from openanomaly.detect import Detection, score_range
 from openanomaly.errors import (
     ArtifactError,
     ArtifactNotFound,
@@ -77,7 +77,7 @@ from openanomaly.errors import (
 )
 from openanomaly.models.base import Forecaster
 from openanomaly.series import SeriesMatrix
-from openanomaly.window import RunResult, Tally
+from openanomaly.window import RunResult, Scorer, check_block, fetch_start, run_window
 
 __all__ = [
     "FitResult",
@@ -269,7 +269,7 @@ class WindowScorer:
 
     Plain Python: the scheduler runs it as a long-lived Ray actor (one per model), a Ray
     Data job as its scoring actors, tests call it directly. Scoring is
-    :func:`openanomaly.window.score_range`, the pure core every path uses.
+    :func:`openanomaly.detect.score_range`, the pure core every path uses.
 
     Models are loaded on first use and kept: zero-shot forecasters per (spec, params);
     fitted per-series models per (pipeline, series, fit) in an LRU of ``model_cache``;
@@ -299,7 +299,7 @@ class WindowScorer:
         end_ms: int,
         fit_time_ms: int | None = None,
     ) -> Detection:
-        """Score ``(start_ms, end_ms]`` of ``series`` with the pipeline's model.
+        """Score ``(start_ms, end_ms]`` of ``series`` (a checked block) with the pipeline's model.
 
         Args:
             fit_time_ms: fitted pipelines: the fit whose models to use; None = the latest
@@ -308,13 +308,13 @@ class WindowScorer:
         Raises:
             ArtifactError: the store could not be read, or a global model has no fit at or
                 before the window.
-            ModelError, DataError: as :func:`openanomaly.window.score_range`.
+            ModelError: as :func:`openanomaly.detect.score_range`.
         """
         from openanomaly.models.fitted import is_global
-        from openanomaly.window import score_range
 
+        window = {"start_ms": start_ms, "end_ms": end_ms, "checked": True}
         if pipeline.schedule.fit_every is None:
-            return score_range(series, pipeline, self._zero_shot(pipeline), start_ms=start_ms, end_ms=end_ms)
+            return score_range(series, pipeline, self._zero_shot(pipeline), **window)
         if self.model_factory is not None:
             raise ModelError(
                 "model_factory is for zero-shot pipelines; fitted models are loaded from the ArtifactStore",
@@ -328,7 +328,7 @@ class WindowScorer:
                     f"no global model fitted at or before {fit_time_ms or start_ms}",
                     key=f"{pipeline.name}/{GLOBAL_SERIES_KEY}",
                 )
-            return score_range(series, pipeline, model, start_ms=start_ms, end_ms=end_ms)
+            return score_range(series, pipeline, model, **window)
         return self._score_per_series(store, series, pipeline, start_ms, end_ms, fit_time_ms)
 
     def _zero_shot(self, pipeline: Pipeline) -> Forecaster:
@@ -385,8 +385,6 @@ class WindowScorer:
         fit_time_ms: int | None,
     ) -> Detection:
         """One model per series: load them in parallel (S3 latency), score each, merge the rows."""
-        from openanomaly.window import score_range
-
         keys = [series_key(labels) for labels in series.labels]
         with ThreadPoolExecutor(16) as pool:
             models = list(
@@ -398,7 +396,7 @@ class WindowScorer:
             if model is None or not np.isfinite(one.values).any():
                 parts.append(None)
                 continue
-            parts.append(score_range(one, pipeline, model, start_ms=start_ms, end_ms=end_ms))
+            parts.append(score_range(one, pipeline, model, start_ms=start_ms, end_ms=end_ms, checked=True))
         unfitted = sum(model is None for model in models)
         if unfitted:
             log.warning(
@@ -509,7 +507,7 @@ class JobRunner:
 
     def scorer(
         self, settings: Settings, pipeline: Pipeline, *, fit_time_ms: int | None, deadline: float | None
-    ) -> Callable[[SeriesMatrix, int, int], Detection]:
+    ) -> Scorer:
         """A :data:`openanomaly.window.Scorer` that scores in the pipeline's warm model actor."""
 
         def score(series: SeriesMatrix, start_ms: int, end_ms: int) -> Detection:
@@ -549,7 +547,6 @@ class JobRunner:
             QueryError, RemoteWriteError, DataError, ModelError, ArtifactError, WindowTimeout.
         """
         from openanomaly.tsdb import PrometheusClient
-        from openanomaly.window import run_window
 
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if series_hint >= self.options.ray_data_min_series:
@@ -566,7 +563,9 @@ class JobRunner:
             self._call(pipeline, "ready", deadline=deadline)
         scorer = self.scorer(settings, pipeline, fit_time_ms=fit_time_ms, deadline=deadline)
         with PrometheusClient(settings.tsdb) as client:
-            _, result = run_window(client, pipeline, scorer, start_ms=start_ms, end_ms=end_ms)
+            _, result = run_window(
+                pipeline, scorer, start_ms=start_ms, end_ms=end_ms, source=client, sink=client
+            )
         return result
 
     def run_fit(
@@ -715,7 +714,8 @@ def _restart_args(options: JobOptions) -> dict[str, int]:
 
 
 class _BlockJob:
-    """A Ray Data scoring actor: block of series → :class:`WindowScorer` → window write → counts."""
+    """A Ray Data scoring actor: each block of series is a :func:`~openanomaly.window.run_window`
+    with :class:`WindowScorer` as its scorer; returns the block's counts."""
 
     def __init__(
         self,
@@ -728,32 +728,38 @@ class _BlockJob:
     ) -> None:
         from openanomaly.tsdb import PrometheusClient
 
-        self.settings, self.pipeline = settings, pipeline
-        self.window = (start_ms, end_ms, fit_time_ms)
-        self.scorer = WindowScorer(model_cache=options.model_cache, model_factory=options.model_factory)
+        self.pipeline = pipeline
+        self.window = (start_ms, end_ms)
+        model = WindowScorer(model_cache=options.model_cache, model_factory=options.model_factory)
+
+        def scorer(series: SeriesMatrix, start_ms: int, end_ms: int) -> Detection:
+            return model.score(series, pipeline, settings, start_ms, end_ms, fit_time_ms)
+
+        self.scorer = scorer
         self.client = PrometheusClient(settings.tsdb)
 
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
 
-        from openanomaly.window import write
-
-        matrix = matrix_from_table(table)
-        tally = Tally()
-        if len(matrix) and np.isfinite(matrix.values).any():
-            start_ms, end_ms, fit_time_ms = self.window
-            detection = self.scorer.score(matrix, self.pipeline, self.settings, start_ms, end_ms, fit_time_ms)
-            tally.add(detection, *write(self.client, self.pipeline, detection))
-        result = tally.result(self.pipeline, 0, 0)
-        counts = {
-            "series_in": len(matrix),
-            "series_scored": result.series_scored,
-            "points": result.points_scored,
-            "anomalies": result.anomalies,
-            "written": result.samples_written,
-            "present": result.samples_present,
-        }
+        block = matrix_from_table(table)
+        counts = dict.fromkeys(_COUNTS, 0)
+        counts["series_in"] = len(block)
+        if check_block(block, self.pipeline) is None:  # else a shard with no data: nothing to do
+            start_ms, end_ms = self.window
+            _, result = run_window(
+                self.pipeline, self.scorer, start_ms=start_ms, end_ms=end_ms, source=block, sink=self.client
+            )
+            counts |= {
+                "series_scored": result.series_scored,
+                "points": result.points_scored,
+                "anomalies": result.anomalies,
+                "written": result.samples_written,
+                "present": result.samples_present,
+            }
         return pa.table({name: pa.array([value], type=pa.int64()) for name, value in counts.items()})
+
+
+_COUNTS = ("series_in", "series_scored", "points", "anomalies", "written", "present")
 
 
 def _rows(dataset: Any, deadline: float | None, what: str) -> Iterator[dict[str, Any]]:
@@ -784,8 +790,6 @@ def run_job(
         QueryError, RemoteWriteError: the TSDB stayed unreachable after retries.
         ModelError, ArtifactError: the model could not be loaded. WindowTimeout.
     """
-    from openanomaly.window import fetch_start
-
     options = options or JobOptions()
     began = time.perf_counter()
     with _BIG_JOB:
@@ -809,7 +813,7 @@ def run_job(
             num_gpus=_gpus(pipeline, options),
             **_restart_args(options),
         )
-        totals = dict.fromkeys(("series_in", "series_scored", "points", "anomalies", "written", "present"), 0)
+        totals = dict.fromkeys(_COUNTS, 0)
         for row in _rows(scored, deadline, f"pipeline {pipeline.name!r} window job"):
             for name in totals:
                 totals[name] += int(row[name])

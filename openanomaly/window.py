@@ -1,17 +1,21 @@
 """The one window path: how a pipeline's range of points becomes written scores.
 
-Every caller that scores a pipeline goes through this module: the scheduler's windows
-(:mod:`openanomaly.jobs`), ``openanomaly run --once``, ``openanomaly backtest``, the
-playground and ``/v1/detect``. So they all compute and write the same samples::
+:func:`run_window` is the one composition of fetch → score → write; every path that
+writes scores runs it: the scheduler's windows (warm model actor and Ray Data job, in
+:mod:`openanomaly.jobs`), ``openanomaly run --once`` and ``openanomaly backtest``. So they
+all compute and write the same samples (the playground and ``/v1/detect`` score with the
+same core, :func:`openanomaly.detect.score_range`, and write nothing)::
 
-    grid ─► fetch (context + range) ─► score (forecast → calibrate → score) ─► labels ─► write
+    grid ─► fetch (context + range, checked) ─► score (forecast → calibrate → score) ─► labels ─► write
 
 - **Grid.** Windows are ``((k - 1) * infer_every, k * infer_every]`` (:func:`latest_window`);
   forecast chunks sit on the same absolute grid (:mod:`openanomaly.detect`), so a point
   gets the same forecast whichever path scores it.
 - **Fetch.** :func:`fetch` reads the pipeline's query over the range plus the context
-  of its first chunk, on the step grid.
-- **Score.** A :data:`Scorer` turns the fetched matrix into a
+  of its first chunk, on the step grid, and checks it once
+  (:func:`~openanomaly.detect.check_input`); a long range comes in batches
+  (:func:`iter_blocks`), a Ray Data job in shards (:func:`check_block`).
+- **Score.** A :data:`Scorer` turns the checked block into a
   :class:`~openanomaly.detect.Detection`: :func:`local_scorer` runs the pure core in this
   process; the scheduler passes one that runs the same core in a warm model actor.
 - **Labels.** :func:`output_matrix`: the input's labels plus ``for``/``model``.
@@ -37,7 +41,7 @@ from typing import Protocol
 import numpy as np
 
 from openanomaly.config import Pipeline
-from openanomaly.detect import Detection, Progress, backtest, check_input, default_batch_chunks
+from openanomaly.detect import Detection, Progress, check_input, default_batch_chunks, score_range
 from openanomaly.errors import DataError
 from openanomaly.models.base import Forecaster
 from openanomaly.series import SeriesMatrix
@@ -47,15 +51,15 @@ __all__ = [
     "Scorer",
     "TSDBClient",
     "Tally",
+    "check_block",
     "fetch",
     "fetch_start",
-    "iter_range",
+    "iter_blocks",
     "latest_window",
     "local_scorer",
     "output_labels",
     "output_matrix",
     "run_window",
-    "score_range",
     "scored_range",
     "write",
 ]
@@ -67,7 +71,7 @@ _FIRST_FETCH_CHUNKS = 64
 _MAX_FETCH_CHUNKS = 1000
 
 Scorer = Callable[[SeriesMatrix, int, int], Detection]
-"""``scorer(series, start_ms, end_ms)``: score ``(start_ms, end_ms]`` of fetched series."""
+"""``scorer(series, start_ms, end_ms)``: score ``(start_ms, end_ms]`` of a fetched, checked block."""
 
 
 class TSDBClient(Protocol):
@@ -144,38 +148,50 @@ def fetch_start(pipeline: Pipeline, start_ms: int) -> int:
 
 
 def fetch(client: TSDBClient, pipeline: Pipeline, *, start_ms: int, end_ms: int) -> SeriesMatrix:
-    """The pipeline's query over ``(start_ms, end_ms]`` plus the context before it, on its step grid.
+    """The window's block: the pipeline's query over ``(start_ms, end_ms]`` plus the context
+    before it, on its step grid, checked by :func:`~openanomaly.detect.check_input`.
 
     Raises:
         QueryError: the TSDB failed.
+        DataError: the query returned no series, only NaN, series off the grid or
+            series whose outputs would collide.
     """
+    block = _query(client, pipeline, start_ms=start_ms, end_ms=end_ms)
+    check_input(block, pipeline)
+    return block
+
+
+def _query(client: TSDBClient, pipeline: Pipeline, *, start_ms: int, end_ms: int) -> SeriesMatrix:
     return client.query_range(
         pipeline.query, start_ms=fetch_start(pipeline, start_ms), end_ms=end_ms, step_ms=pipeline.step_ms
     )
 
 
-def score_range(
-    series: SeriesMatrix,
-    pipeline: Pipeline,
-    forecaster: Forecaster,
-    *,
-    start_ms: int,
-    end_ms: int,
-    progress: Progress | None = None,
-) -> Detection:
-    """Score ``(start_ms, end_ms]`` of in-memory ``series``: the one scoring call of every path.
+def check_block(block: SeriesMatrix, pipeline: Pipeline) -> DataError | None:
+    """:func:`~openanomaly.detect.check_input` for one part of something bigger (a batch of
+    a long range, a shard of a Ray Data job), where a part with no data is a gap, not an error.
+
+    Returns:
+        None: the block is checked, ready to score. The DataError instead of raising it
+        when the block holds no data at all (no series, or only NaN).
 
     Raises:
-        DataError, ModelError: see :func:`openanomaly.detect.backtest`.
+        DataError: the block has data but is off the grid or has colliding series.
     """
-    return backtest(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms, progress=progress)
+    try:
+        check_input(block, pipeline)
+    except DataError as error:
+        if len(block) and np.isfinite(block.values).any():
+            raise
+        return error
+    return None
 
 
 def local_scorer(pipeline: Pipeline, forecaster: Forecaster) -> Scorer:
     """A :data:`Scorer` that runs the pure core in this process."""
 
     def score(series: SeriesMatrix, start_ms: int, end_ms: int) -> Detection:
-        return score_range(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms)
+        return score_range(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms, checked=True)
 
     return score
 
@@ -308,21 +324,25 @@ class Tally:
 
 
 def run_window(
-    client: TSDBClient,
     pipeline: Pipeline,
     scorer: Scorer,
     *,
     start_ms: int,
     end_ms: int,
-    series: SeriesMatrix | None = None,
+    source: TSDBClient | SeriesMatrix,
+    sink: TSDBClient | None,
 ) -> tuple[Detection, RunResult]:
-    """One window: fetch ``(start - context, end]``, score ``(start, end]``, write what is new.
+    """One window, the one composition of fetch → score → write: every path that writes runs it.
 
-    Nothing is written unless the whole window was fetched and scored.
+    Fetch ``(start - context, end]``, score ``(start, end]``, write what is new. Nothing is
+    written unless the whole window was fetched and scored.
 
     Args:
-        series: the window's :func:`fetch`, when the caller already has it (``run --once``
-            fetches every pipeline first, to check them all before writing any).
+        source: the TSDB to :func:`fetch` the window from, or the window's block already
+            fetched and checked (by :func:`fetch` or :func:`check_block`: ``run --once``
+            fetches every pipeline first, to check them all before writing any; a
+            backtest fetches its batches with :func:`iter_blocks`; a Ray Data job its shards).
+        sink: the TSDB to write to; None writes nothing (``backtest --out``).
 
     Raises:
         QueryError, RemoteWriteError: the TSDB failed.
@@ -330,11 +350,12 @@ def run_window(
         ModelError: the model failed.
     """
     began = time.perf_counter()
-    if series is None:
-        series = fetch(client, pipeline, start_ms=start_ms, end_ms=end_ms)
-    check_input(series, pipeline)
-    detection = scorer(series, start_ms, end_ms)
-    written, present = write(client, pipeline, detection)
+    if isinstance(source, SeriesMatrix):
+        block = source
+    else:
+        block = fetch(source, pipeline, start_ms=start_ms, end_ms=end_ms)
+    detection = scorer(block, start_ms, end_ms)
+    written, present = (0, 0) if sink is None else write(sink, pipeline, detection)
     tally = Tally()
     tally.add(detection, written, present)
     result = tally.result(pipeline, start_ms, end_ms, time.perf_counter() - began)
@@ -355,32 +376,30 @@ def run_window(
     return detection, result
 
 
-def iter_range(
+def iter_blocks(
     client: TSDBClient,
     pipeline: Pipeline,
-    scorer: Scorer,
     *,
     start_ms: int,
     end_ms: int,
     batch_chunks: int | None = None,
     progress: Progress | None = None,
-) -> Iterator[Detection]:
-    """Score ``(start_ms, end_ms]`` against the TSDB one fetch batch at a time (backtests).
+) -> Iterator[tuple[int, int, SeriesMatrix]]:
+    """Fetch ``(start_ms, end_ms]`` one batch at a time (backtests): ``(batch_start, batch_end, block)``.
 
-    Batches end on the ``infer_every`` grid, each fetches only its own range plus its
-    context, and is scored completely before it is yielded, so memory stays bounded and
-    the caller never writes half a batch. A batch whose query returns no series or only
-    NaN yields nothing; if that holds for every batch, :class:`DataError` is raised at the
-    end. Pull the first item of several pipelines' iterators before writing anything to
-    check them all first.
+    Batches end on the ``infer_every`` grid and each fetches only its own range plus its
+    context, so memory stays bounded; pass each to :func:`run_window`. A batch whose
+    query returns no series or only NaN is left out; if that holds for every batch,
+    :class:`DataError` is raised at the end. Pull the first item of several pipelines'
+    iterators before scoring anything to check them all first.
 
     Args:
         batch_chunks: chunks per fetch; default: 64 for the first fetch, then what keeps
             one fetch's contexts within ~64 MB for the series count seen (at most 1000).
-        progress: called after each batch with ``(points_done, points_total)``.
+        progress: called after each batch is consumed with ``(points_done, points_total)``.
 
     Raises:
-        QueryError, DataError, ModelError; ValueError for a non-positive ``batch_chunks``.
+        QueryError, DataError; ValueError for a non-positive ``batch_chunks``.
     """
     step, every = pipeline.step_ms, pipeline.infer_every_ms
     if end_ms <= start_ms:
@@ -400,21 +419,15 @@ def iter_range(
             else min(_MAX_FETCH_CHUNKS, default_batch_chunks(pipeline, n_series))
         )
         batch_end = min(end_ms, (batch_start // every + chunks) * every)
-        series = fetch(client, pipeline, start_ms=batch_start, end_ms=batch_end)
-        detection = None
-        try:
-            check_input(series, pipeline)
-        except DataError as error:
-            if len(series) and np.isfinite(series.values).any():
-                raise  # off-grid or colliding series: a real error, not a data gap
-            no_data = no_data or error
+        block = _query(client, pipeline, start_ms=batch_start, end_ms=batch_end)
+        gap = check_block(block, pipeline)
+        if gap is None:
+            n_series = max(n_series, len(block))
+            yield batch_start, batch_end, block
         else:
-            n_series = max(n_series, len(series))
-            detection = scorer(series, batch_start, batch_end)
+            no_data = no_data or gap
         batch_start = batch_end
         if progress is not None:
             progress(min(total_points, -(-(batch_start - start_ms) // step)), total_points)
-        if detection is not None:
-            yield detection
     if n_series == 0:
         raise no_data or DataError("no data in the range", pipeline=pipeline.name)

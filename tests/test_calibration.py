@@ -11,7 +11,7 @@ import pytest
 
 from openanomaly.calibration import AlertPolicy, lookback
 from openanomaly.config import Pipeline
-from openanomaly.detect import backtest, detect
+from openanomaly.detect import score_range
 from openanomaly.models.neural import NHITSForecaster
 from openanomaly.models.registry import load_forecaster
 from openanomaly.reference import LEVEL_WINDOW
@@ -45,7 +45,7 @@ def scores(values: np.ndarray, model: str | dict = "mad", *, first: int = 0, **k
     series = SeriesMatrix(tuple({"i": str(i)} for i in range(len(values))), grid, values)
     p = pipeline(model, **kwargs)
     forecaster = load_forecaster(p.model.spec, **p.model.params)
-    result = backtest(series, p, forecaster, start_ms=int(grid[first]), end_ms=int(grid[-1]))
+    result = score_range(series, p, forecaster, start_ms=int(grid[first]), end_ms=int(grid[-1]))
     out = np.full(values.shape, np.nan)
     out[:, first + 1 :] = result.anomaly_score
     return out
@@ -190,10 +190,10 @@ def test_backtest_equals_scoring_one_window_at_a_time(model: str, infer_every: s
     p = pipeline(model, infer_every=infer_every)
     forecaster = load_forecaster(model)
     start, end = int(grid[199]), int(grid[-1])
-    whole = backtest(series, p, forecaster, start_ms=start, end_ms=end, batch_chunks=97)
+    whole = score_range(series, p, forecaster, start_ms=start, end_ms=end, batch_chunks=97)
     window = int(p.schedule.infer_every.total_seconds() * 1000)
     parts = [
-        detect(series, p, forecaster, start_ms=t, end_ms=min(t + window, end))
+        score_range(series, p, forecaster, start_ms=t, end_ms=min(t + window, end))
         for t in range(start, end, window)
     ]
     for name in ("anomaly_score", "yhat", "yhat_lower", "yhat_upper"):
@@ -236,7 +236,7 @@ def test_nhits_on_pure_noise_rarely_alerts() -> None:
     model = NHITSForecaster.fit(x, horizon=12, input_size=p.context_points, quantiles=[0.05, 0.5, 0.95])
     grid = STEP_MS * np.arange(x.shape[1], dtype=np.int64)
     series = SeriesMatrix(tuple({"i": str(i)} for i in range(4)), grid, x)
-    result = backtest(series, p, model, start_ms=int(grid[1000]), end_ms=int(grid[-1]))
+    result = score_range(series, p, model, start_ms=int(grid[1000]), end_ms=int(grid[-1]))
     assert np.mean(result.anomaly_score > 1) < 0.005
 
 

@@ -185,7 +185,7 @@ def test_bundled_pipelines_file_runs(monkeypatch):
     """What validate accepts in the shipped file also runs: every pipeline scores a window,
     the Chronos one with the Chronos-Bolt shipped in the package, as a user's would."""
     from openanomaly.configstore import YamlConfigStore
-    from openanomaly.detect import backtest
+    from openanomaly.detect import score_range
     from openanomaly.models.registry import load_forecaster
     from openanomaly.series import SeriesMatrix
 
@@ -199,7 +199,7 @@ def test_bundled_pipelines_file_runs(monkeypatch):
     for pipeline in config.pipelines:
         forecaster = load_forecaster(pipeline.model.spec, **pipeline.model.params)
         start = int(t[-1]) - 10 * pipeline.step_ms
-        detection = backtest(series, pipeline, forecaster, start_ms=start, end_ms=int(t[-1]))
+        detection = score_range(series, pipeline, forecaster, start_ms=start, end_ms=int(t[-1]))
         assert np.isfinite(detection.anomaly_score).all(), pipeline.name
 
 

@@ -26,7 +26,7 @@ from openanomaly.models.registry import load_forecaster
 from openanomaly.scheduler import PipelineStatus, metrics_text
 from openanomaly.series import SeriesMatrix
 from openanomaly.tsdb import PrometheusClient
-from openanomaly.window import Tally, iter_range, local_scorer, write
+from openanomaly.window import Tally, iter_blocks, local_scorer, run_window
 from tests.fixtures.servers import TSDBServer, unique_metric
 
 DASHBOARD = (
@@ -68,8 +68,10 @@ def scored(victoria_metrics: TSDBServer) -> dict[str, Any]:
         victoria_metrics.flush()
         tally = Tally()
         scorer = local_scorer(pipeline, load_forecaster("default"))
-        for detection in iter_range(client, pipeline, scorer, start_ms=now - 90 * MINUTE, end_ms=now):
-            tally.add(detection, *write(client, pipeline, detection))
+        for start, end, block in iter_blocks(client, pipeline, start_ms=now - 90 * MINUTE, end_ms=now):
+            window = {"start_ms": start, "end_ms": end, "source": block, "sink": client}
+            detection, done = run_window(pipeline, scorer, **window)
+            tally.add(detection, done.samples_written, done.samples_present)
         result = tally.result(pipeline, now - 90 * MINUTE, now)
     assert result.anomalies >= len(INCIDENTS)  # every injected incident scores above 1
     for minutes_ago, errors in ((10, 0), (5, 1), (0, 2)):

@@ -5,12 +5,7 @@ import numpy as np
 import pytest
 
 from openanomaly.config import Pipeline
-from openanomaly.detect import (
-    align_to_grid,
-    backtest,
-    default_batch_chunks,
-    detect,
-)
+from openanomaly.detect import align_to_grid, default_batch_chunks, score_range
 from openanomaly.errors import DataError, ModelError
 from openanomaly.models.base import QuantileForecast
 from openanomaly.models.registry import load_forecaster
@@ -71,7 +66,7 @@ def test_rolling_forecast_has_no_look_ahead():
     series = matrix([np.arange(20.0)])
     model = LastValue()
     raw_band = pipeline(scoring={"calibration": {"enabled": False}})  # the model's own band
-    result = detect(series, raw_band, model, start_ms=9 * STEP, end_ms=19 * STEP)
+    result = score_range(series, raw_band, model, start_ms=9 * STEP, end_ms=19 * STEP)
     # window (9, 19] → columns 10..19, chunks [10,11,12] [13,14,15] [16,17,18] [19]
     assert result.timestamps.tolist() == (STEP * np.arange(10, 20)).tolist()
     assert result.yhat[0].tolist() == [9, 9, 9, 12, 12, 12, 15, 15, 15, 18]
@@ -96,20 +91,20 @@ def test_rolling_forecast_has_no_look_ahead():
 def test_short_history_is_left_padded_with_nan():
     model = LastValue()
     # the window (3, 6] (infer_every 3m) forecasts from columns -1..3: one before the data
-    detect(matrix([np.arange(7.0)]), pipeline(), model, start_ms=3 * STEP, end_ms=6 * STEP)
+    score_range(matrix([np.arange(7.0)]), pipeline(), model, start_ms=3 * STEP, end_ms=6 * STEP)
     contexts = model.calls[0][0]
     assert np.isnan(contexts[0, :1]).all()
     assert contexts[0, 1:].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
-def test_backtest_batches_match_one_detect_call():
+def test_batches_match_one_forecast_call():
     rng = np.random.default_rng(0)
     series = matrix(rng.normal(size=(3, 200)).cumsum(axis=1))
     p = pipeline(schedule={"infer_every": "4m", "context": "30m"})
     model = load_forecaster("mad")
-    whole = detect(series, p, model, start_ms=40 * STEP, end_ms=199 * STEP)
+    whole = score_range(series, p, model, start_ms=40 * STEP, end_ms=199 * STEP, batch_chunks=10_000)
     seen: list[tuple[int, int]] = []
-    batched = backtest(
+    batched = score_range(
         series,
         p,
         model,
@@ -133,9 +128,11 @@ def test_a_point_gets_the_same_scores_whatever_range_scores_it(start):
     series = matrix(rng.normal(size=(2, 120)).cumsum(axis=1))
     p = pipeline(schedule={"infer_every": "4m", "context": "30m"})
     model = load_forecaster("mad")
-    windows = [detect(series, p, model, start_ms=k * STEP, end_ms=(k + 4) * STEP) for k in range(40, 116, 4)]
+    windows = [
+        score_range(series, p, model, start_ms=k * STEP, end_ms=(k + 4) * STEP) for k in range(40, 116, 4)
+    ]
     scheduled = np.concatenate([w.yhat for w in windows], axis=1)  # points 41..116
-    part = backtest(series, p, model, start_ms=start * STEP, end_ms=101 * STEP, batch_chunks=2)
+    part = score_range(series, p, model, start_ms=start * STEP, end_ms=101 * STEP, batch_chunks=2)
     np.testing.assert_array_equal(part.yhat, scheduled[:, start - 40 : 101 - 40])
     assert part.timestamps[0] == (start + 1) * STEP
 
@@ -147,7 +144,7 @@ def test_nan_actuals_are_not_scored_and_chunks_without_context_are_skipped():
     model = LastValue()
     # A 5-point context holds no residual record: the model's own band scores here.
     raw = pipeline(scoring={"calibration": {"enabled": False}})
-    result = detect(matrix(values), raw, model, start_ms=9 * STEP, end_ms=14 * STEP)
+    result = score_range(matrix(values), raw, model, start_ms=9 * STEP, end_ms=14 * STEP)
     assert np.isnan(result.anomaly_score[0, 1]) and np.isnan(result.yhat[0, 1])
     assert np.isfinite(result.anomaly_score[0, [0, 2, 3, 4]]).all()
     # series 1: chunk [10,11,12] has no context and no actuals → not forecast, not skipped;
@@ -167,7 +164,9 @@ def test_output_matrix_labels_and_rows():
         scoring={"calibration": {"enabled": False}},  # 5 points of context hold no record
     )
     labels = [{"__name__": "cpu", "host": "a", "model": "x"}, {"__name__": "cpu", "host": "b"}]
-    out = output_matrix(detect(matrix(values, labels), p, LastValue(), start_ms=6 * STEP, end_ms=9 * STEP), p)
+    out = output_matrix(
+        score_range(matrix(values, labels), p, LastValue(), start_ms=6 * STEP, end_ms=9 * STEP), p
+    )
     assert [dict(lab) for lab in out.labels] == [
         {"host": "a", "model": "robust", "team": "sre", "for": "p", "__name__": name}
         for name in ("score", "yhat", "yhat_lower", "yhat_upper")
@@ -178,7 +177,9 @@ def test_output_matrix_labels_and_rows():
 
 
 def test_empty_window_gives_empty_output():
-    result = detect(matrix([np.arange(5.0)]), pipeline(), LastValue(), start_ms=4 * STEP, end_ms=4 * STEP)
+    result = score_range(
+        matrix([np.arange(5.0)]), pipeline(), LastValue(), start_ms=4 * STEP, end_ms=4 * STEP
+    )
     assert result.anomaly_score.shape == (1, 0)
     assert len(output_matrix(result, pipeline())) == 0
 
@@ -197,18 +198,22 @@ def test_empty_window_gives_empty_output():
 )
 def test_data_errors(series, message):
     with pytest.raises(DataError, match=message) as info:
-        detect(series, pipeline(), LastValue(), start_ms=0, end_ms=5 * STEP)
+        score_range(series, pipeline(), LastValue(), start_ms=0, end_ms=5 * STEP)
     assert info.value.pipeline == "p"
 
 
 def test_broken_forecaster_is_a_model_error():
     with pytest.raises(ModelError, match="shape"):
-        detect(matrix([np.arange(10.0)] * 1), pipeline(), WrongRows(), start_ms=5 * STEP, end_ms=9 * STEP)
+        score_range(
+            matrix([np.arange(10.0)] * 1), pipeline(), WrongRows(), start_ms=5 * STEP, end_ms=9 * STEP
+        )
 
 
 def test_backtest_rejects_bad_batch_size():
     with pytest.raises(ValueError, match="batch_chunks"):
-        backtest(matrix([np.arange(5.0)]), pipeline(), LastValue(), start_ms=0, end_ms=STEP, batch_chunks=0)
+        score_range(
+            matrix([np.arange(5.0)]), pipeline(), LastValue(), start_ms=0, end_ms=STEP, batch_chunks=0
+        )
 
 
 def test_align_to_grid():

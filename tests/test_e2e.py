@@ -15,11 +15,12 @@ import yaml
 from openanomaly.cli import main
 from openanomaly.config import Pipeline
 from openanomaly.csvseries import read_csv_series
+from openanomaly.detect import score_range
 from openanomaly.models.registry import load_forecaster
 from openanomaly.series import SeriesMatrix
 from openanomaly.times import parse_time
 from openanomaly.tsdb import PrometheusClient
-from openanomaly.window import fetch, score_range
+from openanomaly.window import fetch
 from tests.fixtures.servers import TSDBServer, unique_metric
 
 pytestmark = pytest.mark.integration

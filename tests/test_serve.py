@@ -348,13 +348,13 @@ def test_playground_is_mounted_behind_the_token(api: httpx.Client) -> None:
 
 
 def test_detect_scores_what_the_window_path_scores(api: httpx.Client) -> None:
-    """``/v1/detect`` runs the one window path: the same numbers as ``window.score_range``."""
+    """``/v1/detect`` runs the one window path: the same numbers as ``detect.score_range``."""
     from datetime import timedelta
 
     from openanomaly.config import Pipeline
+    from openanomaly.detect import score_range
     from openanomaly.models.registry import load_forecaster
     from openanomaly.series import SeriesMatrix
-    from openanomaly.window import score_range
 
     rng = np.random.default_rng(5)
     step, n = 60_000, 120

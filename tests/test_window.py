@@ -25,11 +25,12 @@ import pytest
 
 from openanomaly.cli import main
 from openanomaly.config import TSDBSettings
+from openanomaly.detect import score_range
 from openanomaly.models.registry import load_forecaster
 from openanomaly.scheduler import Scheduler
 from openanomaly.series import SeriesMatrix
 from openanomaly.tsdb import PrometheusClient
-from openanomaly.window import fetch, score_range, write
+from openanomaly.window import fetch, write
 from tests.fixtures.servers import TSDBServer, free_port
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ model becomes its own ``ForecasterDeployment`` named ``Forecaster-<name>`` (so
 handle per model and picks one by the request's ``model`` field.
 
 The ingress stays a thin shim: it validates requests, forwards contexts to the
-batched deployment, and for ``/v1/detect`` runs ``openanomaly.detect.detect`` (the same
+batched deployment, and for ``/v1/detect`` runs ``openanomaly.detect.score_range`` (the same
 rolling, no-look-ahead code the scheduled pipelines run) with the deployment handle as
 its forecaster.
 
@@ -52,6 +52,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openanomaly.config import Pipeline
+from openanomaly.detect import score_range
 from openanomaly.errors import (
     ConfigError,
     DataError,
@@ -103,7 +104,6 @@ from openanomaly.serve.schemas import (
     grid_of,
     values_array,
 )
-from openanomaly.window import score_range
 
 __all__ = [
     "TOKEN_ENV",
@@ -750,7 +750,7 @@ class Ingress:
         """Score the last ``score_last`` points of every series, each against a forecast
         made from the ``context_length`` points before it (rolling, no look-ahead).
 
-        Runs ``openanomaly.window.score_range``, what every scheduled window runs: the
+        Runs ``openanomaly.detect.score_range``, what every scheduled window runs: the
         request's (series, chunk) contexts go to the model in batched calls.
         """
         body = await _parse(DetectRequest, request, self.limits)

@@ -2,8 +2,8 @@
 
 The layout (:mod:`openanomaly.ui.app`) only collects form values and shows what these
 functions return, so everything here is testable with plain calls. Scores come from the
-production window path: :func:`openanomaly.window.fetch` (``query_range``) and
-:func:`openanomaly.window.score_range`, exactly what ``openanomaly backtest`` and the
+production window path: :func:`openanomaly.window.fetch` (``query_range``, checked) and
+:func:`openanomaly.detect.score_range`, exactly what ``openanomaly backtest`` and the
 scheduler compute, so a picture in the playground is what a scheduled run would have written.
 
 Errors are :class:`~openanomaly.errors.OpenAnomalyError` subclasses whose messages a
@@ -26,11 +26,11 @@ from pydantic import ValidationError
 
 from openanomaly.config import Pipeline, Schedule, parse_duration
 from openanomaly.csvseries import read_csv_series
-from openanomaly.detect import Detection
+from openanomaly.detect import Detection, score_range
 from openanomaly.errors import OpenAnomalyError, PlaygroundInputError
 from openanomaly.series import format_labels
 from openanomaly.times import format_iso, parse_time
-from openanomaly.window import fetch, score_range, scored_range
+from openanomaly.window import fetch, scored_range
 
 if TYPE_CHECKING:
     import altair as alt
@@ -373,7 +373,7 @@ def run_query(
         )
     series = fetch(client, pipeline, start_ms=start_ms, end_ms=end_ms)
     forecaster = forecaster if forecaster is not None else load_model(pipeline)
-    detection = score_range(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms)
+    detection = score_range(series, pipeline, forecaster, start_ms=start_ms, end_ms=end_ms, checked=True)
     return _result(pipeline, detection, start_ms=start_ms, end_ms=end_ms, max_series=max_series)
 
 
