@@ -57,9 +57,9 @@ def start_vm(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def load(url: str, *, metric: str, series: int, start_ms: int, end_ms: int) -> float:
     """Write ``series`` daily-seasonal series at 1-minute step over ``[start, end]``; seconds taken."""
-    from openanomaly.config import TSDBSettings
-    from openanomaly.series import SeriesMatrix
-    from openanomaly.tsdb import PrometheusClient
+    from openanomaly.core.config import TSDBSettings
+    from openanomaly.core.series import SeriesMatrix
+    from openanomaly.io.tsdb import PrometheusClient
 
     t = np.arange(start_ms, end_ms + 1, MIN, dtype=np.int64)
     rng = np.random.default_rng(0)

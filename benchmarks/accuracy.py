@@ -8,8 +8,8 @@ Usage::
 
 For each model and each labelled file it builds the same ``Pipeline`` a user would
 write (model spec + params, ``step``, ``infer_every``, ``context``, band quantiles) and
-runs :func:`openanomaly.detect.score_range`: rolling, chunk by chunk, each chunk forecast
-only from the points before it, scored by :mod:`openanomaly.scoring`. The resulting
+runs :func:`openanomaly.core.detect.score_range`: rolling, chunk by chunk, each chunk forecast
+only from the points before it, scored by :mod:`openanomaly.core.scoring`. The resulting
 ``anomaly_score`` series is then scored with the NAB method (three profiles), pooled
 event-wise F1 and VUS-PR (:mod:`openanomaly.evaluation`).
 
@@ -44,9 +44,10 @@ from typing import Any
 import numpy as np
 from _results import RESULTS, write_result
 
-from openanomaly.checks import check_fittable
-from openanomaly.config import CalibrationConfig, ModelConfig, Pipeline, Schedule, ScoringConfig
-from openanomaly.detect import score_range
+from openanomaly.configstore.checks import check_fittable
+from openanomaly.core.config import CalibrationConfig, ModelConfig, Pipeline, Schedule, ScoringConfig
+from openanomaly.core.detect import score_range
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.evaluation import (
     PRODUCTION_THRESHOLD,
     PROFILES,
@@ -62,7 +63,6 @@ from openanomaly.evaluation import (
 from openanomaly.models.base import Forecaster
 from openanomaly.models.fitted import fit_global, load_global
 from openanomaly.models.registry import load_forecaster
-from openanomaly.series import SeriesMatrix
 
 DEFAULT_OUT = RESULTS / "accuracy.json"
 DAY = timedelta(days=1)

@@ -30,7 +30,7 @@ import numpy as np
 from _results import RESULTS, write_result
 from accuracy import MODELS, _load, _score_corpus, _subset_metrics, dataset_of
 
-import openanomaly.calibration as stage
+import openanomaly.core.calibration as stage
 
 
 def _gpd_tail(records: np.ndarray, rate: float, min_count: int) -> np.ndarray:
@@ -81,7 +81,7 @@ RULES: dict[str, dict[str, Any]] = {
     "record 3/4 of the context": {"RECORD_SHARE": 0.75},
     "tail above the 95th percentile": {"TAIL_FRACTION": 0.05},
 }
-"""Each alternative: names in ``openanomaly.calibration`` and what replaces them."""
+"""Each alternative: names in ``openanomaly.core.calibration`` and what replaces them."""
 
 
 @contextmanager

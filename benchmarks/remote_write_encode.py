@@ -23,10 +23,10 @@ import httpx
 import numpy as np
 from _results import RESULTS, write_result
 
-from openanomaly import _remote_write
-from openanomaly.config import TSDBSettings
-from openanomaly.series import SeriesMatrix
-from openanomaly.tsdb import PrometheusClient
+from openanomaly.core.config import TSDBSettings
+from openanomaly.core.series import SeriesMatrix
+from openanomaly.io import remote_write as _remote_write
+from openanomaly.io.tsdb import PrometheusClient
 
 
 def main() -> None:

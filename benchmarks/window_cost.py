@@ -18,10 +18,10 @@ import time
 import numpy as np
 from _results import RESULTS, write_result
 
-from openanomaly.config import Pipeline
-from openanomaly.detect import score_range
+from openanomaly.core.config import Pipeline
+from openanomaly.core.detect import score_range
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.models.registry import load_forecaster
-from openanomaly.series import SeriesMatrix
 
 STEP_MS = 300_000
 

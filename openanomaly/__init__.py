@@ -3,7 +3,8 @@
 This module is the public import surface; it stays light (no torch, Ray or boto3).
 """
 
-from openanomaly.config import Config, Pipeline, Settings
+from openanomaly.core.config import Config, Pipeline, Settings
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import (
     ArtifactError,
     ConfigError,
@@ -16,7 +17,6 @@ from openanomaly.errors import (
     UnknownModelSpec,
 )
 from openanomaly.models.base import Forecaster, QuantileForecast
-from openanomaly.series import SeriesMatrix
 
 __all__ = [
     "ArtifactError",

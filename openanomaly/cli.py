@@ -21,19 +21,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
-from openanomaly.config import Config, Pipeline, format_duration
-from openanomaly.configstore import YamlConfigStore
-from openanomaly.csvseries import read_csv_series
-from openanomaly.episodes import EpisodeCollector, check_labels, print_episodes, print_label_check
+from openanomaly.configstore.files import YamlConfigStore
+from openanomaly.core.config import Config, Pipeline, format_duration
+from openanomaly.core.episodes import EpisodeCollector, check_labels, print_episodes, print_label_check
+from openanomaly.core.series import format_labels
+from openanomaly.core.times import format_iso as _iso
+from openanomaly.core.times import parse_time
 from openanomaly.errors import ConfigError, OpenAnomalyError, UsageError
-from openanomaly.series import format_labels
-from openanomaly.times import format_iso as _iso
-from openanomaly.times import parse_time
+from openanomaly.io.csvseries import read_csv_series
 
 if TYPE_CHECKING:
-    from openanomaly.detect import Detection
+    from openanomaly.core.detect import Detection
     from openanomaly.models.base import Forecaster
-    from openanomaly.window import RunResult
+    from openanomaly.runtime.window import RunResult
 
 __all__ = ["EXAMPLES_DIR", "UsageError", "main", "parse_time", "read_csv_series"]
 
@@ -114,7 +114,7 @@ def _write_out(path: Path, collectors: Sequence[FrameCollector]) -> int:
 
 def _load_config(path: str) -> Config:
     """The file's settings with the pipelines of its store (the file, or S3: ``settings.config_store``)."""
-    from openanomaly.pipelinestore import open_stores
+    from openanomaly.configstore.pipelines import open_stores
 
     return open_stores(path)[0].load()
 
@@ -181,8 +181,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     if not args.once:
         return _run_scheduler(args, config)
-    from openanomaly.tsdb import PrometheusClient
-    from openanomaly.window import fetch, latest_window, local_scorer, run_window
+    from openanomaly.io.tsdb import PrometheusClient
+    from openanomaly.runtime.window import fetch, latest_window, local_scorer, run_window
 
     pipelines = _select(config, args.pipeline, args.config)
     now_ms = parse_time(args.now) if args.now else int(datetime.now(UTC).timestamp() * 1000)
@@ -210,8 +210,8 @@ def _run_scheduler(args: argparse.Namespace, config: Config) -> int:
 
     import ray
 
-    from openanomaly.raystart import start_ray
-    from openanomaly.scheduler import Scheduler
+    from openanomaly.runtime.raystart import start_ray
+    from openanomaly.runtime.scheduler import Scheduler
 
     if args.pipeline:
         raise UsageError("--pipeline works with --once; the scheduler runs every pipeline of the file")
@@ -276,8 +276,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     import ray
 
-    from openanomaly.raystart import start_ray
-    from openanomaly.scheduler import start_scheduler
+    from openanomaly.runtime.raystart import start_ray
+    from openanomaly.runtime.scheduler import start_scheduler
 
     _load_config(args.config)  # a bad file is an error here, where the person who made it sees it
     path = str(Path(args.config).resolve())
@@ -303,8 +303,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from openanomaly.tsdb import PrometheusClient
-    from openanomaly.window import Tally, iter_blocks, local_scorer, run_window
+    from openanomaly.io.tsdb import PrometheusClient
+    from openanomaly.runtime.window import Tally, iter_blocks, local_scorer, run_window
 
     config = _load_config(args.config)
     pipelines = _select(config, args.pipeline, args.config)
@@ -396,8 +396,8 @@ def _with_model(pipeline: Pipeline, spec: str) -> Pipeline:
 
 
 def cmd_example(args: argparse.Namespace) -> int:
-    from openanomaly.detect import score_range
-    from openanomaly.window import scored_range
+    from openanomaly.core.detect import score_range
+    from openanomaly.runtime.window import scored_range
 
     config_path = EXAMPLES_DIR / "example.yaml"
     if not config_path.exists():
@@ -439,9 +439,9 @@ def cmd_example(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The compose demo's stack as local processes (:mod:`openanomaly.demostack`)."""
-    from openanomaly.config import parse_duration
-    from openanomaly.demostack import run_demo
+    """The compose demo's stack as local processes (:mod:`openanomaly.demo.stack`)."""
+    from openanomaly.core.config import parse_duration
+    from openanomaly.demo.stack import run_demo
 
     try:
         duration = parse_duration(args.duration).total_seconds()

@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from openanomaly.artifacts import (
+from openanomaly.core.config import ArtifactSettings
+from openanomaly.errors import ArtifactError
+from openanomaly.io.artifacts import (
     GLOBAL_SERIES_KEY,
     FileStore,
     MemoryStore,
@@ -24,8 +26,6 @@ from openanomaly.artifacts import (
     save_model,
     series_key,
 )
-from openanomaly.config import ArtifactSettings
-from openanomaly.errors import ArtifactError
 
 
 def test_series_key_is_stable_and_order_independent() -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from openanomaly.calibration import AlertPolicy, lookback
-from openanomaly.config import Pipeline
-from openanomaly.detect import score_range
+from openanomaly.core.calibration import AlertPolicy, lookback
+from openanomaly.core.config import Pipeline
+from openanomaly.core.detect import score_range
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.models.neural import NHITSForecaster
+from openanomaly.models.reference import LEVEL_WINDOW
 from openanomaly.models.registry import load_forecaster
-from openanomaly.reference import LEVEL_WINDOW
-from openanomaly.series import SeriesMatrix
 
 STEP_MS = 300_000  # 5 minutes: a day is 288 points
 DAY = 288

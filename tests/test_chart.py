@@ -13,7 +13,7 @@ No cluster here, so the chart is checked the way an API server would check it:
 * against the code: every ``import_path`` in ``serveConfigV2`` names a module of the
   ``openanomaly`` package, the default applications are those of the repository's
   ``serve_config.yaml``, and the rendered ``pipelines.yaml`` loads with
-  ``openanomaly.configstore.load_config`` given the Secret's keys as environment.
+  ``openanomaly.configstore.files.load_config`` given the Secret's keys as environment.
 
 Helm comes from ``$HELM`` or ``PATH``. A missing helm FAILS the test rather than skipping
 it (with the install command: ``tests/fixtures/tools.py``): ``.ci/run`` installs one, so a
@@ -37,7 +37,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from openanomaly.configstore import load_config
+from openanomaly.configstore.files import load_config
 from tests.fixtures.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]

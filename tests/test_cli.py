@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from openanomaly.cli import EXAMPLES_DIR, _parser, main
+from openanomaly.core.times import parse_time
 from openanomaly.errors import UsageError
-from openanomaly.times import parse_time
 
 VALID = """\
 settings: {tsdb: {url: "http://127.0.0.1:1"}}
@@ -184,10 +184,10 @@ def test_bundled_pipelines_file_validates(capsys, monkeypatch):
 def test_bundled_pipelines_file_runs(monkeypatch):
     """What validate accepts in the shipped file also runs: every pipeline scores a window,
     the Chronos one with the Chronos-Bolt shipped in the package, as a user's would."""
-    from openanomaly.configstore import YamlConfigStore
-    from openanomaly.detect import score_range
+    from openanomaly.configstore.files import YamlConfigStore
+    from openanomaly.core.detect import score_range
+    from openanomaly.core.series import SeriesMatrix
     from openanomaly.models.registry import load_forecaster
-    from openanomaly.series import SeriesMatrix
 
     config = YamlConfigStore(EXAMPLES_DIR / "pipelines.yaml", env={}).load()
     step = 60_000
@@ -250,7 +250,7 @@ def test_a_backtest_summary_says_how_many_points_were_warm_up(capsys):
     # Points whose residual record is shorter than min_history get no score: they are not
     # in the CSV or the episodes, and the summary counts them and says why.
     from openanomaly.cli import _print_result
-    from openanomaly.window import RunResult
+    from openanomaly.runtime.window import RunResult
 
     _print_result(RunResult("p", 0, 3_600_000, 1, 1, 40, 0, 160, points_in=60))
     out = capsys.readouterr().out

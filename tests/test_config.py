@@ -3,8 +3,8 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from openanomaly.config import CalibrationConfig, Pipeline, format_duration, parse_duration
-from openanomaly.configstore import load_config
+from openanomaly.configstore.files import load_config
+from openanomaly.core.config import CalibrationConfig, Pipeline, format_duration, parse_duration
 from openanomaly.errors import ConfigValidationError
 
 

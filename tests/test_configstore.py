@@ -3,7 +3,7 @@ import textwrap
 
 import pytest
 
-from openanomaly.configstore import (
+from openanomaly.configstore.files import (
     ConfigStore,
     ConfigValidationError,
     YamlConfigStore,

@@ -1,7 +1,7 @@
 """The Grafana dashboard's every panel query returns data from a real VictoriaMetrics.
 
 Grafana itself is not installable here, so the test does what Grafana would do with
-the JSON: the demo data (``openanomaly.demo``) goes into the session's VictoriaMetrics,
+the JSON: the demo data (``openanomaly.demo.writer``) goes into the session's VictoriaMetrics,
 the production backtest scores it with ``default`` and remote-writes the scores, a real
 ``scheduler.metrics_text`` is imported as the ``/metrics`` scrape would store it; then
 each template variable is resolved from the TSDB (``label_values`` through the labels
@@ -20,13 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
-from openanomaly.config import Pipeline
-from openanomaly.demo import INCIDENTS, demo_series
+from openanomaly.core.config import Pipeline
+from openanomaly.core.series import SeriesMatrix
+from openanomaly.demo.writer import INCIDENTS, demo_series
+from openanomaly.io.tsdb import PrometheusClient
 from openanomaly.models.registry import load_forecaster
-from openanomaly.scheduler import PipelineStatus, metrics_text
-from openanomaly.series import SeriesMatrix
-from openanomaly.tsdb import PrometheusClient
-from openanomaly.window import Tally, iter_blocks, local_scorer, run_window
+from openanomaly.runtime.scheduler import PipelineStatus, metrics_text
+from openanomaly.runtime.window import Tally, iter_blocks, local_scorer, run_window
 from tests.fixtures.servers import TSDBServer, unique_metric
 
 DASHBOARD = (

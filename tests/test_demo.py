@@ -1,4 +1,4 @@
-"""``openanomaly demo``: the compose demo's stack as local processes (openanomaly.demostack).
+"""``openanomaly demo``: the compose demo's stack as local processes (openanomaly.demo.stack).
 
 The end-to-end tests run the command as a user does, against the Debian binaries
 (victoria-metrics, vmalert), with the incidents a minute apart instead of two so that
@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from openanomaly.cli import main
-from openanomaly.demo import INCIDENTS, MINUTE_MS, incident_starts
-from openanomaly.demostack import ALERT_LOOKBACK_MS, ANOMALY_ALERT, AlertEvent, AlertWatcher, match_alerts
+from openanomaly.demo.stack import ALERT_LOOKBACK_MS, ANOMALY_ALERT, AlertEvent, AlertWatcher, match_alerts
+from openanomaly.demo.writer import INCIDENTS, MINUTE_MS, incident_starts
 from tests.fixtures.tools import require_tool
 
 T0 = 1_800_000_000_000 // MINUTE_MS * MINUTE_MS

@@ -4,13 +4,13 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from openanomaly.config import Pipeline
-from openanomaly.detect import align_to_grid, default_batch_chunks, score_range
+from openanomaly.core.config import Pipeline
+from openanomaly.core.detect import align_to_grid, default_batch_chunks, score_range
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import DataError, ModelError
 from openanomaly.models.base import QuantileForecast
 from openanomaly.models.registry import load_forecaster
-from openanomaly.series import SeriesMatrix
-from openanomaly.window import output_labels, output_matrix
+from openanomaly.runtime.window import output_labels, output_matrix
 
 STEP = 60_000
 

@@ -13,14 +13,14 @@ import pytest
 import yaml
 
 from openanomaly.cli import main
-from openanomaly.config import Pipeline
-from openanomaly.csvseries import read_csv_series
-from openanomaly.detect import score_range
+from openanomaly.core.config import Pipeline
+from openanomaly.core.detect import score_range
+from openanomaly.core.series import SeriesMatrix
+from openanomaly.core.times import parse_time
+from openanomaly.io.csvseries import read_csv_series
+from openanomaly.io.tsdb import PrometheusClient
 from openanomaly.models.registry import load_forecaster
-from openanomaly.series import SeriesMatrix
-from openanomaly.times import parse_time
-from openanomaly.tsdb import PrometheusClient
-from openanomaly.window import fetch
+from openanomaly.runtime.window import fetch
 from tests.fixtures.servers import TSDBServer, unique_metric
 
 pytestmark = pytest.mark.integration

@@ -6,8 +6,8 @@ import io
 
 import numpy as np
 
-from openanomaly.detect import Detection
-from openanomaly.episodes import EpisodeCollector, check_labels, print_episodes
+from openanomaly.core.detect import Detection
+from openanomaly.core.episodes import EpisodeCollector, check_labels, print_episodes
 
 MINUTE = 60_000
 

@@ -65,7 +65,12 @@ def test_no_exception_class_outside_errors_module() -> None:
 
     import openanomaly
 
-    light = ("openanomaly.cli", "openanomaly.config", "openanomaly.configstore", "openanomaly.tsdb")
+    light = (
+        "openanomaly.cli",
+        "openanomaly.core.config",
+        "openanomaly.configstore.files",
+        "openanomaly.io.tsdb",
+    )
     modules = [import_module(name) for name in light]
     modules += [
         import_module(info.name)

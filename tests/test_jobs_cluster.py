@@ -13,10 +13,10 @@ import uuid
 import numpy as np
 import pytest
 
-from openanomaly.artifacts import S3Store, list_models, series_key
-from openanomaly.jobs import JobOptions, _shard_queries, matrix_from_table, table_from_matrix
-from openanomaly.series import SeriesMatrix
-from openanomaly.tsdb import PrometheusClient
+from openanomaly.core.series import SeriesMatrix
+from openanomaly.io.artifacts import S3Store, list_models, series_key
+from openanomaly.io.tsdb import PrometheusClient
+from openanomaly.runtime.runner import JobOptions, _shard_queries, matrix_from_table, table_from_matrix
 
 MIN = 60_000
 N_SERIES = 60
@@ -93,7 +93,7 @@ def _pid(_actor) -> int:
 
 
 def _start(config: str, s3, name: str):
-    from openanomaly.scheduler import start_scheduler
+    from openanomaly.runtime.scheduler import start_scheduler
 
     # The defaults a user gets (scheduler CPUs, job options), on the 2-CPU test cluster.
     return start_scheduler(
@@ -252,8 +252,8 @@ class _CrashingForecaster:
 def test_worker_dying_mid_job_is_retried_by_ray(ray_cluster, victoria_metrics, base_ms, tmp_path) -> None:
     import pathlib
 
-    from openanomaly.config import Pipeline, Settings
-    from openanomaly.jobs import run_job
+    from openanomaly.core.config import Pipeline, Settings
+    from openanomaly.runtime.runner import run_job
 
     metric = f"crash_{uuid.uuid4().hex[:8]}"
     n = 24

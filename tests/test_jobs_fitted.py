@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from openanomaly.checks import check_fittable
-from openanomaly.config import Pipeline
+from openanomaly.configstore.checks import check_fittable
+from openanomaly.core.config import Pipeline
 from openanomaly.errors import ConfigError, ModelError
 from openanomaly.models.fitted import fit_per_series, load_series_model
 
@@ -85,11 +85,11 @@ def test_nhits_fitted_stored_in_s3_and_scored_by_a_fresh_worker(s3, tmp_path, mo
     """
     import uuid
 
-    from openanomaly.artifacts import GLOBAL_SERIES_KEY, S3Store, list_models
-    from openanomaly.config import Settings
-    from openanomaly.jobs import WindowScorer, train_global
+    from openanomaly.core.config import Settings
+    from openanomaly.core.series import SeriesMatrix
+    from openanomaly.io.artifacts import GLOBAL_SERIES_KEY, S3Store, list_models
     from openanomaly.models.neural import NHITSForecaster
-    from openanomaly.series import SeriesMatrix
+    from openanomaly.runtime.runner import WindowScorer, train_global
 
     monkeypatch.chdir(tmp_path)  # pytorch-lightning must not leave logs or checkpoints here
     for name, value in s3.env().items():

@@ -20,8 +20,8 @@ import httpx
 import pytest
 import yaml
 
-from openanomaly.configstore import load_config
-from openanomaly.demo import LABELS, run
+from openanomaly.configstore.files import load_config
+from openanomaly.demo.writer import LABELS, run
 from openanomaly.serve.app import AppSettings
 from tests.fixtures.servers import TSDBServer
 

@@ -48,7 +48,7 @@ def app(
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    from openanomaly.scheduler import get_scheduler
+    from openanomaly.runtime.scheduler import get_scheduler
     from openanomaly.serve.app import AppSettings, build
     from tests.fixtures.servers import free_port
 
@@ -170,7 +170,7 @@ def test_create_list_run_edit_delete(app: dict[str, Any]) -> None:
 def _scheduler_status(app: dict[str, Any]) -> dict[str, Any]:
     import ray
 
-    from openanomaly.scheduler import get_scheduler
+    from openanomaly.runtime.scheduler import get_scheduler
 
     actor = get_scheduler(name=app["link"]["name"], namespace=app["link"]["namespace"])
     return ray.get(actor.status.remote())
@@ -236,7 +236,7 @@ def test_dot_names_are_422_in_both_stores(app: dict[str, Any], name: str) -> Non
 
 
 def test_validate_matches_the_cli_and_yaml_bodies_work(app: dict[str, Any], tmp_path: Path) -> None:
-    from openanomaly.configstore import load_config
+    from openanomaly.configstore.files import load_config
     from openanomaly.errors import ConfigValidationError
 
     bad = {"name": "v", **DEFINITION, "schedule": {"infer_every": "7m", "context": "1h"}, "step": "2m"}

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
+from openanomaly.configstore.admin import PipelineAdmin, PipelineInvalid
+from openanomaly.configstore.pipelines import open_stores
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import PipelineNotFound, PlaygroundInputError, PreconditionFailed
-from openanomaly.pipeline_admin import PipelineAdmin, PipelineInvalid
-from openanomaly.pipelinestore import open_stores
-from openanomaly.series import SeriesMatrix
-from openanomaly.tsdb import PrometheusClient
+from openanomaly.io.tsdb import PrometheusClient
 from openanomaly.ui.app import Playground
 from openanomaly.ui.pipelines_tab import NEW, TEMPLATE, PipelinesPanel
 from tests.fixtures.servers import TSDBServer, unique_metric
@@ -41,7 +41,7 @@ def pipelines_file(tmp_path: Path, victoria_metrics: TSDBServer) -> Path:
 def test_create_edit_validate_delete_through_the_tab(pipelines_file: Path, caplog) -> None:
     panel = _panel(pipelines_file)
     assert panel.names() == [NEW] and panel.open(NEW) == (TEMPLATE, "")
-    with caplog.at_level(logging.INFO, logger="openanomaly.pipeline_admin"):
+    with caplog.at_level(logging.INFO, logger="openanomaly.configstore.admin"):
         name, etag, message = panel.save(NEW, TEMPLATE, "", *NOBODY)
     assert name == "my-pipeline" and "created" in message
     assert any(

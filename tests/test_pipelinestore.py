@@ -13,22 +13,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from openanomaly.config import ArtifactSettings
-from openanomaly.configstore import ConfigStore, ConfigValidationError, YamlConfigStore
-from openanomaly.errors import (
-    ArtifactError,
-    ConfigError,
-    InvalidPipelineName,
-    PipelineNotFound,
-    PreconditionFailed,
-)
-from openanomaly.pipelinestore import (
+from openanomaly.configstore.files import ConfigStore, ConfigValidationError, YamlConfigStore
+from openanomaly.configstore.pipelines import (
     PipelineStore,
     S3ConfigStore,
     S3PipelineStore,
     YamlPipelineStore,
     definition_etag,
     open_stores,
+)
+from openanomaly.core.config import ArtifactSettings
+from openanomaly.errors import (
+    ArtifactError,
+    ConfigError,
+    InvalidPipelineName,
+    PipelineNotFound,
+    PreconditionFailed,
 )
 from tests.fixtures.s3 import S3Endpoint
 
@@ -423,8 +423,8 @@ def _closed_port() -> int:
 def test_the_scheduler_runs_a_pipeline_created_in_s3_at_its_next_tick(
     tmp_path: Path, bucket: ArtifactSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from openanomaly.artifacts import MemoryStore
-    from openanomaly.scheduler import Scheduler
+    from openanomaly.io.artifacts import MemoryStore
+    from openanomaly.runtime.scheduler import Scheduler
 
     monkeypatch.setenv("VM_TOKEN", "t")
     windows: list[str] = []
@@ -464,7 +464,7 @@ def test_a_store_switch_while_running_is_refused_until_a_restart(
     tmp_path: Path, bucket: ArtifactSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 25: yaml -> s3 on a running service left the scheduler on the file, silently."""
-    from openanomaly.pipeline_admin import PipelineAdmin
+    from openanomaly.configstore.admin import PipelineAdmin
 
     monkeypatch.setenv("VM_TOKEN", "t")
     path = s3_file(tmp_path, bucket)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from openanomaly.cli import main
-from openanomaly.raystart import ATTEMPTS_ENV, TIMEOUT_ENV, auth_notice
+from openanomaly.runtime.raystart import ATTEMPTS_ENV, TIMEOUT_ENV, auth_notice
 
 CONFIG = "settings:\n  tsdb:\n    url: http://127.0.0.1:9\npipelines: []\n"
 

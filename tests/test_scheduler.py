@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from openanomaly.artifacts import MemoryStore
 from openanomaly.errors import QueryError
-from openanomaly.scheduler import Scheduler, due_windows, fit_due
+from openanomaly.io.artifacts import MemoryStore
+from openanomaly.runtime.scheduler import Scheduler, due_windows, fit_due
 
 MIN = 60_000
 T0 = 1_700_000_000_000 // (60 * MIN) * (60 * MIN)  # an hour boundary
@@ -232,7 +232,7 @@ def test_an_edit_keeps_progress_unless_query_or_step_changed_and_a_removal_stops
 
 
 def test_unfittable_pipeline_is_refused_at_load_and_the_last_good_config_runs(tmp_path) -> None:
-    """Config loading rejects what a run would (openanomaly.checks); the scheduler keeps going."""
+    """Config loading rejects what a run would (openanomaly.configstore.checks); the scheduler keeps going."""
     path = tmp_path / "p.yaml"
     recorder = Recorder()
     scheduler = _scheduler(_yaml(path, PIPE.format(name="ok", query="b")), recorder)
@@ -272,7 +272,7 @@ def test_ensure_scheduler_starts_once_and_keeps_the_running_one(
 
     import ray
 
-    from openanomaly.scheduler import ensure_scheduler
+    from openanomaly.runtime.scheduler import ensure_scheduler
 
     config = _yaml(tmp_path / "pipelines.yaml", PIPE.format(name="a", query="m"))
     other = _yaml(tmp_path / "other.yaml", PIPE.format(name="b", query="m"))
@@ -282,7 +282,7 @@ def test_ensure_scheduler_starts_once_and_keeps_the_running_one(
     try:
         assert ray.get(first.source.remote()) == config
         assert [p["name"] for p in ray.get(first.status.remote())["pipelines"]] == ["a"]
-        with caplog.at_level("WARNING", logger="openanomaly.scheduler"):
+        with caplog.at_level("WARNING", logger="openanomaly.runtime.scheduler"):
             second = ensure_scheduler(other, autostart=False, num_cpus=0.05, **options)
         assert second._actor_id == first._actor_id
         assert ray.get(second.source.remote()) == config
@@ -371,8 +371,8 @@ def test_a_window_without_samples_stays_due_then_is_reported_as_a_gap(tmp_path) 
     # or a scrape gap. The window is not marked done: it is retried (no_data) while it is
     # younger than gap_after_ms, scored as soon as samples arrive, and reported as a gap
     # (gaps_total, a warning) after that.
-    from openanomaly.scheduler import gap_after_ms
-    from openanomaly.window import RunResult
+    from openanomaly.runtime.scheduler import gap_after_ms
+    from openanomaly.runtime.window import RunResult
 
     samples = {"arrived": False}
     clock = {"now": T0}
@@ -417,7 +417,7 @@ def test_scheduler_actor_survives_a_bad_file(ray_cluster, tmp_path) -> None:
 
     import ray
 
-    from openanomaly.scheduler import start_scheduler
+    from openanomaly.runtime.scheduler import start_scheduler
 
     path = tmp_path / "p.yaml"
     path.write_text("pipelines: [oops")
@@ -459,7 +459,7 @@ def test_a_run_past_the_time_limit_shows_as_stalled(tmp_path) -> None:
 @pytest.mark.integration
 def test_a_model_that_cannot_be_placed_times_out_visibly(ray_cluster, tmp_path) -> None:
     """A model actor asking for a GPU the cluster lacks: the window fails with a reason, it never hangs."""
-    from openanomaly.jobs import JobOptions
+    from openanomaly.runtime.runner import JobOptions
 
     config = _yaml(tmp_path / "p.yaml", PIPE.format(name="gpu", query="up"))
     scheduler = Scheduler(

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from openanomaly.core.scoring import FLAT_BAND_REL, band_score, score_forecast
 from openanomaly.errors import ModelError
 from openanomaly.models.base import QuantileForecast
-from openanomaly.scoring import FLAT_BAND_REL, band_score, score_forecast
 
 BAND = {"yhat": 10.0, "yhat_lower": 8.0, "yhat_upper": 12.0}
 

@@ -312,7 +312,7 @@ def test_unloadable_model_fails_the_deployment_with_its_message(api: httpx.Clien
 def test_pipeline_endpoints_talk_to_the_scheduler(api: httpx.Client, tmp_path: Any) -> None:
     import ray
 
-    from openanomaly.scheduler import start_scheduler
+    from openanomaly.runtime.scheduler import start_scheduler
 
     missing = api.get("/v1/pipelines")
     assert missing.status_code == 503
@@ -351,10 +351,10 @@ def test_detect_scores_what_the_window_path_scores(api: httpx.Client) -> None:
     """``/v1/detect`` runs the one window path: the same numbers as ``detect.score_range``."""
     from datetime import timedelta
 
-    from openanomaly.config import Pipeline
-    from openanomaly.detect import score_range
+    from openanomaly.core.config import Pipeline
+    from openanomaly.core.detect import score_range
+    from openanomaly.core.series import SeriesMatrix
     from openanomaly.models.registry import load_forecaster
-    from openanomaly.series import SeriesMatrix
 
     rng = np.random.default_rng(5)
     step, n = 60_000, 120
@@ -399,7 +399,7 @@ def test_a_bad_pipelines_file_never_takes_the_api_down(api: httpx.Client, tmp_pa
     import ray
     from ray import serve
 
-    from openanomaly.scheduler import get_scheduler
+    from openanomaly.runtime.scheduler import get_scheduler
     from openanomaly.serve.app import AppSettings, build
 
     config = tmp_path / "pipelines.yaml"

@@ -14,11 +14,11 @@ import httpx
 import numpy as np
 import pytest
 
-from openanomaly import _remote_write
-from openanomaly.config import TSDBSettings
+from openanomaly.core.config import TSDBSettings
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import QueryError, RemoteWriteError
-from openanomaly.series import SeriesMatrix
-from openanomaly.tsdb import PrometheusClient, backoff_delay
+from openanomaly.io import remote_write as _remote_write
+from openanomaly.io.tsdb import PrometheusClient, backoff_delay
 
 URL = "http://tsdb.test:8428"
 STEP = 60_000
@@ -239,7 +239,7 @@ def test_remote_write_gives_up_after_retries() -> None:
 def test_remote_write_retries_429_honouring_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
     """The remote-write spec: 429 is retried, after at least the server's Retry-After."""
     waits: list[float] = []
-    monkeypatch.setattr("openanomaly.tsdb.time.sleep", waits.append)
+    monkeypatch.setattr("openanomaly.io.tsdb.time.sleep", waits.append)
     responses = iter(
         [httpx.Response(429, headers={"Retry-After": "2"}), httpx.Response(429), httpx.Response(204)]
     )

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import QueryError
-from openanomaly.series import SeriesMatrix
-from openanomaly.tsdb import PrometheusClient
+from openanomaly.io.tsdb import PrometheusClient
 from tests.fixtures.servers import TSDBServer, free_port, unique_metric
 
 pytestmark = pytest.mark.integration

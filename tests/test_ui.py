@@ -14,10 +14,10 @@ import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from openanomaly.config import TSDBSettings, parse_duration
+from openanomaly.core.config import TSDBSettings, parse_duration
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import DataError, QueryError
-from openanomaly.series import SeriesMatrix
-from openanomaly.tsdb import PrometheusClient
+from openanomaly.io.tsdb import PrometheusClient
 from openanomaly.ui import Playground, build_playground, make_chart, mount_playground, run_csv, run_query
 from openanomaly.ui.app import AD_HOC, SOURCES
 from openanomaly.ui.compute import (
@@ -181,7 +181,7 @@ def test_handler_runs_a_configured_pipeline_and_shows_errors_as_gr_error(
             }
         )
     )
-    from openanomaly.configstore import YamlConfigStore
+    from openanomaly.configstore.files import YamlConfigStore
 
     playground = Playground(config=YamlConfigStore(path), clock=lambda: last)
     assert playground.pipeline_names() == [AD_HOC, "spiky"]

@@ -24,13 +24,13 @@ import pandas as pd
 import pytest
 
 from openanomaly.cli import main
-from openanomaly.config import TSDBSettings
-from openanomaly.detect import score_range
+from openanomaly.core.config import TSDBSettings
+from openanomaly.core.detect import score_range
+from openanomaly.core.series import SeriesMatrix
+from openanomaly.io.tsdb import PrometheusClient
 from openanomaly.models.registry import load_forecaster
-from openanomaly.scheduler import Scheduler
-from openanomaly.series import SeriesMatrix
-from openanomaly.tsdb import PrometheusClient
-from openanomaly.window import fetch, write
+from openanomaly.runtime.scheduler import Scheduler
+from openanomaly.runtime.window import fetch, write
 from tests.fixtures.servers import TSDBServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -103,7 +103,7 @@ def _settle(server: TSDBServer, pipeline: str, start_ms: int, end_ms: int, serie
 
 
 def _expected(server: TSDBServer, config: Path, name: str, start_ms: int, end_ms: int):
-    from openanomaly.configstore import YamlConfigStore
+    from openanomaly.configstore.files import YamlConfigStore
 
     pipeline = YamlConfigStore(config).load().pipeline(name)
     with PrometheusClient(server.settings) as client:
@@ -239,7 +239,7 @@ def test_a_retried_write_that_landed_needs_the_dedup_flag(server_name, copies, r
 
 def test_every_path_writes_the_same_samples(victoria_metrics, ray_cluster, tmp_path, capsys) -> None:
     """Scheduler, run --once, backtest (TSDB and --out) and the playground agree bit for bit."""
-    from openanomaly.configstore import YamlConfigStore
+    from openanomaly.configstore.files import YamlConfigStore
     from openanomaly.ui.compute import run_query
 
     metric = f"paths_{uuid.uuid4().hex[:8]}"
@@ -293,7 +293,7 @@ def test_three_pipelines_with_default_options_complete_every_window_on_two_cpus(
     """The stall users met: fits, scoring and the scheduler on ``ray.init(num_cpus=2)`` with defaults."""
     import ray
 
-    from openanomaly.scheduler import start_scheduler
+    from openanomaly.runtime.scheduler import start_scheduler
 
     assert ray.cluster_resources()["CPU"] == 2
     metric = f"three_{uuid.uuid4().hex[:8]}"

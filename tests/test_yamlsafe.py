@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from openanomaly.configstore.yamlsafe import DEFINITION_LIMITS, FILE_LIMITS, load_json, load_yaml
 from openanomaly.errors import ConfigError
-from openanomaly.yamlsafe import DEFINITION_LIMITS, FILE_LIMITS, load_json, load_yaml
 
 
 def alias_bomb(levels: int, *, fold: int = 9) -> str:

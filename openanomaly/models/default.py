@@ -2,9 +2,9 @@
 
 Pick it when you do not know which model to use: no fitting, no GPU, no per-metric
 tuning, vectorised numpy over the whole batch. It forecasts with the stage's own
-reference (:mod:`openanomaly.reference`): the level median of the last few points or a
+reference (:mod:`openanomaly.models.reference`): the level median of the last few points or a
 daily / weekly profile, whichever predicted the series' recent past best. Like every
-model it is followed by the calibration stage (:mod:`openanomaly.calibration`), which
+model it is followed by the calibration stage (:mod:`openanomaly.core.calibration`), which
 alone turns its forecast into ``anomaly_score``.
 
 Its quantiles are normal quantiles of its recent one-step error (mean absolute residual
@@ -25,7 +25,7 @@ import numpy as np
 from openanomaly.errors import ModelError
 from openanomaly.models.base import QuantileForecast, check_forecast, validate_quantile_levels
 from openanomaly.models.baselines import as_contexts
-from openanomaly.reference import candidate_forecasts, choose, seasonal_periods, window_sums
+from openanomaly.models.reference import candidate_forecasts, choose, seasonal_periods, window_sums
 
 __all__ = ["DefaultForecaster"]
 

@@ -7,7 +7,7 @@ model becomes its own ``ForecasterDeployment`` named ``Forecaster-<name>`` (so
 handle per model and picks one by the request's ``model`` field.
 
 The ingress stays a thin shim: it validates requests, forwards contexts to the
-batched deployment, and for ``/v1/detect`` runs ``openanomaly.detect.score_range`` (the same
+batched deployment, and for ``/v1/detect`` runs ``openanomaly.core.detect.score_range`` (the same
 rolling, no-look-ahead code the scheduled pipelines run) with the deployment handle as
 its forecaster.
 
@@ -51,8 +51,10 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from openanomaly.config import Pipeline
-from openanomaly.detect import score_range
+from openanomaly.configstore.admin import PipelineAdmin, PipelineInvalid, create_starter_file
+from openanomaly.core.config import Pipeline
+from openanomaly.core.detect import score_range
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import (
     ConfigError,
     DataError,
@@ -64,9 +66,7 @@ from openanomaly.errors import (
 )
 from openanomaly.models.base import QuantileForecast
 from openanomaly.models.trust import models_root
-from openanomaly.pipeline_admin import PipelineAdmin, PipelineInvalid, create_starter_file
-from openanomaly.scheduler import DEFAULT_NAME, DEFAULT_NAMESPACE, ensure_scheduler
-from openanomaly.series import SeriesMatrix
+from openanomaly.runtime.scheduler import DEFAULT_NAME, DEFAULT_NAMESPACE, ensure_scheduler
 from openanomaly.serve.bodies import parse_body
 from openanomaly.serve.forecaster import (
     ForecasterConfig,
@@ -510,7 +510,7 @@ def _grid(request: DetectRequest) -> tuple[SeriesMatrix, int]:
     values line up). With timestamps, every series must carry them; they are aligned on
     the step inferred from the first series (``detect.align_to_grid`` semantics).
     """
-    from openanomaly.detect import align_to_grid
+    from openanomaly.core.detect import align_to_grid
 
     series = request.series
     labels = tuple({"series": str(i)} for i in range(len(series)))
@@ -750,7 +750,7 @@ class Ingress:
         """Score the last ``score_last`` points of every series, each against a forecast
         made from the ``context_length`` points before it (rolling, no look-ahead).
 
-        Runs ``openanomaly.detect.score_range``, what every scheduled window runs: the
+        Runs ``openanomaly.core.detect.score_range``, what every scheduled window runs: the
         request's (series, chunk) contexts go to the model in batched calls.
         """
         body = await _parse(DetectRequest, request, self.limits)

@@ -1,5 +1,5 @@
 """``/v1/pipelines``: list, read, validate, create/replace, delete, version history and
-manual runs of pipelines, over :class:`~openanomaly.pipeline_admin.PipelineAdmin`.
+manual runs of pipelines, over :class:`~openanomaly.configstore.admin.PipelineAdmin`.
 
 Concurrency follows HTTP: every read returns the definition's ``ETag``; a ``PUT`` or
 ``DELETE`` with ``If-Match`` fails with 412 when someone changed the pipeline since,
@@ -11,7 +11,7 @@ when the app manages no pipelines file) and ``app.state.scheduler`` (a function 
 the scheduler actor); both raise :class:`SchedulerUnavailable` saying what is missing.
 Store calls block (a file lock, S3), and parsing and validating a body walks it, so
 both run in a thread, off the event loop; a body is parsed within
-:data:`~openanomaly.yamlsafe.DEFINITION_LIMITS` first, so that walk is small.
+:data:`~openanomaly.configstore.yamlsafe.DEFINITION_LIMITS` first, so that walk is small.
 
 No ``from __future__ import annotations``: FastAPI reads the annotations at run time.
 """
@@ -23,10 +23,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 
-from openanomaly.config import PIPELINE_NAME, PIPELINE_NAME_MAX
+from openanomaly.configstore.admin import PipelineAdmin, definition_name, parse_definition, to_yaml
+from openanomaly.configstore.pipelines import StoredPipeline
+from openanomaly.core.config import PIPELINE_NAME, PIPELINE_NAME_MAX
 from openanomaly.errors import SchedulerUnavailable
-from openanomaly.pipeline_admin import PipelineAdmin, definition_name, parse_definition, to_yaml
-from openanomaly.pipelinestore import StoredPipeline
 from openanomaly.serve.guard import require_write
 from openanomaly.serve.schemas import RequestError, clip
 

@@ -40,7 +40,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from openanomaly.config import JSON_INT, Int, ScoringConfig
+from openanomaly.core.config import JSON_INT, Int, ScoringConfig
 
 __all__ = [
     "MAX_ID_CHARS",

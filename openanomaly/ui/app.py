@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from openanomaly.config import Config, Pipeline, TSDBSettings
-from openanomaly.configstore import ConfigStore
+from openanomaly.configstore.admin import PipelineAdmin
+from openanomaly.configstore.files import ConfigStore
+from openanomaly.configstore.pipelines import open_stores
+from openanomaly.core.config import Config, Pipeline, TSDBSettings
 from openanomaly.errors import ModelError, OpenAnomalyError
 from openanomaly.models.trust import check_untrusted_spec, models_root
-from openanomaly.pipeline_admin import PipelineAdmin
-from openanomaly.pipelinestore import open_stores
 from openanomaly.serve.quiet import end_quietly_if_cancelled
 from openanomaly.ui.compute import (
     AD_HOC_FORM,
@@ -177,7 +177,7 @@ class Playground:
         pipeline = self.pipeline(name)
         if pipeline is None:
             return dict(AD_HOC_FORM)
-        from openanomaly.config import format_duration
+        from openanomaly.core.config import format_duration
 
         low, high = pipeline.scoring.quantiles
         return {
@@ -264,7 +264,7 @@ class Playground:
         """
         self.check_model(pipeline.model.spec)
         start_ms, end_ms = resolve_range(range_choice, start=start, end=end, now_ms=self.clock())
-        from openanomaly.tsdb import PrometheusClient
+        from openanomaly.io.tsdb import PrometheusClient
 
         with PrometheusClient(self.tsdb_settings(tsdb_url)) as client:
             return run_query(

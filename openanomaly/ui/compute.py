@@ -2,8 +2,8 @@
 
 The layout (:mod:`openanomaly.ui.app`) only collects form values and shows what these
 functions return, so everything here is testable with plain calls. Scores come from the
-production window path: :func:`openanomaly.window.fetch` (``query_range``, checked) and
-:func:`openanomaly.detect.score_range`, exactly what ``openanomaly backtest`` and the
+production window path: :func:`openanomaly.runtime.window.fetch` (``query_range``, checked) and
+:func:`openanomaly.core.detect.score_range`, exactly what ``openanomaly backtest`` and the
 scheduler compute, so a picture in the playground is what a scheduled run would have written.
 
 Errors are :class:`~openanomaly.errors.OpenAnomalyError` subclasses whose messages a
@@ -24,20 +24,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
-from openanomaly.config import Pipeline, Schedule, parse_duration
-from openanomaly.csvseries import read_csv_series
-from openanomaly.detect import Detection, score_range
+from openanomaly.core.config import Pipeline, Schedule, parse_duration
+from openanomaly.core.detect import Detection, score_range
+from openanomaly.core.series import format_labels
+from openanomaly.core.times import format_iso, parse_time
 from openanomaly.errors import OpenAnomalyError, PlaygroundInputError
-from openanomaly.series import format_labels
-from openanomaly.times import format_iso, parse_time
-from openanomaly.window import fetch, scored_range
+from openanomaly.io.csvseries import read_csv_series
+from openanomaly.runtime.window import fetch, scored_range
 
 if TYPE_CHECKING:
     import altair as alt
     import pandas as pd
 
     from openanomaly.models.base import Forecaster
-    from openanomaly.window import TSDBClient
+    from openanomaly.runtime.window import TSDBClient
 
 __all__ = [
     "AD_HOC_FORM",
@@ -179,7 +179,7 @@ class PlaygroundResult:
 
 
 def _duration(value: Any) -> str:
-    from openanomaly.config import format_duration
+    from openanomaly.core.config import format_duration
 
     return format_duration(value)
 
@@ -315,7 +315,7 @@ def infer_step(path: str | Path) -> str:
     """
     import pandas as pd
 
-    from openanomaly.config import format_duration
+    from openanomaly.core.config import format_duration
 
     path = Path(path)
     try:
@@ -450,7 +450,7 @@ def _result(
 def _episodes(detection: Detection, *, step_ms: int) -> pd.DataFrame:
     import pandas as pd
 
-    from openanomaly.episodes import EpisodeCollector, by_peak
+    from openanomaly.core.episodes import EpisodeCollector, by_peak
 
     collector = EpisodeCollector(pipeline=_AD_HOC, step_ms=step_ms)
     collector.add(detection)

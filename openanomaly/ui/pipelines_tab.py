@@ -1,7 +1,7 @@
 """The playground's Pipelines tab: the pipelines' list with their state, a YAML editor with
 the API's validation, create, delete, run now, and a backtest of a range.
 
-Every action goes through :class:`~openanomaly.pipeline_admin.PipelineAdmin`, the code
+Every action goes through :class:`~openanomaly.configstore.admin.PipelineAdmin`, the code
 behind ``/v1/pipelines``, so the tab shows the API's (and ``openanomaly validate``'s)
 messages and takes the same ``ETag`` precautions: an edit saved over someone else's newer
 version is refused. Writes need a principal that may write (the admin token's login);
@@ -19,16 +19,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from openanomaly.errors import OpenAnomalyError, PlaygroundInputError
-from openanomaly.pipeline_admin import (
+from openanomaly.configstore.admin import (
     PipelineAdmin,
     PipelineInvalid,
     definition_name,
     parse_definition,
     to_yaml,
 )
+from openanomaly.core.times import format_iso
+from openanomaly.errors import OpenAnomalyError, PlaygroundInputError
 from openanomaly.serve.quiet import end_quietly_if_cancelled
-from openanomaly.times import format_iso
 from openanomaly.ui.compute import RANGE_CHOICES, PlaygroundResult
 
 if TYPE_CHECKING:

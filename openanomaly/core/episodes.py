@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
-from openanomaly.series import format_labels
+from openanomaly.core.series import format_labels
 
 if TYPE_CHECKING:
-    from openanomaly.detect import Detection
+    from openanomaly.core.detect import Detection
 
 __all__ = [
     "Episode",

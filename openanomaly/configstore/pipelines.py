@@ -1,7 +1,7 @@
 """Where pipelines are stored and edited: the writable port behind the pipelines API.
 
 ``PipelineStore`` keeps pipeline definitions *as written* (``${VAR}`` not expanded) and
-only stores: the caller validates (``openanomaly.configstore.config_from_tree``) before a
+only stores: the caller validates (``openanomaly.configstore.files.config_from_tree``) before a
 ``put``. Every stored pipeline has an ``etag`` (16 hex chars of the SHA-256 of its
 canonical JSON), equal iff the definitions are equal, so an editor can say "replace it
 only if it is still what I read" (``if_match``) and lose with
@@ -35,9 +35,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import yaml
 
-from openanomaly.artifacts import S3Store, open_store, replace_atomically
-from openanomaly.config import PIPELINE_NAME, PIPELINE_NAME_MAX, ArtifactSettings, Config
-from openanomaly.configstore import (
+from openanomaly.configstore.files import (
     ConfigStore,
     FileVersion,
     YamlConfigStore,
@@ -47,6 +45,8 @@ from openanomaly.configstore import (
     parse_config,
     read_text,
 )
+from openanomaly.configstore.yamlsafe import DEFINITION_LIMITS
+from openanomaly.core.config import PIPELINE_NAME, PIPELINE_NAME_MAX, ArtifactSettings, Config
 from openanomaly.errors import (
     ArtifactError,
     ConfigError,
@@ -54,7 +54,7 @@ from openanomaly.errors import (
     PipelineNotFound,
     PreconditionFailed,
 )
-from openanomaly.yamlsafe import DEFINITION_LIMITS
+from openanomaly.io.artifacts import S3Store, open_store, replace_atomically
 
 __all__ = [
     "PipelineStore",
@@ -165,7 +165,7 @@ def _stored(definition: dict[str, Any]) -> StoredPipeline:
 
 
 def checked_name(name: str, *, source: str) -> str:
-    """``name`` if a pipeline can have it (:data:`~openanomaly.config.PIPELINE_NAME`), for every store.
+    """``name`` if a pipeline can have it (:data:`~openanomaly.core.config.PIPELINE_NAME`), for every store.
 
     Each store calls it before a name becomes a lookup, a list entry or an S3 key, so
     ``..`` (or ``%2e%2e`` decoded) is refused alike everywhere instead of being stored
@@ -362,7 +362,7 @@ def _mtime_ms(path: Path) -> int | None:
 
 
 def _replace_atomically(path: Path, data: bytes, *, like: Path) -> None:
-    """:func:`~openanomaly.artifacts.replace_atomically` with ``like``'s permission bits."""
+    """:func:`~openanomaly.io.artifacts.replace_atomically` with ``like``'s permission bits."""
     try:
         replace_atomically(path, data, mode=stat.S_IMODE(like.stat().st_mode))
     except OSError as error:
@@ -656,10 +656,10 @@ def _lost_race(error: Exception) -> bool:
 
 
 class S3ConfigStore:
-    """A :class:`~openanomaly.configstore.ConfigStore`: settings from the YAML file, pipelines from S3.
+    """A :class:`~openanomaly.configstore.files.ConfigStore`: settings from the YAML file, pipelines from S3.
 
     ``load()`` validates the assembled tree with exactly the rules and messages of a
-    file (:func:`~openanomaly.configstore.config_from_tree`). ``changed()`` costs one
+    file (:func:`~openanomaly.configstore.files.config_from_tree`). ``changed()`` costs one
     stat of the file and one LIST of ``current/`` (:meth:`S3PipelineStore.fingerprint`),
     so the scheduler sees an edit made through any process within one tick.
 

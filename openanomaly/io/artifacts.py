@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from openanomaly.config import ArtifactSettings
+from openanomaly.core.config import ArtifactSettings
 from openanomaly.errors import ArtifactError, ArtifactNotFound
 
 __all__ = [

@@ -2,21 +2,21 @@
 
 :func:`run_window` is the one composition of fetch → score → write; every path that
 writes scores runs it: the scheduler's windows (warm model actor and Ray Data job, in
-:mod:`openanomaly.jobs`), ``openanomaly run --once`` and ``openanomaly backtest``. So they
+:mod:`openanomaly.runtime.runner`), ``openanomaly run --once`` and ``openanomaly backtest``. So they
 all compute and write the same samples (the playground and ``/v1/detect`` score with the
-same core, :func:`openanomaly.detect.score_range`, and write nothing)::
+same core, :func:`openanomaly.core.detect.score_range`, and write nothing)::
 
     grid ─► fetch (context + range, checked) ─► score (forecast → calibrate → score) ─► labels ─► write
 
 - **Grid.** Windows are ``((k - 1) * infer_every, k * infer_every]`` (:func:`latest_window`);
-  forecast chunks sit on the same absolute grid (:mod:`openanomaly.detect`), so a point
+  forecast chunks sit on the same absolute grid (:mod:`openanomaly.core.detect`), so a point
   gets the same forecast whichever path scores it.
 - **Fetch.** :func:`fetch` reads the pipeline's query over the range plus the context
   of its first chunk, on the step grid, and checks it once
-  (:func:`~openanomaly.detect.check_input`); a long range comes in batches
+  (:func:`~openanomaly.core.detect.check_input`); a long range comes in batches
   (:func:`iter_blocks`), a Ray Data job in shards (:func:`check_block`).
 - **Score.** A :data:`Scorer` turns the checked block into a
-  :class:`~openanomaly.detect.Detection`: :func:`local_scorer` runs the pure core in this
+  :class:`~openanomaly.core.detect.Detection`: :func:`local_scorer` runs the pure core in this
   process; the scheduler passes one that runs the same core in a warm model actor.
 - **Labels.** :func:`output_matrix`: the input's labels plus ``for``/``model``.
 - **Write, idempotently.** :func:`write` first reads which output samples already exist
@@ -40,11 +40,11 @@ from typing import Protocol
 
 import numpy as np
 
-from openanomaly.config import Pipeline
-from openanomaly.detect import Detection, Progress, check_input, default_batch_chunks, score_range
+from openanomaly.core.config import Pipeline
+from openanomaly.core.detect import Detection, Progress, check_input, default_batch_chunks, score_range
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import DataError
 from openanomaly.models.base import Forecaster
-from openanomaly.series import SeriesMatrix
 
 __all__ = [
     "RunResult",
@@ -75,7 +75,7 @@ Scorer = Callable[[SeriesMatrix, int, int], Detection]
 
 
 class TSDBClient(Protocol):
-    """What the window path needs from :class:`openanomaly.tsdb.PrometheusClient`."""
+    """What the window path needs from :class:`openanomaly.io.tsdb.PrometheusClient`."""
 
     def query_range(self, query: str, *, start_ms: int, end_ms: int, step_ms: int) -> SeriesMatrix: ...
 
@@ -149,7 +149,7 @@ def fetch_start(pipeline: Pipeline, start_ms: int) -> int:
 
 def fetch(client: TSDBClient, pipeline: Pipeline, *, start_ms: int, end_ms: int) -> SeriesMatrix:
     """The window's block: the pipeline's query over ``(start_ms, end_ms]`` plus the context
-    before it, on its step grid, checked by :func:`~openanomaly.detect.check_input`.
+    before it, on its step grid, checked by :func:`~openanomaly.core.detect.check_input`.
 
     Raises:
         QueryError: the TSDB failed.
@@ -168,7 +168,7 @@ def _query(client: TSDBClient, pipeline: Pipeline, *, start_ms: int, end_ms: int
 
 
 def check_block(block: SeriesMatrix, pipeline: Pipeline) -> DataError | None:
-    """:func:`~openanomaly.detect.check_input` for one part of something bigger (a batch of
+    """:func:`~openanomaly.core.detect.check_input` for one part of something bigger (a batch of
     a long range, a shard of a Ray Data job), where a part with no data is a gap, not an error.
 
     Returns:

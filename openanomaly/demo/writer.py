@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from openanomaly.config import TSDBSettings, parse_duration
-from openanomaly.series import SeriesMatrix
-from openanomaly.tsdb import PrometheusClient
+from openanomaly.core.config import TSDBSettings, parse_duration
+from openanomaly.core.series import SeriesMatrix
+from openanomaly.io.tsdb import PrometheusClient
 
 __all__ = [
     "INCIDENTS",

@@ -7,7 +7,7 @@ ships ``victoria-metrics`` and ``vmalert``). The stack is the compose demo's, fr
 same definitions, so running one checks the other's logic:
 
 * VictoriaMetrics (a child, unless ``--tsdb`` names a running one);
-* the demo-data writer ``python -m openanomaly.demo`` (a child: :mod:`openanomaly.demo`
+* the demo-data writer ``python -m openanomaly.demo`` (a child: :mod:`openanomaly.demo.writer`
   holds the series and the incident schedule);
 * the scheduler actor on a local Ray, watched from the foreground, on the pipelines of
   ``examples/compose-pipelines.yaml`` with a file artifact store in the temporary folder
@@ -42,9 +42,16 @@ from typing import Any
 import httpx
 import yaml
 
-from openanomaly.demo import INCIDENTS, INCIDENTS_EVERY_MS, LABELS, MINUTE_MS, Incident, incident_starts
+from openanomaly.core.times import format_iso
+from openanomaly.demo.writer import (
+    INCIDENTS,
+    INCIDENTS_EVERY_MS,
+    LABELS,
+    MINUTE_MS,
+    Incident,
+    incident_starts,
+)
 from openanomaly.errors import OpenAnomalyError, UsageError
-from openanomaly.times import format_iso
 
 __all__ = [
     "ALERT_RULES",
@@ -453,8 +460,8 @@ def _run(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from openanomaly.raystart import start_ray
-    from openanomaly.scheduler import DEFAULT_NAMESPACE, start_scheduler
+    from openanomaly.runtime.raystart import start_ray
+    from openanomaly.runtime.scheduler import DEFAULT_NAMESPACE, start_scheduler
 
     delay_ms = _OTHER_TSDB_DELAY_MS
     if tsdb_url is None:
@@ -523,7 +530,7 @@ def _run(
         [
             sys.executable,
             "-m",
-            "openanomaly.demo",
+            "openanomaly.demo.writer",
             f"--url={tsdb_url}",
             f"--history={HISTORY}",
             f"--step={STEP}",

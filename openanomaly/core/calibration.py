@@ -46,8 +46,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from openanomaly.core.scoring import FLAT_BAND_REL, Direction, Score, band_score, score_forecast
 from openanomaly.models.base import QuantileForecast
-from openanomaly.reference import (
+from openanomaly.models.reference import (
     LEVEL_WINDOW,
     Periods,
     candidate_forecasts,
@@ -56,7 +57,6 @@ from openanomaly.reference import (
     seasonal_periods,
     window_sums,
 )
-from openanomaly.scoring import FLAT_BAND_REL, Direction, Score, band_score, score_forecast
 
 __all__ = ["AlertPolicy", "StageBands", "lookback", "score_chunks", "stage_bands", "sustained_rarity"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import UsageError
-from openanomaly.series import SeriesMatrix
 
 __all__ = ["read_csv_series"]
 
@@ -20,7 +20,7 @@ def read_csv_series(path: Path, *, step_ms: int, name: str) -> SeriesMatrix:
     """A ``timestamp,value`` CSV (the NAB layout) as a one-series SeriesMatrix on the step grid.
 
     Rows are sorted, duplicate timestamps keep the last row, and missing grid points
-    are NaN, so the result can go straight into :func:`openanomaly.detect.score_range`.
+    are NaN, so the result can go straight into :func:`openanomaly.core.detect.score_range`.
     Naive timestamps are UTC. The series gets ``__name__=name`` and ``source=<file name>``.
 
     Raises:
@@ -29,7 +29,7 @@ def read_csv_series(path: Path, *, step_ms: int, name: str) -> SeriesMatrix:
     """
     import pandas as pd
 
-    from openanomaly.detect import align_to_grid
+    from openanomaly.core.detect import align_to_grid
 
     try:
         frame = pd.read_csv(path)

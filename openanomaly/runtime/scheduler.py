@@ -6,8 +6,8 @@ Every ``tick`` (a background loop, or a test calling ``tick(now_ms=...)``) it
    shows the error in the status; pipelines added or removed take effect at once);
 2. for each pipeline that is not already running, computes the windows that are due
    and hands them to a worker thread, which runs (if due) a fit, then each window in
-   order through the one window path (:mod:`openanomaly.window`), scored by a warm model
-   actor (:class:`openanomaly.jobs.JobRunner`), persisting progress after each window.
+   order through the one window path (:mod:`openanomaly.runtime.window`), scored by a warm model
+   actor (:class:`openanomaly.runtime.runner.JobRunner`), persisting progress after each window.
 
 Windows sit on a fixed grid: ``((k - 1) * infer_every, k * infer_every]``. A pipeline
 that falls behind (a TSDB outage, a restart) catches up window by window on the same
@@ -57,11 +57,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from openanomaly.artifacts import ArtifactStore, MemoryStore, load_json, open_store, save_json
-from openanomaly.config import Config, Pipeline, Settings
-from openanomaly.configstore import ConfigStore
+from openanomaly.configstore.files import ConfigStore
+from openanomaly.configstore.pipelines import open_stores
+from openanomaly.core.config import Config, Pipeline, Settings
 from openanomaly.errors import ConfigError, NoSamples, NoSeries, OpenAnomalyError, WindowTimeout
-from openanomaly.pipelinestore import open_stores
+from openanomaly.io.artifacts import ArtifactStore, MemoryStore, load_json, open_store, save_json
 
 __all__ = [
     "DEFAULT_NAME",
@@ -204,9 +204,9 @@ class Scheduler:
         config: where pipelines and settings come from (a path to YAML or a ConfigStore).
         now: the clock, returning unix **milliseconds**; injected so tests drive time.
         store: where progress is persisted; default: the configured ArtifactStore.
-        run_window / run_fit: the jobs (default: :class:`openanomaly.jobs.JobRunner` on the
+        run_window / run_fit: the jobs (default: :class:`openanomaly.runtime.runner.JobRunner` on the
             Ray cluster this process is connected to); injectable for tests.
-        job_options: :class:`openanomaly.jobs.JobOptions` for the default jobs.
+        job_options: :class:`openanomaly.runtime.runner.JobOptions` for the default jobs.
         delay: milliseconds to wait after a window ends before scoring it (ingestion lag).
         max_catchup: windows one pipeline runs per tick when it is behind.
         tick_s: seconds between ticks of the background loop (``autostart=True``).
@@ -260,7 +260,7 @@ class Scheduler:
 
     def _jobs(self) -> Any:
         if self._runner is None:
-            from openanomaly.jobs import JobRunner
+            from openanomaly.runtime.runner import JobRunner
 
             self._runner = JobRunner(self._job_options)
         return self._runner
@@ -336,7 +336,7 @@ class Scheduler:
         changed one keeps its progress unless its query or step changed: then the old
         windows say nothing about the new series, and it starts again from the current one.
         """
-        from openanomaly.checks import check_fittable
+        from openanomaly.configstore.checks import check_fittable
 
         with self._lock:
             names = {pipeline.name for pipeline in config.pipelines}

@@ -1,7 +1,7 @@
 """Where the configuration comes from, and how a running service notices it changed.
 
 ``ConfigStore`` is the port the scheduler and the CLI use; ``YamlConfigStore`` reads a
-YAML file, and :mod:`openanomaly.pipelinestore` adds one that takes the settings from the
+YAML file, and :mod:`openanomaly.configstore.pipelines` adds one that takes the settings from the
 file and the pipelines from S3 (:func:`config_from_tree` validates what it assembles).
 Every problem becomes one :class:`~openanomaly.errors.ConfigError` that names the file,
 the pipeline (by name, else by index) and the field path, so ``openanomaly validate``
@@ -31,10 +31,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
-from openanomaly.checks import pipeline_problems
-from openanomaly.config import Config, Pipeline
+from openanomaly.configstore.checks import pipeline_problems
+from openanomaly.configstore.yamlsafe import FILE_LIMITS, YamlLimits, load_yaml
+from openanomaly.core.config import Config, Pipeline
 from openanomaly.errors import ConfigError, ConfigValidationError
-from openanomaly.yamlsafe import FILE_LIMITS, YamlLimits, load_yaml
 
 __all__ = [
     "ConfigStore",
@@ -55,7 +55,7 @@ _ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 @runtime_checkable
 class ConfigStore(Protocol):
-    """A source of :class:`~openanomaly.config.Config` that can say when it changed."""
+    """A source of :class:`~openanomaly.core.config.Config` that can say when it changed."""
 
     def load(self) -> Config:
         """The current configuration.
@@ -155,7 +155,7 @@ def parse_config(
 
     Raises:
         ConfigError: malformed YAML (with line and column), over ``limits``
-            (:func:`~openanomaly.yamlsafe.load_yaml`), an empty file, or a top level
+            (:func:`~openanomaly.configstore.yamlsafe.load_yaml`), an empty file, or a top level
             that is not a mapping.
     """
     raw = load_yaml(text, source=source, limits=limits)
@@ -187,7 +187,7 @@ def config_from_tree(
 
     A store that assembles the tree itself (settings from a file, pipelines from S3)
     gets exactly the checks and messages of a file. Beyond each field's own checks, a
-    pipeline is checked against its model's facts (:mod:`openanomaly.checks`): what a
+    pipeline is checked against its model's facts (:mod:`openanomaly.configstore.checks`): what a
     run would reject is refused here.
 
     Raises:
@@ -211,7 +211,7 @@ def config_from_tree(
             if problem.field not in hidden and "duplicate pipeline name" not in str(problem)
         ]
         raise ConfigValidationError(_unique(problems)) from None
-    # What a run would reject that no single field shows (:mod:`openanomaly.checks`).
+    # What a run would reject that no single field shows (:mod:`openanomaly.configstore.checks`).
     problems += _pipeline_checks(raw, source)
     if problems:
         raise ConfigValidationError(_unique(problems))

@@ -1,8 +1,8 @@
 """The pure detect core for one pipeline: context → forecast → score, rolling, no look-ahead.
 
 :func:`score_range` works on an in-memory
-:class:`~openanomaly.series.SeriesMatrix` and never read the clock, the network or Ray.
-Everything that scores a pipeline reaches it through :mod:`openanomaly.window` (the one
+:class:`~openanomaly.core.series.SeriesMatrix` and never read the clock, the network or Ray.
+Everything that scores a pipeline reaches it through :mod:`openanomaly.runtime.window` (the one
 window path: grid, fetch, score, labels, write), so the scheduler's windows, ``run
 --once``, ``backtest``, the playground and ``/v1/detect`` compute exactly the same thing.
 
@@ -22,7 +22,7 @@ Rolling semantics (the same for one scheduled window and for a year-long backtes
   never the chunk's own.
 - All ``(series, chunk)`` contexts of one call go to ONE batched ``forecast`` call as a
   2-D array left-padded with NaN, then through the calibration stage
-  (:mod:`openanomaly.calibration`), which reads only each chunk's context, so a
+  (:mod:`openanomaly.core.calibration`), which reads only each chunk's context, so a
   backtest scores thousands of chunks from shared arrays with the same result as one
   window at a time. :func:`score_range` splits a long range into batches of whole
   chunks, which gives the same numbers (each chunk sees the same context). A
@@ -44,11 +44,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from openanomaly.calibration import score_chunks
-from openanomaly.config import Pipeline
+from openanomaly.core.calibration import score_chunks
+from openanomaly.core.config import Pipeline
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import DataError, NoSeries
 from openanomaly.models.base import ChunkedForecaster, Forecaster, StepAware, check_forecast
-from openanomaly.series import SeriesMatrix
 
 __all__ = [
     "Detection",

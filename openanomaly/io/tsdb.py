@@ -43,10 +43,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from openanomaly import _remote_write
-from openanomaly.config import TSDBSettings
+from openanomaly.core.config import TSDBSettings
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import QueryError, RemoteWriteError, TSDBError
-from openanomaly.series import SeriesMatrix
+from openanomaly.io import remote_write as _remote_write
 
 __all__ = ["PrometheusClient", "backoff_delay"]
 
@@ -75,7 +75,7 @@ class PrometheusClient:
             ``httpx.MockTransport`` to check the wire format).
 
     Example:
-        >>> from openanomaly.config import TSDBSettings
+        >>> from openanomaly.core.config import TSDBSettings
         >>> with PrometheusClient(TSDBSettings(url="http://localhost:8428")) as tsdb:  # doctest: +SKIP
         ...     matrix = tsdb.query_range("up", start_ms=0, end_ms=3_600_000, step_ms=60_000)
         ...     tsdb.remote_write(matrix)

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from openanomaly.calibration import lookback
+from openanomaly.core.calibration import lookback
+from openanomaly.core.times import format_duration
 from openanomaly.errors import ConfigError
 from openanomaly.models.registry import ADAPTERS, ModelInfo, model_info
-from openanomaly.times import format_duration
 
 if TYPE_CHECKING:
-    from openanomaly.config import Pipeline
+    from openanomaly.core.config import Pipeline
 
 __all__ = ["Problem", "check_fittable", "fit_problems", "pipeline_problems"]
 

@@ -27,9 +27,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from openanomaly.calibration import AlertPolicy
+from openanomaly.core.calibration import AlertPolicy
+from openanomaly.core.times import format_duration, parse_duration
 from openanomaly.models.fitted import FitSpec
-from openanomaly.times import format_duration, parse_duration
 
 __all__ = [
     "PIPELINE_NAME",
@@ -212,7 +212,7 @@ class ArtifactSettings(_Strict):
 
 
 class ConfigStoreSettings(_Strict):
-    """Where pipelines are kept and edited (``openanomaly.pipelinestore``); settings come from the file.
+    """Where pipelines are kept and edited (:mod:`openanomaly.configstore`); settings come from the file.
 
     ``yaml``: the pipelines file itself (rewritten on each edit). ``s3``: one object per
     pipeline in the artifacts bucket, every version kept, so a cluster whose file is a
@@ -295,7 +295,7 @@ class Schedule(_Strict):
 
 
 class CalibrationConfig(_Strict):
-    """The alert policy after every forecaster (see ``openanomaly.calibration``).
+    """The alert policy after every forecaster (see ``openanomaly.core.calibration``).
 
     ``anomaly_score > 1`` means "rarer than ``false_alarms_per_week`` for this series",
     read off the series' own residual record; these are all the knobs it has.
@@ -345,7 +345,7 @@ class CalibrationConfig(_Strict):
 
 
 class ScoringConfig(_Strict):
-    """How forecasts turn into scores (see ``openanomaly.scoring`` and ``openanomaly.calibration``)."""
+    """How forecasts turn into scores: :mod:`openanomaly.core.scoring`, then the calibration stage."""
 
     quantiles: tuple[StrictFloat, StrictFloat] = (0.05, 0.95)
     direction: Literal["both", "above", "below"] = "both"

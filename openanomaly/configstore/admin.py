@@ -2,10 +2,10 @@
 (``/v1/pipelines/{name}``) and the playground's Pipelines tab.
 
 A change is checked with exactly the rules and messages of ``openanomaly validate``
-before anything is stored, goes to the configured :class:`~openanomaly.pipelinestore.PipelineStore`
+before anything is stored, goes to the configured :class:`~openanomaly.configstore.pipelines.PipelineStore`
 (the YAML file, or S3 with conditional writes and every version kept), and is logged
 with who made it. The scheduler notices the change on its next tick: it polls the same
-store (:func:`~openanomaly.pipelinestore.open_stores`).
+store (:func:`~openanomaly.configstore.pipelines.open_stores`).
 
 A definition sent here is never expanded: ``${VAR}`` is refused, because the server's
 environment holds its credentials and a pipeline's query and labels leave the process.
@@ -26,18 +26,18 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from openanomaly.config import Pipeline, format_duration
-from openanomaly.configstore import check_store_kind, load_config
-from openanomaly.errors import ConfigError, ConfigValidationError, ModelError, SchedulerUnavailable
-from openanomaly.models.trust import check_untrusted_spec
-from openanomaly.pipelinestore import (
+from openanomaly.configstore.files import check_store_kind, load_config
+from openanomaly.configstore.pipelines import (
     PipelineVersion,
     S3PipelineStore,
     StoredPipeline,
     open_stores,
     store_kind,
 )
-from openanomaly.yamlsafe import DEFINITION_LIMITS, load_json, load_yaml
+from openanomaly.configstore.yamlsafe import DEFINITION_LIMITS, load_json, load_yaml
+from openanomaly.core.config import Pipeline, format_duration
+from openanomaly.errors import ConfigError, ConfigValidationError, ModelError, SchedulerUnavailable
+from openanomaly.models.trust import check_untrusted_spec
 
 __all__ = [
     "STARTER_FILE",
@@ -89,7 +89,7 @@ class PipelineInvalid(ConfigValidationError):
 def parse_definition(body: bytes | str, *, content_type: str = "application/yaml") -> dict[str, Any]:
     """The pipeline mapping of a request body or an editor's text (YAML, or JSON).
 
-    Parsed within :data:`~openanomaly.yamlsafe.DEFINITION_LIMITS` (size, depth, aliases,
+    Parsed within :data:`~openanomaly.configstore.yamlsafe.DEFINITION_LIMITS` (size, depth, aliases,
     expanded values, plain tags) before anything walks it.
 
     Raises:
@@ -237,7 +237,7 @@ class PipelineAdmin:
     def check(self, name: str, definition: Mapping[str, Any]) -> Pipeline:
         """The validated pipeline ``definition`` would become under ``name``.
 
-        The rules are ``openanomaly validate``'s (:func:`~openanomaly.configstore.load_config`
+        The rules are ``openanomaly validate``'s (:func:`~openanomaly.configstore.files.load_config`
         on a file holding only this pipeline), so a definition accepted here loads.
 
         Raises:

@@ -1,7 +1,7 @@
 """Where a pipeline's windows and fits run on Ray: warm model actors, and Ray Data where it pays.
 
 **Scheduled windows** (:class:`JobRunner.run_window`) go through the one window path
-(:mod:`openanomaly.window`): the scheduler's worker thread fetches the window, a *warm
+(:mod:`openanomaly.runtime.window`): the scheduler's worker thread fetches the window, a *warm
 model actor* scores it, the thread writes what is new. A model actor
 (:class:`WindowScorer` on Ray) is started once per model and kept across windows and
 pipelines (one per zero-shot model spec and params; one per fitted pipeline, holding its
@@ -32,7 +32,7 @@ which cuts its rows into blocks itself (no repartition stage to wait for).
 
 Failure model: the TSDB client retries with backoff; if reads or writes still fail the
 window raises (``QueryError``/``RemoteWriteError``) and the scheduler retries it later.
-Writes skip samples already stored (:func:`openanomaly.window.write`), so a retried or
+Writes skip samples already stored (:func:`openanomaly.runtime.window.write`), so a retried or
 overlapping window never stores a second sample. A model actor that dies is restarted
 by Ray; the window in flight fails and is retried on the next tick. An artifact store
 that cannot be read is an error, never "no model for this series".
@@ -55,17 +55,9 @@ from typing import Any
 
 import numpy as np
 
-from openanomaly.artifacts import (
-    GLOBAL_SERIES_KEY,
-    ArtifactStore,
-    latest_model,
-    model_key,
-    open_store,
-    save_model,
-    series_key,
-)
-from openanomaly.config import Pipeline, Settings
-from openanomaly.detect import Detection, score_range
+from openanomaly.core.config import Pipeline, Settings
+from openanomaly.core.detect import Detection, score_range
+from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import (
     ArtifactError,
     ArtifactNotFound,
@@ -75,9 +67,17 @@ from openanomaly.errors import (
     OpenAnomalyError,
     WindowTimeout,
 )
+from openanomaly.io.artifacts import (
+    GLOBAL_SERIES_KEY,
+    ArtifactStore,
+    latest_model,
+    model_key,
+    open_store,
+    save_model,
+    series_key,
+)
 from openanomaly.models.base import Forecaster
-from openanomaly.series import SeriesMatrix
-from openanomaly.window import RunResult, Scorer, check_block, fetch_start, run_window
+from openanomaly.runtime.window import RunResult, Scorer, check_block, fetch_start, run_window
 
 __all__ = [
     "FitResult",
@@ -269,7 +269,7 @@ class WindowScorer:
 
     Plain Python: the scheduler runs it as a long-lived Ray actor (one per model), a Ray
     Data job as its scoring actors, tests call it directly. Scoring is
-    :func:`openanomaly.detect.score_range`, the pure core every path uses.
+    :func:`openanomaly.core.detect.score_range`, the pure core every path uses.
 
     Models are loaded on first use and kept: zero-shot forecasters per (spec, params);
     fitted per-series models per (pipeline, series, fit) in an LRU of ``model_cache``;
@@ -308,7 +308,7 @@ class WindowScorer:
         Raises:
             ArtifactError: the store could not be read, or a global model has no fit at or
                 before the window.
-            ModelError: as :func:`openanomaly.detect.score_range`.
+            ModelError: as :func:`openanomaly.core.detect.score_range`.
         """
         from openanomaly.models.fitted import is_global
 
@@ -508,7 +508,7 @@ class JobRunner:
     def scorer(
         self, settings: Settings, pipeline: Pipeline, *, fit_time_ms: int | None, deadline: float | None
     ) -> Scorer:
-        """A :data:`openanomaly.window.Scorer` that scores in the pipeline's warm model actor."""
+        """A :data:`openanomaly.runtime.window.Scorer` that scores in the pipeline's warm model actor."""
 
         def score(series: SeriesMatrix, start_ms: int, end_ms: int) -> Detection:
             return self._call(
@@ -546,7 +546,7 @@ class JobRunner:
         Raises:
             QueryError, RemoteWriteError, DataError, ModelError, ArtifactError, WindowTimeout.
         """
-        from openanomaly.tsdb import PrometheusClient
+        from openanomaly.io.tsdb import PrometheusClient
 
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if series_hint >= self.options.ray_data_min_series:
@@ -648,7 +648,7 @@ def _fetch(
     tasks. It cuts its own blocks, so one big query still feeds every scoring actor
     without a repartition stage.
     """
-    from openanomaly.tsdb import PrometheusClient
+    from openanomaly.io.tsdb import PrometheusClient
 
     with PrometheusClient(settings.tsdb) as client:
         step_ms = pipeline.step_ms
@@ -668,7 +668,7 @@ def _fetch_dataset(
     options: JobOptions,
 ) -> tuple[Any, _Budget]:
     """The job's fetch stage, and the budget sized for its shard count (see :func:`_budget`)."""
-    from openanomaly.tsdb import PrometheusClient
+    from openanomaly.io.tsdb import PrometheusClient
 
     data = _ray_data()
     with PrometheusClient(settings.tsdb) as client:
@@ -714,7 +714,7 @@ def _restart_args(options: JobOptions) -> dict[str, int]:
 
 
 class _BlockJob:
-    """A Ray Data scoring actor: each block of series is a :func:`~openanomaly.window.run_window`
+    """A Ray Data scoring actor: each block of series is a :func:`~openanomaly.runtime.window.run_window`
     with :class:`WindowScorer` as its scorer; returns the block's counts."""
 
     def __init__(
@@ -726,7 +726,7 @@ class _BlockJob:
         fit_time_ms: int | None,
         options: JobOptions,
     ) -> None:
-        from openanomaly.tsdb import PrometheusClient
+        from openanomaly.io.tsdb import PrometheusClient
 
         self.pipeline = pipeline
         self.window = (start_ms, end_ms)
@@ -913,7 +913,7 @@ def _fit_job(
     import ray
     from ray.exceptions import GetTimeoutError, RayTaskError
 
-    from openanomaly.checks import check_fittable
+    from openanomaly.configstore.checks import check_fittable
     from openanomaly.models.fitted import is_global
 
     check_fittable(pipeline)
