@@ -9,7 +9,7 @@ local Ray (``--cpus``, default 2) and times, in the same run, one window (10 new
 - ``warm``: :meth:`openanomaly.runtime.runner.JobRunner.run_window`, what the scheduler runs: the
   window path with its scoring in a warm model actor and the idempotent write (it reads
   the existing outputs first). Timed after one warm-up window that starts the actor.
-- ``ray_data-N``: :func:`openanomaly.runtime.runner.run_job`, the Ray Data job for very many series,
+- ``ray_data-N``: :func:`openanomaly.runtime.window_job.run_job`, the Ray Data job for very many series,
   with at most N scoring actors.
 
     uv run python benchmarks/job_throughput.py                 # full size
@@ -46,8 +46,10 @@ def main() -> None:
     from openanomaly.core.detect import score_range
     from openanomaly.io.tsdb import PrometheusClient
     from openanomaly.models.registry import load_forecaster
-    from openanomaly.runtime.runner import JobOptions, JobRunner, run_job
+    from openanomaly.runtime.options import JobOptions
+    from openanomaly.runtime.runner import JobRunner
     from openanomaly.runtime.window import fetch, output_matrix
+    from openanomaly.runtime.window_job import run_job
 
     end_ms = (int(time.time() * 1000) // (60 * MIN) - 1) * 60 * MIN
     with tempfile.TemporaryDirectory() as tmp:

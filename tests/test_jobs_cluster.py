@@ -16,7 +16,9 @@ import pytest
 from openanomaly.core.series import SeriesMatrix
 from openanomaly.io.artifacts import S3Store, list_models, series_key
 from openanomaly.io.tsdb import PrometheusClient
-from openanomaly.runtime.runner import JobOptions, _shard_queries, matrix_from_table, table_from_matrix
+from openanomaly.runtime.arrow import matrix_from_table, table_from_matrix
+from openanomaly.runtime.options import JobOptions
+from openanomaly.runtime.shards import _shard_queries
 
 MIN = 60_000
 N_SERIES = 60
@@ -253,7 +255,7 @@ def test_worker_dying_mid_job_is_retried_by_ray(ray_cluster, victoria_metrics, b
     import pathlib
 
     from openanomaly.core.config import Pipeline, Settings
-    from openanomaly.runtime.runner import run_job
+    from openanomaly.runtime.window_job import run_job
 
     metric = f"crash_{uuid.uuid4().hex[:8]}"
     n = 24

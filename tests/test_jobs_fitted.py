@@ -89,7 +89,8 @@ def test_nhits_fitted_stored_in_s3_and_scored_by_a_fresh_worker(s3, tmp_path, mo
     from openanomaly.core.series import SeriesMatrix
     from openanomaly.io.artifacts import GLOBAL_SERIES_KEY, S3Store, list_models
     from openanomaly.models.neural import NHITSForecaster
-    from openanomaly.runtime.runner import WindowScorer, train_global
+    from openanomaly.runtime.fits import train_global
+    from openanomaly.runtime.scorer import WindowScorer
 
     monkeypatch.chdir(tmp_path)  # pytorch-lightning must not leave logs or checkpoints here
     for name, value in s3.env().items():

@@ -459,7 +459,7 @@ def test_a_run_past_the_time_limit_shows_as_stalled(tmp_path) -> None:
 @pytest.mark.integration
 def test_a_model_that_cannot_be_placed_times_out_visibly(ray_cluster, tmp_path) -> None:
     """A model actor asking for a GPU the cluster lacks: the window fails with a reason, it never hangs."""
-    from openanomaly.runtime.runner import JobOptions
+    from openanomaly.runtime.options import JobOptions
 
     config = _yaml(tmp_path / "p.yaml", PIPE.format(name="gpu", query="up"))
     scheduler = Scheduler(

@@ -206,7 +206,7 @@ class Scheduler:
         store: where progress is persisted; default: the configured ArtifactStore.
         run_window / run_fit: the jobs (default: :class:`openanomaly.runtime.runner.JobRunner` on the
             Ray cluster this process is connected to); injectable for tests.
-        job_options: :class:`openanomaly.runtime.runner.JobOptions` for the default jobs.
+        job_options: :class:`openanomaly.runtime.options.JobOptions` for the default jobs.
         delay: milliseconds to wait after a window ends before scoring it (ingestion lag).
         max_catchup: windows one pipeline runs per tick when it is behind.
         tick_s: seconds between ticks of the background loop (``autostart=True``).
