@@ -35,7 +35,7 @@ def main() -> None:
 
     import ray
 
-    from openanomaly.runtime.scheduler import start_scheduler
+    from openanomaly.runtime.scheduler_actor import start_scheduler
 
     end_ms = (int(time.time() * 1000) // (60 * MIN) - 1) * 60 * MIN
     with tempfile.TemporaryDirectory() as tmp:

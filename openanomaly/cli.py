@@ -277,7 +277,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     import ray
 
     from openanomaly.runtime.raystart import start_ray
-    from openanomaly.runtime.scheduler import start_scheduler
+    from openanomaly.runtime.scheduler_actor import start_scheduler
 
     _load_config(args.config)  # a bad file is an error here, where the person who made it sees it
     path = str(Path(args.config).resolve())

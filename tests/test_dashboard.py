@@ -25,7 +25,7 @@ from openanomaly.core.series import SeriesMatrix
 from openanomaly.demo.writer import INCIDENTS, demo_series
 from openanomaly.io.tsdb import PrometheusClient
 from openanomaly.models.registry import load_forecaster
-from openanomaly.runtime.scheduler import PipelineStatus, metrics_text
+from openanomaly.runtime.status import PipelineStatus, metrics_text
 from openanomaly.runtime.window import Tally, iter_blocks, local_scorer, run_window
 from tests.fixtures.servers import TSDBServer, unique_metric
 

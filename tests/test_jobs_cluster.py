@@ -95,7 +95,7 @@ def _pid(_actor) -> int:
 
 
 def _start(config: str, s3, name: str):
-    from openanomaly.runtime.scheduler import start_scheduler
+    from openanomaly.runtime.scheduler_actor import start_scheduler
 
     # The defaults a user gets (scheduler CPUs, job options), on the 2-CPU test cluster.
     return start_scheduler(

@@ -48,7 +48,7 @@ def app(
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    from openanomaly.runtime.scheduler import get_scheduler
+    from openanomaly.runtime.scheduler_actor import get_scheduler
     from openanomaly.serve.app import AppSettings, build
     from tests.fixtures.servers import free_port
 
@@ -170,7 +170,7 @@ def test_create_list_run_edit_delete(app: dict[str, Any]) -> None:
 def _scheduler_status(app: dict[str, Any]) -> dict[str, Any]:
     import ray
 
-    from openanomaly.runtime.scheduler import get_scheduler
+    from openanomaly.runtime.scheduler_actor import get_scheduler
 
     actor = get_scheduler(name=app["link"]["name"], namespace=app["link"]["namespace"])
     return ray.get(actor.status.remote())

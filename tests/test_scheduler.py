@@ -14,7 +14,8 @@ import pytest
 
 from openanomaly.errors import QueryError
 from openanomaly.io.artifacts import MemoryStore
-from openanomaly.runtime.scheduler import Scheduler, due_windows, fit_due
+from openanomaly.runtime.plan import due_windows, fit_due
+from openanomaly.runtime.scheduler import Scheduler
 
 MIN = 60_000
 T0 = 1_700_000_000_000 // (60 * MIN) * (60 * MIN)  # an hour boundary
@@ -272,7 +273,7 @@ def test_ensure_scheduler_starts_once_and_keeps_the_running_one(
 
     import ray
 
-    from openanomaly.runtime.scheduler import ensure_scheduler
+    from openanomaly.runtime.scheduler_actor import ensure_scheduler
 
     config = _yaml(tmp_path / "pipelines.yaml", PIPE.format(name="a", query="m"))
     other = _yaml(tmp_path / "other.yaml", PIPE.format(name="b", query="m"))
@@ -371,7 +372,7 @@ def test_a_window_without_samples_stays_due_then_is_reported_as_a_gap(tmp_path) 
     # or a scrape gap. The window is not marked done: it is retried (no_data) while it is
     # younger than gap_after_ms, scored as soon as samples arrive, and reported as a gap
     # (gaps_total, a warning) after that.
-    from openanomaly.runtime.scheduler import gap_after_ms
+    from openanomaly.runtime.plan import gap_after_ms
     from openanomaly.runtime.window import RunResult
 
     samples = {"arrived": False}
@@ -417,7 +418,7 @@ def test_scheduler_actor_survives_a_bad_file(ray_cluster, tmp_path) -> None:
 
     import ray
 
-    from openanomaly.runtime.scheduler import start_scheduler
+    from openanomaly.runtime.scheduler_actor import start_scheduler
 
     path = tmp_path / "p.yaml"
     path.write_text("pipelines: [oops")

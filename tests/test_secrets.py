@@ -164,7 +164,7 @@ def api(
 def test_api_scheduler_and_ray_logs_hold_no_secret(api: httpx.Client, tmp_path: Path, reflector: str) -> None:
     import ray
 
-    from openanomaly.runtime.scheduler import start_scheduler
+    from openanomaly.runtime.scheduler_actor import start_scheduler
 
     tsdb = _with_token(reflector).replace("${VM_TOKEN}", VM_TOKEN) + "\n    retries: 0"
     scheduler = start_scheduler(str(_config(tmp_path, "scheduled", tsdb)), autostart=False, **SCHEDULER)

@@ -312,7 +312,7 @@ def test_unloadable_model_fails_the_deployment_with_its_message(api: httpx.Clien
 def test_pipeline_endpoints_talk_to_the_scheduler(api: httpx.Client, tmp_path: Any) -> None:
     import ray
 
-    from openanomaly.runtime.scheduler import start_scheduler
+    from openanomaly.runtime.scheduler_actor import start_scheduler
 
     missing = api.get("/v1/pipelines")
     assert missing.status_code == 503
@@ -399,7 +399,7 @@ def test_a_bad_pipelines_file_never_takes_the_api_down(api: httpx.Client, tmp_pa
     import ray
     from ray import serve
 
-    from openanomaly.runtime.scheduler import get_scheduler
+    from openanomaly.runtime.scheduler_actor import get_scheduler
     from openanomaly.serve.app import AppSettings, build
 
     config = tmp_path / "pipelines.yaml"

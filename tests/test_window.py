@@ -293,7 +293,7 @@ def test_three_pipelines_with_default_options_complete_every_window_on_two_cpus(
     """The stall users met: fits, scoring and the scheduler on ``ray.init(num_cpus=2)`` with defaults."""
     import ray
 
-    from openanomaly.runtime.scheduler import start_scheduler
+    from openanomaly.runtime.scheduler_actor import start_scheduler
 
     assert ray.cluster_resources()["CPU"] == 2
     metric = f"three_{uuid.uuid4().hex[:8]}"

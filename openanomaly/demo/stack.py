@@ -461,7 +461,7 @@ def _run(
     import ray
 
     from openanomaly.runtime.raystart import start_ray
-    from openanomaly.runtime.scheduler import DEFAULT_NAMESPACE, start_scheduler
+    from openanomaly.runtime.scheduler_actor import DEFAULT_NAMESPACE, start_scheduler
 
     delay_ms = _OTHER_TSDB_DELAY_MS
     if tsdb_url is None:

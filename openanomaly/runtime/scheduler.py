@@ -38,20 +38,18 @@ retried on the next tick, the others go on. Never two runs of one pipeline at on
 Each window has a time limit (``window_timeout``): a model actor that cannot be placed
 or a job that hangs ends the run with ``WindowTimeout``, shown in the status.
 
-Public helpers for the HTTP API (``GET /v1/pipelines``, ``POST /v1/pipelines/{name}/run``,
-``GET /metrics``): :func:`scheduler_status`, :func:`trigger_run`, :func:`scheduler_metrics`
-look the actor up by name.
+The Ray actor that runs it and the helpers that find it by name (for the HTTP API) are
+:mod:`openanomaly.runtime.scheduler_actor`; which windows are due, :mod:`~openanomaly.runtime.plan`;
+what the status shows, :mod:`~openanomaly.runtime.status`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -62,29 +60,13 @@ from openanomaly.configstore.pipelines import open_stores
 from openanomaly.core.config import Config, Pipeline, Settings
 from openanomaly.errors import ConfigError, NoSamples, NoSeries, OpenAnomalyError, WindowTimeout
 from openanomaly.io.artifacts import ArtifactStore, MemoryStore, load_json, open_store, save_json
+from openanomaly.runtime.plan import due_windows, fit_due, gap_after_ms
+from openanomaly.runtime.status import PipelineStatus, metrics_text
 
-__all__ = [
-    "DEFAULT_NAME",
-    "DEFAULT_NAMESPACE",
-    "PipelineProgress",
-    "PipelineStatus",
-    "Scheduler",
-    "SchedulerActor",
-    "due_windows",
-    "ensure_scheduler",
-    "fit_due",
-    "get_scheduler",
-    "metrics_text",
-    "scheduler_metrics",
-    "scheduler_status",
-    "start_scheduler",
-    "trigger_run",
-]
+__all__ = ["PipelineProgress", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "openanomaly-scheduler"
-DEFAULT_NAMESPACE = "openanomaly"
 _STATE_PREFIX = "_scheduler"
 
 RunWindow = Callable[..., Any]  # (settings, pipeline, *, start_ms, end_ms, fit_time_ms) -> RunResult
@@ -95,54 +77,8 @@ def _ms(duration: Any) -> int:
     return round(duration.total_seconds() * 1000)
 
 
-GAP_AFTER_MS = 3_600_000
-"""How long a window without samples stays due (at least ten windows): long enough for a
-TSDB restart or a delayed remote write, short enough that a dead target is reported."""
-
-
-def gap_after_ms(pipeline: Pipeline) -> int:
-    """How long after its end a window with no sample is retried before it is reported as a gap."""
-    return max(GAP_AFTER_MS, 10 * round(pipeline.schedule.infer_every.total_seconds() * 1000))
-
-
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def due_windows(
-    *, last_end_ms: int | None, now_ms: int, every_ms: int, delay_ms: int = 0, max_windows: int = 60
-) -> list[tuple[int, int]]:
-    """The windows ``(start, end]`` to score now, oldest first, at most ``max_windows``.
-
-    Windows end on multiples of ``every_ms`` and end at or before ``now - delay``. A
-    pipeline never run before starts with the latest complete window. After a gap the
-    missed windows come back in order (the rest on later ticks when over ``max_windows``).
-    If ``last_end_ms`` is off the grid (``infer_every`` was changed), the first window
-    runs from it to the next grid point, so nothing is skipped or scored twice.
-
-    Example:
-        >>> due_windows(last_end_ms=120_000, now_ms=250_000, every_ms=60_000)
-        [(120000, 180000), (180000, 240000)]
-    """
-    if every_ms <= 0:
-        raise ValueError(f"every_ms must be positive, got {every_ms}")
-    horizon = (now_ms - delay_ms) // every_ms * every_ms
-    if last_end_ms is None:
-        return [(horizon - every_ms, horizon)]
-    windows = []
-    start = last_end_ms
-    while len(windows) < max_windows:
-        end = start // every_ms * every_ms + every_ms
-        if end > horizon:
-            break
-        windows.append((start, end))
-        start = end
-    return windows
-
-
-def fit_due(*, last_fit_ms: int | None, window_start_ms: int, fit_every_ms: int) -> bool:
-    """True when the model must be (re)fitted before scoring a window starting at ``window_start_ms``."""
-    return last_fit_ms is None or window_start_ms - last_fit_ms >= fit_every_ms
 
 
 @dataclass
@@ -151,37 +87,6 @@ class PipelineProgress:
 
     last_end_ms: int | None = None
     last_fit_ms: int | None = None
-
-
-@dataclass
-class PipelineStatus:
-    """What ``GET /v1/pipelines`` shows for one pipeline (JSON-ready via ``asdict``)."""
-
-    name: str
-    model: str = ""
-    state: str = "idle"  # idle | running | no_data | failed | stalled | waiting | disabled
-    reason: str | None = None  # why the state is not idle/running
-    running: bool = False
-    running_for_s: float | None = None
-    last_end_ms: int | None = None
-    last_fit_ms: int | None = None
-    last_run_started: float | None = None  # unix seconds
-    last_run_finished: float | None = None
-    last_run_duration_s: float | None = None
-    last_window_duration_s: float | None = None
-    last_run_ok: bool | None = None
-    lag_s: float | None = None
-    series_in: int = 0  # in the last window
-    series_scored: int = 0  # in the last window
-    samples_written: int = 0  # in the last window
-    windows_total: int = 0
-    fits_total: int = 0
-    errors_total: int = 0
-    no_data_total: int = 0
-    gaps_total: int = 0  # windows left unscored: no sample arrived within gap_after_ms
-    timeouts_total: int = 0
-    last_error: str | None = None
-    disabled_reason: str | None = None
 
 
 @dataclass
@@ -198,7 +103,8 @@ class _Entry:
 
 
 class Scheduler:
-    """Owns the schedules. Plain Python (testable without Ray); :data:`SchedulerActor` wraps it.
+    """Owns the schedules. Plain Python (testable without Ray); the Ray actor
+    (:mod:`openanomaly.runtime.scheduler_actor`) wraps it.
 
     Args:
         config: where pipelines and settings come from (a path to YAML or a ConfigStore).
@@ -653,225 +559,3 @@ class Scheduler:
         """Where the pipelines come from (the YAML path), for :func:`ensure_scheduler`."""
         path = getattr(self._source, "path", None)
         return str(path) if path is not None else repr(self._source)
-
-
-STATES = ("idle", "running", "no_data", "failed", "stalled", "waiting", "disabled")
-
-
-def metrics_text(pipelines: Iterable[dict[str, Any]], *, config_error: bool = False) -> str:
-    """Status records as Prometheus text format (``GET /metrics``).
-
-    ``openanomaly_scheduler_config_error`` is 1 while the pipelines file does not load
-    (then the pipelines of the last good file, if any, are still reported), and
-    ``openanomaly_pipeline_state{state=...}`` is 1 for each pipeline's current state, so
-    alert rules can fire on ``no_data``, ``failed`` or ``stalled`` as well as on lag.
-    """
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-    records = list(pipelines)
-
-    class _Collector:
-        def collect(self) -> Iterable[Any]:
-            yield GaugeMetricFamily(
-                "openanomaly_scheduler_config_error",
-                "1 while the pipelines file fails to load (the last good one stays in force)",
-                value=float(config_error),
-            )
-            state = GaugeMetricFamily(
-                "openanomaly_pipeline_state",
-                "1 for the pipeline's current state",
-                labels=["pipeline", "state"],
-            )
-            for record in records:
-                for name in STATES:
-                    state.add_metric([record["name"], name], float(record.get("state") == name))
-            yield state
-            gauges = {
-                "lag_seconds": ("Seconds from the end of the last completed window to now", "lag_s"),
-                "last_run_timestamp_seconds": ("Unix time the last run finished", "last_run_finished"),
-                "last_run_duration_seconds": ("Duration of the last run", "last_run_duration_s"),
-                "last_window_duration_seconds": ("Duration of the last window", "last_window_duration_s"),
-                "running_seconds": ("How long the run in flight has been running", "running_for_s"),
-                "series": ("Series the query returned in the last window", "series_in"),
-                "series_scored": ("Series scored in the last window", "series_scored"),
-                "samples_written": ("Samples written in the last window", "samples_written"),
-                "running": ("1 while a run is in progress", "running"),
-                "last_window_end_timestamp_seconds": ("End of the last completed window", "last_end_ms"),
-            }
-            for suffix, (doc, key) in gauges.items():
-                family = GaugeMetricFamily(f"openanomaly_pipeline_{suffix}", doc, labels=["pipeline"])
-                for record in records:
-                    value = record.get(key)
-                    if value is None:
-                        continue
-                    if key == "last_end_ms":
-                        value = value / 1000
-                    family.add_metric([record["name"]], float(value))
-                yield family
-            counters = {
-                "windows": ("Windows scored since the scheduler started", "windows_total"),
-                "fits": ("Model fits since the scheduler started", "fits_total"),
-                "errors": ("Failed runs since the scheduler started", "errors_total"),
-                "no_data": (
-                    "Runs whose query returned no series, or no sample in the window",
-                    "no_data_total",
-                ),
-                "gaps": ("Windows reported as gaps: no sample arrived in time", "gaps_total"),
-                "timeouts": ("Runs that hit the window time limit", "timeouts_total"),
-            }
-            for suffix, (doc, key) in counters.items():
-                family = CounterMetricFamily(f"openanomaly_pipeline_{suffix}", doc, labels=["pipeline"])
-                for record in records:
-                    family.add_metric([record["name"]], float(record.get(key) or 0))
-                yield family
-
-    registry = CollectorRegistry()
-    registry.register(_Collector())
-    return generate_latest(registry).decode()
-
-
-# ----------------------------------------------------------------------------- Ray actor
-
-
-@functools.cache
-def _actor_class() -> Any:
-    import ray
-
-    return ray.remote(Scheduler)
-
-
-class _LazyActor:
-    """``SchedulerActor`` without importing Ray at module import (``import openanomaly`` stays light)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_actor_class(), name)
-
-
-SchedulerActor: Any = _LazyActor()
-
-
-def start_scheduler(
-    config_path: str,
-    *,
-    name: str = DEFAULT_NAME,
-    namespace: str = DEFAULT_NAMESPACE,
-    autostart: bool = True,
-    num_cpus: float = 0.1,
-    runtime_env: dict[str, Any] | None = None,
-    **kwargs: Any,
-) -> Any:
-    """Start (or find) the named, detached scheduler actor; returns its handle.
-
-    ``max_restarts=-1``: if the actor's process dies, Ray restarts it and ``__init__``
-    reloads the persisted progress, so the schedule resumes where it left off.
-    ``max_concurrency`` lets status and trigger calls through while runs are in flight.
-
-    Args:
-        runtime_env: e.g. ``{"env_vars": {"AWS_ACCESS_KEY_ID": ...}}`` for the S3 store;
-            the jobs the actor launches inherit it.
-        kwargs: :class:`Scheduler` options (``now``, ``delay``, ``tick_s``, ``job_options``...).
-    """
-    import ray
-
-    options: dict[str, Any] = {
-        "name": name,
-        "namespace": namespace,
-        "lifetime": "detached",
-        "get_if_exists": True,
-        "max_restarts": -1,
-        "max_task_retries": 0,
-        "max_concurrency": 16,
-        "num_cpus": num_cpus,
-    }
-    if runtime_env:
-        options["runtime_env"] = runtime_env
-    handle = _actor_class().options(**options).remote(config_path, autostart=autostart, **kwargs)
-    ray.get(handle.ping.remote())
-    return handle
-
-
-def ensure_scheduler(
-    config_path: str | os.PathLike[str],
-    *,
-    name: str = DEFAULT_NAME,
-    namespace: str = DEFAULT_NAMESPACE,
-    **kwargs: Any,
-) -> Any:
-    """Start the scheduler at start-up of a long-running app (the Serve ingress), or find it.
-
-    For deployments where ``serve run`` / a KubeRay RayService brings everything up and
-    there is no separate ``openanomaly scheduler`` step. Safe to call from every replica
-    at once and on every replica restart: Ray's ``get_if_exists`` creates one named
-    detached actor and returns it to all callers, and the actor outlives the replicas.
-
-    ``config_path`` is made absolute here, because the actor's working directory is not
-    the caller's. The actor may be placed on any node, so the file must exist on every
-    node that can host it (KubeRay: mount the pipelines ConfigMap in the head and in
-    every worker group's pod spec, at the same path). Without an explicit
-    ``runtime_env``, the actor gets the caller's (its ``env_vars`` are what ``${VAR}`` in
-    the pipelines file and the S3 credentials come from).
-
-    If a scheduler of that name already runs on another file, it is kept (it owns the
-    schedule and its progress) and a warning names both files: stop it with
-    ``ray.kill(get_scheduler())`` to switch files. A bad pipelines file does not fail the
-    start: the scheduler reports it (``config_error``) and picks the file up once fixed.
-
-    Args:
-        kwargs: :func:`start_scheduler` options (``runtime_env``, ``num_cpus``, and the
-            :class:`Scheduler` options ``tick_s``, ``delay``, ``job_options``...).
-
-    Returns:
-        the actor handle.
-    """
-    import ray
-
-    path = os.path.abspath(os.fspath(config_path))
-    if "runtime_env" not in kwargs:
-        inherited = dict(ray.get_runtime_context().runtime_env or {})
-        kwargs["runtime_env"] = {key: inherited[key] for key in ("env_vars",) if inherited.get(key)}
-    handle = start_scheduler(path, name=name, namespace=namespace, **kwargs)
-    running = ray.get(handle.source.remote())
-    if running != path:
-        log.warning(
-            "scheduler %r in namespace %r already runs pipelines from %s, not %s; keeping it",
-            name,
-            namespace,
-            running,
-            path,
-        )
-    return handle
-
-
-def get_scheduler(*, name: str = DEFAULT_NAME, namespace: str = DEFAULT_NAMESPACE) -> Any:
-    """The running scheduler actor.
-
-    Raises:
-        ValueError: none is running under that name (Ray's error).
-    """
-    import ray
-
-    return ray.get_actor(name, namespace=namespace)
-
-
-def scheduler_status(*, name: str = DEFAULT_NAME, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
-    """For ``GET /v1/pipelines``: ``{"pipelines": [status...], "config_error": str | None}``."""
-    import ray
-
-    return ray.get(get_scheduler(name=name, namespace=namespace).status.remote())
-
-
-def trigger_run(
-    pipeline: str, *, name: str = DEFAULT_NAME, namespace: str = DEFAULT_NAMESPACE
-) -> dict[str, Any]:
-    """For ``POST /v1/pipelines/{name}/run``; KeyError (→ 404) for an unknown pipeline."""
-    import ray
-
-    return ray.get(get_scheduler(name=name, namespace=namespace).trigger.remote(pipeline))
-
-
-def scheduler_metrics(*, name: str = DEFAULT_NAME, namespace: str = DEFAULT_NAMESPACE) -> str:
-    """Prometheus text of the scheduler's self-metrics, for ``GET /metrics``."""
-    import ray
-
-    return ray.get(get_scheduler(name=name, namespace=namespace).metrics.remote())

@@ -66,7 +66,7 @@ from openanomaly.errors import (
 )
 from openanomaly.models.base import QuantileForecast
 from openanomaly.models.trust import models_root
-from openanomaly.runtime.scheduler import DEFAULT_NAME, DEFAULT_NAMESPACE, ensure_scheduler
+from openanomaly.runtime.scheduler_actor import DEFAULT_NAME, DEFAULT_NAMESPACE, ensure_scheduler
 from openanomaly.serve.bodies import parse_body
 from openanomaly.serve.forecaster import (
     ForecasterConfig,
