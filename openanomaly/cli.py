@@ -114,7 +114,7 @@ def _write_out(path: Path, collectors: Sequence[FrameCollector]) -> int:
 
 def _load_config(path: str) -> Config:
     """The file's settings with the pipelines of its store (the file, or S3: ``settings.config_store``)."""
-    from openanomaly.configstore.pipelines import open_stores
+    from openanomaly.configstore.stores import open_stores
 
     return open_stores(path)[0].load()
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from openanomaly.configstore.admin import PipelineAdmin, PipelineInvalid
-from openanomaly.configstore.pipelines import open_stores
+from openanomaly.configstore.stores import open_stores
 from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import PipelineNotFound, PlaygroundInputError, PreconditionFailed
 from openanomaly.io.tsdb import PrometheusClient

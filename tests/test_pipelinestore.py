@@ -14,14 +14,9 @@ import pytest
 import yaml
 
 from openanomaly.configstore.files import ConfigStore, ConfigValidationError, YamlConfigStore
-from openanomaly.configstore.pipelines import (
-    PipelineStore,
-    S3ConfigStore,
-    S3PipelineStore,
-    YamlPipelineStore,
-    definition_etag,
-    open_stores,
-)
+from openanomaly.configstore.pipelines import PipelineStore, YamlPipelineStore, definition_etag
+from openanomaly.configstore.s3 import S3ConfigStore, S3PipelineStore
+from openanomaly.configstore.stores import open_stores
 from openanomaly.core.config import ArtifactSettings
 from openanomaly.errors import (
     ArtifactError,

@@ -5,7 +5,7 @@ A change is checked with exactly the rules and messages of ``openanomaly validat
 before anything is stored, goes to the configured :class:`~openanomaly.configstore.pipelines.PipelineStore`
 (the YAML file, or S3 with conditional writes and every version kept), and is logged
 with who made it. The scheduler notices the change on its next tick: it polls the same
-store (:func:`~openanomaly.configstore.pipelines.open_stores`).
+store (:func:`~openanomaly.configstore.stores.open_stores`).
 
 A definition sent here is never expanded: ``${VAR}`` is refused, because the server's
 environment holds its credentials and a pipeline's query and labels leave the process.
@@ -27,13 +27,9 @@ import yaml
 from pydantic import ValidationError
 
 from openanomaly.configstore.files import check_store_kind, load_config
-from openanomaly.configstore.pipelines import (
-    PipelineVersion,
-    S3PipelineStore,
-    StoredPipeline,
-    open_stores,
-    store_kind,
-)
+from openanomaly.configstore.pipelines import PipelineVersion, StoredPipeline
+from openanomaly.configstore.s3 import S3PipelineStore
+from openanomaly.configstore.stores import open_stores, store_kind
 from openanomaly.configstore.yamlsafe import DEFINITION_LIMITS, load_json, load_yaml
 from openanomaly.core.config import Pipeline, format_duration
 from openanomaly.errors import ConfigError, ConfigValidationError, ModelError, SchedulerUnavailable

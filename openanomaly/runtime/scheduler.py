@@ -56,7 +56,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from openanomaly.configstore.files import ConfigStore
-from openanomaly.configstore.pipelines import open_stores
+from openanomaly.configstore.stores import open_stores
 from openanomaly.core.config import Config, Pipeline, Settings
 from openanomaly.errors import ConfigError, NoSamples, NoSeries, OpenAnomalyError, WindowTimeout
 from openanomaly.io.artifacts import ArtifactStore, MemoryStore, load_json, open_store, save_json

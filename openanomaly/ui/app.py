@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from openanomaly.configstore.admin import PipelineAdmin
 from openanomaly.configstore.files import ConfigStore
-from openanomaly.configstore.pipelines import open_stores
+from openanomaly.configstore.stores import open_stores
 from openanomaly.core.config import Config, Pipeline, TSDBSettings
 from openanomaly.errors import ModelError, OpenAnomalyError
 from openanomaly.models.trust import check_untrusted_spec, models_root
