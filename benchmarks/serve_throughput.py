@@ -224,7 +224,8 @@ def run_mode(
 ) -> dict[str, Any]:
     from ray import serve
 
-    from openanomaly.serve.app import AppSettings, build
+    from openanomaly.serve.app import build
+    from openanomaly.serve.settings import AppSettings
 
     params = _params(spec, device=args.device, batch_size=max_batch_size)
     settings = AppSettings.model_validate(

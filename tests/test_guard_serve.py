@@ -45,7 +45,8 @@ def root(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    from openanomaly.serve.app import AppSettings, build
+    from openanomaly.serve.app import build
+    from openanomaly.serve.settings import AppSettings
 
     secrets = tmp_path_factory.mktemp("secrets")
     (secrets / "admin").write_text(ADMIN_TOKEN + "\n")

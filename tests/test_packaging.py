@@ -22,7 +22,7 @@ import yaml
 
 from openanomaly.configstore.files import load_config
 from openanomaly.demo.writer import LABELS, run
-from openanomaly.serve.app import AppSettings
+from openanomaly.serve.settings import AppSettings
 from tests.fixtures.servers import TSDBServer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -49,7 +49,8 @@ def app(
     from ray.serve.context import _get_global_client
 
     from openanomaly.runtime.scheduler_actor import get_scheduler
-    from openanomaly.serve.app import AppSettings, build
+    from openanomaly.serve.app import build
+    from openanomaly.serve.settings import AppSettings
     from tests.fixtures.servers import free_port
 
     kind = request.param

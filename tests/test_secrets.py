@@ -136,7 +136,8 @@ def api(
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    from openanomaly.serve.app import AppSettings, build
+    from openanomaly.serve.app import build
+    from openanomaly.serve.settings import AppSettings
 
     secret_dir = tmp_path_factory.mktemp("secrets")
     (secret_dir / "token").write_text(API_TOKEN)

@@ -54,7 +54,8 @@ INGRESS = {
 def _deploy(models: dict[str, dict[str, Any]], *, name: str = APP, prefix: str = PREFIX) -> None:
     from ray import serve
 
-    from openanomaly.serve.app import AppSettings, build
+    from openanomaly.serve.app import build
+    from openanomaly.serve.settings import AppSettings
 
     settings = AppSettings.model_validate(
         {"models": models, "default_model": next(iter(models)), "limits": LIMITS, "scheduler": SCHEDULER}
@@ -400,7 +401,8 @@ def test_a_bad_pipelines_file_never_takes_the_api_down(api: httpx.Client, tmp_pa
     from ray import serve
 
     from openanomaly.runtime.scheduler_actor import get_scheduler
-    from openanomaly.serve.app import AppSettings, build
+    from openanomaly.serve.app import build
+    from openanomaly.serve.settings import AppSettings
 
     config = tmp_path / "pipelines.yaml"
     config.write_text("settings:\n  tsdb:\n    url: ${OA_NEVER_SET_URL}\npipelines: []\n")

@@ -46,7 +46,8 @@ def root(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    from openanomaly.serve.app import AppSettings, build
+    from openanomaly.serve.app import build
+    from openanomaly.serve.settings import AppSettings
 
     token_file = tmp_path_factory.mktemp("secret") / "token"
     token_file.write_text(TOKEN + "\n")  # as a Kubernetes Secret mount may end

@@ -250,11 +250,12 @@ def test_integral_floats_are_integers_and_levels_are_sorted() -> None:
 
 
 def test_openapi_states_the_limits() -> None:
-    from openanomaly.serve.app import _openapi, fastapi_app
+    from openanomaly.serve.app import fastapi_app
+    from openanomaly.serve.openapi import openapi_document
 
     fastapi_app.state.limits, fastapi_app.openapi_schema = Limits(max_series=7, max_horizon=9), None
     try:
-        schemas = _openapi(fastapi_app)["components"]["schemas"]
+        schemas = openapi_document(fastapi_app)["components"]["schemas"]
     finally:
         fastapi_app.state.limits, fastapi_app.openapi_schema = None, None
     assert schemas["ForecastRequest"]["properties"]["series"]["maxItems"] == 7
@@ -312,12 +313,12 @@ def test_error_body_is_one_short_line() -> None:
 
 
 def test_serving_without_a_token_is_loud(caplog: pytest.LogCaptureFixture) -> None:
-    from openanomaly.serve.app import _warn_if_open
+    from openanomaly.serve.guard import warn_if_open
 
-    _warn_if_open(SecretStr("t"), "0.0.0.0")
+    warn_if_open(SecretStr("t"), "0.0.0.0")
     assert not caplog.records
-    _warn_if_open(None, "127.0.0.1")
-    _warn_if_open(None, "0.0.0.0")
+    warn_if_open(None, "127.0.0.1")
+    warn_if_open(None, "0.0.0.0")
     loopback, everywhere = caplog.records
     assert loopback.levelname == "WARNING" and "auth is OFF" in loopback.getMessage()
     assert everywhere.levelname == "ERROR" and "listens on 0.0.0.0" in everywhere.getMessage()
@@ -343,10 +344,10 @@ def test_forecast_batch_tells_a_model_the_step_of_its_items() -> None:
 
 
 def test_request_metrics_count_every_status_with_its_route_and_model() -> None:
-    """The ingress's ``_Observe`` middleware: labels come from the route the router
+    """The ingress's ``ObserveRequests`` middleware: labels come from the route the router
     matched and the model the handler chose (``request.state``); a handler that raises
     is counted as the 500 its client gets."""
-    from openanomaly.serve.app import _Observe
+    from openanomaly.serve.metrics import ObserveRequests
 
     app = FastAPI()
     app.state.metrics = ServeMetrics()
@@ -358,7 +359,7 @@ def test_request_metrics_count_every_status_with_its_route_and_model() -> None:
             raise RuntimeError("boom")
         return {"name": name}
 
-    app.add_middleware(_Observe)
+    app.add_middleware(ObserveRequests)
     with TestClient(app, raise_server_exceptions=False) as client:
         assert client.get("/v1/things/a").status_code == 200
         assert client.get("/v1/things/bad").status_code == 500

@@ -121,7 +121,8 @@ def served_playground(ray_cluster: None, tmp_path_factory: pytest.TempPathFactor
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    from openanomaly.serve.app import AppSettings, build
+    from openanomaly.serve.app import build
+    from openanomaly.serve.settings import AppSettings
 
     path = tmp_path_factory.mktemp("browser-pipelines") / "pipelines.yaml"
     path.write_text("settings:\n  tsdb:\n    url: http://127.0.0.1:9\npipelines: []\n")

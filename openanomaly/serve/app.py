@@ -24,37 +24,26 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
-import re
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import (
     BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
     ValidationError,
-    field_validator,
-    model_validator,
 )
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openanomaly.configstore.admin import PipelineAdmin, PipelineInvalid, create_starter_file
 from openanomaly.core.config import Pipeline
 from openanomaly.core.detect import score_range
-from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import (
     ConfigError,
     DataError,
@@ -64,27 +53,27 @@ from openanomaly.errors import (
     PreconditionFailed,
     SchedulerUnavailable,
 )
-from openanomaly.models.base import QuantileForecast
 from openanomaly.models.trust import models_root
-from openanomaly.runtime.scheduler_actor import DEFAULT_NAME, DEFAULT_NAMESPACE, ensure_scheduler
+from openanomaly.runtime.scheduler_actor import ensure_scheduler
 from openanomaly.serve.bodies import parse_body
 from openanomaly.serve.forecaster import (
-    ForecasterConfig,
     ForecasterDeployment,
     ForecastItem,
     ForecastRejected,
     ForecastReply,
+    HandleForecaster,
 )
 from openanomaly.serve.guard import (
-    OPEN_PATHS,
     TOKEN_ENV,
-    TOKEN_FILE_ENV,
     Guard,
     GuardSettings,
     error_body,
+    serve_host,
+    warn_if_open,
 )
 from openanomaly.serve.login import router as login_router
-from openanomaly.serve.metrics import CONTENT_TYPE, ServeMetrics
+from openanomaly.serve.metrics import CONTENT_TYPE, ObserveRequests, ServeMetrics
+from openanomaly.serve.openapi import body_schema, openapi_document
 from openanomaly.serve.pipelines_api import router as pipelines_router
 from openanomaly.serve.quiet import quiet_cancelled_requests
 from openanomaly.serve.schemas import (
@@ -99,18 +88,16 @@ from openanomaly.serve.schemas import (
     ModelInfo,
     ModelsResponse,
     RequestError,
-    SeriesIn,
     clip,
-    grid_of,
+    detect_matrix,
+    forecast_timestamps,
     values_array,
 )
+from openanomaly.serve.settings import AppSettings, SchedulerLink
 
 __all__ = [
     "TOKEN_ENV",
-    "AppSettings",
-    "HandleForecaster",
     "Ingress",
-    "SchedulerLink",
     "SchedulerUnavailable",
     "build",
     "build_app",
@@ -118,122 +105,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-
-# Grid spacing used for series sent without timestamps: any value works, it only
-# converts point counts (context_length, infer_every) into durations for Pipeline.
-_DEFAULT_STEP_MS = 60_000
-
-
-class SchedulerLink(BaseModel):
-    """Which cluster scheduler ``/v1/pipelines`` talks to, and whether the app starts it.
-
-    With ``pipelines`` set (``serve_config.yaml`` sets ``pipelines.yaml``; the chart the
-    mounted ConfigMap), the ingress starts the named detached scheduler actor on that
-    file, or finds the one already running, so ``serve run`` / a RayService brings up
-    scoring too, and ``/v1/pipelines/{name}`` manages the pipelines of its store. Without
-    it ``GET /v1/pipelines`` shows a scheduler started by ``openanomaly scheduler``.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    pipelines: str | None = Field(
-        default=None,
-        description="pipelines YAML the scheduler runs and /v1/pipelines manages: an absolute "
-        "path or ~/...; created with no pipelines if missing",
-    )
-    name: str = DEFAULT_NAME
-    namespace: str = DEFAULT_NAMESPACE
-
-    @field_validator("pipelines")
-    @classmethod
-    def _absolute(cls, path: str | None) -> str | None:
-        """A relative path would name a different file in every process: ``serve run``
-        starts the replicas in a copy of its working directory (Ray's ``working_dir``),
-        so pipelines saved there would vanish with it."""
-        if not path:
-            return path
-        expanded = os.path.expanduser(path)
-        if not os.path.isabs(expanded):
-            raise ValueError(
-                f"scheduler.pipelines must be an absolute path or start with ~/, got {path!r} "
-                "(serve run starts the replicas in a copy of the current directory)"
-            )
-        return expanded
-
-
-class AppSettings(BaseModel):
-    """The ``args`` of the application in serve_config.yaml.
-
-    Example::
-
-        args:
-          default_model: ets
-          models:
-            ets: {spec: "statsforecast:AutoETS", max_batch_size: 64}
-            bolt: {spec: "chronos:amazon/chronos-bolt-small", params: {batch_size: 256}}
-          limits: {max_series: 1000, max_points: 10000}
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    models: dict[str, ForecasterConfig] = Field(min_length=1, description="Model name → its user_config")
-    default_model: str | None = Field(
-        default=None, description="Used when a request names none; default: the first model"
-    )
-    limits: Limits = Field(default_factory=Limits)
-    scheduler: SchedulerLink = Field(default_factory=SchedulerLink)
-    playground: bool = Field(
-        default=True, description="Mount the Gradio playground at /playground/ (same bearer token)"
-    )
-
-    @field_validator("models")
-    @classmethod
-    def _names(cls, models: dict[str, ForecasterConfig]) -> dict[str, ForecasterConfig]:
-        for name in models:
-            if not re.fullmatch(r"[a-zA-Z0-9_.-]+", name):
-                raise ValueError(f"model name {name!r} may only contain letters, digits, '_', '.', '-'")
-        return models
-
-    @model_validator(mode="after")
-    def _default_known(self) -> "AppSettings":
-        if self.default_model is not None and self.default_model not in self.models:
-            raise ValueError(f"default_model {self.default_model!r} is not one of {sorted(self.models)}")
-        return self
-
-    @property
-    def default(self) -> str:
-        return self.default_model or next(iter(self.models))
-
-
-class HandleForecaster:
-    """A synchronous ``Forecaster`` that forwards to a forecaster deployment.
-
-    Lets the pure ``detect`` loop run unchanged in a worker thread of the ingress while
-    its single ``forecast`` call still goes through the deployment's batching. Must not
-    be called on the event loop thread (``DeploymentResponse.result`` blocks).
-    """
-
-    def __init__(
-        self,
-        handle: DeploymentHandle,
-        *,
-        timeout_s: float | None = None,
-        step_s: float | None = None,
-    ) -> None:
-        self._handle = handle
-        self._timeout_s = timeout_s
-        self._step_s = step_s
-
-    def for_step(self, step_s: float) -> "HandleForecaster":
-        """The same deployment, told the series' step (the model's ``for_step`` runs there)."""
-        return HandleForecaster(self._handle, timeout_s=self._timeout_s, step_s=step_s)
-
-    def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
-        item = ForecastItem(
-            np.asarray(contexts, dtype=np.float64), int(horizon), tuple(quantiles), self._step_s
-        )
-        return self._handle.forecast.remote(item).result(timeout_s=self._timeout_s).forecast
-
 
 fastapi_app = FastAPI(
     title="OpenAnomaly",
@@ -376,104 +247,14 @@ async def _no_scheduler(_: Request, error: SchedulerUnavailable) -> JSONResponse
     return _error(503, str(error))
 
 
-class _Observe:
-    """ASGI middleware: count every request and time it, by route, model and status.
-
-    Plain ASGI rather than ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware``
-    runs the rest of the app in a new task behind memory streams on every request, and
-    the per-request path is what limits serving on a small machine (docs/serve.md,
-    Throughput). A request that raises is counted as the 500 the client gets.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500  # what the client gets if the app raises before answering
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            endpoint = getattr(scope.get("route"), "path", "other")  # set by the router, in place
-            metrics: ServeMetrics | None = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
-            if metrics is not None and endpoint != "/metrics":
-                model = scope.get("state", {}).get("model", "")
-                metrics.requests.labels(endpoint, model, str(status)).inc()
-                metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-
-
 fastapi_app.include_router(pipelines_router, responses=_ERRORS)
 
-fastapi_app.add_middleware(_Observe)
+fastapi_app.add_middleware(ObserveRequests)
 # Added last, so outermost: a request is refused before the body is read or routed.
 fastapi_app.add_middleware(Guard)
 
 
-def _body(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` for an endpoint that parses its own body (see ``_parse``)."""
-    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-def _bound(prop: dict[str, Any], **bounds: Any) -> None:
-    """Set JSON-schema bounds on a property, on its non-null branch if it is optional."""
-    for branch in prop.get("anyOf", [prop]):
-        if branch.get("type") != "null":
-            branch.update(bounds)
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document, with the deployment's ``Limits`` as ``maxItems``/``maximum``
-    and its model names as the ``model`` enum, so a client (or schemathesis) knows every
-    bound the server enforces.
-
-    Takes the app rather than reading the module's: ``serve.ingress`` serves a
-    cloudpickled copy of ``fastapi_app``, the one ``Ingress.__init__`` configures.
-    """
-    if app.openapi_schema is not None:
-        return app.openapi_schema
-    doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ForecastRequest, DetectRequest):
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
-    limits: Limits = getattr(app.state, "limits", None) or Limits()
-    for name in ("SeriesIn", "DetectSeriesIn"):
-        _bound(schemas[name]["properties"]["values"], maxItems=limits.max_points)
-        _bound(schemas[name]["properties"]["timestamps_ms"], maxItems=limits.max_points)
-    # ScoringConfig (the pipelines' model) checks 0 < low < 0.5 < high < 1 in code.
-    band = schemas["ScoringConfig"]["properties"]["quantiles"]["prefixItems"]
-    band[0].update(exclusiveMinimum=0, exclusiveMaximum=0.5)
-    band[1].update(exclusiveMinimum=0.5, exclusiveMaximum=1)
-    models: list[str] | None = getattr(app.state, "models", None)
-    for name in ("ForecastRequest", "DetectRequest"):
-        _bound(schemas[name]["properties"]["series"], maxItems=limits.max_series)
-        if models:
-            _bound(schemas[name]["properties"]["model"], enum=models)
-    _bound(schemas["ForecastRequest"]["properties"]["horizon"], maximum=limits.max_horizon)
-    detect_props = schemas["DetectRequest"]["properties"]
-    _bound(detect_props["score_last"], maximum=limits.max_scored_points)
-    doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-    for path, operations in doc["paths"].items():
-        if path not in OPEN_PATHS:
-            for operation in operations.values():
-                operation["security"] = [{"bearer": []}]
-    app.openapi_schema = doc
-    return doc
-
-
-fastapi_app.openapi = functools.partial(_openapi, fastapi_app)  # type: ignore[method-assign]
+fastapi_app.openapi = functools.partial(openapi_document, fastapi_app)  # type: ignore[method-assign]
 
 _Body = TypeVar("_Body", ForecastRequest, DetectRequest)
 
@@ -490,69 +271,6 @@ async def _rendered(build: Callable[[], BaseModel]) -> Response:
     documents the shape."""
     body = await asyncio.to_thread(lambda: build().model_dump_json().encode())
     return Response(body, media_type="application/json")
-
-
-def _forecast_timestamps(series: SeriesIn, step_ms: int | None, horizon: int) -> list[int] | None:
-    ts = series.timestamps_ms
-    if not ts:
-        return None
-    if step_ms is None:
-        if len(ts) < 2:
-            return None
-        step_ms = int(np.median(np.diff(ts)))
-    return [ts[-1] + step_ms * (k + 1) for k in range(horizon)]
-
-
-def _grid(request: DetectRequest) -> tuple[SeriesMatrix, int]:
-    """The request's series on one time grid, and the grid step in ms.
-
-    Without timestamps every series is right-aligned on a synthetic grid (the last
-    values line up). With timestamps, every series must carry them; they are aligned on
-    the step inferred from the first series (``detect.align_to_grid`` semantics).
-    """
-    from openanomaly.core.detect import align_to_grid
-
-    series = request.series
-    labels = tuple({"series": str(i)} for i in range(len(series)))
-    grid = grid_of(request)  # its size was checked by check_limits, before this allocates it
-    if grid is None:
-        values = values_array(series)
-        timestamps = np.arange(values.shape[1], dtype=np.int64) * _DEFAULT_STEP_MS
-        return SeriesMatrix(labels, timestamps, values), _DEFAULT_STEP_MS
-    start, end, step = grid
-    rows = []
-    for s in series:
-        values = [[np.nan if v is None else v for v in s.values]]
-        one = SeriesMatrix.from_rows([{}], s.timestamps_ms or [], values)
-        rows.append(align_to_grid(one, step_ms=step, start_ms=start, end_ms=end).values[0])
-    timestamps = np.arange(start, end + 1, step, dtype=np.int64)
-    return SeriesMatrix(labels, timestamps, np.vstack(rows)), step
-
-
-def _serve_host() -> str:
-    """The address Serve's HTTP proxies listen on, from the controller; ``unknown`` if none."""
-    with contextlib.suppress(Exception):
-        from ray.serve.context import _get_global_client
-
-        return str(_get_global_client().http_config.host)
-    return "unknown"
-
-
-def _warn_if_open(token: SecretStr | None, host: str) -> None:
-    """Log loudly when the API has no token; an error-level banner if it also listens
-    beyond loopback (a mis-indented ``runtime_env`` once served an open API silently)."""
-    if token is not None:
-        return
-    if host in ("127.0.0.1", "localhost", "::1"):
-        _log.warning("API auth is OFF: set %s or %s to require a bearer token", TOKEN_FILE_ENV, TOKEN_ENV)
-        return
-    _log.error(
-        "!!! API auth is OFF and Serve listens on %s: anyone who can reach it can use the API, "
-        "its docs and the playground. Set %s (a file, e.g. a Kubernetes Secret) or %s !!!",
-        host,
-        TOKEN_FILE_ENV,
-        TOKEN_ENV,
-    )
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
@@ -577,12 +295,12 @@ class Ingress:
         self.forecasters = forecasters
         self.metrics = ServeMetrics()
         guard = GuardSettings.from_environ(max_body_bytes=self.limits.max_body_bytes)
-        _warn_if_open(guard.token, _serve_host() if guard.token is None else "")
+        warn_if_open(guard.token, serve_host() if guard.token is None else "")
         fastapi_app.state.guard = guard
         fastapi_app.state.limits = self.limits
         fastapi_app.state.models = sorted(forecasters)
         fastapi_app.openapi_schema = None  # rebuilt with these limits on the next /openapi.json
-        fastapi_app.openapi = functools.partial(_openapi, fastapi_app)  # type: ignore[method-assign]
+        fastapi_app.openapi = functools.partial(openapi_document, fastapi_app)  # type: ignore[method-assign]
         fastapi_app.state.metrics = self.metrics
         self.scheduler = SchedulerLink.model_validate(scheduler or {})
         self.scheduler_error: str | None = None
@@ -710,7 +428,7 @@ class Ingress:
         "/v1/forecast",
         response_model=ForecastResponse,
         responses=_ERRORS,
-        openapi_extra=_body(ForecastRequest),
+        openapi_extra=body_schema(ForecastRequest),
     )
     async def forecast(self, request: Request) -> Response:
         """Forecast ``horizon`` steps of every series: median plus the requested quantiles.
@@ -736,7 +454,7 @@ class Ingress:
                         id=s.id if s.id is not None else str(i),
                         median=_json_floats(result.median[i]),
                         quantiles=_json_floats(result.quantiles[i].T),
-                        timestamps_ms=_forecast_timestamps(s, body.step_ms, body.horizon),
+                        timestamps_ms=forecast_timestamps(s, body.step_ms, body.horizon),
                     )
                     for i, s in enumerate(body.series)
                 ],
@@ -744,7 +462,10 @@ class Ingress:
         )
 
     @fastapi_app.post(
-        "/v1/detect", response_model=DetectResponse, responses=_ERRORS, openapi_extra=_body(DetectRequest)
+        "/v1/detect",
+        response_model=DetectResponse,
+        responses=_ERRORS,
+        openapi_extra=body_schema(DetectRequest),
     )
     async def detect(self, request: Request) -> Response:
         """Score the last ``score_last`` points of every series, each against a forecast
@@ -755,7 +476,7 @@ class Ingress:
         """
         body = await _parse(DetectRequest, request, self.limits)
         name, handle = self._handle(body.model, request)
-        matrix, step = await asyncio.to_thread(_grid, body)
+        matrix, step = await asyncio.to_thread(detect_matrix, body)
         info = await handle.info.remote()
         spec = info["spec"]
         try:

@@ -32,6 +32,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from openanomaly.errors import ConfigError, ModelError, OpenAnomalyError
 from openanomaly.models.base import Forecaster, QuantileForecast, StepAware, check_forecast
@@ -357,3 +358,33 @@ class ForecasterDeployment:
     def stats(self) -> dict[str, Any]:
         """``info()`` plus this replica's batch-size counts (see ``BatchStats.snapshot``)."""
         return {**self.info(), **self._stats.snapshot()}
+
+
+class HandleForecaster:
+    """A synchronous ``Forecaster`` that forwards to a forecaster deployment.
+
+    Lets the pure ``detect`` loop run unchanged in a worker thread of the ingress while
+    its single ``forecast`` call still goes through the deployment's batching. Must not
+    be called on the event loop thread (``DeploymentResponse.result`` blocks).
+    """
+
+    def __init__(
+        self,
+        handle: DeploymentHandle,
+        *,
+        timeout_s: float | None = None,
+        step_s: float | None = None,
+    ) -> None:
+        self._handle = handle
+        self._timeout_s = timeout_s
+        self._step_s = step_s
+
+    def for_step(self, step_s: float) -> HandleForecaster:
+        """The same deployment, told the series' step (the model's ``for_step`` runs there)."""
+        return HandleForecaster(self._handle, timeout_s=self._timeout_s, step_s=step_s)
+
+    def forecast(self, contexts: np.ndarray, horizon: int, quantiles: Sequence[float]) -> QuantileForecast:
+        item = ForecastItem(
+            np.asarray(contexts, dtype=np.float64), int(horizon), tuple(quantiles), self._step_s
+        )
+        return self._handle.forecast.remote(item).result(timeout_s=self._timeout_s).forecast

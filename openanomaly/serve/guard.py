@@ -33,9 +33,11 @@ keeps them as ``SecretStr`` so they never show in a repr or log.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -49,6 +51,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import cookie_parser
 
 from openanomaly.errors import ConfigError
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "ADMIN",
@@ -440,3 +444,29 @@ async def _send_error(send: Send, status: int, message: str, field: str | None) 
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def serve_host() -> str:
+    """The address Serve's HTTP proxies listen on, from the controller; ``unknown`` if none."""
+    with contextlib.suppress(Exception):
+        from ray.serve.context import _get_global_client
+
+        return str(_get_global_client().http_config.host)
+    return "unknown"
+
+
+def warn_if_open(token: SecretStr | None, host: str) -> None:
+    """Log loudly when the API has no token; an error-level banner if it also listens
+    beyond loopback (a mis-indented ``runtime_env`` once served an open API silently)."""
+    if token is not None:
+        return
+    if host in ("127.0.0.1", "localhost", "::1"):
+        _log.warning("API auth is OFF: set %s or %s to require a bearer token", TOKEN_FILE_ENV, TOKEN_ENV)
+        return
+    _log.error(
+        "!!! API auth is OFF and Serve listens on %s: anyone who can reach it can use the API, "
+        "its docs and the playground. Set %s (a file, e.g. a Kubernetes Secret) or %s !!!",
+        host,
+        TOKEN_FILE_ENV,
+        TOKEN_ENV,
+    )

@@ -16,11 +16,13 @@ Two kinds of numbers live in two kinds of process:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["CONTENT_TYPE", "BatchStatsCollector", "ServeMetrics"]
 
@@ -104,3 +106,39 @@ class ServeMetrics:
     def render(self) -> bytes:
         """Prometheus text exposition of everything above."""
         return generate_latest(self.registry)
+
+
+class ObserveRequests:
+    """ASGI middleware: count every request and time it, by route, model and status.
+
+    Plain ASGI rather than ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware``
+    runs the rest of the app in a new task behind memory streams on every request, and
+    the per-request path is what limits serving on a small machine (docs/serve.md,
+    Throughput). A request that raises is counted as the 500 the client gets.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "other")  # set by the router, in place
+            metrics: ServeMetrics | None = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+            if metrics is not None and endpoint != "/metrics":
+                model = scope.get("state", {}).get("model", "")
+                metrics.requests.labels(endpoint, model, str(status)).inc()
+                metrics.latency.labels(endpoint).observe(time.perf_counter() - start)

@@ -41,6 +41,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from openanomaly.core.config import JSON_INT, Int, ScoringConfig
+from openanomaly.core.series import SeriesMatrix
 
 __all__ = [
     "MAX_ID_CHARS",
@@ -495,3 +496,45 @@ def parse_request(model: type[_R], body: bytes, limits: Limits) -> _R:
         raise RequestError(message, field=field, status=status) from None
     check_limits(request, limits)
     return request
+
+
+# Grid spacing used for series sent without timestamps: any value works, it only
+# converts point counts (context_length, infer_every) into durations for Pipeline.
+_DEFAULT_STEP_MS = 60_000
+
+
+def forecast_timestamps(series: SeriesIn, step_ms: int | None, horizon: int) -> list[int] | None:
+    ts = series.timestamps_ms
+    if not ts:
+        return None
+    if step_ms is None:
+        if len(ts) < 2:
+            return None
+        step_ms = int(np.median(np.diff(ts)))
+    return [ts[-1] + step_ms * (k + 1) for k in range(horizon)]
+
+
+def detect_matrix(request: DetectRequest) -> tuple[SeriesMatrix, int]:
+    """The request's series on one time grid, and the grid step in ms.
+
+    Without timestamps every series is right-aligned on a synthetic grid (the last
+    values line up). With timestamps, every series must carry them; they are aligned on
+    the step inferred from the first series (``detect.align_to_grid`` semantics).
+    """
+    from openanomaly.core.detect import align_to_grid
+
+    series = request.series
+    labels = tuple({"series": str(i)} for i in range(len(series)))
+    grid = grid_of(request)  # its size was checked by check_limits, before this allocates it
+    if grid is None:
+        values = values_array(series)
+        timestamps = np.arange(values.shape[1], dtype=np.int64) * _DEFAULT_STEP_MS
+        return SeriesMatrix(labels, timestamps, values), _DEFAULT_STEP_MS
+    start, end, step = grid
+    rows = []
+    for s in series:
+        values = [[np.nan if v is None else v for v in s.values]]
+        one = SeriesMatrix.from_rows([{}], s.timestamps_ms or [], values)
+        rows.append(align_to_grid(one, step_ms=step, start_ms=start, end_ms=end).values[0])
+    timestamps = np.arange(start, end + 1, step, dtype=np.int64)
+    return SeriesMatrix(labels, timestamps, np.vstack(rows)), step
