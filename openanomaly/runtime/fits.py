@@ -18,7 +18,7 @@ from openanomaly.errors import ModelError, NoSeries, OpenAnomalyError, WindowTim
 from openanomaly.io.artifacts import GLOBAL_SERIES_KEY, open_store, save_model, series_key
 from openanomaly.runtime.arrow import matrix_from_table
 from openanomaly.runtime.options import JobOptions, num_gpus
-from openanomaly.runtime.raydata import BIG_JOB, fetch_dataset, ray_data, rows
+from openanomaly.runtime.raydata import BIG_JOB, fetch_dataset, output_rows, ray_data
 
 __all__ = ["FitResult", "fit_job", "train_global"]
 
@@ -158,7 +158,7 @@ def _fit_job(
         num_cpus=budget.worker_cpus,
     )
     series_in, keys = 0, []
-    for row in rows(fitted, deadline, f"pipeline {pipeline.name!r} fit"):
+    for row in output_rows(fitted, deadline, f"pipeline {pipeline.name!r} fit"):
         series_in += int(row["series_in"])
         keys.extend(json.loads(row["keys"]))
     return FitResult(

@@ -22,7 +22,7 @@ from openanomaly.runtime.arrow import table_from_matrix
 from openanomaly.runtime.options import JobOptions
 from openanomaly.runtime.shards import plan_shards
 
-__all__ = ["BIG_JOB", "Budget", "fetch_dataset", "job_budget", "ray_data", "restart_args", "rows"]
+__all__ = ["BIG_JOB", "Budget", "fetch_dataset", "job_budget", "output_rows", "ray_data", "restart_args"]
 
 BIG_JOB = threading.Semaphore(1)
 """One Ray Data job at a time per scheduler: each is sized to the whole free cluster."""
@@ -149,9 +149,9 @@ def restart_args(options: JobOptions) -> dict[str, int]:
     return args
 
 
-def rows(dataset: Any, deadline: float | None, what: str) -> Iterator[dict[str, Any]]:
+def output_rows(dataset: Any, deadline: float | None, what: str) -> Iterator[dict[str, Any]]:
     """The job's output rows; WindowTimeout once ``deadline`` passes (the job is dropped)."""
-    for row in dataset.iterrows():
+    for row in dataset.iter_rows():
         yield row
         if deadline is not None and time.monotonic() > deadline:
             raise WindowTimeout(f"{what} ran past its time limit")

@@ -18,7 +18,7 @@ from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import NoSeries
 from openanomaly.runtime.arrow import matrix_from_table
 from openanomaly.runtime.options import JobOptions, num_gpus
-from openanomaly.runtime.raydata import BIG_JOB, fetch_dataset, ray_data, restart_args, rows
+from openanomaly.runtime.raydata import BIG_JOB, fetch_dataset, output_rows, ray_data, restart_args
 from openanomaly.runtime.scorer import WindowScorer
 from openanomaly.runtime.window import RunResult, check_block, fetch_start, run_window
 
@@ -119,7 +119,7 @@ def run_job(
             **restart_args(options),
         )
         totals = dict.fromkeys(_COUNTS, 0)
-        for row in rows(scored, deadline, f"pipeline {pipeline.name!r} window job"):
+        for row in output_rows(scored, deadline, f"pipeline {pipeline.name!r} window job"):
             for name in totals:
                 totals[name] += int(row[name])
     if totals["series_in"] == 0:
