@@ -27,7 +27,7 @@ from openanomaly.serve.quiet import (
     quiet_cancelled_requests,
 )
 from openanomaly.ui import Playground
-from openanomaly.ui.app import SOURCES
+from openanomaly.ui.explore_tab import SOURCES
 from openanomaly.ui.pipelines_tab import PipelinesPanel, pipelines_tab
 
 

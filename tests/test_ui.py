@@ -19,7 +19,6 @@ from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import DataError, QueryError
 from openanomaly.io.tsdb import PrometheusClient
 from openanomaly.ui import Playground, build_playground, make_chart, mount_playground, run_csv, run_query
-from openanomaly.ui.app import AD_HOC, SOURCES
 from openanomaly.ui.compute import (
     PlaygroundInputError,
     build_pipeline,
@@ -27,6 +26,7 @@ from openanomaly.ui.compute import (
     infer_step,
     resolve_range,
 )
+from openanomaly.ui.explore_tab import AD_HOC, SOURCES
 from tests.fixtures.servers import TSDBServer, free_port, unique_metric
 
 MINUTE = 60_000

@@ -212,7 +212,7 @@ class ArtifactSettings(_Strict):
 
 
 class ConfigStoreSettings(_Strict):
-    """Where pipelines are kept and edited (:mod:`openanomaly.configstore`); settings come from the file.
+    """Where pipelines are kept and edited (:mod:`openanomaly.configstore.stores`); settings: the file.
 
     ``yaml``: the pipelines file itself (rewritten on each edit). ``s3``: one object per
     pipeline in the artifacts bucket, every version kept, so a cluster whose file is a

@@ -54,8 +54,6 @@ if TYPE_CHECKING:
     from openanomaly.models.base import Forecaster
 
 __all__ = [
-    "AD_HOC",
-    "SOURCES",
     "Playground",
     "build_playground",
     "launch",
