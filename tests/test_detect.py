@@ -222,3 +222,31 @@ def test_align_to_grid():
     assert grid.timestamps.tolist() == [0, 60_000, 120_000, 180_000, 240_000]
     np.testing.assert_array_equal(grid.values, [[np.nan, 2.0, np.nan, np.nan, 3.0]])
     # the 1 000 ms sample lands on 60 000, then is overwritten by the exact 60 000 one
+
+
+def test_a_window_checks_its_input_once(monkeypatch):
+    """fetch checks the block; the scorer it goes to does not check it again."""
+    import openanomaly.core.detect as detect_module
+    import openanomaly.runtime.window as window_module
+    from openanomaly.runtime.window import local_scorer, run_window
+
+    calls = []
+    real = detect_module.check_input
+
+    def counted(series, pipeline):
+        calls.append(len(series))
+        real(series, pipeline)
+
+    monkeypatch.setattr(detect_module, "check_input", counted)
+    monkeypatch.setattr(window_module, "check_input", counted)
+
+    class Source:
+        def query_range(self, query, *, start_ms, end_ms, step_ms):
+            return matrix([np.arange(40.0), np.arange(40.0) * 2])
+
+    p = pipeline(scoring={"calibration": {"enabled": False}})  # no warm-up: every point scores
+    detection, result = run_window(
+        p, local_scorer(p, LastValue()), start_ms=30 * STEP, end_ms=33 * STEP, source=Source(), sink=None
+    )
+    assert calls == [2]
+    assert result.points_scored == detection.points_scored > 0
