@@ -20,8 +20,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("core",),
     ("io",),
     ("configstore",),
-    ("runtime", "evaluation"),
-    ("cli", "demo", "serve", "ui"),
+    ("runtime",),
+    ("cli", "demo", "evaluation", "serve", "ui"),
 )
 """Bottom first: a module may import its own layer and the ones below it, never one above.
 The package root (``openanomaly/__init__.py``, the public names) sits above every layer."""
