@@ -48,7 +48,7 @@ from pydantic import SecretStr
 from starlette.exceptions import HTTPException
 from starlette.requests import cookie_parser
 
-from openanomaly.errors import ConfigError
+from openanomaly.errors import ConfigError, OpenAnomalyError
 
 __all__ = [
     "ADMIN",
@@ -324,9 +324,9 @@ def same_origin(headers: Mapping[str, str]) -> bool:
     return bool(host) and _netloc(parts.netloc, parts.scheme) == _netloc(host, scheme)
 
 
-class _BodyTooLarge(Exception):
+class _BodyTooLarge(OpenAnomalyError):
     """Raised into the app from ``receive`` when a body without (or with a false)
-    ``Content-Length`` passes the limit mid-read."""
+    ``Content-Length`` passes the limit mid-read; :class:`Guard` catches it and answers 413."""
 
 
 class Guard:

@@ -23,7 +23,6 @@ missing sample. Timestamps are integer milliseconds since the epoch, like
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from typing import Annotated, Any, NamedTuple, TypeVar
@@ -41,6 +40,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from openanomaly.config import JSON_INT, Int, ScoringConfig
+from openanomaly.errors import OpenAnomalyError
 
 __all__ = [
     "MAX_ID_CHARS",
@@ -80,8 +80,12 @@ def clip(value: Any, limit: int = MAX_ID_CHARS) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
-class RequestError(ValueError):
+class RequestError(OpenAnomalyError, ValueError):
     """A request that breaks a limit, names something unknown, or does not validate.
+
+    An :class:`~openanomaly.errors.OpenAnomalyError` (it pickles with its attributes, as
+    the parsing process in :mod:`openanomaly.serve.bodies` sends it back) and still a
+    ``ValueError`` for callers that catch bad input as one.
 
     Attributes:
         field: dotted path of the offending field, e.g. ``series[3].values``.
@@ -94,11 +98,6 @@ class RequestError(ValueError):
         self.status = status
         self.reason = message
         super().__init__(f"{field}: {message}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled back from the parsing process (serve.bodies); the default, cls(*args),
-        # would lose the keyword-only field and status.
-        return (functools.partial(RequestError, field=self.field, status=self.status), (self.reason,))
 
 
 class ErrorBody(BaseModel):
