@@ -98,7 +98,7 @@ def evaluate(corpus: list[NabFile], scores: list[np.ndarray]) -> dict[str, Any]:
 
 _VUS_DONE: dict[int, tuple[np.ndarray, float]] = {}
 """VUS-PR per score array (by identity; the array is kept, so its id is not reused): grading
-and cross-validation ask for the same file's VUS-PR many times, and each costs 201 PR curves."""
+and cross-validation ask for the same file's VUS-PR many times, and each costs a PR curve per buffer width."""
 
 
 def vus_of(item: NabFile, scores: np.ndarray) -> float:
