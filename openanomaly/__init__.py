@@ -2,11 +2,11 @@
 
 This module is the public import surface: what the README and docs/ import, what a
 program needs to load a configuration, talk to a TSDB, load a forecaster and score a
-range, and every exception of the tree in :mod:`openanomaly.errors`. Deeper modules are
-the implementation and may move.
+range, start the scheduler on a Ray cluster, and every exception of the tree in
+:mod:`openanomaly.errors`. Deeper modules are the implementation and may move.
 
 ``import openanomaly`` stays light (no torch, Ray, Gradio, boto3 or HTTP client): the
-names marked lazy below are imported from their module on first use.
+names in ``_LAZY`` are imported from their module on first use.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ if TYPE_CHECKING:
     from openanomaly.configstore import load_config
     from openanomaly.csvseries import read_csv_series
     from openanomaly.detect import Detection, backtest
+    from openanomaly.jobs import JobOptions
     from openanomaly.models.registry import load_forecaster
+    from openanomaly.scheduler import ensure_scheduler
     from openanomaly.tsdb import PrometheusClient
     from openanomaly.ui import build_playground, launch, mount_playground
     from openanomaly.ui.compute import PlaygroundResult, build_pipeline, make_chart, run_csv, run_query
@@ -56,7 +58,9 @@ _LAZY = {
     "read_csv_series": "openanomaly.csvseries",
     "Detection": "openanomaly.detect",
     "backtest": "openanomaly.detect",
+    "JobOptions": "openanomaly.jobs",
     "load_forecaster": "openanomaly.models.registry",
+    "ensure_scheduler": "openanomaly.scheduler",
     "PrometheusClient": "openanomaly.tsdb",
     "build_playground": "openanomaly.ui",
     "launch": "openanomaly.ui",
@@ -81,6 +85,7 @@ __all__ = [
     "Detection",
     "Forecaster",
     "InvalidPipelineName",
+    "JobOptions",
     "ModelError",
     "NoSamples",
     "NoSeries",
@@ -106,6 +111,7 @@ __all__ = [
     "backtest",
     "build_pipeline",
     "build_playground",
+    "ensure_scheduler",
     "launch",
     "load_config",
     "load_forecaster",
