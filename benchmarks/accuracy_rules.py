@@ -28,9 +28,16 @@ from typing import Any
 
 import numpy as np
 from _results import RESULTS, write_result
-from accuracy import MODELS, _load, _score_corpus, _subset_metrics, dataset_of
 
 import openanomaly.core.calibration as stage
+from openanomaly.evaluation import (
+    MODELS,
+    dataset_of,
+    load_corpus,
+    print_progress,
+    score_corpus,
+    subset_metrics,
+)
 
 
 def _gpd_tail(records: np.ndarray, rate: float, min_count: int) -> np.ndarray:
@@ -126,14 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS / "accuracy_rules.json"))
     args = parser.parse_args(argv)
-    corpus = _load(args.data, args.labels)
+    corpus = load_corpus(args.data, args.labels)
     datasets = sorted({dataset_of(item) for item in corpus})
     per_rule: dict[str, dict[str, dict[str, float]]] = {}
     for rule, changes in RULES.items():
         with patched(changes):  # forked workers see the patched stage
-            scores = _score_corpus("default", MODELS["default"].spec, corpus, None, args.jobs)
+            scores = score_corpus("default", MODELS["default"].spec, corpus, None, args.jobs, print_progress)
         per_rule[rule] = {
-            d: _subset_metrics(corpus, scores, [i for i, f in enumerate(corpus) if dataset_of(f) == d])
+            d: subset_metrics(corpus, scores, [i for i, f in enumerate(corpus) if dataset_of(f) == d])
             for d in datasets
         }
         cells = [(d, per_rule[rule][d]) for d in datasets]

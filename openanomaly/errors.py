@@ -5,8 +5,10 @@
     OpenAnomalyError
     ├── ConfigError              bad YAML / settings: names file, pipeline and field
     │   ├── ConfigValidationError  several problems in one file, one ConfigError each
+    │   │   └── PipelineInvalid    (pipeline_admin) a definition sent over the API or the playground
     │   └── InvalidPipelineName    a name no pipeline can have ("..", "a/b"); both stores refuse it alike
     ├── UsageError               a command-line argument is wrong (bad date, unknown pipeline)
+    ├── RequestError             (serve.schemas; also a ValueError) an API request is refused
     ├── PlaygroundInputError     a playground form field is wrong; names the field
     ├── TSDBError                carries url (and status, query where known)
     │   ├── QueryError           a read failed (bad PromQL, unreachable server, 5xx after retries)
@@ -15,7 +17,8 @@
     │   └── NoSeries             the query returned no series at all
     │       └── NoSamples        its series hold no sample in the window (yet)
     ├── ModelError               a model could not be loaded or returned a broken forecast
-    │   └── UnknownModelSpec     the spec string names no known adapter
+    │   ├── UnknownModelSpec     the spec string names no known adapter
+    │   └── ForecastRejected     (serve.forecaster) the model cannot forecast a request's series (422)
     ├── ArtifactError            the artifact store could not read or write a fitted model
     │   └── ArtifactNotFound     the key holds no artifact (the store itself answered)
     ├── PipelineNotFound         the pipeline store holds no pipeline of that name
@@ -23,6 +26,10 @@
     ├── SchedulerUnavailable     the HTTP API found no scheduler actor (503)
     ├── RayUnavailable           Ray did not start (a local cluster) or answer (an address) in time
     └── WindowTimeout            a scheduled window or fit ran past its time limit
+
+A class shown with a module in brackets lives beside the code that raises it; every
+exception class anywhere in the package derives from :class:`OpenAnomalyError`
+(``tests/test_errors.py`` walks the package to keep it so).
 
 Every message names the input at fault; the same values are kept as attributes so
 programs need not parse messages.

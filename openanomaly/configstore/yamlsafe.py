@@ -4,12 +4,12 @@ PyYAML shares an anchored node between its aliases, so composing and constructin
 document is cheap however often a node is reused; the cost comes later, when code walks
 the tree as if every alias were a copy (``${VAR}`` checks, pydantic, ``safe_dump``). A
 290-byte body with nine aliases per level, seven levels deep, expands to 9**7 (about
-4.8 million) nodes: walking it took 7 s on the event loop, and two levels more kept a
-replica busy for minutes. So :func:`load_yaml` composes the node graph, counts the
+4.8 million) nodes: walking it holds the event loop for seconds, and each level more
+multiplies that by nine. So :func:`load_yaml` composes the node graph, counts the
 nodes it stands for *after* alias expansion (memoised per node, so counting costs only
 the nodes actually written) and refuses a document over :class:`YamlLimits` before a
 single Python object is built. Depth is bounded while composing: PyYAML's composer
-recurses once per level, and 50,000 nested brackets ran out of stack (``RecursionError``).
+recurses once per level, and deep enough nesting runs out of stack (``RecursionError``).
 
 Only JSON's kinds of values are accepted (strings, numbers, booleans, null, lists,
 mappings; plus ``<<`` merges): ``!!binary`` made bytes, which no JSON reply can hold

@@ -19,9 +19,10 @@ forecasts. A row shorter than the model needs (see ``min_context``) raises
 No model silently falls back to a simpler one.
 
 Speed: the adapter calls each model's ``forecast(y, h, level=…)`` per series in
-process. Measured on 1,000 series x 1,440 points (see ``docs/models.md``), this is as
-fast or faster than the ``StatsForecast`` DataFrame API, needs no pandas, and leaves
-parallelism to the caller (Ray actors), which scales past one machine.
+process. ``benchmarks/models_speed.py`` compares it with the ``StatsForecast``
+DataFrame API (``benchmarks/results/models_speed.json``): it is as fast or faster,
+needs no pandas, and leaves parallelism to the caller (Ray actors), which scales past
+one machine.
 """
 
 from __future__ import annotations

@@ -82,8 +82,7 @@ def train(
         max_minutes: stop early (checkpoint and final model written) after this much
             wall time in this process; None: run all ``config.steps``.
         threads: torch CPU threads. One by default: on a shared, busy machine several
-            OpenMP threads spin-wait on each other and a step took 10x longer
-            (measured: 0.4 s vs 4-10 s per mini step with 2 threads at load 8 on 2 cores).
+            OpenMP threads spin-wait on each other and a step takes many times longer.
         progress: show a tqdm progress bar.
 
     Raises:

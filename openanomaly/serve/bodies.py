@@ -1,17 +1,18 @@
 """Parse request bodies without stalling the ingress: large ones in a worker process.
 
-pydantic-core validates a JSON body in Rust, holding the GIL throughout: the largest
-body the default limits admit (1000 series of 1000 values, about 7 MiB) holds it for
-0.2-0.3 s. A worker *thread* does not help there, since the event loop (``/healthz``,
-every other request) waits for the same GIL; measured on the shipped app, ``/healthz``
-had a p99 of 213 ms while such bodies were parsed in a thread. So bodies over
+pydantic-core validates a JSON body in Rust, holding the GIL throughout, for a time
+that grows with the body: the largest body the default limits admit (1000 series of
+1000 values, about 7 MiB) holds it long enough to be seen in every other request's
+latency. A worker *thread* does not help there, since the event loop (``/healthz``,
+every other request) waits for the same GIL, so ``/healthz`` stalls behind each such
+body parsed in a thread. So bodies over
 ``PROCESS_BODY_BYTES`` are parsed in a separate process; the parsed request comes
 back pickled and is rebuilt in the executor's own thread one series object at a time,
 so the GIL changes hands between series. Smaller bodies parse in a thread, where a
 process round trip would cost more than it saves.
 
 The process is spawned (a fresh interpreter, never a fork of a Ray worker with its
-threads) on the first large body, which waits about 2 s for it once per replica.
+threads) on the first large body, which waits for it to start, once per replica.
 ``PARSE_PROCESSES`` of them parse one body each at a time: large bodies queue there
 rather than multiply the ingress's memory.
 """
@@ -30,7 +31,8 @@ from openanomaly.serve.schemas import DetectRequest, ForecastRequest, Limits, pa
 __all__ = ["PARSE_PROCESSES", "PROCESS_BODY_BYTES", "parse_body"]
 
 PROCESS_BODY_BYTES = 2**20
-"""Bodies over this many bytes (about 25 ms of parsing) are parsed in a worker process."""
+"""Bodies over this many bytes are parsed in a worker process; below it, the process round
+trip costs more than the GIL time it saves."""
 
 PARSE_PROCESSES = 1
 """Worker processes per ingress replica."""

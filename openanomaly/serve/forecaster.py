@@ -237,7 +237,7 @@ def model_params(spec: str, params: dict[str, Any], *, device: str) -> dict[str,
     """The adapter params with the replica's device filled in (adapters with a ``device`` param).
 
     The Chronos adapter's ``dtype: auto`` then picks bfloat16 on CUDA (half the memory,
-    about twice the throughput, forecasts indistinguishable at metric scale) and float32
+    more throughput, forecasts indistinguishable at metric scale) and float32
     on CPU; ``params`` can still set ``device``/``dtype`` explicitly.
     """
     out = dict(params)
@@ -331,8 +331,8 @@ class ForecasterDeployment:
         # the next batch as soon as this one starts (``batch_wait_timeout_s`` after its
         # first request), so with the model in a thread a busy replica runs many small
         # batches back to back. Blocking here makes requests queue up while the model
-        # runs, and they all join the next batch. Measured with bolt-small dims, 64
-        # clients, CPU: mean batch 2.6 in a thread, 29-31 like this
+        # runs, and they all join the next batch: far larger batches, as the mean batch
+        # size that benchmarks/serve_throughput.py records shows
         # (benchmarks/results/serve_throughput*.json).
         results = forecast_batch(model, items, spec=config.spec)
         self._stats.observe(

@@ -48,11 +48,12 @@ _MAX_FORM_BYTES = 8192
 class LoginThrottle:
     """Failed sign-ins counted over a sliding window, per client address and in all.
 
-    A wrong token already waits ``_FAILED_LOGIN_DELAY_S``, but concurrent guesses
-    overlapped (29 a second measured); past either count every attempt is refused with
-    429 and ``Retry-After`` without looking at the token, until the oldest failure
-    leaves the window. The overall count stops guessing spread over many addresses,
-    at the price of refusing everyone for a while. Kept per ingress replica, in memory.
+    A wrong token already waits ``_FAILED_LOGIN_DELAY_S``, but concurrent guesses overlap,
+    so the delay alone does not bound their rate; past either count every attempt is
+    refused with 429 and ``Retry-After`` without looking at the token, until the oldest
+    failure leaves the window. The overall count stops guessing spread over many
+    addresses, at the price of refusing everyone for a while. Kept per ingress replica,
+    in memory.
     """
 
     per_client: int = 5

@@ -17,7 +17,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from openanomaly.configstore.admin import (
     PipelineAdmin,
@@ -35,9 +35,9 @@ if TYPE_CHECKING:
     import gradio as gr
     import pandas as pd
 
-    from openanomaly.ui.app import Playground
+    from openanomaly.core.config import Pipeline
 
-__all__ = ["NEW", "TEMPLATE", "PipelinesPanel", "Writer", "pipelines_tab"]
+__all__ = ["NEW", "TEMPLATE", "Backtester", "PipelinesPanel", "Writer", "pipelines_tab"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,16 @@ Writer = Callable[[Mapping[str, str], Mapping[str, str]], "str | None"]
 """``(headers, cookies)`` → the name of who may write (e.g. ``admin``), or ``None`` if not allowed."""
 
 
+class Backtester(Protocol):
+    """What the tab needs of the playground that holds it (``openanomaly.ui.app.Playground``
+    is one): scoring a pipeline over a range, nothing written. Named here so the tab does
+    not import the app that builds it."""
+
+    def score_pipeline(
+        self, pipeline: Pipeline, *, range_choice: str, start: str = "", end: str = ""
+    ) -> PlaygroundResult: ...
+
+
 def _message(error: OpenAnomalyError) -> str:
     if isinstance(error, PipelineInvalid):
         return "\n".join(f"- `{p.field or 'body'}`: {p.message}" for p in error.problems)
@@ -79,7 +89,7 @@ class PipelinesPanel:
     """
 
     admin: Callable[[], PipelineAdmin]
-    playground: Playground
+    playground: Backtester
     writer: Writer | None = None
     trigger: Callable[[str], Mapping[str, Any]] | None = None
 
