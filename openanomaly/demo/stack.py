@@ -69,7 +69,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = _ROOT / "examples" / "compose-pipelines.yaml"
 """The compose demo's pipelines: ``openanomaly demo`` scores the same ones."""
 SERVE_CONFIG = _ROOT / "examples" / "compose-serve.yaml"
