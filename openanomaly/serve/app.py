@@ -75,6 +75,7 @@ from openanomaly.serve.login import router as login_router
 from openanomaly.serve.metrics import CONTENT_TYPE, ObserveRequests, ServeMetrics
 from openanomaly.serve.openapi import body_schema, openapi_document
 from openanomaly.serve.pipelines_api import router as pipelines_router
+from openanomaly.serve.progress import app_summary, say, scheduler_summary, wait_until_ready
 from openanomaly.serve.quiet import quiet_cancelled_requests
 from openanomaly.serve.schemas import (
     DetectRequest,
@@ -307,12 +308,14 @@ class Ingress:
         self._admin: PipelineAdmin | None = None
         fastapi_app.state.scheduler = self._scheduler_actor
         fastapi_app.state.pipelines = None
+        starter: threading.Thread | None = None
         if self.scheduler.pipelines is not None:
             create_starter_file(self.scheduler.pipelines)
             fastapi_app.state.pipelines = self._pipeline_admin
             # In the background and never fatal: the API must come up (and stay up through a
             # rolling update) whatever the pipelines file or the cluster says.
-            threading.Thread(target=self._start_scheduler, name="start-scheduler", daemon=True).start()
+            starter = threading.Thread(target=self._start_scheduler, name="start-scheduler", daemon=True)
+            starter.start()
         if playground:
             from openanomaly.ui import mount_playground
 
@@ -337,12 +340,19 @@ class Ingress:
                 async def playground_off(rest: str) -> JSONResponse:
                     return _error(503, message, kind="playground_unavailable")
 
+        say(f"ingress: up; waiting for the model deployments ({', '.join(forecasters)}) to load")
+        announce = functools.partial(wait_until_ready, playground=playground, after=starter)
+        threading.Thread(target=announce, name="announce-ready", daemon=True).start()
+
     def _start_scheduler(self) -> None:
-        assert self.scheduler.pipelines is not None
+        import ray
+
+        path = self.scheduler.pipelines
+        assert path is not None
+        say(f"ingress: starting the scheduler on {path}")
         try:
-            ensure_scheduler(
-                self.scheduler.pipelines, name=self.scheduler.name, namespace=self.scheduler.namespace
-            )
+            scheduler = ensure_scheduler(path, name=self.scheduler.name, namespace=self.scheduler.namespace)
+            say(scheduler_summary(path, ray.get(scheduler.status.remote())))
         except Exception as error:  # shown on /v1/pipelines; the API itself keeps serving
             self.scheduler_error = f"{type(error).__name__}: {error}"
             logging.getLogger(__name__).exception("could not start the scheduler")
@@ -589,4 +599,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         settings = AppSettings.model_validate(args)
     except ValidationError as error:
         raise ConfigError(str(error), source="serve_config.yaml applications[].args") from error
+    models = {name: config.spec for name, config in settings.models.items()}
+    for line in app_summary(models, pipelines=settings.scheduler.pipelines, playground=settings.playground):
+        say(line)
     return build(settings)

@@ -37,6 +37,7 @@ from ray.serve.handle import DeploymentHandle
 from openanomaly.errors import ConfigError, ModelError, OpenAnomalyError
 from openanomaly.models.base import Forecaster, QuantileForecast, StepAware, check_forecast
 from openanomaly.models.registry import load_forecaster, model_info, validate_params
+from openanomaly.serve.progress import say
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",
@@ -292,10 +293,13 @@ class ForecasterDeployment:
         old = self._config
         if old is None or (old.spec, old.params, old.device) != (config.spec, config.params, config.device):
             device = _resolve_device(config.device)
+            say(f"{self._deployment}: loading model {config.spec} on {device}…")
+            start = time.perf_counter()
             try:
                 params = model_params(config.spec, config.params, device=device)
                 model = load_forecaster(config.spec, **params)
             except Exception as error:
+                say(f"{self._deployment}: model {config.spec} failed to load: {_first_line(error)}")
                 raise ModelError(
                     f"deployment {self._deployment!r} could not load the model: {error}. "
                     "Fix user_config.spec/params in serve_config.yaml (a chronos:<hub name> spec "
@@ -304,6 +308,7 @@ class ForecasterDeployment:
                     spec=config.spec,
                 ) from error
             self._model, self._device = model, device
+            say(f"{self._deployment}: model {config.spec} ready in {time.perf_counter() - start:.1f} s")
         self._batched.set_max_batch_size(config.max_batch_size)
         self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self._config = config
