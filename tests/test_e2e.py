@@ -25,9 +25,7 @@ from tests.fixtures.servers import TSDBServer, unique_metric
 
 pytestmark = pytest.mark.integration
 
-NAB = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "nab"
-if not NAB.exists():  # a checkout elsewhere: the shared folder next to it, or OPENANOMALY_NAB
-    NAB = Path("/work/shared/benchmarks/nab")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
 MINUTE = 60_000
 
 
@@ -163,11 +161,11 @@ def test_backtest_finds_injected_spike_and_level_shift(server_name, request, tmp
 
 
 def test_backtest_on_labelled_nab_series(victoria_metrics, tmp_path, capsys):
-    name = "realKnownCause/machine_temperature_system_failure.csv"
-    windows = json.loads((NAB / "labels" / "combined_windows.json").read_text())[name]
+    name = "ec2_request_latency_system_failure.csv"  # a NAB file with its labels, in the repository
+    windows = json.loads((EXAMPLES / "labels.json").read_text())[name]
     step = 5 * MINUTE
     metric = unique_metric("e2e_nab")
-    series = read_csv_series(NAB / name, step_ms=step, name=metric)
+    series = read_csv_series(EXAMPLES / name, step_ms=step, name=metric)
     shift = _now_ms(step) - step - int(series.timestamps[-1])  # end near now: no retention limits
     stamps = series.timestamps + shift
     _write(victoria_metrics, SeriesMatrix(({"__name__": metric},), stamps, series.values))
@@ -176,8 +174,6 @@ def test_backtest_on_labelled_nab_series(victoria_metrics, tmp_path, capsys):
         "name": f"{metric}-p",
         "query": metric,
         "step": "5m",
-        # `default`: mad at a 1-day context found the first window only by paging again at
-        # each new low of a decline that had paged 142 points before it (docs/accuracy.md).
         "model": "default",
         "schedule": {"infer_every": "5m", "context": "1d"},
         "scoring": {"quantiles": [0.005, 0.995]},
@@ -201,7 +197,7 @@ def test_backtest_on_labelled_nab_series(victoria_metrics, tmp_path, capsys):
     assert np.isfinite(score).sum() > 0.95 * np.isfinite(series.values).sum()
     for begin, finish in windows:
         inside = (ts >= parse_time(begin) + shift) & (ts <= parse_time(finish) + shift)
-        assert inside.sum() > 100
+        assert inside.sum() > 50
         assert np.nanmax(score[inside]) > 1, (begin, finish)
 
 

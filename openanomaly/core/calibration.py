@@ -8,7 +8,7 @@ read off the series' own past.
 For a point at column ``t`` (``x`` = the values, NaN = no sample):
 
 1. **Residual record.** The stage's yardstick is the robust seasonal reference forecast
-   (:mod:`openanomaly.reference`), one step ahead: ``size[t] = |x[t] - reference[t]|``.
+   (:mod:`openanomaly.models.reference`), one step ahead: ``size[t] = |x[t] - reference[t]|``.
    It is cheap, stateless and the same for every model, so the record can be rebuilt
    from the context alone.
 2. **Tail threshold** (peaks over threshold, as SPOT; Siffer et al., KDD 2017). Over the

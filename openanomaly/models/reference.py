@@ -1,7 +1,7 @@
 """The robust seasonal reference forecast: what "usual" means for a series, from its own past.
 
 It is both the ``default`` model's forecast and the yardstick of the calibration stage
-(:mod:`openanomaly.calibration`), so the residual record that sets every model's alert
+(:mod:`openanomaly.core.calibration`), so the residual record that sets every model's alert
 threshold is the error of one readable forecaster. Pure numpy, no state: the forecast
 of a column depends only on the columns before its *anchor* (the first column not yet
 seen), so a scheduled window and a year-long backtest compute the same numbers.

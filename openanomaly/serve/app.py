@@ -1,15 +1,13 @@
 """The HTTP API: a FastAPI ingress deployment in front of one forecaster deployment per model.
 
-``serve run serve_config.yaml`` imports ``build_app`` (a Serve application builder)
-with the ``args`` of the config: the models to deploy and the request limits. Each
-model becomes its own ``ForecasterDeployment`` named ``Forecaster-<name>`` (so
-``deployments:`` entries in the config can size and place it), and the ingress holds a
-handle per model and picks one by the request's ``model`` field.
+``serve run serve_config.yaml`` imports ``build_app`` (a Serve application builder) with
+the config's ``args``: the models to deploy and the request limits. Each model becomes a
+``ForecasterDeployment`` named ``Forecaster-<name>`` (``deployments:`` entries size and
+place it); the ingress holds a handle per model and picks one by the request's ``model``.
 
-The ingress stays a thin shim: it validates requests, forwards contexts to the
-batched deployment, and for ``/v1/detect`` runs ``openanomaly.core.detect.score_range`` (the same
-rolling, no-look-ahead code the scheduled pipelines run) with the deployment handle as
-its forecaster.
+The ingress stays a thin shim: it validates requests, forwards contexts to the batched
+deployment, and for ``/v1/detect`` runs ``core.detect.score_range`` (the scheduled
+pipelines' no-look-ahead code) with the deployment handle as its forecaster.
 
 No ``from __future__ import annotations`` here: FastAPI reads the endpoint
 annotations at run time, and Serve's class-based views need them as real types.
@@ -75,7 +73,7 @@ from openanomaly.serve.login import router as login_router
 from openanomaly.serve.metrics import CONTENT_TYPE, ObserveRequests, ServeMetrics
 from openanomaly.serve.openapi import body_schema, openapi_document
 from openanomaly.serve.pipelines_api import router as pipelines_router
-from openanomaly.serve.progress import app_summary, say, scheduler_summary, wait_until_ready
+from openanomaly.serve.progress import announce_ready, app_summary, say, scheduler_summary
 from openanomaly.serve.quiet import quiet_cancelled_requests
 from openanomaly.serve.schemas import (
     DetectRequest,
@@ -341,8 +339,7 @@ class Ingress:
                     return _error(503, message, kind="playground_unavailable")
 
         say(f"ingress: up; waiting for the model deployments ({', '.join(forecasters)}) to load")
-        announce = functools.partial(wait_until_ready, playground=playground, after=starter)
-        threading.Thread(target=announce, name="announce-ready", daemon=True).start()
+        announce_ready(playground=playground, after=starter)
 
     def _start_scheduler(self) -> None:
         import ray
@@ -562,8 +559,7 @@ def build(
 ) -> serve.Application:
     """Bind the app: one ``Forecaster-<name>`` deployment per model plus the ingress.
 
-    ``max_ongoing_requests`` of each forecaster defaults to twice its
-    ``max_batch_size``, so one batch can fill while the previous one runs.
+    A forecaster takes twice its ``max_batch_size`` at once: a batch fills while one runs.
 
     Args:
         ingress_options: extra ``.options()`` for the ingress (tests: ``num_cpus``,
@@ -590,10 +586,9 @@ def build(
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """Serve application builder: ``import_path: openanomaly.serve.app:build_app``.
+    """Serve application builder (``import_path: openanomaly.serve.app:build_app``).
 
-    Raises:
-        ConfigError: ``args`` do not validate; the message names the field.
+    Raises ConfigError (naming the field) when ``args`` do not validate.
     """
     try:
         settings = AppSettings.model_validate(args)

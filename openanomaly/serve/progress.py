@@ -18,6 +18,7 @@ request.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import threading
 import time
@@ -26,7 +27,7 @@ from typing import Any, NamedTuple
 
 import httpx
 
-__all__ = ["PREFIX", "app_summary", "say", "scheduler_summary", "wait_until_ready"]
+__all__ = ["PREFIX", "announce_ready", "app_summary", "say", "scheduler_summary", "wait_until_ready"]
 
 PREFIX = "openanomaly: "
 
@@ -72,6 +73,12 @@ def scheduler_summary(path: str, status: Mapping[str, Any]) -> str:
         "its due windows from the scheduler's first tick, seconds from now (a pipeline's first "
         "window also starts its model)"
     )
+
+
+def announce_ready(*, playground: bool, after: threading.Thread | None) -> None:
+    """Say "ready: URL" from a daemon thread once the app runs (:func:`wait_until_ready`)."""
+    announce = functools.partial(wait_until_ready, playground=playground, after=after)
+    threading.Thread(target=announce, name="announce-ready", daemon=True).start()
 
 
 def wait_until_ready(*, playground: bool, after: threading.Thread | None = None, poll_s: float = 2.0) -> None:
