@@ -1,10 +1,14 @@
+import re
 from datetime import timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from openanomaly.configstore.files import load_config
 from openanomaly.core.config import CalibrationConfig, Pipeline, format_duration, parse_duration
+from openanomaly.core.times import DURATION_MAX_CHARS, DURATION_PATTERN
 from openanomaly.errors import ConfigValidationError
 
 
@@ -20,6 +24,19 @@ def test_parse_duration(text, seconds):
     "text", ["", "5", "5 minutes", "m5", "1h-3m", True, None, "78684705528y", 1e30, float("nan")]
 )
 def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
+
+
+@given(st.from_regex(DURATION_PATTERN, fullmatch=True).filter(lambda text: len(text) <= DURATION_MAX_CHARS))
+def test_every_duration_the_schema_allows_parses(text):
+    """The API schema (pattern and maxLength) and the parser agree: nothing valid overflows."""
+    parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["1234567s", "99999y99999y99999y", "5m" + " " * 15])
+def test_durations_past_the_schema_are_refused(text):
+    assert not (re.fullmatch(DURATION_PATTERN, text) and len(text) <= DURATION_MAX_CHARS)
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
 

@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from openanomaly.core.calibration import AlertPolicy
-from openanomaly.core.times import format_duration, parse_duration
+from openanomaly.core.times import DURATION_MAX_CHARS, DURATION_PATTERN, format_duration, parse_duration
 from openanomaly.models.fitted import FitSpec
 
 __all__ = [
@@ -65,14 +65,18 @@ def _positive(value: timedelta) -> timedelta:
     return value
 
 
-DURATION_PATTERN = r"^\s*(\d+(\.\d+)?(ms|s|m|h|d|w|y))+\s*$"
-"""What :func:`parse_duration` reads, as the API schema states it (not ISO 8601's ``PT5M``)."""
-
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["5m", "1h30m"]}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "maxLength": DURATION_MAX_CHARS,
+            "examples": ["5m", "1h30m"],
+        }
+    ),
 ]
 PositiveDuration = Annotated[Duration, BeforeValidator(lambda v: _positive(parse_duration(v)))]
 

@@ -12,10 +12,23 @@ from typing import Any
 
 from openanomaly.errors import UsageError
 
-__all__ = ["format_duration", "format_iso", "parse_duration", "parse_time"]
+__all__ = [
+    "DURATION_MAX_CHARS",
+    "DURATION_PATTERN",
+    "format_duration",
+    "format_iso",
+    "parse_duration",
+    "parse_time",
+]
 
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_DURATION_NUMBER = r"\d{1,6}(?:\.\d+)?"
+_DURATION_PART = re.compile(rf"({_DURATION_NUMBER})(ms|s|m|h|d|w|y)")
+DURATION_MAX_CHARS = 16
+"""With numbers of at most six digits, 16 characters can never overflow a ``timedelta``, so
+every text the API schema allows parses, and the schema refuses exactly what the parser does."""
+DURATION_PATTERN = rf"^\s*({_DURATION_NUMBER}(ms|s|m|h|d|w|y))+\s*$"
+"""What :func:`parse_duration` reads, as the API schema states it (not ISO 8601's ``PT5M``)."""
 _RELATIVE = re.compile(r"^now(?:\s*-\s*(\S+))?$")
 
 
@@ -33,6 +46,8 @@ def parse_duration(value: Any) -> timedelta:
         return _seconds(value, value)
     if not isinstance(value, str):
         raise ValueError(f"invalid duration {value!r}: expected a string such as '5m' or '1h30m'")
+    if len(value) > DURATION_MAX_CHARS:
+        raise ValueError(f"invalid duration {value!r}: at most {DURATION_MAX_CHARS} characters, e.g. '1h30m'")
     text = value.strip()
     position, total = 0, 0.0
     for match in _DURATION_PART.finditer(text):
@@ -42,7 +57,8 @@ def parse_duration(value: Any) -> timedelta:
         position = match.end()
     if position != len(text) or not text:
         raise ValueError(
-            f"invalid duration {value!r}: use a number and a unit (ms, s, m, h, d, w, y), e.g. '5m', '1h30m'"
+            f"invalid duration {value!r}: use a number (at most 6 digits) and a unit "
+            "(ms, s, m, h, d, w, y), e.g. '5m', '1h30m'"
         )
     return _seconds(total, value)
 
