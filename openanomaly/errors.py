@@ -25,6 +25,7 @@
     ├── PreconditionFailed       a conditional pipeline edit lost: it changed since it was read (HTTP 412)
     ├── SchedulerUnavailable     the HTTP API found no scheduler actor (503)
     ├── RayUnavailable           Ray did not start (a local cluster) or answer (an address) in time
+    ├── NodeLost                 a node left the cluster mid-job; the job was stopped, the window is retried
     └── WindowTimeout            a scheduled window or fit ran past its time limit
 
 A class shown with a module in brackets lives beside the code that raises it; every
@@ -53,6 +54,7 @@ __all__ = [
     "ModelError",
     "NoSamples",
     "NoSeries",
+    "NodeLost",
     "OpenAnomalyError",
     "PipelineNotFound",
     "PlaygroundInputError",
@@ -280,6 +282,11 @@ class RayUnavailable(OpenAnomalyError):
         self.address = address
         self.attempts = attempts
         super().__init__(message)
+
+
+class NodeLost(OpenAnomalyError):
+    """A node a Ray Data job ran on left the cluster mid-job: the job was stopped, and the
+    scheduler runs the window again on the nodes that are left."""
 
 
 class WindowTimeout(OpenAnomalyError):

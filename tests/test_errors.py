@@ -29,6 +29,7 @@ EXAMPLES: list[errors.OpenAnomalyError] = [
     errors.NoSeries("query 'up' returned no series", pipeline="cpu"),
     errors.NoSamples("window (a, b]: its 2 series hold no sample", pipeline="cpu"),
     errors.WindowTimeout("the model actor did not answer in time"),
+    errors.NodeLost("pipeline 'p' window job: node abc left the cluster; the job was stopped"),
     errors.SchedulerUnavailable("no scheduler"),
     errors.RayUnavailable("Ray did not start", address="local", attempts=3),
     errors.PipelineNotFound("cpu", source="pipelines.yaml"),
