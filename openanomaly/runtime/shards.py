@@ -16,18 +16,12 @@ import zlib
 from typing import Any
 
 from openanomaly.core.config import Pipeline
+from openanomaly.runtime.window import label_matchers
 
 __all__ = ["plan_shards"]
 
 # A plain instant-vector selector: optional metric name, optional {matchers}, nothing else.
 _SELECTOR = re.compile(r"^\s*(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)?\s*(?:\{(?P<matchers>[^{}]*)\})?\s*$")
-_RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
-
-
-def _quote(value: str) -> str:
-    """A PromQL string literal for a RE2 pattern matching ``value`` exactly."""
-    pattern = _RE2_SPECIAL.sub(r"\\\1", value)
-    return '"' + pattern.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _shard_queries(query: str, series: list[dict[str, str]], shards: int) -> list[str]:
@@ -52,13 +46,9 @@ def _shard_queries(query: str, series: list[dict[str, str]], shards: int) -> lis
     matchers = (match.group("matchers") or "").strip().rstrip(",")
     out = []
     for index, group in enumerate(groups):
-        if not group:
-            continue
-        regex = "|".join(_quote(v)[1:-1] for v in group)
-        if has_missing and index == 0:
-            regex += "|"  # series without the label match the empty string
-        extra = f'{label}=~"{regex}"'
-        out.append(f"{name}{{{matchers + ', ' if matchers else ''}{extra}}}")
+        # A group too long for one query becomes several (still disjoint).
+        for extra in label_matchers(label, group, missing=has_missing and index == 0):
+            out.append(f"{name}{{{matchers + ', ' if matchers else ''}{extra}}}")
     return out
 
 

@@ -33,8 +33,9 @@ same core, :func:`openanomaly.core.detect.score_range`, and write nothing)::
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +56,7 @@ __all__ = [
     "fetch",
     "fetch_start",
     "iter_blocks",
+    "label_matchers",
     "latest_window",
     "local_scorer",
     "output_labels",
@@ -237,10 +239,56 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _outputs_selector(pipeline: Pipeline) -> str:
-    """The pipeline's output series: every series with its ``for`` and ``model`` labels
-    (output rows are then looked up by their full label set, ``__name__`` included)."""
-    return f"{{for={_quote(pipeline.name)}, model={_quote(pipeline.model.label)}}}"
+MATCHER_CHARS = 8000
+"""Longest regex matcher one query gets: VictoriaMetrics refuses a query over 16 KB by default."""
+
+_EXISTING_QUERIES = 8  # more than this: one query for all the pipeline's outputs is cheaper
+_RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
+
+
+def label_matchers(name: str, values: Iterable[str], *, missing: bool = False) -> list[str]:
+    """``name=~"v1|v2|…"`` matchers, each under :data:`MATCHER_CHARS`, that together match
+    exactly the series whose ``name`` is one of ``values`` (and, with ``missing``, the
+    series without the label: the first matcher also matches the empty string)."""
+    matchers: list[str] = []
+    group: list[str] = [""] if missing else []
+    size = 0
+    for value in values:
+        pattern = _quote(_RE2_SPECIAL.sub(r"\\\1", value))[1:-1]
+        if group and group != [""] and size + len(pattern) + 1 > MATCHER_CHARS:
+            matchers.append(f'{name}=~"{"|".join(group)}"')
+            group, size = [], 0
+        group.append(pattern)
+        size += len(pattern) + 1
+    if group:
+        matchers.append(f'{name}=~"{"|".join(group)}"')
+    return matchers
+
+
+def _outputs_selectors(pipeline: Pipeline, labels: Sequence[Mapping[str, str]]) -> list[str]:
+    """Selectors that together hold the output series of ``labels`` (then looked up by
+    their full label set, ``__name__`` included).
+
+    Why not one selector for all the pipeline's outputs: a Ray Data job writes a window
+    block by block, and each block would read back every block written before it (a cost
+    that grows with the square of the series count). So the selectors add a matcher on
+    the input label with the most distinct values, unless that takes more queries than
+    reading everything once.
+    """
+    base = f"for={_quote(pipeline.name)}, model={_quote(pipeline.model.label)}"
+    kept = {"__name__", "for", "model", *pipeline.output.extra_labels}  # not carried over unchanged
+    distinct: dict[str, set[str]] = {}
+    for row in labels:
+        for name, value in row.items():
+            if name not in kept:
+                distinct.setdefault(name, set()).add(value)
+    if distinct:
+        name = max(distinct, key=lambda n: (len(distinct[n]), n))
+        missing = any(name not in row for row in labels)
+        matchers = label_matchers(name, sorted(distinct[name]), missing=missing)
+        if len(matchers) <= _EXISTING_QUERIES:
+            return [f"{{{base}, {matcher}}}" for matcher in matchers]
+    return [f"{{{base}}}"]
 
 
 def write(client: TSDBClient, pipeline: Pipeline, detection: Detection) -> tuple[int, int]:
@@ -259,9 +307,9 @@ def write(client: TSDBClient, pipeline: Pipeline, detection: Detection) -> tuple
         return 0, 0
     stamps = output.timestamps
     step = pipeline.step_ms
-    existing = client.sample_times(
-        _outputs_selector(pipeline), start_ms=int(stamps[0]) - step, end_ms=int(stamps[-1])
-    )
+    existing: dict[frozenset[tuple[str, str]], set[int]] = {}
+    for selector in _outputs_selectors(pipeline, detection.labels):
+        existing.update(client.sample_times(selector, start_ms=int(stamps[0]) - step, end_ms=int(stamps[-1])))
     values = output.values
     present = 0
     if existing:
