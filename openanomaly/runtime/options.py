@@ -21,15 +21,17 @@ class JobOptions:
     Attributes:
         series_per_shard: series per fetch task of a Ray Data job (one query per shard).
         batch_size: series per block of a Ray Data job (one forecast call, one write).
-        max_workers: Ray Data scoring actors / fit tasks at most; fewer when the cluster
-            has fewer CPUs free (each gets ``worker_num_cpus``, or less to fit).
+        max_workers: Ray Data scoring actors / fit tasks at most; None = as many as the
+            cluster's free CPUs hold (each gets ``worker_num_cpus``, or less to fit), so a
+            job grows with the cluster.
         worker_num_cpus: CPUs reserved per Ray Data scoring actor or fit task.
         fetch_num_cpus: CPUs reserved per Ray Data fetch task (mostly waiting on HTTP).
         num_gpus: GPUs per model actor; None = 1 when the cluster has GPUs and the model
             runs on one (chronos; neuralforecast with ``accelerator: gpu``), else 0.
         ray_data_min_series: a pipeline whose last window had at least this many series
             runs its windows as Ray Data jobs (fetch shards in parallel, several scoring
-            actors, on every node); below it, the warm model actor is faster.
+            actors, on every node). None (the default): chosen per pipeline from what the
+            runner measured, see :meth:`~openanomaly.runtime.runner.JobRunner.uses_ray_data`.
         max_restarts / max_task_retries: Ray Data scoring actors: None = Ray Data's own
             default (restart and retry without limit); setting them uses Ray 2.60's
             deprecated ``ray_remote_args`` path.
@@ -42,11 +44,11 @@ class JobOptions:
 
     series_per_shard: int = 1000
     batch_size: int = 512
-    max_workers: int = 2
+    max_workers: int | None = None
     worker_num_cpus: float = 1.0
     fetch_num_cpus: float = 0.25
     num_gpus: float | None = None
-    ray_data_min_series: int = 20_000
+    ray_data_min_series: int | None = None
     max_restarts: int | None = None
     max_task_retries: int | None = None
     model_cache: int = 50_000
@@ -54,7 +56,7 @@ class JobOptions:
 
     def __post_init__(self) -> None:
         for name in ("series_per_shard", "batch_size", "max_workers", "ray_data_min_series"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"JobOptions.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("worker_num_cpus", "fetch_num_cpus"):
             if getattr(self, name) <= 0:

@@ -61,11 +61,13 @@ def job_budget(options: JobOptions, shards: int) -> Budget:
     import ray
 
     free = float(ray.available_resources().get("CPU", 0.0))
-    fetch_tasks = max(1, min(shards, 4))
-    fetch_cpus = min(options.fetch_num_cpus, max(0.05, free / 4))
+    # Parsing the TSDB's answer costs CPU: one fetch task per free CPU (at least 4).
+    fetch_tasks = max(1, min(shards, max(4, math.floor(free))))
+    fetch_cpus = min(options.fetch_num_cpus, max(0.05, free / (2 * fetch_tasks)))
     left = max(0.05, free - fetch_cpus * fetch_tasks)
     worker_cpus = min(options.worker_num_cpus, left)
-    workers = max(1, min(options.max_workers, math.floor(left / worker_cpus + 1e-9)))
+    fit = math.floor(left / worker_cpus + 1e-9)
+    workers = max(1, fit if options.max_workers is None else min(options.max_workers, fit))
     return Budget(workers, worker_cpus, fetch_cpus, fetch_tasks)
 
 
