@@ -2,7 +2,8 @@
 
 **Scheduled windows** (:meth:`JobRunner.run_window`) go through the one window path
 (:func:`openanomaly.runtime.window.run_window`): the scheduler's worker thread fetches the
-window, a *warm model actor* scores it, the thread writes what is new. A model actor
+window, a *warm model actor* scores it, the thread writes what is new; a pipeline of more
+than ``series_per_shard`` series shard by shard (:func:`_run_shards`). A model actor
 (:class:`~openanomaly.runtime.scorer.WindowScorer` on Ray) is started once per model and
 kept across windows and pipelines (one per zero-shot model spec and params; one per fitted
 pipeline, holding its per-series models), so a window costs a fetch, one forecast call and
@@ -14,8 +15,8 @@ shares the cores, Ray only needs to *place* it. GPU models reserve their GPU.
 **Ray Data** runs what is big: fits (:func:`~openanomaly.runtime.fits.fit_job`:
 per-series models in parallel tasks, one global NHITS in one task) and windows of
 pipelines with very many series (:func:`~openanomaly.runtime.window_job.run_job`, used
-once a pipeline's last window saw at least ``JobOptions.ray_data_min_series`` series),
-sized to the free cluster (:mod:`openanomaly.runtime.raydata`).
+once the runner's own measurements say the job is faster than the warm path, see
+:meth:`JobRunner.uses_ray_data`), sized to the free cluster (:mod:`openanomaly.runtime.raydata`).
 
 Failure model: the TSDB client retries with backoff; if reads or writes still fail the
 window raises (``QueryError``/``RemoteWriteError``) and the scheduler retries it later.
@@ -35,11 +36,20 @@ from typing import Any
 from openanomaly.core.config import Pipeline, Settings
 from openanomaly.core.detect import Detection
 from openanomaly.core.series import SeriesMatrix
-from openanomaly.errors import ModelError, OpenAnomalyError, WindowTimeout
+from openanomaly.errors import DataError, ModelError, OpenAnomalyError, WindowTimeout
 from openanomaly.runtime.fits import FitResult, fit_job
 from openanomaly.runtime.options import JobOptions, num_gpus
 from openanomaly.runtime.scorer import WindowScorer
-from openanomaly.runtime.window import RunResult, Scorer, run_window
+from openanomaly.runtime.shards import plan_shards
+from openanomaly.runtime.window import (
+    RunResult,
+    Scorer,
+    Tally,
+    TSDBClient,
+    check_block,
+    fetch_start,
+    run_window,
+)
 from openanomaly.runtime.window_job import run_job
 
 __all__ = ["JobRunner"]
@@ -52,17 +62,61 @@ def _model_key(pipeline: Pipeline) -> str:
     return "model:" + json.dumps([pipeline.model.spec, pipeline.model.params], sort_keys=True, default=str)
 
 
+_JOB_OVERHEAD_S = 15.0
+"""What a Ray Data window job costs beyond its work until one was measured here: its
+pool of scoring actors starts and loads the model for every job (benchmarks/scale_out.py)."""
+
+
 class JobRunner:
     """Runs the scheduler's windows and fits on the Ray cluster this process is connected to.
 
     Keeps one warm model actor per model (see the module docstring) and drops the actors
-    no configured pipeline uses (:meth:`prune`).
+    no configured pipeline uses (:meth:`prune`). Measures what it runs: the warm path's
+    seconds per series of each pipeline, and a Ray Data job's fixed cost (its seconds
+    beyond that work spread over the cluster's CPUs), which pick the path of the next
+    window (:meth:`uses_ray_data`).
     """
 
     def __init__(self, options: JobOptions | None = None) -> None:
         self.options = options or JobOptions()
         self._actors: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._per_series_s: dict[str, float] = {}
+        self._job_overhead_s = _JOB_OVERHEAD_S
+
+    def uses_ray_data(self, pipeline: Pipeline, series: int) -> bool:
+        """Whether a window of ``series`` series is faster as a Ray Data job than on the warm path.
+
+        The warm path is one process: ``series x s`` (``s``: seconds per series of this
+        pipeline's last warm window). A job spreads the same work over the cluster's CPUs
+        and pays a fixed cost first: ``overhead + series x s / cpus``. Until the pipeline
+        ran warm once there is no ``s``, so its first windows run warm. An explicit
+        ``JobOptions.ray_data_min_series`` decides instead.
+        """
+        import ray
+
+        if self.options.ray_data_min_series is not None:
+            return series >= self.options.ray_data_min_series
+        per_series = self._per_series_s.get(pipeline.name)
+        cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        if per_series is None or series == 0 or cpus <= 1:
+            return False
+        warm = per_series * series
+        return self._job_overhead_s + warm / cpus < warm
+
+    def _measured(self, pipeline: Pipeline, result: RunResult, *, job: bool) -> RunResult:
+        """Keep what ``result`` says about the path it took (see :meth:`uses_ray_data`)."""
+        import ray
+
+        if result.series_in == 0:
+            return result
+        if not job:
+            self._per_series_s[pipeline.name] = result.duration_s / result.series_in
+        elif pipeline.name in self._per_series_s:
+            cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1.0)))
+            work = self._per_series_s[pipeline.name] * result.series_in / cpus
+            self._job_overhead_s = max(0.0, result.duration_s - work)
+        return result
 
     def _actor(self, pipeline: Pipeline) -> Any:
         import ray
@@ -140,8 +194,8 @@ class JobRunner:
         """Score and write one window: warm actor, or a Ray Data job for very many series.
 
         Args:
-            series_hint: series the pipeline's last window had (picks Ray Data past
-                ``JobOptions.ray_data_min_series``).
+            series_hint: series the pipeline's last window had (0: not known yet); see
+                :meth:`uses_ray_data`.
             timeout_s: give up (WindowTimeout) after this long.
 
         Raises:
@@ -150,8 +204,8 @@ class JobRunner:
         from openanomaly.io.tsdb import PrometheusClient
 
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        if series_hint >= self.options.ray_data_min_series:
-            return run_job(
+        if self.uses_ray_data(pipeline, series_hint):
+            result = run_job(
                 settings,
                 pipeline,
                 start_ms=start_ms,
@@ -160,14 +214,25 @@ class JobRunner:
                 options=self.options,
                 deadline=deadline,
             )
+            return self._measured(pipeline, result, job=True)
         if deadline is not None:  # wait for placement before the fetch, so a stuck model costs no I/O
             self._call(pipeline, "ready", deadline=deadline)
         scorer = self.scorer(settings, pipeline, fit_time_ms=fit_time_ms, deadline=deadline)
         with PrometheusClient(settings.tsdb) as client:
-            _, result = run_window(
-                pipeline, scorer, start_ms=start_ms, end_ms=end_ms, source=client, sink=client
-            )
-        return result
+            if 0 < series_hint <= self.options.series_per_shard:
+                _, result = run_window(
+                    pipeline, scorer, start_ms=start_ms, end_ms=end_ms, source=client, sink=client
+                )
+            else:
+                result = _run_shards(
+                    client,
+                    pipeline,
+                    scorer,
+                    start_ms=start_ms,
+                    end_ms=end_ms,
+                    series_per_shard=self.options.series_per_shard,
+                )
+        return self._measured(pipeline, result, job=False)
 
     def run_fit(
         self, settings: Settings, pipeline: Pipeline, *, fit_time_ms: int, timeout_s: float | None = None
@@ -188,3 +253,46 @@ class JobRunner:
     def close(self) -> None:
         """Stop every model actor."""
         self.prune(())
+
+
+def _run_shards(
+    client: TSDBClient,
+    pipeline: Pipeline,
+    scorer: Scorer,
+    *,
+    start_ms: int,
+    end_ms: int,
+    series_per_shard: int,
+) -> RunResult:
+    """One window in this process, shard by shard (the Ray Data job's shard plan).
+
+    Why: one query for all of a very large pipeline makes this process parse the whole
+    answer at once, and the parsed JSON takes tens of times the matrix it becomes; shard
+    by shard (fetch, score in the warm actor, write), memory is bounded by one shard
+    whatever the series count. A pipeline whose last window fit one shard, or whose query
+    is not a plain selector, is one query as before. A shard that fails fails the window
+    after the shards before it were written; the retry skips what they wrote.
+    """
+    began = time.perf_counter()
+    first = fetch_start(pipeline, start_ms)
+    queries, _ = plan_shards(
+        client, pipeline, start_ms=first, end_ms=end_ms, series_per_shard=series_per_shard
+    )
+    if len(queries) == 1:
+        return run_window(pipeline, scorer, start_ms=start_ms, end_ms=end_ms, source=client, sink=client)[1]
+    tally = Tally()
+    for query in queries:
+        shard = pipeline.model_copy(update={"query": query})
+        block = client.query_range(query, start_ms=first, end_ms=end_ms, step_ms=pipeline.step_ms)
+        if check_block(block, shard) is not None:
+            continue  # every series of this shard is silent in the window: the others still count
+        detection, result = run_window(
+            shard, scorer, start_ms=start_ms, end_ms=end_ms, source=block, sink=client
+        )
+        tally.add(detection, result.samples_written, result.samples_present)
+    if not tally.series:
+        raise DataError(
+            f"no series of query {pipeline.query!r} has a finite value in the requested range",
+            pipeline=pipeline.name,
+        )
+    return tally.result(pipeline, start_ms, end_ms, time.perf_counter() - began)
