@@ -27,8 +27,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_vm(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """VictoriaMetrics as the docs recommend it (plus room for 10k series), on a free port."""
+def start_vm(data_dir: Path, *, dedup: bool = True) -> tuple[subprocess.Popen[bytes], str]:
+    """VictoriaMetrics as the docs recommend it (plus room for 1M series per query), on a free port.
+
+    ``dedup=False`` leaves out ``-dedup.minScrapeInterval``, so a sample written twice is
+    kept twice and can be counted.
+    """
     binary = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
     port = free_port()
     process = subprocess.Popen(
@@ -36,8 +40,9 @@ def start_vm(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
             binary,
             f"-httpListenAddr=127.0.0.1:{port}",
             f"-storageDataPath={data_dir}",
-            "-dedup.minScrapeInterval=1ms",
+            *(["-dedup.minScrapeInterval=1ms"] if dedup else []),
             "-search.maxUniqueTimeseries=1000000",
+            "-search.maxSeries=1000000",
             "-loggerLevel=WARN",
         ],
         stdout=subprocess.DEVNULL,
