@@ -194,7 +194,8 @@ def test_backtest_on_labelled_nab_series(victoria_metrics, tmp_path, capsys):
     )
     assert len(scores) == 1
     score, ts = scores.values[0], scores.timestamps
-    assert np.isfinite(score).sum() > 0.95 * np.isfinite(series.values).sum()
+    # Warm-up (no score) lies within the first day: the pipeline's whole context.
+    assert np.isfinite(score).sum() >= np.isfinite(series.values).sum() - 288
     for begin, finish in windows:
         inside = (ts >= parse_time(begin) + shift) & (ts <= parse_time(finish) + shift)
         assert inside.sum() > 50
