@@ -317,13 +317,15 @@ class Bench:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--series", default="10000,50000,100000")
-    parser.add_argument("--nodes", default="1,2,3")
+    parser.add_argument("--series", default="10000,50000,100000", help="comma list of window sizes (series)")
+    parser.add_argument("--nodes", default="1,2,3", help="comma list of worker-node counts")
     parser.add_argument("--warm", default="10000", help="sizes to run on the warm model actor too")
-    parser.add_argument("--cpus-per-node", type=int, default=1)
-    parser.add_argument("--object-store-gb", type=float, default=1.0)
-    parser.add_argument("--loss-series", type=int, default=10_000)
-    parser.add_argument("--loss-after-s", type=float, default=10.0)
+    parser.add_argument("--cpus-per-node", type=int, default=1, help="logical CPUs of each worker node")
+    parser.add_argument("--object-store-gb", type=float, default=1.0, help="object store of each worker node")
+    parser.add_argument("--loss-series", type=int, default=10_000, help="series in the node-loss window")
+    parser.add_argument(
+        "--loss-after-s", type=float, default=10.0, help="seconds into that window a worker node is removed"
+    )
     parser.add_argument("--out", default=str(RESULTS / "scale_out.json"))
     args = parser.parse_args()
     sizes = [int(s) for s in args.series.split(",")]
