@@ -350,4 +350,7 @@ def test_grafana_dashboard_configmap_for_the_sidecar(rendered: dict[str, list[di
 
 def test_stack_victoriametrics_deduplicates_retried_writes() -> None:
     values = yaml.safe_load((STACK / "values.yaml").read_text())
-    assert values["victoria-metrics-single"]["server"]["extraArgs"]["dedup.minScrapeInterval"] == "1ms"
+    extra = values["victoria-metrics-single"]["server"]["extraArgs"]
+    assert extra["dedup.minScrapeInterval"] == "1ms"
+    # A window job lists its series first: the 30,000 default would refuse a large pipeline.
+    assert int(extra["search.maxSeries"]) >= 100_000 and int(extra["search.maxUniqueTimeseries"]) >= 100_000

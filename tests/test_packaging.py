@@ -72,7 +72,9 @@ def test_compose_openanomaly_serves_on_all_interfaces_and_runs_the_scheduler() -
 
 def test_compose_victoriametrics_dedups_and_grafana_gets_the_dashboard() -> None:
     services = _compose()["services"]
-    assert "-dedup.minScrapeInterval=1ms" in services["victoriametrics"]["command"]
+    command = services["victoriametrics"]["command"]
+    assert "-dedup.minScrapeInterval=1ms" in command
+    assert {"-search.maxSeries=1000000", "-search.maxUniqueTimeseries=1000000"} <= set(command)
     grafana = _mounts(services["grafana"])
     dashboards = [source for source in grafana.values() if source.suffix == ".json"]
     assert dashboards == [ROOT / "charts" / "openanomaly" / "files" / "openanomaly-dashboard.json"]
