@@ -18,7 +18,7 @@ from openanomaly.errors import ModelError, NoSeries, OpenAnomalyError, WindowTim
 from openanomaly.io.artifacts import GLOBAL_SERIES_KEY, open_store, save_model, series_key
 from openanomaly.runtime.arrow import matrix_from_table
 from openanomaly.runtime.options import JobOptions, num_gpus
-from openanomaly.runtime.raydata import BIG_JOB, fetch_dataset, output_rows, ray_data
+from openanomaly.runtime.raydata import BIG_JOB, drive, fetch_dataset, output_rows, ray_data
 
 __all__ = ["FitResult", "fit_job", "train_global"]
 
@@ -96,20 +96,25 @@ def fit_job(
     Raises:
         ConfigError: the pipeline cannot be fitted (see ``check_fittable``).
         QueryError: the TSDB read failed. ModelError, ArtifactError: fit or save failed.
-        WindowTimeout: the fit ran past ``deadline`` (monotonic seconds).
+        WindowTimeout: the fit ran past ``deadline`` (monotonic seconds). NodeLost: a node
+            the fit started with left the cluster (it is retried like a window).
     """
+    ray_data()
     with BIG_JOB:
-        return _fit_job(settings, pipeline, fit_time_ms=fit_time_ms, options=options, deadline=deadline)
+        what = f"pipeline {pipeline.name!r} fit"
+        return drive(
+            _fit_job, settings, pipeline, fit_time_ms, options, deadline, deadline=deadline, what=what
+        )
 
 
 def _fit_job(
     settings: Settings,
     pipeline: Pipeline,
-    *,
     fit_time_ms: int,
     options: JobOptions | None,
     deadline: float | None,
 ) -> FitResult:
+    """The driving task of :func:`fit_job` (:func:`raydata.drive`)."""
     import ray
     from ray.exceptions import GetTimeoutError, RayTaskError
 

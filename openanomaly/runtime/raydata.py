@@ -10,22 +10,33 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from openanomaly.core.config import Pipeline, Settings
-from openanomaly.errors import DataError, WindowTimeout
+from openanomaly.errors import DataError, NodeLost, OpenAnomalyError, WindowTimeout
 from openanomaly.runtime.arrow import table_from_matrix
 from openanomaly.runtime.options import JobOptions
 from openanomaly.runtime.shards import plan_shards
 
-__all__ = ["BIG_JOB", "Budget", "fetch_dataset", "job_budget", "output_rows", "ray_data", "restart_args"]
+__all__ = [
+    "BIG_JOB",
+    "Budget",
+    "drive",
+    "fetch_dataset",
+    "job_budget",
+    "output_rows",
+    "ray_data",
+    "restart_args",
+]
 
 BIG_JOB = threading.Semaphore(1)
 """One Ray Data job at a time per scheduler: each is sized to the whole free cluster."""
+
+_POLL_S = 1.0  # how often a waiting job checks its deadline and the cluster's nodes
 
 
 def ray_data() -> Any:
@@ -157,3 +168,56 @@ def output_rows(dataset: Any, deadline: float | None, what: str) -> Iterator[dic
         yield row
         if deadline is not None and time.monotonic() > deadline:
             raise WindowTimeout(f"{what} ran past its time limit")
+
+
+def drive(job: Callable[..., Any], *args: Any, deadline: float | None, what: str) -> Any:
+    """``job(*args)`` run as a driving task on this node, stopped past ``deadline`` or on node loss.
+
+    The driving task owns every task and actor the job starts. Why: a job that can no
+    longer finish (a node left, and an actor restarted on the node that is left took the
+    CPU its other tasks wait for) blocks its iterator forever, and a deadline checked
+    between rows never fires; cancelling the driving task ends the job and, by Ray's
+    ownership, all it started, so the resources are free for the retry.
+
+    Raises:
+        WindowTimeout: ``deadline`` (monotonic seconds) passed. NodeLost: a node the job
+            started with left, or the driving task's process died. An OpenAnomalyError
+            raised by the job is raised as itself.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = _alive_nodes()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    ref = ray.remote(job).options(num_cpus=0, max_retries=0, scheduling_strategy=here).remote(*args)
+    return _await(ref, deadline, nodes, what)
+
+
+def _alive_nodes() -> set[str]:
+    """Ids of the nodes that hold CPUs now (the ones a job's stages can run on)."""
+    import ray
+
+    return {node["NodeID"] for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) > 0}
+
+
+def _await(ref: Any, deadline: float | None, nodes: set[str], what: str) -> Any:
+    """The result of a job's driving task; it is cancelled past ``deadline`` or once one of
+    ``nodes`` leaves the cluster. An OpenAnomalyError from the job is raised as itself."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    while not ray.wait([ref], timeout=_POLL_S)[0]:
+        lost = nodes - _alive_nodes()
+        if lost or (deadline is not None and time.monotonic() > deadline):
+            ray.cancel(ref, force=True)
+            if lost:
+                raise NodeLost(f"{what}: node {sorted(lost)[0]} left the cluster; the job was stopped")
+            raise WindowTimeout(f"{what} ran past its time limit")
+    try:
+        return ray.get(ref)
+    except RayTaskError as error:
+        if isinstance(error.cause, OpenAnomalyError):
+            raise error.cause from None
+        raise
+    except ray.exceptions.RayError as error:  # the driving task's process or node died
+        raise NodeLost(f"{what}: {type(error).__name__}: {error}") from None

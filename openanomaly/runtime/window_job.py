@@ -16,10 +16,10 @@ from typing import Any
 from openanomaly.core.config import Pipeline, Settings
 from openanomaly.core.detect import Detection
 from openanomaly.core.series import SeriesMatrix
-from openanomaly.errors import NodeLost, NoSeries, OpenAnomalyError, WindowTimeout
+from openanomaly.errors import NoSeries
 from openanomaly.runtime.arrow import matrix_from_table
 from openanomaly.runtime.options import JobOptions, num_gpus
-from openanomaly.runtime.raydata import BIG_JOB, fetch_dataset, ray_data, restart_args
+from openanomaly.runtime.raydata import BIG_JOB, drive, fetch_dataset, ray_data, restart_args
 from openanomaly.runtime.scorer import WindowScorer
 from openanomaly.runtime.window import RunResult, check_block, fetch_start, run_window
 
@@ -28,7 +28,6 @@ __all__ = ["run_job"]
 log = logging.getLogger(__name__)
 
 _COUNTS = ("series_in", "series_scored", "points", "anomalies", "written", "present", "points_in")
-_POLL_S = 1.0  # how often a waiting job checks its deadline and the cluster's nodes
 
 
 class _BlockJob:
@@ -94,32 +93,30 @@ def run_job(
     as the warm actor (fetch with context, :class:`WindowScorer`, idempotent write), but
     fetched in parallel shards and scored by a pool of actors on every node.
 
-    The job is driven by a task of its own (:func:`_window_job`, on this node), which
-    owns every task and actor of the job. Why: a job that can no longer finish (a node
-    left, and the scoring actor restarted on the node that is left took the CPU its
-    fetch tasks wait for) blocks its iterator forever; cancelling the driving task ends
-    the job and, by Ray's ownership, all it started, so the resources are free for the
-    retry. It is stopped when ``deadline`` passes (WindowTimeout) or a node it started
-    with leaves (NodeLost); the scheduler then runs the window again, sized to the
-    cluster it finds, and the idempotent write skips what the stopped job wrote.
+    The job runs in a driving task of its own (:func:`raydata.drive`), stopped when
+    ``deadline`` passes (WindowTimeout) or a node it started with leaves (NodeLost); the
+    scheduler then runs the window again, sized to the cluster it finds, and the
+    idempotent write skips what the stopped job wrote.
 
     Raises:
         QueryError, RemoteWriteError: the TSDB stayed unreachable after retries.
         ModelError, ArtifactError: the model could not be loaded. WindowTimeout, NodeLost.
     """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     ray_data()
     options = options or JobOptions()
     began = time.perf_counter()
     what = f"pipeline {pipeline.name!r} window job"
     with BIG_JOB:
-        nodes = _alive_nodes()
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        job = ray.remote(_window_job).options(num_cpus=0, max_retries=0, scheduling_strategy=here)
-        totals = _await(
-            job.remote(settings, pipeline, start_ms, end_ms, fit_time_ms, options), deadline, nodes, what
+        totals = drive(
+            _window_job,
+            settings,
+            pipeline,
+            start_ms,
+            end_ms,
+            fit_time_ms,
+            options,
+            deadline=deadline,
+            what=what,
         )
     if totals["series_in"] == 0:
         raise NoSeries(f"query {pipeline.query!r} returned no series", pipeline=pipeline.name)
@@ -138,36 +135,6 @@ def run_job(
     )
     log.info("job %s", result)
     return result
-
-
-def _alive_nodes() -> set[str]:
-    """Ids of the nodes that hold CPUs now (the ones a job's stages can run on)."""
-    import ray
-
-    return {node["NodeID"] for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) > 0}
-
-
-def _await(ref: Any, deadline: float | None, nodes: set[str], what: str) -> Any:
-    """The result of a job's driving task; it is cancelled past ``deadline`` or once one of
-    ``nodes`` leaves the cluster. An OpenAnomalyError from the job is raised as itself."""
-    import ray
-    from ray.exceptions import RayTaskError
-
-    while not ray.wait([ref], timeout=_POLL_S)[0]:
-        lost = nodes - _alive_nodes()
-        if lost or (deadline is not None and time.monotonic() > deadline):
-            ray.cancel(ref, force=True)
-            if lost:
-                raise NodeLost(f"{what}: node {sorted(lost)[0]} left the cluster; the job was stopped")
-            raise WindowTimeout(f"{what} ran past its time limit")
-    try:
-        return ray.get(ref)
-    except RayTaskError as error:
-        if isinstance(error.cause, OpenAnomalyError):
-            raise error.cause from None
-        raise
-    except ray.exceptions.RayError as error:  # the driving task's process or node died
-        raise NodeLost(f"{what}: {type(error).__name__}: {error}") from None
 
 
 def _window_job(
