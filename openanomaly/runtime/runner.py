@@ -48,6 +48,7 @@ from openanomaly.runtime.window import (
     TSDBClient,
     check_block,
     fetch_start,
+    query_block,
     run_window,
 )
 from openanomaly.runtime.window_job import run_job
@@ -283,7 +284,7 @@ def _run_shards(
     tally = Tally()
     for query in queries:
         shard = pipeline.model_copy(update={"query": query})
-        block = client.query_range(query, start_ms=first, end_ms=end_ms, step_ms=pipeline.step_ms)
+        block = query_block(client, shard, start_ms=start_ms, end_ms=end_ms)
         if check_block(block, shard) is not None:
             continue  # every series of this shard is silent in the window: the others still count
         detection, result = run_window(

@@ -61,6 +61,7 @@ __all__ = [
     "local_scorer",
     "output_labels",
     "output_matrix",
+    "query_block",
     "run_window",
     "scored_range",
     "write",
@@ -158,12 +159,13 @@ def fetch(client: TSDBClient, pipeline: Pipeline, *, start_ms: int, end_ms: int)
         DataError: the query returned no series, only NaN, series off the grid or
             series whose outputs would collide.
     """
-    block = _query(client, pipeline, start_ms=start_ms, end_ms=end_ms)
+    block = query_block(client, pipeline, start_ms=start_ms, end_ms=end_ms)
     check_input(block, pipeline)
     return block
 
 
-def _query(client: TSDBClient, pipeline: Pipeline, *, start_ms: int, end_ms: int) -> SeriesMatrix:
+def query_block(client: TSDBClient, pipeline: Pipeline, *, start_ms: int, end_ms: int) -> SeriesMatrix:
+    """The pipeline's query over ``(start_ms, end_ms]`` plus its context, unchecked."""
     return client.query_range(
         pipeline.query, start_ms=fetch_start(pipeline, start_ms), end_ms=end_ms, step_ms=pipeline.step_ms
     )
@@ -467,7 +469,7 @@ def iter_blocks(
             else min(_MAX_FETCH_CHUNKS, default_batch_chunks(pipeline, n_series))
         )
         batch_end = min(end_ms, (batch_start // every + chunks) * every)
-        block = _query(client, pipeline, start_ms=batch_start, end_ms=batch_end)
+        block = query_block(client, pipeline, start_ms=batch_start, end_ms=batch_end)
         gap = check_block(block, pipeline)
         if gap is None:
             n_series = max(n_series, len(block))
