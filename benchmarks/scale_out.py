@@ -9,6 +9,9 @@ visible), loads the series, then in one run measures, each on a window of its ow
   ``JobOptions``) on a fresh multi-node cluster per node count (``benchmarks/_multinode.py``:
   a head with no CPUs plus N worker nodes with their own CPUs and object store), with the
   peak PSS and I/O bytes of every node and of the driver.
+- ``fetch_decode``: at the sizes ``--decode`` lists, the plain process's fetch of one
+  window twice, decoded as shipped (orjson, garbage collector paused) and as before
+  (stdlib ``json`` with the collector running), in alternating order.
 - ``warm``: :meth:`openanomaly.runtime.runner.JobRunner.run_window` on the warm model actor, at
   the sizes ``--warm`` lists (it holds the whole window in one process).
 - ``node_loss``: a window on the largest node count with one worker node removed while
@@ -127,6 +130,7 @@ class Bench:
             "note": "shared 2-core machine; every figure in one run, compare ratios",
             "reference": [],
             "cells": [],
+            "fetch_decode": [],
             "warm": [],
             "node_loss": None,
         }
@@ -191,6 +195,56 @@ class Bench:
         }
         print("reference", row, flush=True)
         self.record["reference"].append(row)
+        self.save()
+
+    def fetch_decode(self, series: int) -> None:
+        """The window's fetch, shard by shard, decoded as shipped and the way it was before."""
+        import contextlib
+        import json
+        import types
+
+        from openanomaly.io import tsdb
+        from openanomaly.runtime.options import JobOptions
+        from openanomaly.runtime.shards import plan_shards
+        from openanomaly.runtime.window import fetch, fetch_start
+
+        before = {
+            "orjson": types.SimpleNamespace(loads=json.loads, JSONDecodeError=ValueError),
+            "_gc_paused": contextlib.nullcontext,
+        }
+        pipeline = pipeline_for(f"decode-{series}", series, self.group)
+        start, end = self.window()
+        seconds: dict[str, float] = {}
+        with tsdb.PrometheusClient(self.settings.tsdb) as client:
+            queries, _ = plan_shards(
+                client,
+                pipeline,
+                start_ms=fetch_start(pipeline, start),
+                end_ms=end,
+                series_per_shard=JobOptions().series_per_shard,
+            )
+            for way in ("stdlib_json_gc_on", "shipped", "stdlib_json_gc_on", "shipped"):
+                saved = {name: getattr(tsdb, name) for name in before}
+                if way != "shipped":
+                    for name, value in before.items():
+                        setattr(tsdb, name, value)
+                try:
+                    began = time.perf_counter()
+                    for query in queries:
+                        shard = pipeline.model_copy(update={"query": query})
+                        fetch(client, shard, start_ms=start, end_ms=end)
+                    seconds[way] = min(seconds.get(way, np.inf), time.perf_counter() - began)
+                finally:
+                    for name, value in saved.items():
+                        setattr(tsdb, name, value)
+        row = {
+            "series": series,
+            "shipped_s": round(seconds["shipped"], 2),
+            "stdlib_json_gc_on_s": round(seconds["stdlib_json_gc_on"], 2),
+            "speedup": round(seconds["stdlib_json_gc_on"] / seconds["shipped"], 2),
+        }
+        print("fetch_decode", row, flush=True)
+        self.record["fetch_decode"].append(row)
         self.save()
 
     # -- on the cluster ---------------------------------------------------------
@@ -320,6 +374,9 @@ def main() -> None:
     parser.add_argument("--series", default="10000,50000,100000", help="comma list of window sizes (series)")
     parser.add_argument("--nodes", default="1,2,3", help="comma list of worker-node counts")
     parser.add_argument("--warm", default="10000", help="sizes to run on the warm model actor too")
+    parser.add_argument(
+        "--decode", default="10000,100000", help="sizes whose fetch is also decoded the way it was before"
+    )
     parser.add_argument("--cpus-per-node", type=int, default=1, help="logical CPUs of each worker node")
     parser.add_argument("--object-store-gb", type=float, default=1.0, help="object store of each worker node")
     parser.add_argument("--loss-series", type=int, default=10_000, help="series in the node-loss window")
@@ -329,8 +386,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "scale_out.json"))
     args = parser.parse_args()
     sizes = [int(s) for s in args.series.split(",")]
-    node_counts = [int(n) for n in args.nodes.split(",")]
+    node_counts = [int(n) for n in args.nodes.split(",") if n]
     warm_sizes = [int(s) for s in args.warm.split(",") if s]
+    decode_sizes = [int(s) for s in args.decode.split(",") if s]
 
     day = 86_400_000
     end_ms = (int(time.time() * 1000) // 3_600_000 - 1) * 3_600_000
@@ -350,6 +408,8 @@ def main() -> None:
             bench.record["load_seconds"] = round(load_s, 1)
             for series in sizes:
                 bench.reference(series)
+            for series in decode_sizes:
+                bench.fetch_decode(series)
             for nodes in node_counts:
                 cluster, workers = start_cluster(
                     nodes, cpus_per_node=args.cpus_per_node, object_store_bytes=int(args.object_store_gb * GB)

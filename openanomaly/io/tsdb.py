@@ -29,8 +29,9 @@ Why the details below:
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
-import json
+import gc
 import logging
 import random
 import re
@@ -42,6 +43,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 
 from openanomaly.core.config import TSDBSettings
 from openanomaly.core.series import SeriesMatrix
@@ -135,30 +137,32 @@ class PrometheusClient:
                 "end": _seconds(chunk_end),
                 "step": _seconds(step_ms),
             }
-            data = self._read(url, form, query=query)
-            if data.get("resultType") != "matrix":
-                raise QueryError(
-                    f"{url}: expected a matrix result for query {query!r}, got {data.get('resultType')!r}",
-                    url=url,
-                    query=query,
-                )
-            for result in data["result"]:
-                metric = result["metric"]
-                key = tuple(sorted(metric.items()))
-                row = rows.get(key)
-                if row is None:
-                    row = rows[key] = len(labels)
-                    labels.append(dict(metric))
-                columns, values = _points(
-                    result["values"],
-                    start=start,
-                    step_ms=step_ms,
-                    first=first,
-                    last=last,
-                    url=url,
-                    query=query,
-                )
-                pieces.append((row, columns, values))
+            with _gc_paused():  # one answer is up to millions of small lists
+                data = self._read(url, form, query=query)
+                if data.get("resultType") != "matrix":
+                    got = data.get("resultType")
+                    raise QueryError(
+                        f"{url}: expected a matrix result for query {query!r}, got {got!r}",
+                        url=url,
+                        query=query,
+                    )
+                for result in data["result"]:
+                    metric = result["metric"]
+                    key = tuple(sorted(metric.items()))
+                    row = rows.get(key)
+                    if row is None:
+                        row = rows[key] = len(labels)
+                        labels.append(dict(metric))
+                    columns, values = _points(
+                        result["values"],
+                        start=start,
+                        step_ms=step_ms,
+                        first=first,
+                        last=last,
+                        url=url,
+                        query=query,
+                    )
+                    pieces.append((row, columns, values))
 
         keys = list(rows)  # in row order: dicts keep insertion order
         order = sorted(range(len(labels)), key=keys.__getitem__)
@@ -214,8 +218,8 @@ class PrometheusClient:
         """POST a read request (a form body: queries of any length), return ``data``."""
         response = self._send(QueryError, "POST", url, query=query, data=form)
         try:
-            body = json.loads(response.content)
-        except ValueError as error:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError as error:
             raise QueryError(
                 f"{url} returned a body that is not JSON for query {query!r}: {self._scrub(response.text)!r}",
                 url=url,
@@ -365,6 +369,24 @@ def _grid(*, start_ms: int, end_ms: int, step_ms: int) -> tuple[int, int]:
         raise ValueError(f"end_ms ({end_ms}) must not be before start_ms ({start_ms})")
     start = start_ms - start_ms % step_ms
     return start, (end_ms - start) // step_ms + 1
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a query answer is decoded.
+
+    An answer of many series is millions of small lists and strings, none of them in a
+    cycle; each allocation burst makes the collector rescan every live object, which
+    made decoding cost grow faster than the answer (``benchmarks/results/scale_out.json``,
+    ``fetch_decode``). Reference counting still frees everything.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _seconds(ms: int) -> str:
