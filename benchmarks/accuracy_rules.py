@@ -50,18 +50,32 @@ def _median_excess_tail(records: np.ndarray, rate: float, min_count: int) -> np.
     return _fitted_tail(records, rate, min_count, "median")
 
 
+def _declustered_tail(records: np.ndarray, rate: float, min_count: int) -> np.ndarray:
+    """The exponential tail with the budget counted in clusters: runs of consecutive excesses
+    over ``u`` page once, so the level is solved for the clusters' rate (runs estimator of
+    the extremal index; Coles 2001, ch. 5)."""
+    return _fitted_tail(records, rate, min_count, "declustered")
+
+
 def _fitted_tail(records: np.ndarray, rate: float, min_count: int, kind: str) -> np.ndarray:
     h = records.shape[-1]
     top = max(2, math.ceil(stage.TAIL_FRACTION * h))
     count = np.isfinite(records).sum(axis=-1)
     if h <= top:
         return np.full(records.shape[:-1], np.nan)
-    part = np.partition(np.where(np.isfinite(records), records, -np.inf), h - top - 1, axis=-1)
+    filled = np.where(np.isfinite(records), records, -np.inf)
+    part = np.partition(filled, h - top - 1, axis=-1)
     u = part[..., h - top - 1]
+    peaks = top
+    if kind == "declustered":  # runs of excesses: each starts where the one before it did not exceed
+        over = filled > u[..., None]
+        peaks = np.maximum(over[..., 0] + (over[..., 1:] & ~over[..., :-1]).sum(axis=-1), 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         excess = part[..., h - top :] - u[..., None]
-        ratio = top / (np.maximum(count, 1) * rate)
-        if kind == "median":
+        ratio = peaks / (np.maximum(count, 1) * rate)
+        if kind == "declustered":
+            q = u + excess.mean(axis=-1) * np.log(ratio)
+        elif kind == "median":
             q = u + np.median(excess, axis=-1) / math.log(2) * np.log(ratio)
         else:
             mean, var = excess.mean(axis=-1), excess.var(axis=-1)
@@ -83,6 +97,7 @@ RULES: dict[str, dict[str, Any]] = {
     "shipped": {},
     "GPD tail (SPOT)": {"_tail": _gpd_tail},
     "median-excess tail": {"_tail": _median_excess_tail},
+    "declustered tail": {"_tail": _declustered_tail},
     "no sustained test": {"SUSTAINED": 1},
     "no range cap": {"_range_cap": _no_range_cap},
     "record 3/4 of the context": {"RECORD_SHARE": 0.75},

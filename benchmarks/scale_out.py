@@ -67,6 +67,22 @@ def pipeline_for(name: str, series: int, group: int) -> Any:
     )
 
 
+def shard_queries(client: Any, pipeline: Any, start: int, end: int) -> list[str]:
+    """The window's shard queries, as the job plans them (default ``JobOptions``)."""
+    from openanomaly.runtime.options import JobOptions
+    from openanomaly.runtime.shards import plan_shards
+    from openanomaly.runtime.window import fetch_start
+
+    queries, _ = plan_shards(
+        client,
+        pipeline,
+        start_ms=fetch_start(pipeline, start),
+        end_ms=end,
+        series_per_shard=JobOptions().series_per_shard,
+    )
+    return list(queries)
+
+
 def load(url: str, *, series: int, group: int, start_ms: int, end_ms: int) -> float:
     """``series`` daily-seasonal series at 5-minute step over ``[start, end]`` (remote write)."""
     from openanomaly.core.config import TSDBSettings
@@ -150,8 +166,6 @@ class Bench:
         from openanomaly.core.detect import score_range
         from openanomaly.io.tsdb import PrometheusClient
         from openanomaly.models.registry import load_forecaster
-        from openanomaly.runtime.options import JobOptions
-        from openanomaly.runtime.shards import plan_shards
         from openanomaly.runtime.window import fetch, write
 
         pipeline = pipeline_for(f"ref-{series}", series, self.group)
@@ -163,15 +177,7 @@ class Bench:
             began = time.perf_counter()
             with PrometheusClient(self.settings.tsdb) as client:
                 t = time.perf_counter()
-                from openanomaly.runtime.window import fetch_start
-
-                queries, _ = plan_shards(
-                    client,
-                    pipeline,
-                    start_ms=fetch_start(pipeline, start),
-                    end_ms=end,
-                    series_per_shard=JobOptions().series_per_shard,
-                )
+                queries = shard_queries(client, pipeline, start, end)
                 stages["plan"] += time.perf_counter() - t
                 for query in queries:
                     shard = pipeline.model_copy(update={"query": query})
@@ -204,9 +210,7 @@ class Bench:
         import types
 
         from openanomaly.io import tsdb
-        from openanomaly.runtime.options import JobOptions
-        from openanomaly.runtime.shards import plan_shards
-        from openanomaly.runtime.window import fetch, fetch_start
+        from openanomaly.runtime.window import fetch
 
         before = {
             "orjson": types.SimpleNamespace(loads=json.loads, JSONDecodeError=ValueError),
@@ -216,13 +220,7 @@ class Bench:
         start, end = self.window()
         seconds: dict[str, float] = {}
         with tsdb.PrometheusClient(self.settings.tsdb) as client:
-            queries, _ = plan_shards(
-                client,
-                pipeline,
-                start_ms=fetch_start(pipeline, start),
-                end_ms=end,
-                series_per_shard=JobOptions().series_per_shard,
-            )
+            queries = shard_queries(client, pipeline, start, end)
             for way in ("stdlib_json_gc_on", "shipped", "stdlib_json_gc_on", "shipped"):
                 saved = {name: getattr(tsdb, name) for name in before}
                 if way != "shipped":

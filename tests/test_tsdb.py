@@ -6,6 +6,7 @@ Behaviour against real servers is in ``test_tsdb_integration.py``.
 from __future__ import annotations
 
 import base64
+import gc
 from collections.abc import Callable
 from urllib.parse import parse_qs
 
@@ -507,6 +508,31 @@ def test_non_json_body_is_a_query_error() -> None:
     client = make_client(lambda request: httpx.Response(200, text="<html>proxy</html>"))
     with client, pytest.raises(QueryError, match="not JSON"):
         client.query_range("up", start_ms=T0, end_ms=T0, step_ms=STEP)
+
+
+@pytest.mark.parametrize("collector_on", [True, False])
+def test_decoding_leaves_the_garbage_collector_as_it_found_it(collector_on: bool) -> None:
+    # Decoding pauses the collector (a large answer is millions of small lists); an answer
+    # that decodes, one that does not, and one off the grid each leave it as it was.
+    answers = iter(
+        [
+            matrix_response([({"__name__": "up"}, [(T0, 1.0)])]),
+            httpx.Response(200, text="<html>proxy</html>"),
+            matrix_response([({"__name__": "up"}, [(T0 + 1, 1.0)])]),
+        ]
+    )
+    was = gc.isenabled()
+    (gc.enable if collector_on else gc.disable)()
+    try:
+        with make_client(lambda request: next(answers)) as client:
+            assert client.query_range("up", start_ms=T0, end_ms=T0, step_ms=STEP).values.tolist() == [[1.0]]
+            assert gc.isenabled() is collector_on
+            for _ in range(2):
+                with pytest.raises(QueryError):
+                    client.query_range("up", start_ms=T0, end_ms=T0, step_ms=STEP)
+                assert gc.isenabled() is collector_on
+    finally:
+        (gc.enable if was else gc.disable)()
 
 
 @pytest.mark.parametrize(("start", "end", "step"), [(T0, T0, 0), (T0, T0 - 1, STEP)])
