@@ -380,12 +380,12 @@ def _gc_paused() -> Iterator[None]:
     made decoding cost grow faster than the answer (``benchmarks/results/scale_out.json``,
     ``fetch_decode``). Reference counting still frees everything.
     """
-    paused = gc.isenabled()
+    was_on = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        if paused:
+        if was_on:
             gc.enable()
 
 
