@@ -4,7 +4,8 @@ Starts a throw-away VictoriaMetrics (no dedup flag, so a sample written twice st
 visible), loads the series, then in one run measures, each on a window of its own:
 
 - ``reference``: one plain process, no Ray: the window path's fetch, score and idempotent
-  write, shard by shard (the job's own shard plan), with the seconds of each stage.
+  write (the window claimed once, then shard by shard: the job's own shard plan), with
+  the seconds of each stage.
 - ``cells``: :func:`openanomaly.runtime.window_job.run_job` (the Ray Data window job, default
   ``JobOptions``) on a fresh multi-node cluster per node count (``benchmarks/_multinode.py``:
   a head with no CPUs plus N worker nodes with their own CPUs and object store), with the
@@ -166,7 +167,7 @@ class Bench:
         from openanomaly.core.detect import score_range
         from openanomaly.io.tsdb import PrometheusClient
         from openanomaly.models.registry import load_forecaster
-        from openanomaly.runtime.window import fetch, write
+        from openanomaly.runtime.window import claim, fetch, write
 
         pipeline = pipeline_for(f"ref-{series}", series, self.group)
         start, end = self.window()
@@ -179,6 +180,9 @@ class Bench:
                 t = time.perf_counter()
                 queries = shard_queries(client, pipeline, start, end)
                 stages["plan"] += time.perf_counter() - t
+                t = time.perf_counter()
+                fresh = claim(client, pipeline, start_ms=start, end_ms=end)
+                stages["write"] += time.perf_counter() - t
                 for query in queries:
                     shard = pipeline.model_copy(update={"query": query})
                     t = time.perf_counter()
@@ -188,7 +192,7 @@ class Bench:
                     detection = score_range(matrix, shard, forecaster, start_ms=start, end_ms=end)
                     stages["score"] += time.perf_counter() - t
                     t = time.perf_counter()
-                    written += write(client, shard, detection)[0]
+                    written += write(client, shard, detection, fresh=fresh)[0]
                     stages["write"] += time.perf_counter() - t
             seconds = time.perf_counter() - began
         row = {

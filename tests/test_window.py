@@ -4,6 +4,9 @@
   a backtest, the scheduler, ``run --once``, a backtest again and a scheduler restart
   mid-window over overlapping ranges leave one sample per output series and timestamp,
   each with the value a fresh in-memory scoring gives.
+- A range nobody claimed is written without reading back the outputs; a claimed one (a
+  retry) reads them back and sends only what is missing; the marker holds each grid
+  point once.
 - A write that timed out after it landed, retried by the client, is stored once on a
   VictoriaMetrics with the documented ``-dedup.minScrapeInterval`` (twice without it).
 - The scheduler (warm model actor on Ray), ``run --once``, ``backtest`` (TSDB and
@@ -30,7 +33,7 @@ from openanomaly.core.series import SeriesMatrix
 from openanomaly.io.tsdb import PrometheusClient
 from openanomaly.models.registry import load_forecaster
 from openanomaly.runtime.scheduler import Scheduler
-from openanomaly.runtime.window import fetch, write
+from openanomaly.runtime.window import claim, fetch, local_scorer, marker_labels, run_window, write
 from tests.fixtures.servers import TSDBServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -100,6 +103,11 @@ def _settle(server: TSDBServer, pipeline: str, start_ms: int, end_ms: int, serie
         while len(client.sample_times(f'{{for="{pipeline}"}}', start_ms=start_ms, end_ms=end_ms)) < series:
             assert time.monotonic() < deadline, "written samples never became searchable"
             time.sleep(0.5)
+        marker = f'openanomaly_window{{pipeline="{pipeline}"}}'
+        marked = lambda: client.sample_times(marker, start_ms=start_ms, end_ms=end_ms).values()  # noqa: E731
+        while end_ms not in set().union(*marked()):
+            assert time.monotonic() < deadline, "the window's marker never became searchable"
+            time.sleep(0.5)
 
 
 def _expected(server: TSDBServer, config: Path, name: str, start_ms: int, end_ms: int):
@@ -144,15 +152,16 @@ def test_overlapping_runs_store_each_sample_once_on_default_servers(
         # 4. a backtest over everything scored so far
         assert main(["backtest", "-c", str(config), "--start", iso(t - 45 * MIN), "--end", iso(t)]) == 0
         assert "0 samples written" in capsys.readouterr().out
-        # 5. a scheduler that died mid-window: one series' outputs of (T, T+5m] landed,
-        #    progress was not saved; the restarted scheduler runs the whole window
+        # 5. a scheduler that died mid-window: it claimed (T, T+5m], one series' outputs
+        #    landed, progress was not saved; the restarted scheduler runs the whole window
         pipeline = scheduler.config.pipeline("p")
         with PrometheusClient(server.settings) as client:
             series = fetch(client, pipeline, start_ms=t, end_ms=t + 5 * MIN)
             partial = score_range(
                 series.select([0]), pipeline, load_forecaster("mad"), start_ms=t, end_ms=t + 5 * MIN
             )
-            assert write(client, pipeline, partial) == (20, 0)
+            assert claim(client, pipeline, start_ms=t, end_ms=t + 5 * MIN) is True
+            assert write(client, pipeline, partial, fresh=True) == (20, 0)
         _settle(server, "p", t, t + 5 * MIN, 4)
         scheduler.tick(t + 5 * MIN, wait=True)
         status = scheduler.status(t + 5 * MIN)["pipelines"][0]
@@ -208,6 +217,59 @@ class _SlowProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class _Counting:
+    """A TSDB client that remembers the selectors the window path read samples of."""
+
+    def __init__(self, client: PrometheusClient) -> None:
+        self.client = client
+        self.selectors: list[str] = []
+
+    def query_range(self, query: str, **kwargs):
+        return self.client.query_range(query, **kwargs)
+
+    def sample_times(self, selector: str, **kwargs):
+        self.selectors.append(selector)
+        return self.client.sample_times(selector, **kwargs)
+
+    def remote_write(self, series: SeriesMatrix) -> int:
+        return self.client.remote_write(series)
+
+
+def test_only_a_claimed_range_reads_its_outputs_back(victoria_metrics_defaults, tmp_path) -> None:
+    from openanomaly.configstore.files import YamlConfigStore
+
+    server = victoria_metrics_defaults
+    metric = f"claim_{uuid.uuid4().hex[:8]}"
+    t = _now_grid()
+    _load(server, metric, t - 60 * MIN, t)
+    pipeline = YamlConfigStore(_config(tmp_path, server, metric, ("c",))).load().pipeline("c")
+    scorer = local_scorer(pipeline, load_forecaster("mad"))
+    window = {"start_ms": t - 10 * MIN, "end_ms": t - 5 * MIN}
+    marker = "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(marker_labels(pipeline).items())) + "}"
+    with PrometheusClient(server.settings) as plain:
+        client = _Counting(plain)
+        _, first = run_window(pipeline, scorer, **window, source=client, sink=client)
+        assert (first.samples_written, first.samples_present) == (4 * N * 5, 0)
+        assert client.selectors == [marker], "a range nobody claimed reads only the marker"
+        _settle(server, "c", window["start_ms"], window["end_ms"], 4 * N)
+        client.selectors.clear()
+        _, again = run_window(pipeline, scorer, **window, source=client, sink=client)
+        assert (again.samples_written, again.samples_present) == (0, 4 * N * 5)
+        assert client.selectors[0] == marker and 'for="c"' in client.selectors[1]
+        # A range overlapping the claimed one is claimed; the marker gains only its new points.
+        assert claim(plain, pipeline, start_ms=t - 7 * MIN, end_ms=t) is False
+    server.flush()
+    response = httpx.post(
+        f"{server.url}/api/v1/query",
+        data={"query": f"{marker}[20m]", "time": f"{t / 1000:.3f}"},
+        timeout=30,
+    )
+    (series,) = response.json()["data"]["result"]
+    assert [round(float(s) * 1000) for s, _ in series["values"]] == list(range(t - 9 * MIN, t + 1, MIN))
+    raw = _raw(server, "c", window["start_ms"], window["end_ms"])
+    assert len(raw) == 4 * N and all(len({s for s, _ in v}) == len(v) == 5 for v in raw.values())
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,9 @@ once the runner's own measurements say the job is faster than the warm path, see
 
 Failure model: the TSDB client retries with backoff; if reads or writes still fail the
 window raises (``QueryError``/``RemoteWriteError``) and the scheduler retries it later.
-Writes skip samples already stored (:func:`openanomaly.runtime.window.write`), so a retried
-or overlapping window never stores a second sample. A model actor that dies is restarted
+Writes skip samples already stored (:func:`openanomaly.runtime.window.claim` and
+:func:`~openanomaly.runtime.window.write`), so a retried or overlapping window never stores
+a second sample. A model actor that dies is restarted
 by Ray; the window in flight fails and is retried on the next tick.
 """
 
@@ -47,6 +48,7 @@ from openanomaly.runtime.window import (
     Tally,
     TSDBClient,
     check_block,
+    claim,
     fetch_start,
     query_block,
     run_window,
@@ -271,8 +273,9 @@ def _run_shards(
     answer at once, and the parsed JSON takes tens of times the matrix it becomes; shard
     by shard (fetch, score in the warm actor, write), memory is bounded by one shard
     whatever the series count. A pipeline whose last window fit one shard, or whose query
-    is not a plain selector, is one query as before. A shard that fails fails the window
-    after the shards before it were written; the retry skips what they wrote.
+    is not a plain selector, is one query as before. The window is claimed once, before its
+    first shard. A shard that fails fails the window after the shards before it were
+    written; the retry finds the range claimed and skips what they wrote.
     """
     began = time.perf_counter()
     first = fetch_start(pipeline, start_ms)
@@ -282,13 +285,14 @@ def _run_shards(
     if len(queries) == 1:
         return run_window(pipeline, scorer, start_ms=start_ms, end_ms=end_ms, source=client, sink=client)[1]
     tally = Tally()
+    fresh = claim(client, pipeline, start_ms=start_ms, end_ms=end_ms)
     for query in queries:
         shard = pipeline.model_copy(update={"query": query})
         block = query_block(client, shard, start_ms=start_ms, end_ms=end_ms)
         if check_block(block, shard) is not None:
             continue  # every series of this shard is silent in the window: the others still count
         detection, result = run_window(
-            shard, scorer, start_ms=start_ms, end_ms=end_ms, source=block, sink=client
+            shard, scorer, start_ms=start_ms, end_ms=end_ms, source=block, sink=client, fresh=fresh
         )
         tally.add(detection, result.samples_written, result.samples_present)
     if not tally.series:

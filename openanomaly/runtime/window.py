@@ -19,8 +19,10 @@ same core, :func:`openanomaly.core.detect.score_range`, and write nothing)::
   :class:`~openanomaly.core.detect.Detection`: :func:`local_scorer` runs the pure core in this
   process; the scheduler passes one that runs the same core in a warm model actor.
 - **Labels.** :func:`output_matrix`: the input's labels plus ``for``/``model``.
-- **Write, idempotently.** :func:`write` first reads which output samples already exist
-  in the range (raw samples of this pipeline's output series) and sends only the others.
+- **Write, idempotently.** :func:`claim` marks the range in one small series of its own
+  before any output is written. A range nothing marked yet is written as it is; in a
+  range an earlier run marked, :func:`write` first reads which output samples already
+  exist (raw samples of this pipeline's output series) and sends only the others.
   So a backtest over a scored range, ``run --once`` after the scheduler, or a scheduler
   restart mid-window never store a second sample at one timestamp, on a VictoriaMetrics
   or a Prometheus with default flags (VictoriaMetrics keeps every duplicate unless
@@ -48,17 +50,20 @@ from openanomaly.errors import DataError
 from openanomaly.models.base import Forecaster
 
 __all__ = [
+    "WINDOW_MARKER",
     "RunResult",
     "Scorer",
     "TSDBClient",
     "Tally",
     "check_block",
+    "claim",
     "fetch",
     "fetch_start",
     "iter_blocks",
     "label_matchers",
     "latest_window",
     "local_scorer",
+    "marker_labels",
     "output_labels",
     "output_matrix",
     "query_block",
@@ -293,8 +298,53 @@ def _outputs_selectors(pipeline: Pipeline, labels: Sequence[Mapping[str, str]]) 
     return [f"{{{base}}}"]
 
 
-def write(client: TSDBClient, pipeline: Pipeline, detection: Detection) -> tuple[int, int]:
+WINDOW_MARKER = "openanomaly_window"
+"""Metric of the marker series: a sample at every grid point a pipeline began to write."""
+
+
+def marker_labels(pipeline: Pipeline) -> dict[str, str]:
+    """Labels of the pipeline's marker series: ``output.extra_labels``, then ``pipeline=<name>``,
+    ``model=<alias or spec>`` and ``__name__`` (no ``for``: ``{for="…"}`` stays the outputs)."""
+    labels = dict(pipeline.output.extra_labels)
+    labels.update(pipeline=pipeline.name, model=pipeline.model.label, __name__=WINDOW_MARKER)
+    return labels
+
+
+def claim(client: TSDBClient, pipeline: Pipeline, *, start_ms: int, end_ms: int) -> bool:
+    """Mark the grid points of ``(start_ms, end_ms]`` as written by ``pipeline``, before any
+    output is; True when none of them was marked before.
+
+    Why: which outputs a range already holds can only be told by reading them back, and
+    the TSDB's cost for that read grows with every output series it holds, not only with
+    the window's. One marker series read by its exact labels costs next to nothing. A range
+    with no marked point holds nothing this pipeline wrote: its outputs go out without the
+    read-back (``write(..., fresh=True)``). A marked point means an earlier run began there
+    (a retry, an overlapping backtest, a restart): the write reads back. Outputs written
+    some other way (by hand, or by a version before the marker) are not looked for.
+
+    Raises:
+        QueryError: reading the marker failed. RemoteWriteError: writing it failed.
+    """
+    step = pipeline.step_ms
+    stamps = np.arange((start_ms // step + 1) * step, end_ms + 1, step, dtype=np.int64)
+    labels = marker_labels(pipeline)
+    selector = "{" + ", ".join(f"{name}={_quote(value)}" for name, value in sorted(labels.items())) + "}"
+    found = client.sample_times(selector, start_ms=start_ms, end_ms=end_ms).values()
+    marked = np.isin(stamps, np.fromiter(set().union(*found), np.int64))  # Prometheus 2 also returns start
+    if not marked.all():
+        new = stamps[~marked]
+        client.remote_write(SeriesMatrix((labels,), new, np.ones((1, len(new)))))
+    return not marked.any()
+
+
+def write(
+    client: TSDBClient, pipeline: Pipeline, detection: Detection, *, fresh: bool = False
+) -> tuple[int, int]:
     """Remote-write the outputs of ``detection`` that the TSDB does not hold yet.
+
+    Args:
+        fresh: :func:`claim` found the range unmarked: nothing of this pipeline's is
+            there, so the outputs are written without reading back the existing ones.
 
     Returns:
         ``(written, present)``: samples sent, and samples left out because a sample of
@@ -310,7 +360,7 @@ def write(client: TSDBClient, pipeline: Pipeline, detection: Detection) -> tuple
     stamps = output.timestamps
     step = pipeline.step_ms
     existing: dict[frozenset[tuple[str, str]], set[int]] = {}
-    for selector in _outputs_selectors(pipeline, detection.labels):
+    for selector in () if fresh else _outputs_selectors(pipeline, detection.labels):
         existing.update(client.sample_times(selector, start_ms=int(stamps[0]) - step, end_ms=int(stamps[-1])))
     values = output.values
     present = 0
@@ -381,6 +431,7 @@ def run_window(
     end_ms: int,
     source: TSDBClient | SeriesMatrix,
     sink: TSDBClient | None,
+    fresh: bool | None = None,
 ) -> tuple[Detection, RunResult]:
     """One window, the one composition of fetch → score → write: every path that writes runs it.
 
@@ -393,6 +444,9 @@ def run_window(
             fetches every pipeline first, to check them all before writing any; a
             backtest fetches its batches with :func:`iter_blocks`; a Ray Data job its shards).
         sink: the TSDB to write to; None writes nothing (``backtest --out``).
+        fresh: what :func:`claim` returned for a range this block is part of (a shard of
+            a window claimed once for all its shards); None: claim the range here,
+            after scoring, before the write.
 
     Raises:
         QueryError, RemoteWriteError: the TSDB failed.
@@ -405,7 +459,11 @@ def run_window(
     else:
         block = fetch(source, pipeline, start_ms=start_ms, end_ms=end_ms)
     detection = scorer(block, start_ms, end_ms)
-    written, present = (0, 0) if sink is None else write(sink, pipeline, detection)
+    written = present = 0
+    if sink is not None:
+        if fresh is None:
+            fresh = claim(sink, pipeline, start_ms=start_ms, end_ms=end_ms)
+        written, present = write(sink, pipeline, detection, fresh=fresh)
     tally = Tally()
     tally.add(detection, written, present)
     result = tally.result(pipeline, start_ms, end_ms, time.perf_counter() - began)

@@ -21,7 +21,7 @@ from openanomaly.runtime.arrow import matrix_from_table
 from openanomaly.runtime.options import JobOptions, num_gpus
 from openanomaly.runtime.raydata import BIG_JOB, drive, fetch_dataset, ray_data, restart_args
 from openanomaly.runtime.scorer import WindowScorer
-from openanomaly.runtime.window import RunResult, check_block, fetch_start, run_window
+from openanomaly.runtime.window import RunResult, check_block, claim, fetch_start, run_window
 
 __all__ = ["run_job"]
 
@@ -42,11 +42,13 @@ class _BlockJob:
         end_ms: int,
         fit_time_ms: int | None,
         options: JobOptions,
+        fresh: bool,
     ) -> None:
         from openanomaly.io.tsdb import PrometheusClient
 
         self.pipeline = pipeline
         self.window = (start_ms, end_ms)
+        self.fresh = fresh
         model = WindowScorer(model_cache=options.model_cache, model_factory=options.model_factory)
 
         def scorer(series: SeriesMatrix, start_ms: int, end_ms: int) -> Detection:
@@ -64,7 +66,13 @@ class _BlockJob:
         if check_block(block, self.pipeline) is None:  # else a shard with no data: nothing to do
             start_ms, end_ms = self.window
             _, result = run_window(
-                self.pipeline, self.scorer, start_ms=start_ms, end_ms=end_ms, source=block, sink=self.client
+                self.pipeline,
+                self.scorer,
+                start_ms=start_ms,
+                end_ms=end_ms,
+                source=block,
+                sink=self.client,
+                fresh=self.fresh,
             )
             counts |= {
                 "series_scored": result.series_scored,
@@ -95,8 +103,9 @@ def run_job(
 
     The job runs in a driving task of its own (:func:`raydata.drive`), stopped when
     ``deadline`` passes (WindowTimeout) or a node it started with leaves (NodeLost); the
-    scheduler then runs the window again, sized to the cluster it finds, and the
-    idempotent write skips what the stopped job wrote.
+    scheduler then runs the window again, sized to the cluster it finds, finds the window
+    claimed (:func:`~openanomaly.runtime.window.claim`), and the write skips what the
+    stopped job wrote.
 
     Raises:
         QueryError, RemoteWriteError: the TSDB stayed unreachable after retries.
@@ -145,7 +154,12 @@ def _window_job(
     fit_time_ms: int | None,
     options: JobOptions,
 ) -> dict[str, int]:
-    """The driving task of :func:`run_job`: the Ray Data pipeline, summed to its counts."""
+    """The driving task of :func:`run_job`: the window claimed once, then the Ray Data
+    pipeline, summed to its counts."""
+    from openanomaly.io.tsdb import PrometheusClient
+
+    with PrometheusClient(settings.tsdb) as client:
+        fresh = claim(client, pipeline, start_ms=start_ms, end_ms=end_ms)
     dataset, budget = fetch_dataset(
         settings, pipeline, start_ms=fetch_start(pipeline, start_ms), end_ms=end_ms, options=options
     )
@@ -158,6 +172,7 @@ def _window_job(
             "end_ms": end_ms,
             "fit_time_ms": fit_time_ms,
             "options": options,
+            "fresh": fresh,
         },
         batch_size=None,
         batch_format="pyarrow",
