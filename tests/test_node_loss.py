@@ -1,4 +1,5 @@
-"""A worker node lost in the middle of a Ray Data window: no sample lost, none written twice.
+"""A worker node lost in the middle of a Ray Data window: no sample lost, none written twice;
+and in the middle of a fit: the fit stops with ``NodeLost`` and runs again on what is left.
 
 Real multi-node Ray (``ray_nodes``: a head with no CPUs and two one-CPU worker nodes),
 real VictoriaMetrics with default flags (it keeps a sample written twice, so a double
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -23,7 +26,7 @@ import pytest
 from openanomaly.core.series import SeriesMatrix
 from openanomaly.io.tsdb import PrometheusClient
 from openanomaly.runtime.options import JobOptions
-from tests.fixtures.servers import unique_metric
+from tests.fixtures.servers import free_port, unique_metric
 
 STEP = 300_000
 N_SERIES = 40
@@ -154,3 +157,92 @@ def test_window_survives_losing_a_worker_node(ray_nodes, victoria_metrics_defaul
     expected = 2 * 4 * N_SERIES  # two windows of one point, four output metrics per series
     print(f"window runs: {tries}; lost {expected - distinct}, duplicated {raw - distinct}")
     assert (expected - distinct, raw - distinct) == (0, 0), f"lost, duplicated after {tries} run(s)"
+
+
+class _Gate:
+    """A TSDB proxy that, once closed, holds every range query until it is opened again."""
+
+    def __init__(self, target: str) -> None:
+        gate = self
+        self.held = threading.Event()  # a range query is waiting at the gate
+        self.opened = threading.Event()
+        self.opened.set()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path.startswith("/api/v1/query_range") and not gate.opened.is_set():
+                    gate.held.set()
+                    gate.opened.wait(120)
+                skip = ("host", "content-length")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                reply = httpx.post(f"{target}{self.path}", content=body, headers=headers, timeout=60)
+                self.send_response(reply.status_code)
+                self.send_header("Content-Type", reply.headers.get("content-type", "application/json"))
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.integration
+def test_a_fit_stopped_by_a_lost_node_runs_again_on_the_nodes_left(
+    ray_nodes, victoria_metrics_defaults, tmp_path
+) -> None:
+    from openanomaly.core.config import Pipeline, Settings
+    from openanomaly.errors import NodeLost
+    from openanomaly.io.artifacts import list_models, open_store
+    from openanomaly.runtime.fits import fit_job
+
+    cluster, workers = ray_nodes
+    vm = victoria_metrics_defaults
+    metric = unique_metric("fitloss")
+    minute, n = 60_000, 8
+    fit_ms = (int(time.time() * 1000) // (10 * minute) - 1) * (10 * minute)
+    stamps = np.arange(fit_ms - 3 * 60 * minute, fit_ms + 1, minute, dtype=np.int64)
+    rng = np.random.default_rng(2)
+    values = 20 + np.sin(np.arange(len(stamps)) / 9)[None, :] + rng.normal(0, 0.2, (n, len(stamps)))
+    labels = tuple({"__name__": metric, "instance": f"pod-{i}"} for i in range(n))
+    with PrometheusClient(vm.settings) as client:
+        client.remote_write(SeriesMatrix(labels, stamps, values))
+    vm.flush()
+
+    gate = _Gate(vm.url)
+    settings = Settings(tsdb={"url": gate.url}, artifacts={"kind": "file", "path": str(tmp_path / "models")})
+    pipeline = Pipeline(
+        name=metric,
+        query=metric,
+        model="statsforecast:AutoETS",
+        schedule={"infer_every": "10m", "context": "30m", "fit_every": "1h", "fit_window": "2h"},
+    )
+
+    def remove_a_node_while_the_fetch_waits() -> None:
+        if gate.held.wait(120):
+            cluster.remove_node(workers[-1])
+        gate.opened.set()
+
+    try:
+        gate.opened.clear()
+        remover = threading.Thread(target=remove_a_node_while_the_fetch_waits)
+        remover.start()
+        with pytest.raises(NodeLost):
+            fit_job(settings, pipeline, fit_time_ms=fit_ms, deadline=time.monotonic() + 180)
+        remover.join()
+        # What the scheduler's next tick does: the same fit again, on the node that is left.
+        result = fit_job(settings, pipeline, fit_time_ms=fit_ms, deadline=time.monotonic() + 180)
+    finally:
+        gate.opened.set()
+        gate.close()
+    assert (result.series_in, result.models_saved) == (n, n)
+    refs = list_models(open_store(settings.artifacts), pipeline=metric)
+    assert len(refs) == n and {ref.fit_time_ms for ref in refs} == {fit_ms}
