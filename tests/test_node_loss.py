@@ -16,7 +16,6 @@ import json
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -26,7 +25,8 @@ import pytest
 from openanomaly.core.series import SeriesMatrix
 from openanomaly.io.tsdb import PrometheusClient
 from openanomaly.runtime.options import JobOptions
-from tests.fixtures.servers import free_port, unique_metric
+from tests.fixtures.proxy import TSDBProxy
+from tests.fixtures.servers import unique_metric
 
 STEP = 300_000
 N_SERIES = 40
@@ -159,42 +159,6 @@ def test_window_survives_losing_a_worker_node(ray_nodes, victoria_metrics_defaul
     assert (expected - distinct, raw - distinct) == (0, 0), f"lost, duplicated after {tries} run(s)"
 
 
-class _Gate:
-    """A TSDB proxy that, once closed, holds every range query until it is opened again."""
-
-    def __init__(self, target: str) -> None:
-        gate = self
-        self.held = threading.Event()  # a range query is waiting at the gate
-        self.opened = threading.Event()
-        self.opened.set()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.path.startswith("/api/v1/query_range") and not gate.opened.is_set():
-                    gate.held.set()
-                    gate.opened.wait(120)
-                skip = ("host", "content-length")
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
-                reply = httpx.post(f"{target}{self.path}", content=body, headers=headers, timeout=60)
-                self.send_response(reply.status_code)
-                self.send_header("Content-Type", reply.headers.get("content-type", "application/json"))
-                self.send_header("Content-Length", str(len(reply.content)))
-                self.end_headers()
-                self.wfile.write(reply.content)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.integration
 def test_a_fit_stopped_by_a_lost_node_runs_again_on_the_nodes_left(
     ray_nodes, victoria_metrics_defaults, tmp_path
@@ -217,8 +181,15 @@ def test_a_fit_stopped_by_a_lost_node_runs_again_on_the_nodes_left(
         client.remote_write(SeriesMatrix(labels, stamps, values))
     vm.flush()
 
-    gate = _Gate(vm.url)
-    settings = Settings(tsdb={"url": gate.url}, artifacts={"kind": "file", "path": str(tmp_path / "models")})
+    held, opened = threading.Event(), threading.Event()  # a range query waits / may go on
+
+    def hold_range_queries(path: str) -> None:
+        if path.startswith("/api/v1/query_range") and not opened.is_set():
+            held.set()
+            opened.wait(120)
+
+    proxy = TSDBProxy(vm.url, before=hold_range_queries)
+    settings = Settings(tsdb={"url": proxy.url}, artifacts={"kind": "file", "path": str(tmp_path / "models")})
     pipeline = Pipeline(
         name=metric,
         query=metric,
@@ -227,12 +198,11 @@ def test_a_fit_stopped_by_a_lost_node_runs_again_on_the_nodes_left(
     )
 
     def remove_a_node_while_the_fetch_waits() -> None:
-        if gate.held.wait(120):
+        if held.wait(120):
             cluster.remove_node(workers[-1])
-        gate.opened.set()
+        opened.set()
 
     try:
-        gate.opened.clear()
         remover = threading.Thread(target=remove_a_node_while_the_fetch_waits)
         remover.start()
         with pytest.raises(NodeLost):
@@ -241,8 +211,8 @@ def test_a_fit_stopped_by_a_lost_node_runs_again_on_the_nodes_left(
         # What the scheduler's next tick does: the same fit again, on the node that is left.
         result = fit_job(settings, pipeline, fit_time_ms=fit_ms, deadline=time.monotonic() + 180)
     finally:
-        gate.opened.set()
-        gate.close()
+        opened.set()
+        proxy.close()
     assert (result.series_in, result.models_saved) == (n, n)
     refs = list_models(open_store(settings.artifacts), pipeline=metric)
     assert len(refs) == n and {ref.fit_time_ms for ref in refs} == {fit_ms}

@@ -15,10 +15,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -34,7 +32,8 @@ from openanomaly.io.tsdb import PrometheusClient
 from openanomaly.models.registry import load_forecaster
 from openanomaly.runtime.scheduler import Scheduler
 from openanomaly.runtime.window import claim, fetch, local_scorer, marker_labels, run_window, write
-from tests.fixtures.servers import TSDBServer, free_port
+from tests.fixtures.proxy import TSDBProxy
+from tests.fixtures.servers import TSDBServer
 
 pytestmark = pytest.mark.integration
 
@@ -182,43 +181,6 @@ def test_overlapping_runs_store_each_sample_once_on_default_servers(
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=0)
 
 
-class _SlowProxy:
-    """Forwards remote writes to a TSDB; answers the first one only after the client gave up.
-
-    So the first request lands, the client times out and retries: the case no client can
-    make idempotent, which the server's deduplication must absorb.
-    """
-
-    def __init__(self, target: str, stall_s: float) -> None:
-        proxy = self
-        self.requests = 0
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                reply = httpx.post(f"{target}{self.path}", content=body, headers=headers, timeout=30)
-                proxy.requests += 1
-                if proxy.requests == 1:
-                    time.sleep(stall_s)
-                self.send_response(reply.status_code)
-                self.send_header("Content-Length", str(len(reply.content)))
-                self.end_headers()
-                self.wfile.write(reply.content)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 class _Counting:
     """A TSDB client that remembers the selectors the window path read samples of."""
 
@@ -277,7 +239,14 @@ def test_only_a_claimed_range_reads_its_outputs_back(victoria_metrics_defaults, 
 )
 def test_a_retried_write_that_landed_needs_the_dedup_flag(server_name, copies, request) -> None:
     server: TSDBServer = request.getfixturevalue(server_name)
-    proxy = _SlowProxy(server.url, stall_s=2.0)
+    writes: list[str] = []
+
+    def answer_the_first_late(path: str) -> None:  # it landed; the client gives up meanwhile
+        writes.append(path)
+        if len(writes) == 1:
+            time.sleep(2.0)
+
+    proxy = TSDBProxy(server.url, after=answer_the_first_late)
     metric = f"retried_{uuid.uuid4().hex[:8]}"
     t = _now_grid()
     stamps = np.arange(t - 9 * MIN, t + 1, MIN, dtype=np.int64)
@@ -290,7 +259,7 @@ def test_a_retried_write_that_landed_needs_the_dedup_flag(server_name, copies, r
             assert client.remote_write(matrix) == 10
     finally:
         proxy.close()
-    assert proxy.requests == 2, "the first write landed, the client retried it"
+    assert len(writes) == 2, "the first write landed, the client retried it"
     server.flush()
     response = httpx.post(
         f"{server.url}/api/v1/query", data={"query": f"{metric}[10m]", "time": f"{t / 1000:.3f}"}, timeout=30
