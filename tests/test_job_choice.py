@@ -1,4 +1,5 @@
-"""The scheduler's path for a window: warm path (shard by shard when large) or a Ray Data job."""
+"""The scheduler's path for a window: warm path (shard by shard when large, contexts kept
+between windows) or a Ray Data job."""
 
 from __future__ import annotations
 
@@ -61,10 +62,18 @@ def test_a_large_warm_window_runs_shard_by_shard(ray_cluster, victoria_metrics) 
     settings = Settings(tsdb=victoria_metrics.settings)
     runner = JobRunner(JobOptions(series_per_shard=10))
     try:
+        first = runner.run_window(
+            settings, pipeline, start_ms=end_ms - 20 * MIN, end_ms=end_ms - 10 * MIN, series_hint=n
+        )
+        # Its shards' contexts are kept: the next window fetches only its new points, so
+        # this one, which fetched them all, does not count as the warm path's cost.
+        assert runner.contexts.holds(pipeline.name) and pipeline.name not in runner._per_series_s
         result = runner.run_window(
             settings, pipeline, start_ms=end_ms - 10 * MIN, end_ms=end_ms, series_hint=n
         )
+        assert pipeline.name in runner._per_series_s
     finally:
         runner.close()
+    assert first.series_in == n
     assert (result.series_in, result.series_scored, result.points_in) == (n, n, 10 * n)
     assert result.samples_written == 4 * 10 * n

@@ -36,6 +36,10 @@ class JobOptions:
             default (restart and retry without limit); setting them uses Ray 2.60's
             deprecated ``ray_remote_args`` path.
         model_cache: fitted per-series models kept in each model actor (LRU).
+        context_cache_mb: the fetched contexts the scheduler keeps between windows, so a
+            window fetches only its new points (:mod:`openanomaly.runtime.contexts`),
+            in MiB of values (least recently used dropped first); 0 keeps none: every
+            window fetches its whole context.
         model_factory: builds the forecaster of a zero-shot pipeline in the model actor
             instead of the registry: for a model of your own, or a test model that fails
             on purpose. It must pickle (a module-level function or class does). Fitted
@@ -52,6 +56,7 @@ class JobOptions:
     max_restarts: int | None = None
     max_task_retries: int | None = None
     model_cache: int = 50_000
+    context_cache_mb: int = 1024
     model_factory: ModelFactory | None = None
 
     def __post_init__(self) -> None:
@@ -61,6 +66,8 @@ class JobOptions:
         for name in ("worker_num_cpus", "fetch_num_cpus"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"JobOptions.{name} must be > 0, got {getattr(self, name)}")
+        if self.context_cache_mb < 0:
+            raise ValueError(f"JobOptions.context_cache_mb must be >= 0, got {self.context_cache_mb}")
 
 
 def num_gpus(pipeline: Pipeline, options: JobOptions) -> float:

@@ -3,7 +3,9 @@
 **Scheduled windows** (:meth:`JobRunner.run_window`) go through the one window path
 (:func:`openanomaly.runtime.window.run_window`): the scheduler's worker thread fetches the
 window, a *warm model actor* scores it, the thread writes what is new; a pipeline of more
-than ``series_per_shard`` series shard by shard (:func:`_run_shards`). A model actor
+than ``series_per_shard`` series shard by shard (:func:`_run_shards`). The fetched
+contexts are kept between windows (:class:`~openanomaly.runtime.contexts.ContextCache`),
+so a window fetches only its new points. A model actor
 (:class:`~openanomaly.runtime.scorer.WindowScorer` on Ray) is started once per model and
 kept across windows and pipelines (one per zero-shot model spec and params; one per fitted
 pipeline, holding its per-series models), so a window costs a fetch, one forecast call and
@@ -35,9 +37,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from openanomaly.core.config import Pipeline, Settings
-from openanomaly.core.detect import Detection
+from openanomaly.core.detect import Detection, check_input
 from openanomaly.core.series import SeriesMatrix
 from openanomaly.errors import DataError, ModelError, OpenAnomalyError, WindowTimeout
+from openanomaly.runtime.contexts import ContextCache
 from openanomaly.runtime.fits import FitResult, fit_job
 from openanomaly.runtime.options import JobOptions, num_gpus
 from openanomaly.runtime.scorer import WindowScorer
@@ -50,7 +53,6 @@ from openanomaly.runtime.window import (
     check_block,
     claim,
     fetch_start,
-    query_block,
     run_window,
 )
 from openanomaly.runtime.window_job import run_job
@@ -86,6 +88,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._per_series_s: dict[str, float] = {}
         self._job_overhead_s = _JOB_OVERHEAD_S
+        self.contexts = ContextCache(self.options.context_cache_mb * 2**20)
 
     def uses_ray_data(self, pipeline: Pipeline, series: int) -> bool:
         """Whether a window of ``series`` series is faster as a Ray Data job than on the warm path.
@@ -93,7 +96,9 @@ class JobRunner:
         The warm path is one process: ``series x s`` (``s``: seconds per series of this
         pipeline's last warm window). A job spreads the same work over the cluster's CPUs
         and pays a fixed cost first: ``overhead + series x s / cpus``. Until the pipeline
-        ran warm once there is no ``s``, so its first windows run warm. An explicit
+        ran warm once there is no ``s``, so its first windows run warm; the first window
+        whose contexts were then kept is not measured (it fetched what the next ones will
+        not, see :class:`~openanomaly.runtime.contexts.ContextCache`). An explicit
         ``JobOptions.ray_data_min_series`` decides instead.
         """
         import ray
@@ -221,20 +226,20 @@ class JobRunner:
         if deadline is not None:  # wait for placement before the fetch, so a stuck model costs no I/O
             self._call(pipeline, "ready", deadline=deadline)
         scorer = self.scorer(settings, pipeline, fit_time_ms=fit_time_ms, deadline=deadline)
+        one_query = 0 < series_hint <= self.options.series_per_shard
+        joins = self.contexts.holds(pipeline.name)
         with PrometheusClient(settings.tsdb) as client:
-            if 0 < series_hint <= self.options.series_per_shard:
-                _, result = run_window(
-                    pipeline, scorer, start_ms=start_ms, end_ms=end_ms, source=client, sink=client
-                )
-            else:
-                result = _run_shards(
-                    client,
-                    pipeline,
-                    scorer,
-                    start_ms=start_ms,
-                    end_ms=end_ms,
-                    series_per_shard=self.options.series_per_shard,
-                )
+            result = _run_shards(
+                client,
+                pipeline,
+                scorer,
+                self.contexts,
+                start_ms=start_ms,
+                end_ms=end_ms,
+                series_per_shard=None if one_query else self.options.series_per_shard,
+            )
+        if not joins and self.contexts.holds(pipeline.name):
+            return result  # it fetched what the next window will not: measure that one
         return self._measured(pipeline, result, job=False)
 
     def run_fit(
@@ -248,6 +253,8 @@ class JobRunner:
         """Stop the model actors that none of ``pipelines`` uses (after a config change)."""
         import ray
 
+        pipelines = list(pipelines)
+        self.contexts.forget(pipeline.name for pipeline in pipelines)
         wanted = {_model_key(pipeline) for pipeline in pipelines}
         with self._lock:
             for key in [key for key in self._actors if key not in wanted]:
@@ -262,12 +269,14 @@ def _run_shards(
     client: TSDBClient,
     pipeline: Pipeline,
     scorer: Scorer,
+    contexts: ContextCache,
     *,
     start_ms: int,
     end_ms: int,
-    series_per_shard: int,
+    series_per_shard: int | None,
 ) -> RunResult:
-    """One window in this process, shard by shard (the Ray Data job's shard plan).
+    """One window in this process, shard by shard (the Ray Data job's shard plan), each
+    shard's block from ``contexts``; ``series_per_shard=None``: one query, no plan.
 
     Why: one query for all of a very large pipeline makes this process parse the whole
     answer at once, and the parsed JSON takes tens of times the matrix it becomes; shard
@@ -278,17 +287,21 @@ def _run_shards(
     written; the retry finds the range claimed and skips what they wrote.
     """
     began = time.perf_counter()
-    first = fetch_start(pipeline, start_ms)
-    queries, _ = plan_shards(
-        client, pipeline, start_ms=first, end_ms=end_ms, series_per_shard=series_per_shard
-    )
+    queries = [pipeline.query]
+    if series_per_shard is not None:
+        first = fetch_start(pipeline, start_ms)
+        queries, _ = plan_shards(
+            client, pipeline, start_ms=first, end_ms=end_ms, series_per_shard=series_per_shard
+        )
     if len(queries) == 1:
-        return run_window(pipeline, scorer, start_ms=start_ms, end_ms=end_ms, source=client, sink=client)[1]
+        block = contexts.query_block(client, pipeline, start_ms=start_ms, end_ms=end_ms)
+        check_input(block, pipeline)
+        return run_window(pipeline, scorer, start_ms=start_ms, end_ms=end_ms, source=block, sink=client)[1]
     tally = Tally()
     fresh = claim(client, pipeline, start_ms=start_ms, end_ms=end_ms)
     for query in queries:
         shard = pipeline.model_copy(update={"query": query})
-        block = query_block(client, shard, start_ms=start_ms, end_ms=end_ms)
+        block = contexts.query_block(client, shard, start_ms=start_ms, end_ms=end_ms)
         if check_block(block, shard) is not None:
             continue  # every series of this shard is silent in the window: the others still count
         detection, result = run_window(
