@@ -280,8 +280,9 @@ def _run_shards(
 
     Why: one query for all of a very large pipeline makes this process parse the whole
     answer at once, and the parsed JSON takes tens of times the matrix it becomes; shard
-    by shard (fetch, score in the warm actor, write), memory is bounded by one shard
-    whatever the series count. A pipeline whose last window fit one shard, or whose query
+    by shard (fetch, score in the warm actor, write), parsing takes one shard's memory
+    whatever the series count (the contexts kept between windows are bounded apart, by
+    ``JobOptions.context_cache_mb``). A pipeline whose last window fit one shard, or whose query
     is not a plain selector, is one query as before. The window is claimed once, before its
     first shard. A shard that fails fails the window after the shards before it were
     written; the retry finds the range claimed and skips what they wrote.
