@@ -154,8 +154,9 @@ def lookback(policy: AlertPolicy, context: int, step_s: float) -> Lookback:
     return Lookback(record, cool, sustained, refit, min_history, periods, rate, step_s, range_points)
 
 
-def _tail(records: np.ndarray, rate: float, min_count: int) -> np.ndarray:
-    """The ``1 - rate`` quantile of each row of ``records`` (``(..., H)``, NaN = none) from its tail.
+def _tail(records: np.ndarray, count: np.ndarray, rate: float, min_count: int) -> np.ndarray:
+    """The ``1 - rate`` quantile of each row of ``records`` (``(..., H)``, ``-inf`` = none; it
+    is partitioned in place) from its tail; ``count``: the samples of each row.
 
     Peaks over threshold with an exponential tail: above ``u``, the record's
     ``TAIL_FRACTION`` quantile, excesses are taken as exponential with their mean as scale,
@@ -163,13 +164,12 @@ def _tail(records: np.ndarray, rate: float, min_count: int) -> np.ndarray:
     """
     h = records.shape[-1]
     top = max(2, math.ceil(TAIL_FRACTION * h))
-    count = np.isfinite(records).sum(axis=-1)
     if h <= top:
         return np.full(records.shape[:-1], np.nan)
-    part = np.partition(np.where(np.isfinite(records), records, -np.inf), h - top - 1, axis=-1)
-    u = part[..., h - top - 1]
+    records.partition(h - top - 1, axis=-1)
+    u = records[..., h - top - 1]
     with np.errstate(invalid="ignore", divide="ignore"):  # rows short of samples: NaN, dropped below
-        scale = (part[..., h - top :] - u[..., None]).mean(axis=-1)
+        scale = (records[..., h - top :] - u[..., None]).mean(axis=-1)
         q = u + scale * np.log(top / (np.maximum(count, 1) * rate))
     return np.where((count >= min_count) & np.isfinite(q), np.maximum(q, 0.0), np.nan)
 
@@ -180,11 +180,15 @@ def _thresholds(stat: np.ndarray, valid: np.ndarray, anchors: np.ndarray, look: 
     out = np.full((r, anchors.size), np.nan)
     if h == 0 or anchors.size == 0:
         return out
-    values = np.where(valid, stat, np.nan)
+    finite = valid & np.isfinite(stat)
+    values = np.where(finite, stat, -np.inf)
+    counted = np.concatenate([np.zeros((r, 1), np.int64), np.cumsum(finite, axis=1)], axis=1)
+    count = counted[:, anchors] - counted[:, anchors - h]  # samples in each record
     views = np.lib.stride_tricks.sliding_window_view(values, h, axis=1)
     block = max(1, 4_000_000 // (h * anchors.size))  # rows per block: bounded memory
     for lo in range(0, r, block):
-        out[lo : lo + block] = _tail(views[lo : lo + block, anchors - h], look.rate, look.min_history)
+        rows = slice(lo, lo + block)
+        out[rows] = _tail(views[rows, anchors - h], count[rows], look.rate, look.min_history)
     return out
 
 
@@ -260,33 +264,36 @@ def stage_bands(
     size = np.where(valid, np.abs(actual[None] - candidates), 0.0).reshape(c * n, m)
     valid = valid.reshape(c * n, m)
     sums = _trailing_sum(size, look.sustained)
-    # The anchor of every column: the first column of its hour (absolute), the record before it.
-    absolute = base + first + np.arange(m)
-    anchor = absolute - absolute % look.refit - base - first
-    used = np.unique(anchor[max(0, int(at.min()) - first - look.cooldown) :])
+    # A point reads the edges of its own column and of the cooldown before it: only the
+    # columns from `lo` on get edges.
+    lo = max(0, int(at.min()) - first - look.cooldown)
+    absolute = base + first + np.arange(lo, m)
+    anchor = absolute - absolute % look.refit - base - first  # the first column of its hour
+    used = np.unique(anchor)
     used = used[used >= look.record]
-    one = np.full((c * n, m), np.nan)
-    many = np.full((c * n, m), np.nan)
+    one = np.full((c * n, m - lo), np.nan)
+    many = np.full((c * n, m - lo), np.nan)
     if used.size:
         slot = np.searchsorted(used, anchor)
         ok = (slot < used.size) & (used[np.minimum(slot, used.size - 1)] == anchor)
         q1 = _thresholds(size, valid, used, look)
         qk = _thresholds(sums, valid, used, look) if look.sustained > 1 else q1
         one[:, ok], many[:, ok] = q1[:, slot[ok]], qk[:, slot[ok]]
-    before = sums - size  # the sustained - 1 residuals before each column
+    size_tail = size[:, lo:]
+    before = sums[:, lo:] - size_tail  # the sustained - 1 residuals before each column
     edge = np.fmin(one, np.fmax(many - before, SUSTAINED_FLOOR * one)) if look.sustained > 1 else one
-    alerted = np.where(size > edge, size, 0.0)  # NaN edge (warm-up): no alert
-    worst = _trailing_max_before(alerted, look.cooldown).reshape(c, n, m).max(axis=0)
-    edge = edge.reshape(c, n, m)
+    alerted = np.where(size_tail > edge, size_tail, 0.0)  # NaN edge (warm-up): no alert
     points = (at[:, None] + np.arange(horizon)[None, :]).reshape(-1) - first  # (k h,)
+    worst = _trailing_max_before(alerted, look.cooldown).reshape(c, n, m - lo).max(axis=0)[:, points - lo]
+    edge = edge.reshape(c, n, m - lo)
     choice = choose(size.reshape(c, n, m), valid.reshape(c, n, m), at - first, look.record)
     choice = np.repeat(choice, horizon, axis=1)[None]  # one candidate per chunk, all its points
-    picked = np.take_along_axis(edge[:, :, points], choice, axis=0)[0]
-    edge_points = np.fmax(picked, worst[:, points])
+    picked = np.take_along_axis(edge[:, :, points - lo], choice, axis=0)[0]
+    edge_points = np.fmax(picked, worst)
     edge_points = np.where(np.isfinite(picked), edge_points, np.nan)
     reference = np.take_along_axis(candidates[:, :, points], choice, axis=0)[0]
     low, high = _range_cap(x, points + first, context, look)
-    incident = worst[:, points] > 0  # during an incident a new high is not news
+    incident = worst > 0  # during an incident a new high is not news
     low, high = np.where(incident, -np.inf, low), np.where(incident, np.inf, high)
     shape = (n, at.size, horizon)
     return StageBands(*(part.reshape(shape) for part in (edge_points, low, high, reference)))
