@@ -92,7 +92,10 @@ def test_fast_encoder_is_byte_identical_to_protobuf(timestamps: np.ndarray) -> N
     values[2, :] = np.inf
     values[3, :5] = -np.inf
     values[values > 8] = np.nan
-    labels = [{"__name__": "m", "job": f"j{i}", "Upper": "x", "empty": "", "utf8": "é✓"} for i in range(n)]
+    labels = [
+        {"__name__": "m", "job": f"j{i}", "Upper": "x", "empty": "", "utf8": "é✓", "long": "v" * (60 * i)}
+        for i in range(n)
+    ]  # "long": label fields of 1 and 2 length bytes
 
     fast, reference = encode_both(labels, timestamps, values)
     assert fast == reference
@@ -100,6 +103,8 @@ def test_fast_encoder_is_byte_identical_to_protobuf(timestamps: np.ndarray) -> N
     message = _remote_write.WriteRequest()
     message.ParseFromString(fast)
     assert [label.name for label in message.timeseries[0].labels] == ["Upper", "__name__", "job", "utf8"]
+    names = ["Upper", "__name__", "job", "long", "utf8"]
+    assert [label.name for label in message.timeseries[5].labels] == names
     assert message.timeseries[0].samples[0].timestamp == timestamps[0]
 
 

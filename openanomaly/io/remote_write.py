@@ -17,9 +17,9 @@ Why two encoders: the protobuf encoder builds one Python ``Sample`` object per s
 which dominates writing a day of points for thousands of series.
 ``encode_write_request`` instead lays out all samples of a batch with numpy (a sample is
 a fixed pattern of tag bytes, 8 little-endian value bytes and a varint timestamp) and
-uses protobuf only for the label sets. Its output decodes to the same message as the
-protobuf encoder's and is byte-for-byte the same when no value or timestamp is exactly
-zero (the tests check both); ``benchmarks/remote_write_encode.py`` compares the two
+writes the label fields as plain bytes (:func:`encode_labels`). Its output decodes to
+the same message as the protobuf encoder's and is byte-for-byte the same when no value
+or timestamp is exactly zero (the tests check both); ``benchmarks/remote_write_encode.py`` compares the two
 (``benchmarks/results/remote_write_encode.json``).
 """
 
@@ -94,6 +94,9 @@ TimeSeries = _MESSAGES["TimeSeries"]
 WriteRequest = _MESSAGES["WriteRequest"]
 
 _TAG_TIMESERIES = 0x0A  # WriteRequest.timeseries: field 1, length-delimited
+_TAG_LABELS = 0x0A  # TimeSeries.labels: field 1, length-delimited
+_TAG_NAME = 0x0A  # Label.name: field 1, length-delimited
+_TAG_VALUE_STR = 0x12  # Label.value: field 2, length-delimited
 _TAG_SAMPLES = 0x12  # TimeSeries.samples: field 2, length-delimited
 _TAG_VALUE = 0x09  # Sample.value: field 1, 64-bit
 _TAG_TIMESTAMP = 0x10  # Sample.timestamp: field 2, varint
@@ -112,15 +115,41 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _field(tag: int, data: bytes) -> bytes:
+    """One length-delimited protobuf field: tag, varint length, bytes."""
+    size = len(data)
+    return bytes((tag, size)) + data if size < 0x80 else bytes((tag,)) + _varint(size) + data
+
+
+_LABEL_FIELDS: dict[tuple[str, str], bytes] = {}
+"""Each label pair's encoded field, kept: a window writes the same label sets every time."""
+
+_LABEL_FIELDS_MAX = 1 << 20
+
+
+def _label_field(pair: tuple[str, str]) -> bytes:
+    field = _LABEL_FIELDS.get(pair)
+    if field is None:
+        if len(_LABEL_FIELDS) >= _LABEL_FIELDS_MAX:
+            _LABEL_FIELDS.clear()
+        name, value = pair
+        field = _LABEL_FIELDS[pair] = _field(
+            _TAG_LABELS, _field(_TAG_NAME, name.encode()) + _field(_TAG_VALUE_STR, value.encode())
+        )
+    return field
+
+
 def encode_labels(labels: Mapping[str, str]) -> bytes:
     """The ``TimeSeries.labels`` fields for one label set, ready to prefix its samples.
 
     Labels are sorted by name (byte order), as the spec requires; ``__name__`` thus comes
     first unless a label name starts with an upper-case letter. Empty values are dropped:
     in Prometheus an empty label is the same as no label, and receivers reject them.
+    Written field by field from kept pairs (the bytes ``TimeSeries(labels=...)
+    .SerializeToString()`` gives; the tests check): a large window writes hundreds of
+    thousands of label sets, and building protobuf objects for each was most of its write.
     """
-    pairs = sorted((name, value) for name, value in labels.items() if value != "")
-    return TimeSeries(labels=[Label(name=name, value=value) for name, value in pairs]).SerializeToString()
+    return b"".join([_label_field(pair) for pair in sorted(labels.items()) if pair[1] != ""])
 
 
 class TimestampGrid:
@@ -253,7 +282,9 @@ def encode_write_request_protobuf(
     request = WriteRequest()
     for label_set, series_times, series_values in zip(labels, timestamps, values, strict=True):
         series = request.timeseries.add()
-        series.ParseFromString(encode_labels(label_set))
+        for name, value in sorted(label_set.items()):
+            if value != "":
+                series.labels.add(name=name, value=value)
         for timestamp, value in zip(
             np.asarray(series_times).tolist(), np.asarray(series_values).tolist(), strict=True
         ):

@@ -59,6 +59,8 @@ _MAX_BACKOFF_S = 30.0
 _MAX_RETRY_AFTER_S = 300.0
 _SERVER_TEXT_CHARS = 300
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_VALID_NAMES = frozenset({"__name__", "instance", "job", "for", "model", "pipeline"})
+"""Names every write carries, checked without the pattern (a window checks each of its series)."""
 _WRITE_HEADERS = {
     "Content-Encoding": "snappy",
     "Content-Type": "application/x-protobuf",
@@ -467,7 +469,7 @@ def _check_labels(labels: Mapping[str, str], *, url: str) -> None:
     if not labels.get("__name__"):
         raise RemoteWriteError(f"cannot write series {dict(labels)}: it has no __name__ label", url=url)
     for name in labels:
-        if not _LABEL_NAME.fullmatch(name):
+        if name not in _VALID_NAMES and not _LABEL_NAME.fullmatch(name):
             raise RemoteWriteError(
                 f"cannot write series {dict(labels)}: {name!r} is not a valid label name", url=url
             )
