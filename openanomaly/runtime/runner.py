@@ -3,7 +3,8 @@
 **Scheduled windows** (:meth:`JobRunner.run_window`) go through the one window path
 (:func:`openanomaly.runtime.window.run_window`): the scheduler's worker thread fetches the
 window, a *warm model actor* scores it, the thread writes what is new; a pipeline of more
-than ``series_per_shard`` series shard by shard (:func:`_run_shards`). The fetched
+than ``series_per_shard`` series shard by shard (:func:`_run_shards`: the actor scores
+one shard while the thread writes the one before and fetches the next). The fetched
 contexts are kept between windows (:class:`~openanomaly.runtime.contexts.ContextCache`),
 so a window fetches only its new points. A model actor
 (:class:`~openanomaly.runtime.scorer.WindowScorer` on Ray) is started once per model and
@@ -34,6 +35,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from openanomaly.core.config import Pipeline, Settings
@@ -282,9 +284,11 @@ def _run_shards(
     answer at once, and the parsed JSON takes tens of times the matrix it becomes; shard
     by shard (fetch, score in the warm actor, write), parsing takes one shard's memory
     whatever the series count (the contexts kept between windows are bounded apart, by
-    ``JobOptions.context_cache_mb``). A pipeline whose last window fit one shard, or whose query
-    is not a plain selector, is one query as before. The window is claimed once, before its
-    first shard. A shard that fails fails the window after the shards before it were
+    ``JobOptions.context_cache_mb``). The actor scores a shard while this thread writes
+    the one before and fetches the next, so the window takes about the longer of the two,
+    not their sum; at most two shards are in flight. A pipeline whose last window fit one
+    shard, or whose query is not a plain selector, is one query as before. The window is
+    claimed once, before its first shard. A shard that fails fails the window after the shards before it were
     written; the retry finds the range claimed and skips what they wrote.
     """
     began = time.perf_counter()
@@ -300,15 +304,30 @@ def _run_shards(
         return run_window(pipeline, scorer, start_ms=start_ms, end_ms=end_ms, source=block, sink=client)[1]
     tally = Tally()
     fresh = claim(client, pipeline, start_ms=start_ms, end_ms=end_ms)
-    for query in queries:
-        shard = pipeline.model_copy(update={"query": query})
-        block = contexts.query_block(client, shard, start_ms=start_ms, end_ms=end_ms)
-        if check_block(block, shard) is not None:
-            continue  # every series of this shard is silent in the window: the others still count
-        detection, result = run_window(
-            shard, scorer, start_ms=start_ms, end_ms=end_ms, source=block, sink=client, fresh=fresh
-        )
-        tally.add(detection, result.samples_written, result.samples_present)
+    with ThreadPoolExecutor(2, thread_name_prefix="score") as pool:
+        scoring: list[tuple[Pipeline, SeriesMatrix, Future[Detection]]] = []
+        try:
+            for query in [*queries, None]:
+                if query is not None:
+                    shard = pipeline.model_copy(update={"query": query})
+                    block = contexts.query_block(client, shard, start_ms=start_ms, end_ms=end_ms)
+                    if check_block(block, shard) is None:  # else: silent in the window, the others count
+                        scoring.append((shard, block, pool.submit(scorer, block, start_ms, end_ms)))
+                while len(scoring) > (0 if query is None else 1):
+                    done, fetched, scored = scoring.pop(0)
+                    detection, result = run_window(
+                        done,
+                        lambda *_: scored.result(),  # noqa: B023 - called before the loop moves on
+                        start_ms=start_ms,
+                        end_ms=end_ms,
+                        source=fetched,
+                        sink=client,
+                        fresh=fresh,
+                    )
+                    tally.add(detection, result.samples_written, result.samples_present)
+        finally:
+            for _, _, scored in scoring:
+                scored.cancel()  # a failed window: what is not scoring yet never starts
     if not tally.series:
         raise DataError(
             f"no series of query {pipeline.query!r} has a finite value in the requested range",
