@@ -14,7 +14,9 @@ visible), loads the series, then in one run measures, each on a window of its ow
   window twice, decoded as shipped (orjson, garbage collector paused) and as before
   (stdlib ``json`` with the collector running), in alternating order.
 - ``warm``: :meth:`openanomaly.runtime.runner.JobRunner.run_window` on the warm model actor, at
-  the sizes ``--warm`` lists (it holds the whole window in one process).
+  the sizes ``--warm`` lists, from a Ray actor as the scheduler actor runs it: a first
+  window (it starts the model actor and keeps the contexts), then ``--warm-windows``
+  consecutive windows, each reported, ``seconds`` their median.
 - ``node_loss``: a window on the largest node count with one worker node removed while
   the job runs (``cluster.remove_node``); a window that fails is run again, as the
   scheduler's next tick would; then the output samples in the TSDB are counted.
@@ -113,6 +115,26 @@ def load(url: str, *, series: int, group: int, start_ms: int, end_ms: int) -> fl
             client.remote_write(SeriesMatrix(labels, t, values))
     httpx.get(url + "/internal/force_flush", timeout=120)
     return time.perf_counter() - began
+
+
+class _WarmScheduler:
+    """A :class:`~openanomaly.runtime.runner.JobRunner` in a Ray actor, as in the scheduler actor."""
+
+    def __init__(self, settings: Any) -> None:
+        from openanomaly.runtime.runner import JobRunner
+
+        self.settings, self.runner = settings, JobRunner()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, pipeline: Any, start: int, end: int) -> tuple[float, int]:
+        began = time.perf_counter()
+        result = self.runner.run_window(self.settings, pipeline, start_ms=start, end_ms=end)
+        return time.perf_counter() - began, result.samples_written
+
+    def close(self) -> None:
+        self.runner.close()
 
 
 class Bench:
@@ -282,30 +304,35 @@ class Bench:
         self.save()
 
     def warm(self, series: int, workers: list[Any]) -> None:
-        from openanomaly.runtime.runner import JobRunner
+        """Consecutive windows on the warm path, run from a Ray actor as the scheduler actor
+        runs them (at Ray's worker priority, like the model actor it calls)."""
+        import ray
 
-        runner = JobRunner()
+        scheduler = ray.remote(_WarmScheduler).options(num_cpus=0).remote(self.settings)
+        pid = ray.get(scheduler.pid.remote())
+        pipeline = pipeline_for(f"warm-{series}", series, self.group)
+        windows = []
         try:
-            rows = []
-            for attempt in ("first", "warm"):  # the first window starts the model actor
-                pipeline = pipeline_for(f"warm-{series}", series, self.group)
+            for _ in range(1 + self.args.warm_windows):  # the first starts the model actor, keeps contexts
                 start, end = self.window()
-                with self.meter(workers) as meter, Meter({"driver": os.getpid()}, children=False) as driver:
-                    began = time.perf_counter()
-                    result = runner.run_window(self.settings, pipeline, start_ms=start, end_ms=end)
-                    seconds = time.perf_counter() - began
-                rows.append((attempt, seconds, meter, driver, result))
-            _, seconds, meter, driver, result = rows[-1]
+                with self.meter(workers) as meter, Meter({"scheduler": pid}, children=False) as own:
+                    seconds, written = ray.get(scheduler.run.remote(pipeline, start, end))
+                windows.append((seconds, written, meter, own))
         finally:
-            runner.close()
+            ray.get(scheduler.close.remote())
+            ray.kill(scheduler)
+        following = [seconds for seconds, _, _, _ in windows[1:]]
         row = {
             "series": series,
             "nodes": len(workers),
-            "seconds": round(seconds, 2),
-            "first_window_seconds": round(rows[0][1], 2),
-            "peak_rss_gb_per_node": [meter.peak_gb(f"node{i + 1}") for i in range(len(workers))],
-            "driver_peak_rss_gb": driver.peak_gb("driver"),
-            "samples_written": result.samples_written,
+            "seconds": round(float(np.median(following)), 2),
+            "windows_seconds": [round(seconds, 2) for seconds in following],
+            "first_window_seconds": round(windows[0][0], 2),
+            "peak_rss_gb_per_node": [
+                max(meter.peak_gb(f"node{i + 1}") for _, _, meter, _ in windows) for i in range(len(workers))
+            ],
+            "scheduler_peak_rss_gb": max(own.peak_gb("scheduler") for _, _, _, own in windows),
+            "samples_written": [written for _, written, _, _ in windows[1:]],
         }
         print("warm", row, flush=True)
         self.record["warm"].append(row)
@@ -376,6 +403,9 @@ def main() -> None:
     parser.add_argument("--series", default="10000,50000,100000", help="comma list of window sizes (series)")
     parser.add_argument("--nodes", default="1,2,3", help="comma list of worker-node counts")
     parser.add_argument("--warm", default="10000", help="sizes to run on the warm model actor too")
+    parser.add_argument(
+        "--warm-windows", type=int, default=3, help="warm windows measured after the first (median reported)"
+    )
     parser.add_argument(
         "--decode", default="10000,100000", help="sizes whose fetch is also decoded the way it was before"
     )
