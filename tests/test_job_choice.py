@@ -45,10 +45,9 @@ def test_ray_data_only_where_the_measurements_say_it_is_faster(ray_cluster) -> N
     assert JobRunner(JobOptions(ray_data_min_series=50)).uses_ray_data(pipeline, 50)
 
 
-@pytest.mark.integration
-def test_a_large_warm_window_runs_shard_by_shard(ray_cluster, victoria_metrics) -> None:
-    metric = unique_metric("shards")
-    n = 35
+def _loaded(victoria_metrics, prefix: str, n: int) -> tuple[Pipeline, int]:
+    """``n`` series of an hour of minutes in the TSDB; a pipeline over them, and the hour's end."""
+    metric = unique_metric(prefix)
     end_ms = (1_760_000_000_000 // (60 * MIN)) * (60 * MIN)
     stamps = np.arange(end_ms - 60 * MIN, end_ms + 1, MIN, dtype=np.int64)
     values = 10 + np.random.default_rng(0).normal(0, 1, (n, len(stamps)))
@@ -63,6 +62,13 @@ def test_a_large_warm_window_runs_shard_by_shard(ray_cluster, victoria_metrics) 
         schedule={"infer_every": "10m", "context": "30m"},
         scoring={"calibration": {"enabled": False}},
     )
+    return pipeline, end_ms
+
+
+@pytest.mark.integration
+def test_a_large_warm_window_runs_shard_by_shard(ray_cluster, victoria_metrics) -> None:
+    n = 35
+    pipeline, end_ms = _loaded(victoria_metrics, "shards", n)
     settings = Settings(tsdb=victoria_metrics.settings)
     runner = JobRunner(JobOptions(series_per_shard=10))
     try:
@@ -90,19 +96,8 @@ def test_a_shard_is_scored_while_the_next_is_fetched_and_a_failed_one_stops_the_
     """The model scores shard k while the scheduler's thread fetches shard k + 1 and writes
     shard k - 1; a shard whose score fails fails the window after the shards before it
     were written, and the retry writes the rest, nothing twice."""
-    metric = unique_metric("overlap")
     n = 40
-    end_ms = (1_760_000_000_000 // (60 * MIN)) * (60 * MIN)
-    stamps = np.arange(end_ms - 60 * MIN, end_ms + 1, MIN, dtype=np.int64)
-    labels = tuple({"__name__": metric, "instance": f"host-{i:02d}"} for i in range(n))
-    values = 10 + np.random.default_rng(1).normal(0, 1, (n, len(stamps)))
-    pipeline = Pipeline(
-        name=metric,
-        query=f"{metric}{{}}",
-        model="mad",
-        schedule={"infer_every": "10m", "context": "30m"},
-        scoring={"calibration": {"enabled": False}},
-    )
+    pipeline, end_ms = _loaded(victoria_metrics, "overlap", n)
     local = local_scorer(pipeline, load_forecaster("mad"))
     events: list[tuple[str, str, int]] = []  # (fetch | write, the shard's first series, samples)
 
@@ -115,8 +110,6 @@ def test_a_shard_is_scored_while_the_next_is_fetched_and_a_failed_one_stops_the_
         return score
 
     with PrometheusClient(victoria_metrics.settings) as client:
-        client.remote_write(SeriesMatrix(labels, stamps, values))
-        victoria_metrics.flush()
         fetch, write = client.query_range, client.remote_write
 
         def recorded_fetch(query: str, **kwargs: int) -> SeriesMatrix:
