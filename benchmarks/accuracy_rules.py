@@ -40,30 +40,32 @@ from openanomaly.evaluation import (
 )
 
 
-def _gpd_tail(records: np.ndarray, rate: float, min_count: int) -> np.ndarray:
+def _gpd_tail(records: np.ndarray, count: np.ndarray, rate: float, min_count: int) -> np.ndarray:
     """SPOT's generalised Pareto tail (shape by the method of moments, clipped to +-0.5)."""
-    return _fitted_tail(records, rate, min_count, "gpd")
+    return _fitted_tail(records, count, rate, min_count, "gpd")
 
 
-def _median_excess_tail(records: np.ndarray, rate: float, min_count: int) -> np.ndarray:
+def _median_excess_tail(records: np.ndarray, count: np.ndarray, rate: float, min_count: int) -> np.ndarray:
     """The exponential tail with its scale from the median excess (robust to one past incident)."""
-    return _fitted_tail(records, rate, min_count, "median")
+    return _fitted_tail(records, count, rate, min_count, "median")
 
 
-def _declustered_tail(records: np.ndarray, rate: float, min_count: int) -> np.ndarray:
+def _declustered_tail(records: np.ndarray, count: np.ndarray, rate: float, min_count: int) -> np.ndarray:
     """The exponential tail with the budget counted in clusters: runs of consecutive excesses
     over ``u`` page once, so the level is solved for the clusters' rate (runs estimator of
     the extremal index; Coles 2001, ch. 5)."""
-    return _fitted_tail(records, rate, min_count, "declustered")
+    return _fitted_tail(records, count, rate, min_count, "declustered")
 
 
-def _fitted_tail(records: np.ndarray, rate: float, min_count: int, kind: str) -> np.ndarray:
+def _fitted_tail(
+    records: np.ndarray, count: np.ndarray, rate: float, min_count: int, kind: str
+) -> np.ndarray:
+    """The shipped ``_tail``'s contract: ``records`` with ``-inf`` where there is no sample."""
     h = records.shape[-1]
     top = max(2, math.ceil(stage.TAIL_FRACTION * h))
-    count = np.isfinite(records).sum(axis=-1)
     if h <= top:
         return np.full(records.shape[:-1], np.nan)
-    filled = np.where(np.isfinite(records), records, -np.inf)
+    filled = records
     part = np.partition(filled, h - top - 1, axis=-1)
     u = part[..., h - top - 1]
     peaks = top
