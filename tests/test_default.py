@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from openanomaly.errors import ModelError
 from openanomaly.models.base import ChunkedForecaster, StepAware
 from openanomaly.models.default import DefaultForecaster
+from openanomaly.models.reference import median
 from openanomaly.models.registry import load_forecaster, validate_params
 
 LEVELS = [0.05, 0.5, 0.95]
@@ -79,3 +82,21 @@ def test_default_takes_no_params_and_says_where_the_knobs_went() -> None:
         validate_params("default", {"gain": 1.88})
     with pytest.raises(ModelError, match="step_s"):
         DefaultForecaster(step_s=0)
+
+
+@pytest.mark.parametrize("shape", [(7,), (50, 6), (20, 30, 5), (10, 3, 360)])
+def test_reference_median_ignores_gaps_and_infinities(shape: tuple[int, ...]) -> None:
+    """The median of the finite values of each window (NaN where none): windows without a
+    gap take the fast path, the rest the gathered one; both agree with numpy's."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=shape).round(1)  # ties, so both middle values matter
+    draw = rng.random(shape)
+    x[draw < 0.1] = np.nan
+    x[(draw > 0.1) & (draw < 0.13)] = np.inf
+    x[(draw > 0.13) & (draw < 0.16)] = -np.inf
+    x.reshape(-1, shape[-1])[0] = rng.normal(size=shape[-1])  # at least one window without a gap
+    x.reshape(-1, shape[-1])[1:3] = np.nan  # and windows of nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
+        want = np.nanmedian(np.where(np.isfinite(x), x, np.nan), axis=-1)
+    np.testing.assert_array_equal(median(x), want)

@@ -60,15 +60,22 @@ class Candidates(NamedTuple):
 
 
 def median(windows: np.ndarray) -> np.ndarray:
-    """Median along the last axis ignoring NaN (NaN where none), exact for identical windows."""
+    """Median along the last axis of the finite values (NaN where none), exact for identical
+    windows: NaN and infinities are gaps, as they are everywhere in the stage."""
     ordered = np.sort(windows, axis=-1)  # NaN sort last
-    count = np.isfinite(ordered).sum(axis=-1)
     size = ordered.shape[-1]
     if size == 0:
         return np.full(ordered.shape[:-1], np.nan)
-    low = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0)[..., None], axis=-1)[..., 0]
-    high = np.take_along_axis(ordered, np.minimum(count // 2, size - 1)[..., None], axis=-1)[..., 0]
-    return np.where(count > 0, 0.5 * (low + high), np.nan)
+    out = np.asarray(0.5 * (ordered[..., (size - 1) // 2] + ordered[..., size // 2]))  # no gap
+    gaps = ~(np.isfinite(ordered[..., 0]) & np.isfinite(ordered[..., -1]))  # sorted: ends say all
+    if gaps.any():
+        part = ordered[gaps]  # (k, size): the windows with a gap, whose middle moves
+        count = np.isfinite(part).sum(axis=-1)
+        below = (part == -np.inf).sum(axis=-1)  # sorted first, before the finite values
+        low = np.take_along_axis(part, np.maximum(below + (count - 1) // 2, 0)[:, None], axis=-1)[:, 0]
+        high = np.take_along_axis(part, np.minimum(below + count // 2, size - 1)[:, None], axis=-1)[:, 0]
+        out[gaps] = np.where(count > 0, 0.5 * (low + high), np.nan)
+    return out
 
 
 Periods = tuple[tuple[int, int], ...]
