@@ -19,8 +19,8 @@ which dominates writing a day of points for thousands of series.
 a fixed pattern of tag bytes, 8 little-endian value bytes and a varint timestamp) and
 writes the label fields as plain bytes (:func:`encode_labels`). Its output decodes to
 the same message as the protobuf encoder's and is byte-for-byte the same when no value
-or timestamp is exactly zero (the tests check both); ``benchmarks/remote_write_encode.py`` compares the two
-(``benchmarks/results/remote_write_encode.json``).
+or timestamp is exactly zero (the tests check both); ``benchmarks/remote_write_encode.py``
+compares the two (``benchmarks/results/remote_write_encode.json``).
 """
 
 from __future__ import annotations
@@ -121,22 +121,10 @@ def _field(tag: int, data: bytes) -> bytes:
     return bytes((tag, size)) + data if size < 0x80 else bytes((tag,)) + _varint(size) + data
 
 
-_LABEL_FIELDS: dict[tuple[str, str], bytes] = {}
-"""Each label pair's encoded field, kept: a window writes the same label sets every time."""
-
-_LABEL_FIELDS_MAX = 1 << 20
-
-
-def _label_field(pair: tuple[str, str]) -> bytes:
-    field = _LABEL_FIELDS.get(pair)
-    if field is None:
-        if len(_LABEL_FIELDS) >= _LABEL_FIELDS_MAX:
-            _LABEL_FIELDS.clear()
-        name, value = pair
-        field = _LABEL_FIELDS[pair] = _field(
-            _TAG_LABELS, _field(_TAG_NAME, name.encode()) + _field(_TAG_VALUE_STR, value.encode())
-        )
-    return field
+@functools.lru_cache(maxsize=1 << 20)
+def _label_field(name: str, value: str) -> bytes:
+    """One label pair's encoded field, kept: a window writes the same label sets every time."""
+    return _field(_TAG_LABELS, _field(_TAG_NAME, name.encode()) + _field(_TAG_VALUE_STR, value.encode()))
 
 
 def encode_labels(labels: Mapping[str, str]) -> bytes:
@@ -149,7 +137,7 @@ def encode_labels(labels: Mapping[str, str]) -> bytes:
     .SerializeToString()`` gives; the tests check): a large window writes hundreds of
     thousands of label sets, and building protobuf objects for each was most of its write.
     """
-    return b"".join([_label_field(pair) for pair in sorted(labels.items()) if pair[1] != ""])
+    return b"".join([_label_field(name, value) for name, value in sorted(labels.items()) if value != ""])
 
 
 class TimestampGrid:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import email.utils
+import functools
 import gc
 import logging
 import random
@@ -59,8 +60,6 @@ _MAX_BACKOFF_S = 30.0
 _MAX_RETRY_AFTER_S = 300.0
 _SERVER_TEXT_CHARS = 300
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_VALID_NAMES = frozenset({"__name__", "instance", "job", "for", "model", "pipeline"})
-"""Names every write carries, checked without the pattern (a window checks each of its series)."""
 _WRITE_HEADERS = {
     "Content-Encoding": "snappy",
     "Content-Type": "application/x-protobuf",
@@ -465,11 +464,17 @@ def _server_message(response: httpx.Response) -> str:
     return text[: _SERVER_TEXT_CHARS * 4] if text else response.reason_phrase
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid_label_name(name: str) -> bool:
+    """Kept per name: a window checks every label of each of its series, and names repeat."""
+    return _LABEL_NAME.fullmatch(name) is not None
+
+
 def _check_labels(labels: Mapping[str, str], *, url: str) -> None:
     if not labels.get("__name__"):
         raise RemoteWriteError(f"cannot write series {dict(labels)}: it has no __name__ label", url=url)
     for name in labels:
-        if name not in _VALID_NAMES and not _LABEL_NAME.fullmatch(name):
+        if not _valid_label_name(name):
             raise RemoteWriteError(
                 f"cannot write series {dict(labels)}: {name!r} is not a valid label name", url=url
             )

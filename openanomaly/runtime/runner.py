@@ -288,8 +288,9 @@ def _run_shards(
     the one before and fetches the next, so the window takes about the longer of the two,
     not their sum; at most two shards are in flight. A pipeline whose last window fit one
     shard, or whose query is not a plain selector, is one query as before. The window is
-    claimed once, before its first shard. A shard that fails fails the window after the shards before it were
-    written; the retry finds the range claimed and skips what they wrote.
+    claimed once, before its first shard. A shard that fails fails the window after the
+    shards before it were written; the retry finds the range claimed and skips what they
+    wrote.
     """
     began = time.perf_counter()
     queries = [pipeline.query]
