@@ -284,11 +284,12 @@ def stage_bands(
     edge = np.fmin(one, np.fmax(many - before, SUSTAINED_FLOOR * one)) if look.sustained > 1 else one
     alerted = np.where(size_tail > edge, size_tail, 0.0)  # NaN edge (warm-up): no alert
     points = (at[:, None] + np.arange(horizon)[None, :]).reshape(-1) - first  # (k h,)
-    worst = _trailing_max_before(alerted, look.cooldown).reshape(c, n, m - lo).max(axis=0)[:, points - lo]
+    read = points - lo  # the same columns among those with edges
+    worst = _trailing_max_before(alerted, look.cooldown).reshape(c, n, m - lo).max(axis=0)[:, read]
     edge = edge.reshape(c, n, m - lo)
     choice = choose(size.reshape(c, n, m), valid.reshape(c, n, m), at - first, look.record)
     choice = np.repeat(choice, horizon, axis=1)[None]  # one candidate per chunk, all its points
-    picked = np.take_along_axis(edge[:, :, points - lo], choice, axis=0)[0]
+    picked = np.take_along_axis(edge[:, :, read], choice, axis=0)[0]
     edge_points = np.fmax(picked, worst)
     edge_points = np.where(np.isfinite(picked), edge_points, np.nan)
     reference = np.take_along_axis(candidates[:, :, points], choice, axis=0)[0]
