@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -60,7 +61,8 @@ def _declustered_tail(records: np.ndarray, count: np.ndarray, rate: float, min_c
 def _fitted_tail(
     records: np.ndarray, count: np.ndarray, rate: float, min_count: int, kind: str
 ) -> np.ndarray:
-    """The shipped ``_tail``'s contract: ``records`` with ``-inf`` where there is no sample."""
+    """The shipped ``_tail``'s contract (``records`` with ``-inf`` where there is no sample) and
+    its excesses: the values strictly above ``u`` among the top (a tie at ``u`` is none)."""
     h = records.shape[-1]
     top = max(2, math.ceil(stage.TAIL_FRACTION * h))
     if h <= top:
@@ -68,25 +70,45 @@ def _fitted_tail(
     filled = records
     part = np.partition(filled, h - top - 1, axis=-1)
     u = part[..., h - top - 1]
-    peaks = top
-    if kind == "declustered":  # runs of excesses: each starts where the one before it did not exceed
-        over = filled > u[..., None]
-        peaks = np.maximum(over[..., 0] + (over[..., 1:] & ~over[..., :-1]).sum(axis=-1), 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        excess = part[..., h - top :] - u[..., None]
+        tail = part[..., h - top :] - u[..., None]
+        excess = np.where(tail > 0, tail, np.nan)  # NaN: not an excess
+        peaks = np.count_nonzero(tail > 0, axis=-1)
+        if kind == "declustered":  # runs of excesses: each starts where the one before it did not exceed
+            over = filled > u[..., None]
+            peaks = over[..., 0] + (over[..., 1:] & ~over[..., :-1]).sum(axis=-1)
         ratio = peaks / (np.maximum(count, 1) * rate)
-        if kind == "declustered":
-            q = u + excess.mean(axis=-1) * np.log(ratio)
-        elif kind == "median":
-            q = u + np.median(excess, axis=-1) / math.log(2) * np.log(ratio)
-        else:
-            mean, var = excess.mean(axis=-1), excess.var(axis=-1)
-            spread = mean**2 / np.where(var > 0, var, np.inf)
-            shape = np.clip(0.5 * (1 - spread), -0.5, 0.5)
-            scale = 0.5 * mean * (1 + spread)
-            small = np.abs(shape) < 1e-6
-            grow = np.where(small, np.log(ratio), (ratio ** np.where(small, 1, shape) - 1) / shape)
-            q = u + np.where(small, mean, scale) * grow
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a row with no excess: NaN, then u
+            mean = np.nanmean(excess, axis=-1)
+            if kind == "declustered":
+                q = u + mean * np.log(ratio)
+            elif kind == "median":
+                q = u + np.nanmedian(excess, axis=-1) / math.log(2) * np.log(ratio)
+            else:
+                var = np.nanvar(excess, axis=-1)
+                spread = mean**2 / np.where(var > 0, var, np.inf)
+                shape = np.clip(0.5 * (1 - spread), -0.5, 0.5)
+                scale = 0.5 * mean * (1 + spread)
+                small = np.abs(shape) < 1e-6
+                grow = np.where(small, np.log(ratio), (ratio ** np.where(small, 1, shape) - 1) / shape)
+                q = u + np.where(small, mean, scale) * grow
+        q = np.where(peaks > 0, q, u)
+    return np.where((count >= min_count) & np.isfinite(q), np.maximum(q, 0.0), np.nan)
+
+
+def _ties_as_excesses(records: np.ndarray, count: np.ndarray, rate: float, min_count: int) -> np.ndarray:
+    """The exponential tail over all the top values, a tie at ``u`` counted as an excess of 0."""
+    h = records.shape[-1]
+    top = max(2, math.ceil(stage.TAIL_FRACTION * h))
+    if h <= top:
+        return np.full(records.shape[:-1], np.nan)
+    part = np.partition(records, h - top - 1, axis=-1)
+    u = part[..., h - top - 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = u + (part[..., h - top :] - u[..., None]).mean(axis=-1) * np.log(
+            top / (np.maximum(count, 1) * rate)
+        )
     return np.where((count >= min_count) & np.isfinite(q), np.maximum(q, 0.0), np.nan)
 
 
@@ -100,6 +122,7 @@ RULES: dict[str, dict[str, Any]] = {
     "GPD tail (SPOT)": {"_tail": _gpd_tail},
     "median-excess tail": {"_tail": _median_excess_tail},
     "declustered tail": {"_tail": _declustered_tail},
+    "ties at the floor as excesses": {"_tail": _ties_as_excesses},
     "no sustained test": {"SUSTAINED": 1},
     "no range cap": {"_range_cap": _no_range_cap},
     "record 3/4 of the context": {"RECORD_SHARE": 0.75},

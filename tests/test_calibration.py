@@ -101,6 +101,19 @@ def test_flat_series_never_alerts_and_any_departure_does() -> None:
     assert np.flatnonzero(moved[0] > 1).tolist() == [2000]
 
 
+@pytest.mark.parametrize("every", [DAY // 2, DAY])
+def test_an_idle_metric_pages_on_an_unusual_step_not_its_routine_one(every: int) -> None:
+    # Zero but for a step of 1 twice a day or once a day: more often than the budget (one
+    # a week), so not an anomaly, even while the record is young and holds few of them
+    # (their residuals tie at 0 with the idle points; a tie is no excess). A step of 10 is.
+    x = np.zeros(8 * DAY)
+    x[DAY // 4 :: every] = 1.0
+    x[7 * DAY + 100] = 10.0
+    for model in ("default", "mad"):
+        s = scores(x, model, first=DAY)[0]
+        assert (pages(s[DAY + 1 :]) + DAY + 1).tolist() == [7 * DAY + 100], model
+
+
 def test_warm_up_points_are_not_scored() -> None:
     # min_history (1 day) of record is needed first: those points get no score at all.
     x = noise(1000)

@@ -13,7 +13,8 @@ For a point at column ``t`` (``x`` = the values, NaN = no sample):
    from the context alone.
 2. **Tail threshold** (peaks over threshold, as SPOT; Siffer et al., KDD 2017). Over the
    record the ``TAIL_FRACTION`` largest residuals are fitted with an exponential tail
-   above their smallest ``u``: ``q = u + mean excess x ln(K / (N p))``, where ``p`` is
+   above the one below them, ``u``: ``q = u + mean excess x ln(K / (N p))`` over the
+   ``K`` of them strictly above ``u`` (a tie is no excess), where ``p`` is
    the budget as a rate per point. The same fit on the sums of ``SUSTAINED``
    consecutive residuals catches a shift too small for one point but too long for
    noise: the edge drops to what makes that sum exceed its own threshold, never below
@@ -63,7 +64,7 @@ __all__ = ["AlertPolicy", "StageBands", "lookback", "score_chunks", "stage_bands
 WEEK_S = 7 * 86_400
 
 TAIL_FRACTION = 0.02
-"""The tail fitted above the record's 98th percentile (SPOT's initial threshold)."""
+"""The tail: the record's largest 2 % (SPOT's initial threshold at its 98th percentile)."""
 
 SUSTAINED = 6
 """Points in the sustained-deviation sum: a shift lasting this long is judged as one event."""
@@ -158,9 +159,12 @@ def _tail(records: np.ndarray, count: np.ndarray, rate: float, min_count: int) -
     """The ``1 - rate`` quantile of each row of ``records`` (``(..., H)``, ``-inf`` = none; it
     is partitioned in place) from its tail; ``count``: the samples of each row.
 
-    Peaks over threshold with an exponential tail: above ``u``, the record's
-    ``TAIL_FRACTION`` quantile, excesses are taken as exponential with their mean as scale,
-    so ``P(size > q) = (K / N) exp(-(q - u) / scale)``, solved for ``rate``.
+    Peaks over threshold with an exponential tail: ``u`` is the value below the record's
+    ``TAIL_FRACTION * H`` largest; the ``K`` of them strictly above ``u`` are its excesses,
+    taken as exponential with their mean as scale, so ``P(size > q) = (K / N) exp(-(q - u)
+    / scale)``, solved for ``rate``. A value equal to ``u`` is no excess: a quantised or
+    mostly idle metric ties many residuals at ``u``, and counting them as excesses of 0
+    would shrink the scale and page on its next ordinary step. With no excess, ``u``.
     """
     h = records.shape[-1]
     top = max(2, math.ceil(TAIL_FRACTION * h))
@@ -169,8 +173,10 @@ def _tail(records: np.ndarray, count: np.ndarray, rate: float, min_count: int) -
     records.partition(h - top - 1, axis=-1)
     u = records[..., h - top - 1]
     with np.errstate(invalid="ignore", divide="ignore"):  # rows short of samples: NaN, dropped below
-        scale = (records[..., h - top :] - u[..., None]).mean(axis=-1)
-        q = u + scale * np.log(top / (np.maximum(count, 1) * rate))
+        tail = records[..., h - top :] - u[..., None]  # ties at u add 0 to the sum
+        excesses = np.count_nonzero(tail > 0, axis=-1)
+        scale = tail.sum(axis=-1) / excesses
+        q = np.where(excesses > 0, u + scale * np.log(excesses / (np.maximum(count, 1) * rate)), u)
     return np.where((count >= min_count) & np.isfinite(q), np.maximum(q, 0.0), np.nan)
 
 
