@@ -64,7 +64,8 @@ __all__ = ["AlertPolicy", "StageBands", "lookback", "score_chunks", "stage_bands
 WEEK_S = 7 * 86_400
 
 TAIL_FRACTION = 0.02
-"""The tail: the record's largest 2 % (SPOT's initial threshold at its 98th percentile)."""
+"""The tail: the largest 2 % of a full record, a fixed number of peaks (SPOT's initial threshold
+at the record's 98th percentile)."""
 
 SUSTAINED = 6
 """Points in the sustained-deviation sum: a shift lasting this long is judged as one event."""
