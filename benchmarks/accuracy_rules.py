@@ -58,11 +58,18 @@ def _declustered_tail(records: np.ndarray, count: np.ndarray, rate: float, min_c
     return _fitted_tail(records, count, rate, min_count, "declustered")
 
 
+def _ties_as_excesses(records: np.ndarray, count: np.ndarray, rate: float, min_count: int) -> np.ndarray:
+    """The exponential tail over all the top values, a tie at ``u`` counted as an excess of 0
+    (the estimator before the shipped one)."""
+    return _fitted_tail(records, count, rate, min_count, "ties")
+
+
 def _fitted_tail(
     records: np.ndarray, count: np.ndarray, rate: float, min_count: int, kind: str
 ) -> np.ndarray:
     """The shipped ``_tail``'s contract (``records`` with ``-inf`` where there is no sample) and
-    its excesses: the values strictly above ``u`` among the top (a tie at ``u`` is none)."""
+    its excesses: the values strictly above ``u`` among the top (a tie at ``u`` is none),
+    except for ``kind="ties"``."""
     h = records.shape[-1]
     top = max(2, math.ceil(stage.TAIL_FRACTION * h))
     if h <= top:
@@ -77,11 +84,13 @@ def _fitted_tail(
         if kind == "declustered":  # runs of excesses: each starts where the one before it did not exceed
             over = filled > u[..., None]
             peaks = over[..., 0] + (over[..., 1:] & ~over[..., :-1]).sum(axis=-1)
+        elif kind == "ties":
+            excess, peaks = tail, top
         ratio = peaks / (np.maximum(count, 1) * rate)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a row with no excess: NaN, then u
             mean = np.nanmean(excess, axis=-1)
-            if kind == "declustered":
+            if kind in ("declustered", "ties"):
                 q = u + mean * np.log(ratio)
             elif kind == "median":
                 q = u + np.nanmedian(excess, axis=-1) / math.log(2) * np.log(ratio)
@@ -94,21 +103,6 @@ def _fitted_tail(
                 grow = np.where(small, np.log(ratio), (ratio ** np.where(small, 1, shape) - 1) / shape)
                 q = u + np.where(small, mean, scale) * grow
         q = np.where(peaks > 0, q, u)
-    return np.where((count >= min_count) & np.isfinite(q), np.maximum(q, 0.0), np.nan)
-
-
-def _ties_as_excesses(records: np.ndarray, count: np.ndarray, rate: float, min_count: int) -> np.ndarray:
-    """The exponential tail over all the top values, a tie at ``u`` counted as an excess of 0."""
-    h = records.shape[-1]
-    top = max(2, math.ceil(stage.TAIL_FRACTION * h))
-    if h <= top:
-        return np.full(records.shape[:-1], np.nan)
-    part = np.partition(records, h - top - 1, axis=-1)
-    u = part[..., h - top - 1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        q = u + (part[..., h - top :] - u[..., None]).mean(axis=-1) * np.log(
-            top / (np.maximum(count, 1) * rate)
-        )
     return np.where((count >= min_count) & np.isfinite(q), np.maximum(q, 0.0), np.nan)
 
 
